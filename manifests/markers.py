@@ -1,0 +1,475 @@
+"""Ad-marker dialects normalised into one model.
+
+Each dialect's tags on a segment become :class:`Signal`s (dispatch on the exact
+tag name, never a chain of ``startswith``). :func:`observe` walks a playlist's
+segments and turns signals into :class:`Observation`s of break openings and
+closings at segment boundaries; :mod:`manifests.breaks` merges observations from
+successive reloads and renditions into the channel's :class:`~manifests.breaks.Break`s.
+
+A playlist carries no segment PTS, so a splice point is the marker's position
+(the segment it is attached to), or for EXT-X-DATERANGE the first segment
+boundary at or after START-DATE.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from fractions import Fraction
+
+from manifests.attributes import AttributeList
+from manifests.errors import ManifestError
+from manifests.playlist import MediaPlaylist, Segment
+from manifests.timing import add_seconds, parse_duration, parse_pdt, ticks_to_seconds
+
+log = logging.getLogger(__name__)
+
+# Tag names, literal.
+EXT_X_CUE_OUT = "#EXT-X-CUE-OUT"
+EXT_X_CUE_OUT_CONT = "#EXT-X-CUE-OUT-CONT"
+EXT_X_CUE_IN = "#EXT-X-CUE-IN"
+EXT_X_CUE = "#EXT-X-CUE"  # Adobe Primetime
+EXT_X_CUE_CONT = "#EXT-X-CUE-CONT"
+EXT_X_CUE_SPAN = "#EXT-X-CUE-SPAN"  # Envivio / MediaKind
+EXT_OATCLS_SCTE35 = "#EXT-OATCLS-SCTE35"
+EXT_X_SCTE35 = "#EXT-X-SCTE35"
+EXT_SCTE35 = "#EXT-SCTE35"
+EXT_X_SPLICEPOINT_SCTE35 = "#EXT-X-SPLICEPOINT-SCTE35"
+EXT_X_DATERANGE = "#EXT-X-DATERANGE"
+EXT_X_ASSET = "#EXT-X-ASSET"
+
+MARKER_TAGS = frozenset({
+    EXT_X_CUE_OUT, EXT_X_CUE_OUT_CONT, EXT_X_CUE_IN, EXT_X_CUE, EXT_X_CUE_CONT, EXT_X_CUE_SPAN,
+    EXT_OATCLS_SCTE35, EXT_X_SCTE35, EXT_SCTE35, EXT_X_SPLICEPOINT_SCTE35, EXT_X_ASSET,
+})
+
+# SCTE 35 Table 22 segmentation_type_id values that matter for breaks.
+BREAK_START, BREAK_END = 0x22, 0x23
+PROVIDER_AD_START, PROVIDER_AD_END = 0x30, 0x31
+DISTRIBUTOR_AD_START, DISTRIBUTOR_AD_END = 0x32, 0x33
+PROVIDER_PO_START, PROVIDER_PO_END = 0x34, 0x35
+DISTRIBUTOR_PO_START, DISTRIBUTOR_PO_END = 0x36, 0x37
+PROVIDER_AD_BLOCK_START, PROVIDER_AD_BLOCK_END = 0x38, 0x39
+DISTRIBUTOR_AD_BLOCK_START, DISTRIBUTOR_AD_BLOCK_END = 0x3A, 0x3B
+
+#: Types that open a break by default; ad start types open one only when not nested.
+DEFAULT_OPENING_TYPES = frozenset({BREAK_START, PROVIDER_PO_START, DISTRIBUTOR_PO_START})
+DEFAULT_NESTED_TYPES = frozenset({PROVIDER_AD_START, DISTRIBUTOR_AD_START})
+END_OF = {
+    BREAK_START: BREAK_END, PROVIDER_AD_START: PROVIDER_AD_END,
+    DISTRIBUTOR_AD_START: DISTRIBUTOR_AD_END, PROVIDER_PO_START: PROVIDER_PO_END,
+    DISTRIBUTOR_PO_START: DISTRIBUTOR_PO_END, PROVIDER_AD_BLOCK_START: PROVIDER_AD_BLOCK_END,
+    DISTRIBUTOR_AD_BLOCK_START: DISTRIBUTOR_AD_BLOCK_END,
+}
+
+
+class SignalKind(enum.Enum):
+    OUT = "out"        # a break starts at this segment
+    CONT = "cont"      # this segment is inside a break (possibly joined mid-break)
+    IN = "in"          # content resumes at this segment
+    CANCEL = "cancel"  # a previously signalled event is cancelled
+    POINT = "point"    # a zero-duration splice point: nothing is replaced
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One marker, whatever its dialect, as it applies to one segment."""
+
+    kind: SignalKind
+    dialect: str
+    event_id: str | None = None
+    planned_duration: Fraction | None = None
+    elapsed: Fraction | None = None
+    #: EXT-X-DATERANGE times: the splice is at the first boundary at/after ``start``.
+    start: datetime | None = None
+    end: datetime | None = None
+    segmentation_type_id: int | None = None
+    upid: str | None = None
+    cue: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerPolicy:
+    """Per-channel choices about which signals open breaks."""
+
+    opening_types: frozenset[int] = DEFAULT_OPENING_TYPES
+    nested_types: frozenset[int] = DEFAULT_NESTED_TYPES
+
+
+@dataclass
+class MarkerErrors:
+    """Markers that could not be understood: logged and counted, never fatal."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, message: str) -> None:
+        log.warning("ad marker ignored: %s", message)
+        self.items.append(message)
+
+
+Handler = Callable[[str | None, Segment, MarkerPolicy, MarkerErrors], list[Signal]]
+
+
+def _cue_out(value: str | None, seg: Segment, policy: MarkerPolicy,
+             errors: MarkerErrors) -> list[Signal]:
+    # Forms: bare; ":30"; ":30.000 "; ":DURATION=30,BREAKID=..."; ':30,CUE="<b64>"'.
+    duration: Fraction | None = None
+    event_id: str | None = None
+    cue: str | None = None
+    if value and value.strip():
+        attrs = _attrs(value, errors)
+        if attrs is not None:
+            bare = attrs.get("")
+            duration = attrs.decimal("DURATION") or (parse_duration(bare) if bare else None)
+            event_id = attrs.string("BREAKID") or attrs.string("ID")
+            cue = attrs.string("CUE")
+            if duration is None and bare is not None:
+                errors.add(f"EXT-X-CUE-OUT with an unreadable duration {value!r}")
+    return [Signal(SignalKind.OUT, EXT_X_CUE_OUT, event_id=event_id, planned_duration=duration,
+                   cue=cue)]
+
+
+def _cue_out_cont(value: str | None, seg: Segment, policy: MarkerPolicy,
+                  errors: MarkerErrors) -> list[Signal]:
+    # Forms: "8.308/30" (Elemental), "ElapsedTime=8,Duration=30,SCTE35=..." or bare.
+    elapsed = duration = None
+    if value and value.strip():
+        text = value.strip()
+        if "=" not in text and "/" in text:
+            e, _, d = text.partition("/")
+            elapsed, duration = parse_duration(e), parse_duration(d)
+        else:
+            attrs = _attrs(text, errors)
+            if attrs is not None:
+                elapsed = attrs.decimal("ElapsedTime")
+                duration = attrs.decimal("Duration")
+    return [Signal(SignalKind.CONT, EXT_X_CUE_OUT_CONT, elapsed=elapsed,
+                   planned_duration=duration)]
+
+
+def _cue_in(value: str | None, seg: Segment, policy: MarkerPolicy,
+            errors: MarkerErrors) -> list[Signal]:
+    return [Signal(SignalKind.IN, EXT_X_CUE_IN)]
+
+
+def _adobe_cue(value: str | None, seg: Segment, policy: MarkerPolicy,
+               errors: MarkerErrors) -> list[Signal]:
+    attrs = _attrs(value or "", errors)
+    if attrs is None:
+        return []
+    kind = (attrs.string("TYPE") or "").lower()
+    event_id = attrs.string("ID")
+    duration = attrs.decimal("DURATION")
+    if kind == "spliceout":
+        return [Signal(SignalKind.OUT, EXT_X_CUE, event_id=event_id, planned_duration=duration)]
+    if kind == "splicein":
+        return [Signal(SignalKind.IN, EXT_X_CUE, event_id=event_id)]
+    if kind == "spliceinsert":
+        # A splice point with no replacement unless a duration is given.
+        if duration:
+            return [Signal(SignalKind.OUT, EXT_X_CUE, event_id=event_id,
+                           planned_duration=duration)]
+        return [Signal(SignalKind.POINT, EXT_X_CUE, event_id=event_id)]
+    errors.add(f"EXT-X-CUE with unknown TYPE {attrs.string('TYPE')!r}")
+    return []
+
+
+def _adobe_cue_cont(value: str | None, seg: Segment, policy: MarkerPolicy,
+                    errors: MarkerErrors) -> list[Signal]:
+    attrs = _attrs(value or "", errors)
+    if attrs is None:
+        return []
+    return [Signal(SignalKind.CONT, EXT_X_CUE_CONT, event_id=attrs.string("ID"),
+                   elapsed=attrs.decimal("AVAIL-DUR-ELAPSED") or attrs.decimal("ELAPSED"),
+                   planned_duration=attrs.decimal("DURATION"))]
+
+
+def _cue_span(value: str | None, seg: Segment, policy: MarkerPolicy,
+              errors: MarkerErrors) -> list[Signal]:
+    # Vendor span tags count time from the signal: TIMEFROMSIGNAL is the elapsed time.
+    attrs = _attrs(value or "", errors)
+    if attrs is None:
+        return []
+    return [Signal(SignalKind.CONT, EXT_X_CUE_SPAN, event_id=attrs.string("ID"),
+                   elapsed=_clock(attrs.string("TIMEFROMSIGNAL")))]
+
+
+def _oatcls(value: str | None, seg: Segment, policy: MarkerPolicy,
+            errors: MarkerErrors) -> list[Signal]:
+    return _from_cue((value or "").strip(), EXT_OATCLS_SCTE35, policy, errors)
+
+
+def _splicepoint(value: str | None, seg: Segment, policy: MarkerPolicy,
+                 errors: MarkerErrors) -> list[Signal]:
+    return _from_cue((value or "").strip(), EXT_X_SPLICEPOINT_SCTE35, policy, errors)
+
+
+def _x_scte35(value: str | None, seg: Segment, policy: MarkerPolicy,
+              errors: MarkerErrors, dialect: str = EXT_X_SCTE35) -> list[Signal]:
+    attrs = _attrs(value or "", errors)
+    if attrs is None:
+        return []
+    event_id = attrs.string("ID")
+    if (attrs.string("CUE-IN") or "").upper() == "YES":
+        return [Signal(SignalKind.IN, dialect, event_id=event_id, cue=attrs.string("CUE"))]
+    cue_out = (attrs.string("CUE-OUT") or "").upper()
+    duration = attrs.decimal("DURATION")
+    if cue_out == "CONT":
+        return [Signal(SignalKind.CONT, dialect, event_id=event_id, planned_duration=duration,
+                       elapsed=attrs.decimal("ELAPSED"))]
+    cue = attrs.string("CUE")
+    signals = _from_cue(cue, dialect, policy, errors) if cue else []
+    if cue_out == "YES" and not any(s.kind is SignalKind.OUT for s in signals):
+        signals = [Signal(SignalKind.OUT, dialect, event_id=event_id, planned_duration=duration,
+                          cue=cue)]
+    return [_with_id(s, event_id) for s in signals]
+
+
+def _ext_scte35(value: str | None, seg: Segment, policy: MarkerPolicy,
+                errors: MarkerErrors) -> list[Signal]:
+    return _x_scte35(value, seg, policy, errors, EXT_SCTE35)
+
+
+def _daterange(value: str | None, seg: Segment, policy: MarkerPolicy,
+               errors: MarkerErrors) -> list[Signal]:
+    attrs = _attrs(value or "", errors)
+    if attrs is None:
+        return []
+    event_id = attrs.string("ID")
+    start = parse_pdt(attrs.string("START-DATE") or "")
+    end = parse_pdt(attrs.string("END-DATE") or "")
+    duration = attrs.decimal("DURATION")
+    planned = attrs.decimal("PLANNED-DURATION")
+    if end is None and start is not None and duration is not None:
+        end = add_seconds(start, duration)
+    if "SCTE35-OUT" in attrs:
+        return [Signal(SignalKind.OUT, EXT_X_DATERANGE, event_id=event_id,
+                       planned_duration=planned if planned is not None else duration,
+                       start=start, end=end, cue=attrs.string("SCTE35-OUT"))]
+    if "SCTE35-IN" in attrs:
+        return [Signal(SignalKind.IN, EXT_X_DATERANGE, event_id=event_id,
+                       start=start, end=end if end is not None else start,
+                       cue=attrs.string("SCTE35-IN"))]
+    if "SCTE35-CMD" in attrs:
+        cue = attrs.string("SCTE35-CMD") or ""
+        signals = _from_cue(cue, EXT_X_DATERANGE, policy, errors)
+        return [_with_id(s, event_id, start=start) for s in signals]
+    return []  # other DATERANGEs (interstitials, metadata) are not ad markers
+
+
+def _asset(value: str | None, seg: Segment, policy: MarkerPolicy,
+           errors: MarkerErrors) -> list[Signal]:
+    attrs = _attrs(value or "", errors)
+    if attrs is None:
+        return []
+    params = tuple((k, attrs.string(k) or "") for k in attrs if k)
+    return [Signal(SignalKind.POINT, EXT_X_ASSET, params=params)]
+
+
+HANDLERS: dict[str, Handler] = {
+    EXT_X_CUE_OUT: _cue_out,
+    EXT_X_CUE_OUT_CONT: _cue_out_cont,
+    EXT_X_CUE_IN: _cue_in,
+    EXT_X_CUE: _adobe_cue,
+    EXT_X_CUE_CONT: _adobe_cue_cont,
+    EXT_X_CUE_SPAN: _cue_span,
+    EXT_OATCLS_SCTE35: _oatcls,
+    EXT_X_SPLICEPOINT_SCTE35: _splicepoint,
+    EXT_X_SCTE35: _x_scte35,
+    EXT_SCTE35: _ext_scte35,
+    EXT_X_DATERANGE: _daterange,
+    EXT_X_ASSET: _asset,
+}
+
+
+def segment_signals(seg: Segment, policy: MarkerPolicy = MarkerPolicy(),
+                    errors: MarkerErrors | None = None) -> list[Signal]:
+    """All signals attached to one segment, in line order."""
+    errors = errors if errors is not None else MarkerErrors()
+    out: list[Signal] = []
+    for line in seg.lines:
+        handler = HANDLERS.get(line.tag) if line.tag else None
+        if handler is not None:
+            out.extend(handler(line.value, seg, policy, errors))
+    return out
+
+
+def _from_cue(cue: str | None, dialect: str, policy: MarkerPolicy,
+              errors: MarkerErrors) -> list[Signal]:
+    """Signals from a binary SCTE-35 splice_info_section (SCTE 35 sections 9.7, 10)."""
+    if not cue:
+        return []
+    from manifests import scte35  # local import keeps the dialect table readable
+
+    try:
+        section = scte35.decode(cue)
+    except ManifestError as exc:
+        errors.add(f"{dialect}: undecodable SCTE-35 cue ({exc})")
+        return []
+    command = section.splice_command
+    if isinstance(command, scte35.SpliceInsert):
+        event_id = str(command.splice_event_id)
+        if command.splice_event_cancel_indicator:
+            return [Signal(SignalKind.CANCEL, dialect, event_id=event_id, cue=cue)]
+        if command.out_of_network_indicator:
+            bd = command.break_duration
+            duration = ticks_to_seconds(bd.duration) if bd is not None else None
+            return [Signal(SignalKind.OUT, dialect, event_id=event_id,
+                           planned_duration=duration, cue=cue)]
+        return [Signal(SignalKind.IN, dialect, event_id=event_id, cue=cue)]
+    if isinstance(command, scte35.TimeSignal):
+        return _segmentation_signals(section, dialect, policy, cue)
+    return []
+
+
+def _segmentation_signals(section: object, dialect: str, policy: MarkerPolicy,
+                          cue: str) -> list[Signal]:
+    from manifests import scte35
+
+    descriptors = [d for d in getattr(section, "descriptors", ())
+                   if isinstance(d, scte35.SegmentationDescriptor)]
+    types = {d.segmentation_type_id for d in descriptors}
+    outer_present = bool(types & policy.opening_types)
+    out: list[Signal] = []
+    for d in descriptors:
+        event_id = str(d.segmentation_event_id)
+        if d.segmentation_event_cancel_indicator:
+            out.append(Signal(SignalKind.CANCEL, dialect, event_id=event_id, cue=cue))
+            continue
+        t = d.segmentation_type_id
+        duration = (ticks_to_seconds(d.segmentation_duration)
+                    if d.segmentation_duration is not None else None)
+        upid = d.segmentation_upid.hex() if isinstance(d.segmentation_upid, bytes) else None
+        opens = t in policy.opening_types or (t in policy.nested_types and not outer_present)
+        closing = {END_OF[o] for o in policy.opening_types | policy.nested_types if o in END_OF}
+        if opens:
+            out.append(Signal(SignalKind.OUT, dialect, event_id=event_id,
+                              planned_duration=duration, segmentation_type_id=t, upid=upid,
+                              cue=cue))
+        elif t in closing:
+            out.append(Signal(SignalKind.IN, dialect, event_id=event_id,
+                              segmentation_type_id=t, upid=upid, cue=cue))
+    return out
+
+
+def _with_id(signal: Signal, event_id: str | None, start: datetime | None = None) -> Signal:
+    from dataclasses import replace
+
+    changes: dict[str, object] = {}
+    if event_id and not signal.event_id:
+        changes["event_id"] = event_id
+    if start is not None and signal.start is None:
+        changes["start"] = start
+    return replace(signal, **changes) if changes else signal
+
+
+def _attrs(text: str, errors: MarkerErrors) -> AttributeList | None:
+    try:
+        return AttributeList.parse(text)
+    except ManifestError as exc:
+        errors.add(f"malformed attribute list {text!r}: {exc}")
+        return None
+
+
+def _clock(text: str | None) -> Fraction | None:
+    """``HH:MM:SS(.fff)`` or plain seconds."""
+    if not text:
+        return None
+    parts = text.split(":")
+    try:
+        total = Fraction(0)
+        for part in parts:
+            total = total * 60 + Fraction(part)
+        return total
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A break boundary seen in one playlist, at a segment boundary.
+
+    ``at`` is the PDT of the segment where the break opens (OUT) or content
+    resumes (IN). For a join mid-break (a CONT with no OUT before it in the
+    window), ``at`` is the PDT of the first CONT segment and ``elapsed`` the
+    time already spent in the break there.
+    """
+
+    kind: SignalKind
+    at: datetime
+    msn: int
+    dialect: str
+    event_id: str | None = None
+    planned_duration: Fraction | None = None
+    elapsed: Fraction | None = None
+    segmentation_type_id: int | None = None
+    upid: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+
+
+def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
+            errors: MarkerErrors | None = None) -> list[Observation]:
+    """Break openings/closings in one playlist, in timeline order.
+
+    Segments need a PDT (explicit or synthesised by the caller): breaks are
+    placed on the shared timeline, so every rendition and instance agrees.
+    """
+    errors = errors if errors is not None else MarkerErrors()
+    out: list[Observation] = []
+    open_ids: list[str | None] = []  # events open in this window (for nesting)
+    open_any = False
+    params: tuple[tuple[str, str], ...] = ()
+    segments = playlist.segments
+    for i, seg in enumerate(segments):
+        if seg.pdt is None:
+            continue
+        for sig in segment_signals(seg, policy, errors):
+            if sig.kind is SignalKind.POINT:
+                params = params + sig.params
+                continue
+            at, msn = seg.pdt, seg.msn
+            if sig.start is not None and sig.dialect == EXT_X_DATERANGE:
+                placed = _boundary_at_or_after(segments, sig.start if sig.kind is not
+                                               SignalKind.IN else (sig.end or sig.start))
+                if placed is None:
+                    continue  # not yet in the window: a later reload will place it
+                at, msn = placed
+            if sig.kind is SignalKind.OUT:
+                out.append(Observation(SignalKind.OUT, at, msn, sig.dialect, sig.event_id,
+                                       sig.planned_duration, None, sig.segmentation_type_id,
+                                       sig.upid, params))
+                params = ()
+                open_any = True
+                open_ids.append(sig.event_id)
+                if sig.dialect == EXT_X_DATERANGE and sig.end is not None:
+                    placed = _boundary_at_or_after(segments, sig.end)
+                    if placed is not None:
+                        out.append(Observation(SignalKind.IN, placed[0], placed[1], sig.dialect,
+                                               sig.event_id))
+            elif sig.kind is SignalKind.CONT:
+                if not open_any:
+                    out.append(Observation(SignalKind.CONT, at, msn, sig.dialect, sig.event_id,
+                                           sig.planned_duration, sig.elapsed))
+                    open_any = True
+            elif sig.kind is SignalKind.IN:
+                out.append(Observation(SignalKind.IN, at, msn, sig.dialect, sig.event_id))
+                open_any = False
+            elif sig.kind is SignalKind.CANCEL:
+                out.append(Observation(SignalKind.CANCEL, at, msn, sig.dialect, sig.event_id))
+    return out
+
+
+def _boundary_at_or_after(segments: Iterable[Segment], when: datetime) -> tuple[datetime, int] | None:
+    """The first segment boundary at or after ``when`` (a DATERANGE start inside a
+    segment does not replace that segment). Tolerates PDT's millisecond rounding."""
+    from datetime import timedelta
+
+    slack = timedelta(milliseconds=20)
+    for seg in segments:
+        if seg.pdt is not None and seg.pdt + slack >= when:
+            return seg.pdt, seg.msn
+    return None

@@ -1,0 +1,105 @@
+"""Pods: which ads fill a break, laid out on the break's timeline.
+
+Ad ops expect whole ads only, in pod order, that fit the break; the remainder
+is slate when it is at least ``min_slate`` seconds, otherwise the content
+underneath shows for it. Ads are conditioned to the channel's nominal segment
+duration and padded to a whole number of segments, so an ad occupies
+``ceil(duration / nominal)`` slots. The layout is a pure function of the pod,
+so every rendition and every instance maps a slot at a given offset into the
+break to the same ad and the same segment of it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+#: Tolerance for comparing offsets derived from millisecond PDTs.
+EPS = Fraction(1, 50)
+
+
+class ItemKind(enum.Enum):
+    AD = "ad"
+    SLATE = "slate"
+
+
+@dataclass(frozen=True, slots=True)
+class PodItem:
+    kind: ItemKind
+    #: Stable id of the creative (e.g. its conditioning key) or "slate".
+    creative: str
+    #: The creative's own duration (quartiles are computed from this).
+    duration: Fraction
+    #: Offset from the break start where this item begins, and its span on the timeline.
+    start: Fraction
+    span: Fraction
+    #: Segments of the conditioned item (slate cycles through them).
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    break_id: str
+    items: tuple[PodItem, ...]
+    nominal: Fraction
+    #: False when the break is left to the content underneath (no fill, threshold).
+    personalized: bool = True
+
+    def item_at(self, offset: Fraction) -> tuple[int, PodItem, int, bool] | None:
+        """(item index, item, segment index, wrapped) for a slot at ``offset``.
+
+        ``wrapped`` is True where slate restarts its loop (a discontinuity there).
+        """
+        if not self.personalized:
+            return None
+        for i, item in enumerate(self.items):
+            if item.start - EPS <= offset < item.start + item.span - EPS:
+                j = int((offset - item.start + EPS) // self.nominal)
+                if item.kind is ItemKind.SLATE:
+                    return i, item, j % item.segments, j > 0 and j % item.segments == 0
+                return i, item, min(j, item.segments - 1), False
+        return None
+
+    @property
+    def filled(self) -> Fraction:
+        return sum((it.duration for it in self.items if it.kind is ItemKind.AD), Fraction(0))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    creative: str
+    duration: Fraction
+
+
+def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
+             nominal: Fraction, start: Fraction = Fraction(0), min_slate: Fraction = Fraction(2),
+             slate_segments: int = 1, personalization_threshold: Fraction | None = None,
+             ) -> Pod:
+    """Lay out whole ads in pod order over ``available`` seconds from ``start``.
+
+    An ad that does not fit is skipped (a later, shorter one may still fit).
+    ``personalization_threshold``: if more than this many seconds would be left
+    unfilled by ads, the break is not personalized at all.
+    """
+    items: list[PodItem] = []
+    cursor = start
+    end = start + available
+    for c in candidates:
+        if c.duration <= 0:
+            continue
+        slots = max(1, math.ceil((c.duration - EPS) / nominal))
+        span = slots * nominal
+        if cursor + span > end + EPS:
+            continue
+        items.append(PodItem(ItemKind.AD, c.creative, c.duration, cursor, span, slots))
+        cursor += span
+    unfilled = end - start - sum((it.span for it in items), Fraction(0))
+    if not items or (personalization_threshold is not None and unfilled > personalization_threshold):
+        return Pod(break_id, (), nominal, personalized=False)
+    remainder = end - cursor
+    if remainder >= min_slate - EPS:
+        items.append(PodItem(ItemKind.SLATE, "slate", remainder, cursor, remainder,
+                             max(1, slate_segments)))
+    return Pod(break_id, tuple(items), nominal)

@@ -1,0 +1,296 @@
+"""The splice: a stitched media playlist from an origin playlist (pure).
+
+One code path for every rendition type (video variants, demuxed audio, WebVTT
+subtitles): each origin segment is a *slot*; slots inside a break are mapped
+one to one onto ad or slate segments with the slot's own EXTINF, so MSN and
+PDT stay the origin's and the break replaces exactly the content's duration
+(invariant 4). What each slot was published as is frozen in the
+:class:`~manifests.ledger.Ledger` the first time it is rendered (invariant 7);
+later renders read it back, so a decision that changes or a break that ends
+early can never rewrite history.
+
+Tags the stitcher does not understand pass through (invariant 6), except:
+LL-HLS tags (server control, parts, preload hints, rendition reports) are
+stripped; relative URIs in tags are made absolute against the origin URL;
+the source's ad markers are dropped unless ``passthrough_markers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol
+from urllib.parse import urljoin
+
+from manifests.attributes import AttributeList
+from manifests.breaks import Break, BreakPolicy, break_covering
+from manifests.ledger import Ledger, SlotEntry, SlotKind
+from manifests.markers import MARKER_TAGS
+from manifests.playlist import (
+    EXT_X_BITRATE, EXT_X_BYTERANGE, EXT_X_DATERANGE, EXT_X_DISCONTINUITY,
+    EXT_X_DISCONTINUITY_SEQUENCE, EXT_X_GAP, EXT_X_KEY, EXT_X_MAP, EXT_X_MEDIA_SEQUENCE,
+    EXT_X_PROGRAM_DATE_TIME, EXT_X_TARGETDURATION, EXTINF, LL_HLS_TAGS, Line, MediaPlaylist,
+    Segment, render_lines,
+)
+from manifests.pod import ItemKind, Pod, PodItem
+from manifests.timing import format_pdt
+
+#: Tags of a replaced content segment that describe that content only.
+_REPLACED_ONLY = frozenset({
+    EXTINF, EXT_X_BYTERANGE, EXT_X_PROGRAM_DATE_TIME, EXT_X_DISCONTINUITY, EXT_X_GAP,
+    EXT_X_BITRATE, EXT_X_KEY, EXT_X_MAP,
+}) | LL_HLS_TAGS
+#: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
+_URI_ATTRIBUTES = ("URI", "X-ASSET-URI", "X-ASSET-LIST")
+
+
+class UriBuilder(Protocol):
+    """Where ad and slate segments are fetched from (relative to the playlist)."""
+
+    def ad_segment(self, break_id: str, item_index: int, item: PodItem, segment: int) -> str: ...
+
+    def slate_segment(self, break_id: str, item_index: int, segment: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpliceOptions:
+    #: The origin playlist's URL: relative URIs are resolved against it.
+    base_url: str | None = None
+    passthrough_markers: bool = False
+    break_policy: BreakPolicy = BreakPolicy()
+    #: Serve at most this many segments (the newest); None: the origin's window.
+    window_cap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One rendered slot, for tracking and tests."""
+
+    segment: Segment
+    entry: SlotEntry | None
+
+    @property
+    def kind(self) -> SlotKind:
+        return SlotKind.CONTENT if self.entry is None else self.entry.kind
+
+
+@dataclass(frozen=True, slots=True)
+class SpliceResult:
+    text: str
+    #: Entries to append to the ledger (slots published for the first time).
+    new_entries: list[SlotEntry]
+    hwm: int
+    media_sequence: int
+    discontinuity_sequence: int
+    slots: list[Slot] = field(default_factory=list)
+
+
+def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[str, Pod],
+           ledger: Ledger, uris: UriBuilder, options: SpliceOptions = SpliceOptions(),
+           ) -> SpliceResult:
+    """Render the stitched playlist for one rendition of one cohort."""
+    segments = playlist.segments
+    new_entries: list[SlotEntry] = []
+    entries: list[SlotEntry | None] = []
+    prev: SlotEntry | None = None
+    if segments:
+        prev = ledger.entries.get(segments[0].msn - 1)
+    for seg in segments:
+        if seg.msn <= ledger.hwm:
+            entry = ledger.entries.get(seg.msn)
+        else:
+            entry = classify(seg, prev, breaks, pods, options.break_policy)
+            if entry is not None:
+                new_entries.append(entry)
+        entries.append(entry)
+        prev = entry
+
+    first = 0
+    if options.window_cap is not None and len(segments) > options.window_cap:
+        first = len(segments) - options.window_cap
+    kept = segments[first:]
+    media_sequence = kept[0].msn if kept else playlist.media_sequence + len(segments)
+    if kept:
+        origin_dsn = kept[0].discontinuity_sequence - int(kept[0].discontinuity)
+        dsn = origin_dsn + ledger.delta_before(kept[0].msn) + sum(
+            e.delta for e in new_entries if e.msn < kept[0].msn)
+    else:
+        dsn = playlist.discontinuity_sequence + ledger.delta_before(media_sequence)
+
+    renderer = _Renderer(options, uris)
+    out = renderer.header(playlist, media_sequence, dsn)
+    prev_entry = entries[first - 1] if first > 0 else ledger.entries.get(media_sequence - 1)
+    slots: list[Slot] = []
+    for seg, entry in zip(kept, entries[first:]):
+        if entry is None or entry.kind is SlotKind.CONTENT:
+            out.extend(renderer.content(seg, entry, prev_entry))
+        else:
+            out.extend(renderer.replaced(seg, entry, prev_entry, pods.get(entry.break_id)))
+        slots.append(Slot(seg, entry))
+        prev_entry = entry
+    out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
+    hwm = segments[-1].msn if segments else ledger.hwm
+    text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
+                        final_newline=playlist.final_newline)
+    return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, slots)
+
+
+def classify(seg: Segment, prev: SlotEntry | None, breaks: tuple[Break, ...],
+             pods: Mapping[str, Pod], policy: BreakPolicy = BreakPolicy()) -> SlotEntry | None:
+    """What a slot published for the first time becomes; None for plain content."""
+    if seg.pdt is not None:
+        brk = break_covering(breaks, seg.pdt, seg.duration, policy)
+        pod = pods.get(brk.id) if brk is not None else None
+        if brk is not None and pod is not None:
+            hit = pod.item_at(brk.offset(seg.pdt))
+            if hit is not None:
+                index, item, segment, wrapped = hit
+                disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
+                        or prev.item != index or wrapped)
+                kind = SlotKind.AD if item.kind is ItemKind.AD else SlotKind.SLATE
+                return SlotEntry(seg.msn, kind, brk.id, index, segment, disc,
+                                 int(disc) - int(seg.discontinuity))
+    if prev is not None and prev.kind is not SlotKind.CONTENT:
+        return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
+                         delta=1 - int(seg.discontinuity))
+    return None
+
+
+class _Renderer:
+    def __init__(self, options: SpliceOptions, uris: UriBuilder) -> None:
+        self.options = options
+        self.uris = uris
+        self.base = options.base_url
+
+    def header(self, playlist: MediaPlaylist, media_sequence: int, dsn: int) -> list[str]:
+        out: list[str] = []
+        wrote_dsn = False
+        for line in playlist.header:
+            if line.tag in LL_HLS_TAGS:
+                continue
+            if line.tag == EXT_X_MEDIA_SEQUENCE:
+                out.append(f"{EXT_X_MEDIA_SEQUENCE}:{media_sequence}")
+                if not wrote_dsn and dsn and not any(
+                        h.tag == EXT_X_DISCONTINUITY_SEQUENCE for h in playlist.header):
+                    out.append(f"{EXT_X_DISCONTINUITY_SEQUENCE}:{dsn}")
+                    wrote_dsn = True
+                continue
+            if line.tag == EXT_X_DISCONTINUITY_SEQUENCE:
+                out.append(f"{EXT_X_DISCONTINUITY_SEQUENCE}:{dsn}")
+                wrote_dsn = True
+                continue
+            out.append(self.line(line))
+        if dsn and not wrote_dsn:
+            at = next((i + 1 for i, text in enumerate(out)
+                       if text.startswith(EXT_X_TARGETDURATION)), len(out))
+            out.insert(at, f"{EXT_X_DISCONTINUITY_SEQUENCE}:{dsn}")
+        return out
+
+    def line(self, line: Line) -> str:
+        """Pass a line through, making relative URIs absolute."""
+        if line.tag is None:
+            return self.uri(line.text) if line.is_uri else line.text
+        if self.base and line.value and "URI=" in line.value:
+            return _absolutize_tag(line.text, self.base)
+        return line.text
+
+    def uri(self, uri: str) -> str:
+        return _join(self.base, uri.strip()) if self.base else uri
+
+    def keep(self, line: Line) -> bool:
+        if line.tag in LL_HLS_TAGS:
+            return False
+        if not self.options.passthrough_markers:
+            if line.tag in MARKER_TAGS:
+                return False
+            if line.tag == EXT_X_DATERANGE and line.value and "SCTE35-" in line.value:
+                return False
+        return True
+
+    def content(self, seg: Segment, entry: SlotEntry | None,
+                prev: SlotEntry | None) -> list[str]:
+        out: list[str] = []
+        after_break = prev is not None and prev.kind is not SlotKind.CONTENT
+        if entry is not None and entry.discontinuity and not seg.discontinuity:
+            out.append(EXT_X_DISCONTINUITY)
+        if after_break:
+            # Restore the state tags the ads overrode, and anchor the timeline.
+            if seg.key is not None and not seg.has(EXT_X_KEY) and _encrypted(seg.key):
+                out.append(_explicit_iv(self.line(seg.key), seg.msn))
+            if seg.map is not None and not seg.has(EXT_X_MAP):
+                out.append(self.line(seg.map))
+            if not seg.pdt_explicit and seg.pdt is not None:
+                out.append(f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}")
+        for line in seg.lines:
+            if not self.keep(line):
+                continue
+            if line.tag == EXT_X_DISCONTINUITY_SEQUENCE:
+                continue  # written in the header
+            if after_break and line.tag == EXT_X_KEY and _encrypted(line):
+                out.append(_explicit_iv(self.line(line), seg.msn))
+                continue
+            out.append(self.line(line))
+        return out
+
+    def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
+                 pod: Pod | None) -> list[str]:
+        out = [self.line(line) for line in seg.lines
+               if line.tag not in _REPLACED_ONLY and line.tag != EXT_X_DISCONTINUITY_SEQUENCE
+               and not line.is_uri and self.keep(line)]
+        if entry.discontinuity:
+            out.append(EXT_X_DISCONTINUITY)
+        entering = prev is None or prev.kind is SlotKind.CONTENT
+        if entering and seg.key is not None and _encrypted(seg.key):
+            out.append(f"{EXT_X_KEY}:METHOD=NONE")
+        pdt_line = next((line.text for line in seg.lines
+                         if line.tag == EXT_X_PROGRAM_DATE_TIME), None)
+        if pdt_line is None and seg.pdt is not None:
+            pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}"
+        if pdt_line is not None:
+            out.append(pdt_line)
+        extinf = next(line for line in seg.lines if line.tag == EXTINF)
+        out.append(f"{EXTINF}:{(extinf.value or '').partition(',')[0]},")
+        if entry.kind is SlotKind.SLATE or pod is None:
+            out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment))
+        else:
+            out.append(self.uris.ad_segment(entry.break_id, entry.item, pod.items[entry.item],
+                                            entry.segment))
+        return out
+
+
+def _encrypted(key: Line) -> bool:
+    try:
+        method = AttributeList.parse(key.value or "").string("METHOD")
+    except Exception:  # a malformed KEY line is passed through as it is
+        return False
+    return method is not None and method.upper() != "NONE"
+
+
+def _explicit_iv(text: str, msn: int) -> str:
+    """Add the IV the player would have derived from the MSN (RFC 8216bis 5.2)."""
+    if "IV=" in text:
+        return text
+    return f"{text},IV=0x{msn:032X}"
+
+
+@lru_cache(maxsize=65536)
+def _join(base: str, uri: str) -> str:
+    return urljoin(base, uri)
+
+
+@lru_cache(maxsize=8192)
+def _absolutize_tag(text: str, base: str) -> str:
+    name, _, value = text.partition(":")
+    try:
+        attrs = AttributeList.parse(value)
+    except Exception:
+        return text
+    changed = attrs
+    for attr in _URI_ATTRIBUTES:
+        raw = attrs.string(attr)
+        if raw is not None and attr in attrs and attrs[attr].startswith('"'):
+            absolute = _join(base, raw)
+            if absolute != raw:
+                changed = changed.replace(attr, f'"{absolute}"')
+    return text if changed is attrs else f"{name}:{changed.render()}"

@@ -1,0 +1,253 @@
+"""Ad decisions: VAST -> ready creatives -> a frozen pod per (break, cohort).
+
+A decision is made once per (break, cohort) and frozen in the store
+(set-if-absent) before any of its segments is published: every viewer,
+rendition and instance then plays the same ads. Only creatives already
+conditioned for every rendition are placed; the others start conditioning in
+the background, are skipped (slate takes their time) and get VAST error 407.
+Ad requests carry cohort attributes only, never a device identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+
+from manifests.breaks import Break
+from manifests.pod import Candidate, Pod, plan_pod
+from stitcher import vast
+from stitcher.conditioning import ConditionedCreative, Conditioner, ConditioningError, RenditionSpec
+from stitcher.config import ChannelConfig
+from stitcher.metrics import Metrics
+from stitcher.netpolicy import fetch_bounded
+from stitcher.store import pod_from_json, pod_to_json
+
+log = logging.getLogger(__name__)
+
+SLATE_KEY = "slate"
+
+
+@dataclass(frozen=True, slots=True)
+class AdInfo:
+    """What beacons and tracking need about one placed ad."""
+
+    item: int
+    ad_id: str
+    creative: str
+    duration: Fraction
+    impressions: tuple[str, ...]
+    errors: tuple[str, ...]
+    #: event -> URLs; progress events carry their offset as ``progress@<seconds>``.
+    tracking: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    pod: Pod
+    ads: tuple[AdInfo, ...]
+    reason: str = ""
+
+    def ad(self, item: int) -> AdInfo | None:
+        return next((a for a in self.ads if a.item == item), None)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "pod": json.loads(pod_to_json(self.pod)), "reason": self.reason,
+            "ads": [{"item": a.item, "ad_id": a.ad_id, "creative": a.creative,
+                     "duration": str(a.duration), "impressions": list(a.impressions),
+                     "errors": list(a.errors),
+                     "tracking": {k: list(v) for k, v in a.tracking.items()}}
+                    for a in self.ads],
+        })
+
+    @staticmethod
+    def from_json(text: str) -> Decision:
+        d = json.loads(text)
+        ads = tuple(AdInfo(a["item"], a["ad_id"], a["creative"], Fraction(a["duration"]),
+                           tuple(a["impressions"]), tuple(a["errors"]),
+                           {k: tuple(v) for k, v in a["tracking"].items()})
+                    for a in d["ads"])
+        return Decision(pod_from_json(json.dumps(d["pod"])), ads, d.get("reason", ""))
+
+
+def creative_key(ad: vast.ResolvedAd) -> str:
+    """Conditioning key: (UniversalAdId registry, value, mezzanine URL) hashed.
+
+    Registries put "unknown" where no id exists, so the media URL is part of it.
+    """
+    uid = ad.universal_ad_id
+    text = f"{uid.registry}|{uid.value}|{ad.media.uri}"
+    return "c" + hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class CreativeLibrary:
+    """Conditioned creatives on disk, conditioned on demand, off the event loop."""
+
+    def __init__(self, root: Path, conditioner: Conditioner, metrics: Metrics) -> None:
+        self.root = root
+        self._conditioner = conditioner
+        self._metrics = metrics
+        self._ready: dict[str, ConditionedCreative] = {}
+        self._tasks: dict[str, asyncio.Task[ConditionedCreative | None]] = {}
+
+    def get(self, key: str, renditions: list[str]) -> ConditionedCreative | None:
+        cc = self._ready.get(key)
+        if cc is None or any(r not in cc.renditions for r in renditions):
+            return None
+        return cc
+
+    def load(self, key: str, specs: list[RenditionSpec]) -> ConditionedCreative | None:
+        """Pick up a creative conditioned before a restart (or by another instance)."""
+        cc = self._ready.get(key)
+        if cc is not None and all(s.name in cc.renditions for s in specs):
+            return cc
+        found = self._conditioner.cached(self.root, key, specs) if specs else None
+        if found is not None:
+            self._ready[key] = found
+        return found
+
+    def ensure(self, key: str, source: str, specs: list[RenditionSpec],
+               pad_source: str | None = None) -> asyncio.Task[ConditionedCreative | None]:
+        task = self._tasks.get(key)
+        if task is None or (task.done() and task.result() is None):
+            task = asyncio.ensure_future(self._condition(key, source, specs, pad_source))
+            self._tasks[key] = task
+        return task
+
+    async def _condition(self, key: str, source: str, specs: list[RenditionSpec],
+                         pad_source: str | None) -> ConditionedCreative | None:
+        try:
+            cc = await self._conditioner.condition(source, specs, self.root, key=key,
+                                                   pad_source=pad_source)
+        except (ConditioningError, OSError, ValueError) as exc:
+            self._metrics.conditioning.labels("error").inc()
+            log.error("conditioning %s from %s failed: %s", key, source, exc)
+            return None
+        self._metrics.conditioning.labels("ok").inc()
+        self._ready[key] = cc
+        return cc
+
+    def pending(self) -> list[asyncio.Task[ConditionedCreative | None]]:
+        return [t for t in self._tasks.values() if not t.done()]
+
+    def segment_path(self, key: str, rendition: str, index: int) -> str | None:
+        """The asset path (relative to ``root``) of one conditioned segment."""
+        cc = self._ready.get(key)
+        if cc is None or rendition not in cc.renditions:
+            return None
+        segs = cc.renditions[rendition].segments
+        if not 0 <= index < len(segs):
+            return None
+        return str(Path(segs[index].path).resolve().relative_to(self.root.resolve()))
+
+
+def ad_request_url(channel: ChannelConfig, brk: Break, cohort_attrs: dict[str, str],
+                   duration: Fraction, position: int = 1) -> str:
+    """Expand the channel's template: cohort attributes, break, and VAST 4 macros."""
+    template = channel.ad_server_url or ""
+    values: dict[str, vast.MacroValue] = {
+        "CACHEBUSTING": random.randrange(10**8),
+        "TIMESTAMP": datetime.now(timezone.utc),
+        "BREAKPOSITION": 2,  # midroll
+        "PODSEQUENCE": position,
+        "ADCOUNT": 0,
+    }
+    url = vast.expand_macros(template, values)
+    subs = {"duration": str(round(float(duration), 3)), "break_id": brk.id,
+            "channel": channel.id}
+    subs.update({f"cohort.{k}": v for k, v in cohort_attrs.items()})
+    subs.update({k: v for k, v in brk.params})
+    for name, value in subs.items():
+        url = url.replace("{" + name + "}", quote(value, safe=""))
+    return url
+
+
+class AdDecider:
+    def __init__(self, session: aiohttp.ClientSession, library: CreativeLibrary,
+                 metrics: Metrics, *, timeout: float = 2.0,
+                 on_error: "ErrorSink | None" = None) -> None:
+        self._session = session
+        self._library = library
+        self._metrics = metrics
+        self._timeout = timeout
+        self._on_error = on_error
+
+    async def decide(self, channel: ChannelConfig, brk: Break, cohort: str,
+                     cohort_attrs: dict[str, str], *, start: Fraction, nominal: Fraction,
+                     specs: list[RenditionSpec], slate_segments: int) -> Decision:
+        available = (brk.duration_hint if brk.duration_hint is not None
+                     else Fraction(str(channel.max_break))) - start
+        if available <= 0 or not channel.ad_server_url:
+            return Decision(Pod(brk.id, (), nominal, personalized=False), (), "no avail")
+        url = ad_request_url(channel, brk, cohort_attrs, available)
+        started = time.monotonic()
+
+        async def fetch(u: str) -> bytes:
+            left = max(0.1, self._timeout - (time.monotonic() - started))
+            return await fetch_bounded(self._session, u, timeout=left)
+
+        try:
+            resolution = await vast.resolve(url, fetch, max_depth=5)
+        except Exception as exc:  # the ad server must never take the stream down
+            self._metrics.ad_errors.labels(channel.id, "resolve").inc()
+            log.warning("ad decision failed for %s/%s: %s", brk.id, cohort, exc)
+            return Decision(Pod(brk.id, (), nominal, personalized=False), (), f"error: {exc}")
+        for report in resolution.errors:
+            self._metrics.ad_errors.labels(channel.id, str(report.code)).inc()
+            if self._on_error and report.urls:
+                self._on_error(report.urls, report.code)
+        names = [s.name for s in specs]
+        candidates: list[Candidate] = []
+        infos: dict[str, vast.ResolvedAd] = {}
+        for ad in resolution.ads:
+            key = creative_key(ad)
+            cc = self._library.get(key, names) or self._library.load(key, specs)
+            if cc is None:
+                self._library.ensure(key, ad.media.uri, specs)
+                self._metrics.ads_not_ready.labels(channel.id).inc()
+                if self._on_error and ad.errors:
+                    self._on_error(list(ad.errors), 407)
+                continue
+            candidates.append(Candidate(key, cc.duration))
+            infos.setdefault(key, ad)
+        pod = plan_pod(
+            brk.id, candidates, available=available, nominal=nominal, start=start,
+            min_slate=Fraction(str(channel.min_slate)) if slate_segments else Fraction(10**9),
+            slate_segments=max(1, slate_segments),
+            personalization_threshold=(None if channel.personalization_threshold is None
+                                       else Fraction(str(channel.personalization_threshold))))
+        ads: list[AdInfo] = []
+        for i, item in enumerate(pod.items):
+            ad = infos.get(item.creative)
+            if ad is None:
+                continue
+            tracking: dict[str, tuple[str, ...]] = {}
+            for event, trackers in ad.tracking.items():
+                for t in trackers:
+                    name = event
+                    if event == "progress" and t.offset is not None:
+                        name = f"progress@{t.offset}"
+                    tracking[name] = tracking.get(name, ()) + (t.uri,)
+            ads.append(AdInfo(i, ad.ad_id or item.creative, item.creative, item.duration,
+                              tuple(ad.impressions), tuple(ad.errors), tracking))
+        self._metrics.ad_requests.labels(channel.id, "filled" if ads else "nofill").inc()
+        self._metrics.avail_seconds.labels(channel.id).inc(float(available))
+        self._metrics.filled_seconds.labels(channel.id).inc(float(pod.filled))
+        return Decision(pod, tuple(ads), "ok" if ads else "no fill")
+
+
+class ErrorSink:
+    """Callable that queues VAST error URLs with [ERRORCODE] (see beacons)."""
+
+    def __call__(self, urls: list[str], code: int) -> None: ...  # pragma: no cover

@@ -1,0 +1,316 @@
+"""The aiohttp application: thin handlers over the channel runtimes.
+
+Routes (players):
+  POST /v1/session/{channel}                        start a session -> manifestUrl, trackingUrl
+  GET  /v1/master/{channel}.m3u8                    implicit session start (302 to the session URL)
+  GET  /v1/session/{token}/{channel}/master.m3u8    multivariant, renditions routed here
+  GET  /v1/session/{token}/{channel}/media/{rid}.m3u8            stitched media playlist
+  GET  /v1/session/{token}/{channel}/media/ad/{rid}/{brk}/{item}/{seg}.ts
+                                                    beacons, then 302 to the conditioned segment
+  GET  /v1/session/{token}/{channel}/tracking       client-side tracking JSON
+  GET  /assets/...                                  conditioned ad and slate segments
+Operations: /healthz, /readyz, /metrics.
+
+Every player-facing response carries CORS headers and answers preflight.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from manifests.ledger import SlotKind
+from stitcher.ads import AdDecider, CreativeLibrary
+from stitcher.beacons import BeaconQueue, BeaconTracker
+from stitcher.channel import ChannelRuntime, Rendered
+from stitcher.conditioning import Conditioner
+from stitcher.config import StitcherConfig
+from stitcher.errors import BadRequest, NotFound, StitcherError, to_response
+from stitcher.metrics import Metrics
+from stitcher.netpolicy import client_session
+from stitcher.tracking import avail_schedule
+from stitcher.sessions import Session, SessionSigner, cohort_for
+from stitcher.store import MemoryStore, Store
+
+log = logging.getLogger(__name__)
+
+MPEGURL = "application/vnd.apple.mpegurl"
+
+CONFIG = web.AppKey("config", StitcherConfig)
+METRICS = web.AppKey("metrics", Metrics)
+CHANNELS = web.AppKey("channels", dict)
+SIGNER = web.AppKey("signer", SessionSigner)
+TRACKER = web.AppKey("tracker", BeaconTracker)
+BEACONS = web.AppKey("beacons", BeaconQueue)
+LIBRARY = web.AppKey("library", CreativeLibrary)
+STORE = web.AppKey("store", object)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Range, If-None-Match",
+    "Access-Control-Expose-Headers": "ETag, X-Stitcher-Stale, Retry-After",
+}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers={**CORS_HEADERS, "Access-Control-Max-Age": "86400"})
+    started = time.perf_counter()
+    endpoint = request.match_info.route.name or "other"
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except StitcherError as exc:
+        response = to_response(exc)
+    except web.HTTPException as exc:
+        response = exc
+    metrics.requests.labels(endpoint, str(response.status)).inc()
+    metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+    if isinstance(response, web.HTTPException):
+        response.headers.update(CORS_HEADERS)
+        raise response
+    return response
+
+
+async def _cors(request: web.Request, response: web.StreamResponse) -> None:
+    for k, v in CORS_HEADERS.items():
+        response.headers.setdefault(k, v)
+
+
+def _channel(request: web.Request) -> ChannelRuntime:
+    channel = request.match_info["channel"]
+    runtime = request.app[CHANNELS].get(channel)
+    if runtime is None:
+        raise NotFound(f"unknown channel {channel!r}")
+    return runtime
+
+
+def _session(request: web.Request) -> Session:
+    runtime = _channel(request)
+    return request.app[SIGNER].decode(request.match_info["token"], runtime.cfg.id, time.time())
+
+
+def _new_session(request: web.Request, attributes: dict[str, str]) -> tuple[Session, str]:
+    runtime = _channel(request)
+    cfg = request.app[CONFIG]
+    cohort = cohort_for(runtime.cfg, attributes)
+    return request.app[SIGNER].issue(runtime.cfg.id, cohort, int(time.time() + cfg.session_ttl))
+
+
+async def start_session(request: web.Request) -> web.Response:
+    attributes: dict[str, str] = {k: v for k, v in request.query.items()}
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BadRequest("session body must be a JSON object") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("session body must be a JSON object")
+        params = body.get("adsParams", body)
+        if not isinstance(params, dict):
+            raise BadRequest("adsParams must be an object")
+        attributes.update({str(k): str(v) for k, v in params.items()})
+    session, token = _new_session(request, attributes)
+    base = f"/v1/session/{token}/{session.channel}"
+    return web.json_response({"manifestUrl": f"{base}/master.m3u8",
+                              "trackingUrl": f"{base}/tracking",
+                              "cohort": session.cohort},
+                             headers={"Cache-Control": "no-store"})
+
+
+async def implicit_session(request: web.Request) -> web.Response:
+    session, token = _new_session(request, dict(request.query))
+    raise web.HTTPFound(f"/v1/session/{token}/{session.channel}/master.m3u8",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def multivariant(request: web.Request) -> web.Response:
+    _session(request)
+    runtime = _channel(request)
+    mv = await runtime.multivariant()
+    runtime.prepare()
+    body = runtime.multivariant_for_session(mv)
+    return web.Response(text=body, content_type=MPEGURL, charset=None,
+                        headers={"Cache-Control": "no-store"})
+
+
+def _playlist_response(request: web.Request, rendered: Rendered) -> web.Response:
+    headers = {"ETag": rendered.etag, "Vary": "Accept-Encoding",
+               "Cache-Control": f"private, max-age={max(1, rendered.target_duration // 2)}"}
+    if rendered.stale:
+        headers["X-Stitcher-Stale"] = f"origin: {rendered.stale_reason or 'unavailable'}"
+    if rendered.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=rendered.gzipped, content_type=MPEGURL, headers=headers)
+    return web.Response(body=rendered.body, content_type=MPEGURL, headers=headers)
+
+
+async def media(request: web.Request) -> web.Response:
+    session = _session(request)
+    runtime = _channel(request)
+    rendered = await runtime.render(request.match_info["rid"], session.cohort)
+    return _playlist_response(request, rendered)
+
+
+def _client_ip(request: web.Request) -> str:
+    return request.remote or ""
+
+
+async def ad_segment(request: web.Request) -> web.Response:
+    session = _session(request)
+    runtime = _channel(request)
+    break_id = request.match_info["brk"]
+    try:
+        item, segment = int(request.match_info["item"]), int(request.match_info["seg"])
+    except ValueError as exc:
+        raise BadRequest("malformed ad segment path") from exc
+    rid = request.match_info["rid"]
+    decision = await runtime.decision(break_id, session.cohort, None)
+    if decision is None or not 0 <= item < len(decision.pod.items):
+        raise NotFound("no such ad in this session's break")
+    creative = decision.pod.items[item].creative
+    library = request.app[LIBRARY]
+    path = library.segment_path(creative, rid, segment)
+    if path is None:
+        library.load(creative, runtime.specs)
+        path = library.segment_path(creative, rid, segment)
+    if path is None:
+        raise NotFound("ad segment not available")
+    ad = decision.ad(item)
+    if ad is not None and request.method == "GET":
+        request.app[TRACKER].on_ad_segment(
+            session_id=session.session_id, break_id=break_id, ad=ad, segment=segment,
+            nominal=decision.pod.nominal, client_ip=_client_ip(request),
+            user_agent=request.headers.get("User-Agent", ""))
+    raise web.HTTPFound(f"{runtime.assets_base}/{path}", headers={"Cache-Control": "no-store"})
+
+
+async def tracking(request: web.Request) -> web.Response:
+    """Client-side tracking in the shape of MediaTailor's tracking API (avails)."""
+    session = _session(request)
+    runtime = _channel(request)
+    mv = await runtime.multivariant()
+    video = next((r for r in mv.renditions if r.kind == "video"), None)
+    avails: list[dict[str, Any]] = []
+    if video is not None:
+        rendered = await runtime.render(video.id, session.cohort)
+        avails = _avails(runtime, session.cohort, rendered)
+    return web.json_response({"avails": avails, "nextToken": "", "nonLinearAvails": []},
+                             headers={"Cache-Control": "no-store"})
+
+
+def _avails(runtime: ChannelRuntime, cohort: str, rendered: Rendered) -> list[dict[str, Any]]:
+    return avail_schedule(rendered.result.slots, {b: d for (b, c), d in
+                                                   runtime._decisions.items() if c == cohort})
+
+
+async def assets(request: web.Request) -> web.FileResponse:
+    library = request.app[LIBRARY]
+    rel = Path(request.match_info["path"])
+    if rel.is_absolute() or ".." in rel.parts:
+        raise NotFound("no such asset")
+    path = (library.root / rel).resolve()
+    if not path.is_file() or library.root.resolve() not in path.parents:
+        raise NotFound("no such asset")
+    return web.FileResponse(path, headers={"Content-Type": "video/mp2t",
+                                           "Cache-Control": "public, max-age=86400"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    channels = request.app[CHANNELS]
+    not_ready = [c for c, rt in channels.items()
+                 if rt._prepared is None or not rt._prepared.done()]
+    status = 200 if not not_ready else 503
+    return web.json_response({"ready": not not_ready, "preparing": not_ready}, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(config: StitcherConfig, *, store: Store | None = None,
+               conditioner: Conditioner | None = None,
+               clock: Callable[[], float] | None = None) -> web.Application:
+    """The service. ``clock`` (seconds, monotonic) paces origin refreshes: tests pass the
+    fixture origin's virtual clock so an accelerated stream is refetched in step."""
+    app = web.Application(middlewares=[errors_middleware])
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[SIGNER] = SessionSigner(config.session_keys, grace=config.session_grace)
+    app[CHANNELS] = {}
+    app.on_response_prepare.append(_cors)
+    app.cleanup_ctx.append(_resources(store, conditioner, clock or time.monotonic))
+    r = app.router
+    r.add_post("/v1/session/{channel}", start_session, name="session")
+    r.add_get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
+    base = "/v1/session/{token}/{channel}"
+    r.add_get(base + "/master.m3u8", multivariant, name="multivariant")
+    r.add_get(base + "/media/{rid}.m3u8", media, name="media")
+    r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
+    r.add_get(base + "/tracking", tracking, name="tracking")
+    r.add_get("/assets/{path:.+}", assets, name="assets")
+    r.add_get("/healthz", healthz, name="healthz")
+    r.add_get("/readyz", readyz, name="readyz")
+    r.add_get("/metrics", metrics, name="metrics")
+    r.add_route("OPTIONS", "/{tail:.*}", healthz, name="preflight")
+    return app
+
+
+def _resources(store: Store | None, conditioner: Conditioner | None,
+               clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        m = app[METRICS]
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        origin_http = aiohttp.ClientSession()
+        strict_http = client_session(allow_private=False)
+        open_http = client_session(allow_private=True)
+        beacon_http = client_session(allow_private=any(c.allow_private_ad_hosts
+                                                       for c in config.channels))
+        queue = BeaconQueue(beacon_http, m)
+        tracker = BeaconTracker(queue)
+        library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(), m)
+        app[BEACONS], app[TRACKER], app[LIBRARY] = queue, tracker, library
+        the_store = store or MemoryStore(data_dir)
+        app[STORE] = the_store
+        assets_base = (config.assets_base_url or "/assets").rstrip("/")
+        for cfg in config.channels:
+            decider = AdDecider(open_http if cfg.allow_private_ad_hosts else strict_http,
+                                library, m, timeout=config.ad_timeout, on_error=tracker.error)
+            app[CHANNELS][cfg.id] = ChannelRuntime(
+                cfg, http=origin_http, store=the_store, decider=decider, library=library,
+                metrics=m, assets_base=assets_base, origin_timeout=config.origin_timeout,
+                clock=clock)
+        yield
+        await queue.close()
+        for s in (origin_http, strict_http, open_http, beacon_http):
+            await s.close()
+
+    return ctx
+
+
+def nominal_of(runtime: ChannelRuntime) -> Fraction:
+    return runtime.nominal or Fraction(2)
+
+
+__all__ = ["create_app", "SlotKind"]

@@ -1,0 +1,688 @@
+"""Ad creative conditioning: transcode a mezzanine to the channel's ladder.
+
+A creative (a file path or an http(s) URL of the VAST mezzanine / best media
+file) is transcoded, in one ffmpeg process that decodes it once, to every
+:class:`RenditionSpec` probed from the content, so ad segments are what
+players switch between without a hiccup: H.264 + AAC in MPEG-TS, the same
+resolution (scaled and padded to keep the aspect, SAR 1), frame rate, pixel
+format, profile/level, AAC sample rate and channels, and loudness normalised
+with ``loudnorm`` (I=-24 LUFS, EBU R128 style).
+
+The output is cut into segments of exactly ``segment_duration`` (the
+content's cadence, ``round(segment_duration * fps)`` frames each) with an IDR
+at every segment start, so the cut points are identical in every rendition.
+The slot mapping in ``docs/architecture.md`` maps one ad segment onto one
+content slot, so the creative is padded at its end with black frames and
+silence (or with ``pad_source``, e.g. the slate) up to the next whole
+segment: a 15 s creative on 2 s segments gives 8 segments, the last holding
+1 s of ad and 1 s of padding. A tail of at most ``trim_tolerance`` (default
+0.1 s: mezzanines that run 10.02 s) is trimmed instead of costing a whole
+padded segment. No segment is ever shorter than ``segment_duration``.
+
+Layout: ``out_dir/<key>/<rendition>/seg_00000.ts`` ... and a ``done.json``
+marker, written atomically after the segments are in place. A rendition
+whose marker matches the requested spec is reused without running ffmpeg;
+concurrent calls for the same key share one task; at most
+``max_concurrent`` ffmpeg processes run at once (a semaphore) and each has a
+timeout. The event loop never blocks: ffmpeg and ffprobe run with
+``asyncio.create_subprocess_exec``.
+
+The slate is conditioned the same way (``key="slate"``) so the stitcher can
+fill slots with it one segment at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import ffmpeg
+
+from fixtures.media import ffmpeg_exe, ffprobe_exe
+
+log = logging.getLogger(__name__)
+
+LOUDNESS_I = -24.0  # LUFS (EBU R128 / ATSC A/85 style target)
+LOUDNESS_TP = -2.0  # dBTP
+LOUDNESS_LRA = 11.0
+MARKER = "done.json"
+MARKER_VERSION = 1
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
+
+
+class ConditioningError(Exception):
+    """Conditioning failed: ffmpeg exited non-zero, timed out, or produced a wrong result.
+
+    ``stderr_tail`` holds the end of ffmpeg's (or ffprobe's) stderr.
+    """
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        super().__init__(f"{message}\n{stderr_tail}" if stderr_tail else message)
+        self.message = message
+        self.stderr_tail = stderr_tail
+
+
+@dataclass(frozen=True)
+class RenditionSpec:
+    """What a conditioned rendition must look like (probed from the content)."""
+
+    name: str
+    width: int
+    height: int
+    video_bitrate: int  # bits/s
+    fps: Fraction
+    audio_rate: int = 48000
+    audio_channels: int = 2
+    segment_duration: Fraction = Fraction(2)
+    container: str = "ts"
+    video_profile: str = "main"  # x264 -profile:v (baseline, main, high)
+    video_level: str | None = None  # x264 -level, e.g. "3.1"; None lets x264 pick
+    pix_fmt: str = "yuv420p"
+    audio_bitrate: int = 128000
+    video_pid: int | None = None  # MPEG-TS PIDs; None = ffmpeg's defaults (0x100, 0x101)
+    audio_pid: int | None = None
+
+    @property
+    def frames_per_segment(self) -> int:
+        frames = self.segment_duration * self.fps
+        n = round(frames)
+        if n < 1 or abs(frames - n) > Fraction(1, 100):
+            raise ValueError(
+                f"{self.name}: segment duration {self.segment_duration} s is not a whole "
+                f"number of frames at {self.fps} fps"
+            )
+        return n
+
+    @property
+    def exact_segment_duration(self) -> Fraction:
+        """The duration of every segment: a whole number of frames."""
+        return Fraction(self.frames_per_segment) / self.fps
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fps"] = str(self.fps)
+        d["segment_duration"] = str(self.segment_duration)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RenditionSpec:
+        d = dict(d)
+        d["fps"] = Fraction(d["fps"])
+        d["segment_duration"] = Fraction(d["segment_duration"])
+        return cls(**d)
+
+
+class ConditionedSegment(NamedTuple):
+    path: Path
+    duration: Fraction
+
+
+@dataclass(frozen=True)
+class ConditionedRendition:
+    spec: RenditionSpec
+    segments: tuple[ConditionedSegment, ...]
+    duration: Fraction  # the creative's real (unpadded) duration in this rendition
+
+    @property
+    def padded_duration(self) -> Fraction:
+        return sum((s.duration for s in self.segments), Fraction(0))
+
+
+@dataclass(frozen=True)
+class ConditionedCreative:
+    key: str
+    duration: Fraction  # the creative's real duration (quartiles are computed from it)
+    renditions: dict[str, ConditionedRendition] = field(default_factory=dict)
+
+    def segments(self, rendition: str) -> list[ConditionedSegment]:
+        return list(self.renditions[rendition].segments)
+
+    @property
+    def segment_count(self) -> int:
+        counts = {len(r.segments) for r in self.renditions.values()}
+        if len(counts) != 1:
+            raise ValueError(f"{self.key}: renditions differ in segment count: {counts}")
+        return counts.pop()
+
+
+# ----------------------------------------------------------------- probing
+
+
+async def _exec(cmd: list[str], timeout: float, what: str) -> tuple[bytes, str]:
+    """Run a command without blocking the loop; (stdout, stderr text). Kills on timeout."""
+    log.debug("exec: %s", " ".join(cmd))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as e:
+        raise ConditioningError(f"{what}: cannot start {cmd[0]}: {e}") from e
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        _, err = await proc.communicate()
+        raise ConditioningError(f"{what}: timed out after {timeout} s",
+                                err.decode(errors="replace")[-4000:]) from None
+    except BaseException:  # cancelled: don't leave ffmpeg running
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    text = err.decode(errors="replace")
+    if proc.returncode != 0:
+        raise ConditioningError(f"{what}: exit status {proc.returncode}", text[-4000:])
+    return out, text
+
+
+def _input_opts(src: str) -> dict[str, Any]:
+    """Restrict what a (possibly untrusted) creative URL may make ffmpeg open."""
+    if re.match(r"^https?://", src, re.I):
+        return {"protocol_whitelist": "http,https,tcp,tls,crypto"}
+    if "://" in src or src.startswith(("-", "concat:", "subfile,")) or re.match(r"^\w+:", src):
+        raise ConditioningError(f"unsupported creative location: {src!r}")
+    return {"protocol_whitelist": "file"}
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\d+:\d+(?:\[(0x[0-9a-f]+)\])?.*?: Video: (\w+)(?: \(([^)]*)\))?"
+                    r".*?, (\w+)(?:\(.*?\))?, (\d+)x(\d+)(?:.*?, ([\d.]+) fps)?(?:.*?, ([\d.k]+) tbr)?")
+_AUDIO = re.compile(r"Stream #\d+:\d+(?:\[(0x[0-9a-f]+)\])?.*?: Audio: (\w+).*?, (\d+) Hz, "
+                    r"([\w.()]+)")
+
+
+async def _probe_without_ffprobe(src: str, count_frames: bool, timeout: float) -> dict[str, Any]:
+    """A minimal ffprobe-shaped dict parsed from ``ffmpeg -i`` (bundled ffmpeg has no ffprobe)."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin"]
+    for k, v in _input_opts(src).items():
+        cmd += [f"-{k}", v]
+    cmd += ["-i", src]
+    if count_frames:
+        cmd += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    text = err.decode(errors="replace")
+    streams: list[dict[str, Any]] = []
+    fmt: dict[str, Any] = {}
+    m = _DURATION.search(text)
+    if m:
+        fmt["duration"] = str(int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]))
+    for line in text.splitlines():
+        if (v := _VIDEO.search(line)) and not streams_has(streams, "video"):
+            rate = v[7] or v[8] or "0"
+            rate = rate.replace("k", "000")
+            streams.append({
+                "codec_type": "video", "codec_name": v[2], "profile": (v[3] or "").split(")")[0],
+                "pix_fmt": v[4], "width": int(v[5]), "height": int(v[6]),
+                "r_frame_rate": str(Fraction(rate).limit_denominator(1001)),
+                "id": v[1],
+            })
+        elif (a := _AUDIO.search(line)) and not streams_has(streams, "audio"):
+            layout = a[4]
+            channels = {"mono": 1, "stereo": 2, "5.1": 6, "5.1(side)": 6}.get(layout, 2)
+            streams.append({"codec_type": "audio", "codec_name": a[2],
+                            "sample_rate": a[3], "channels": channels, "id": a[1]})
+    if count_frames:
+        frames = re.findall(r"frame=\s*(\d+)", text)
+        for s in streams:
+            if s["codec_type"] == "video" and frames:
+                s["nb_read_packets"] = frames[-1]
+    if proc.returncode != 0 and not streams:
+        raise ConditioningError(f"cannot probe {src}", text[-4000:])
+    return {"streams": streams, "format": fmt}
+
+
+def streams_has(streams: list[dict[str, Any]], kind: str) -> bool:
+    return any(s.get("codec_type") == kind for s in streams)
+
+
+async def _probe(src: str, *, count_frames: bool = False, timeout: float = 60.0) -> dict[str, Any]:
+    probe = ffprobe_exe()
+    if probe is None:
+        return await _probe_without_ffprobe(src, count_frames, timeout)
+    cmd = [probe, "-v", "error"]
+    for k, v in _input_opts(src).items():
+        cmd += [f"-{k}", v]
+    if count_frames:
+        cmd += ["-count_packets"]
+    cmd += ["-show_streams", "-show_format", "-of", "json", src]
+    out, _ = await _exec(cmd, timeout, f"probing {src}")
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise ConditioningError(f"ffprobe gave no JSON for {src}") from e
+
+
+def _stream(info: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for s in info.get("streams", []):
+        if s.get("codec_type") == kind:
+            return s
+    return None
+
+
+def _rate(text: str | None) -> Fraction | None:
+    try:
+        r = Fraction(text or "")
+    except (ValueError, ZeroDivisionError):
+        return None
+    return r if 0 < r <= 240 else None
+
+
+_AUDIO_BITRATES = (32000, 48000, 64000, 96000, 128000, 160000, 192000, 256000, 320000)
+_PROFILES = {"main": "main", "high": "high", "baseline": "baseline",
+             "constrained baseline": "baseline"}
+
+
+async def probe_rendition(
+    path_or_url: str | os.PathLike[str], name: str, *,
+    segment_duration: Fraction | None = None, timeout: float = 60.0,
+) -> RenditionSpec:
+    """Probe a content segment (or any media) and return the spec ads must match.
+
+    Without ``segment_duration`` the input must be one segment: its duration
+    is its video frame count over the frame rate.
+    """
+    src = str(path_or_url)
+    info = await _probe(src, count_frames=segment_duration is None, timeout=timeout)
+    v = _stream(info, "video")
+    if v is None:
+        raise ConditioningError(f"{src}: no video stream")
+    a = _stream(info, "audio")
+    fps = _rate(v.get("r_frame_rate")) or _rate(v.get("avg_frame_rate"))
+    if fps is None:
+        raise ConditioningError(f"{src}: unknown frame rate")
+    if segment_duration is None:
+        frames = int(v.get("nb_read_packets") or v.get("nb_frames") or 0)
+        if frames <= 0:
+            raise ConditioningError(f"{src}: cannot count video frames")
+        segment_duration = Fraction(frames) / fps
+    fmt = info.get("format", {})
+    # A short segment under-runs its nominal AAC rate (quiet audio): snap the
+    # measurement up to the next common encoder setting.
+    measured_audio = int(a.get("bit_rate") or 128000) if a else 128000
+    audio_bitrate = next((b for b in _AUDIO_BITRATES if b >= measured_audio * 0.95),
+                         _AUDIO_BITRATES[-1])
+    if v.get("bit_rate"):
+        video_bitrate = int(v["bit_rate"])
+    else:
+        size = fmt.get("size")
+        dur = fmt.get("duration")
+        if size and dur and float(dur) > 0:
+            # container total minus audio, less ~5 % MPEG-TS overhead
+            total = int(size) * 8 / float(dur)
+            video_bitrate = int(max(total * 0.95 - audio_bitrate, 100_000))
+        elif fmt.get("bit_rate"):
+            video_bitrate = int(max(int(fmt["bit_rate"]) * 0.95 - audio_bitrate, 100_000))
+        else:
+            video_bitrate = 1_000_000
+    video_bitrate = round(video_bitrate, -3)
+    level = v.get("level")
+    video_level = None
+    if isinstance(level, int) and level > 0:
+        video_level = f"{level // 10}.{level % 10}"
+    profile = _PROFILES.get(str(v.get("profile", "")).lower(), "main")
+
+    def pid(s: dict[str, Any] | None) -> int | None:
+        try:
+            return int(str(s["id"]), 16) if s and s.get("id") else None
+        except ValueError:
+            return None
+
+    container = "ts" if "mpegts" in str(fmt.get("format_name", "mpegts")) else "ts"
+    return RenditionSpec(
+        name=name, width=int(v["width"]), height=int(v["height"]),
+        video_bitrate=video_bitrate, fps=fps,
+        audio_rate=int(a["sample_rate"]) if a else 48000,
+        audio_channels=int(a.get("channels") or 2) if a else 2,
+        segment_duration=segment_duration, container=container,
+        video_profile=profile, video_level=video_level,
+        pix_fmt=v.get("pix_fmt") or "yuv420p",
+        audio_bitrate=audio_bitrate if a else 128000,
+        video_pid=pid(v), audio_pid=pid(a),
+    )
+
+
+# -------------------------------------------------------------- conditioning
+
+
+def _check_name(what: str, name: str) -> None:
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise ValueError(f"unsafe {what} for a path component: {name!r}")
+
+
+def _load_marker(rdir: Path, spec: RenditionSpec) -> ConditionedRendition | None:
+    try:
+        marker = json.loads((rdir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("version") != MARKER_VERSION or marker.get("spec") != spec.to_json():
+        return None
+    segs = tuple(ConditionedSegment(rdir / name, Fraction(d)) for name, d in marker["segments"])
+    if not all(s.path.is_file() for s in segs):
+        return None
+    return ConditionedRendition(spec, segs, Fraction(marker["duration"]))
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class _Plan:
+    spec: RenditionSpec
+    frames: int  # creative frames kept
+    total: int  # frames after padding (a whole number of segments)
+    segments: int
+    tmp_dir: Path
+
+
+def _plan(spec: RenditionSpec, duration: Fraction, trim_tolerance: Fraction,
+          tmp_dir: Path) -> _Plan:
+    k = spec.frames_per_segment
+    frames = max(1, round(duration * spec.fps))
+    rest = frames % k
+    if rest and frames > k and Fraction(rest) / spec.fps <= trim_tolerance:
+        frames -= rest  # a few stray frames: trim rather than pad a whole segment
+    segments = math.ceil(frames / k)
+    return _Plan(spec, frames, segments * k, segments, tmp_dir)
+
+
+def _conform_video(stream: Any, spec: RenditionSpec) -> Any:
+    return (
+        stream.filter("scale", spec.width, spec.height, force_original_aspect_ratio="decrease",
+                      flags="bicubic")
+        .filter("pad", spec.width, spec.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
+        .filter("setsar", 1)
+        .filter("format", spec.pix_fmt)
+    )
+
+
+def _audio_fmt(spec: RenditionSpec) -> dict[str, Any]:
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}.get(spec.audio_channels, "stereo")
+    return {"sample_fmts": "fltp", "sample_rates": spec.audio_rate, "channel_layouts": layout}
+
+
+def _build(
+    src: str, info: dict[str, Any], plans: list[_Plan], pad_source: str | None,
+    pad_info: dict[str, Any] | None, preset: str,
+) -> list[str]:
+    """The ffmpeg command line: decode once, one segmented output per rendition."""
+    inp = ffmpeg.input(src, **_input_opts(src))
+    has_audio = _stream(info, "audio") is not None
+    n = len(plans)
+    video = inp.video.filter("setpts", "PTS-STARTPTS").split()
+    if has_audio:
+        audio = inp.audio.filter("asetpts", "PTS-STARTPTS")
+    else:
+        audio = ffmpeg.input("anullsrc=channel_layout=stereo:sample_rate=48000", f="lavfi").audio
+    # Loudness is measured and normalised once, before the renditions split.
+    longest = max(Fraction(p.frames) / p.spec.fps for p in plans)
+    audio = (
+        audio.filter("atrim", end=float(longest))
+        .filter("loudnorm", i=LOUDNESS_I, tp=LOUDNESS_TP, lra=LOUDNESS_LRA)
+        .filter("aresample", 48000)
+        .asplit()
+    )
+    pad_v = pad_a = None
+    if pad_source is not None and any(p.total > p.frames for p in plans):
+        pin = ffmpeg.input(pad_source, stream_loop=-1, **_input_opts(pad_source))
+        pad_v = pin.video.filter("setpts", "PTS-STARTPTS").split()
+        if pad_info is not None and _stream(pad_info, "audio") is not None:
+            pad_a = pin.audio.filter("asetpts", "PTS-STARTPTS").asplit()
+    outputs = []
+    for i, plan in enumerate(plans):
+        spec = plan.spec
+        k = spec.frames_per_segment
+        pad_frames = plan.total - plan.frames
+        total_seconds = Fraction(plan.total) / spec.fps
+        total_samples = round(total_seconds * spec.audio_rate)
+        v = _conform_video(
+            video[i].filter("fps", str(spec.fps)).filter("trim", end_frame=plan.frames), spec)
+        a = (audio[i].filter("atrim", end=float(Fraction(plan.frames) / spec.fps))
+             .filter("aresample", spec.audio_rate).filter("aformat", **_audio_fmt(spec)))
+        if pad_frames and pad_v is not None:
+            # Pad with the pad source (looped) instead of black: creative then pad, each
+            # with audio of exactly its video's length so the two stay in sync.
+            creative_samples = round(Fraction(plan.frames) / spec.fps * spec.audio_rate)
+            pad_samples = total_samples - creative_samples
+            pv = _conform_video(
+                pad_v[i].filter("fps", str(spec.fps)).filter("trim", end_frame=pad_frames), spec)
+            if pad_a is not None:
+                pa = pad_a[i]
+            else:
+                pa = ffmpeg.input(f"anullsrc=sample_rate={spec.audio_rate}", f="lavfi").audio
+            pa = (pa.filter("aresample", spec.audio_rate).filter("aformat", **_audio_fmt(spec))
+                  .filter("apad", whole_len=pad_samples).filter("atrim", end_sample=pad_samples))
+            a = a.filter("apad", whole_len=creative_samples).filter(
+                "atrim", end_sample=creative_samples)
+            joined = ffmpeg.concat(v, a, pv, pa, v=1, a=1).node
+            v, a = joined[0], joined[1]
+        # Black frames / silence up to the whole segment (also absorbs rounding).
+        v = (v.filter("tpad", stop=plan.total, stop_mode="add", color="black")
+             .filter("trim", end_frame=plan.total)
+             .filter("setpts", f"N/({spec.fps.numerator}/{spec.fps.denominator})/TB"))
+        a = (a.filter("apad", whole_len=total_samples)
+             .filter("atrim", end_sample=total_samples)
+             .filter("asetpts", "N/SR/TB"))
+        opts: dict[str, Any] = {
+            "vcodec": "libx264", "preset": preset, "profile:v": spec.video_profile,
+            "pix_fmt": spec.pix_fmt, "r": str(spec.fps),
+            "b:v": spec.video_bitrate, "maxrate": int(spec.video_bitrate * 1.1),
+            "bufsize": spec.video_bitrate * 2,
+            "g": k, "keyint_min": k, "sc_threshold": 0, "flags": "+cgop",
+            "force_key_frames": f"expr:eq(mod(n,{k}),0)",
+            "acodec": "aac", "b:a": spec.audio_bitrate, "ar": spec.audio_rate,
+            "ac": spec.audio_channels,
+            "f": "segment", "segment_format": "mpegts", "reset_timestamps": 0,
+            "frames:v": plan.total,
+        }
+        if spec.video_level:
+            opts["level:v"] = spec.video_level
+        if plan.segments > 1:
+            opts["segment_frames"] = ",".join(str(k * j) for j in range(1, plan.segments))
+        else:
+            opts["segment_time"] = 10**6
+        if spec.video_pid is not None:
+            opts["mpegts_start_pid"] = spec.video_pid  # video first, then audio
+        outputs.append(ffmpeg.output(v, a, str(plan.tmp_dir / "seg_%05d.ts"), **opts))
+    args = ffmpeg.merge_outputs(*outputs).get_args()
+    return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"] + args
+
+
+class Conditioner:
+    """Runs conditioning jobs: bounded ffmpeg concurrency, shared in-flight tasks.
+
+    One per event loop (asyncio primitives are loop-bound); :func:`condition`
+    uses a default instance for the running loop.
+    """
+
+    def __init__(self, max_concurrent: int = 2, timeout: float = 600.0,
+                 preset: str = "veryfast", trim_tolerance: Fraction = Fraction(1, 10)) -> None:
+        self.max_concurrent = max_concurrent
+        self.timeout = timeout
+        self.preset = preset
+        self.trim_tolerance = trim_tolerance
+        self._sem = asyncio.Semaphore(max_concurrent)
+        self._inflight: dict[tuple[str, str], asyncio.Task[ConditionedCreative]] = {}
+        self.runs = 0  # ffmpeg transcodes started (observability, tests)
+
+    async def condition(
+        self, creative: str | os.PathLike[str], specs: list[RenditionSpec],
+        out_dir: str | os.PathLike[str], *, key: str,
+        pad_source: str | os.PathLike[str] | None = None,
+    ) -> ConditionedCreative:
+        _check_name("key", key)
+        if not specs:
+            raise ValueError("no rendition specs")
+        for s in specs:
+            _check_name("rendition name", s.name)
+            if s.container != "ts":
+                raise ValueError(f"{s.name}: container {s.container!r} not supported (ts only)")
+            s.frames_per_segment  # noqa: B018 - validates the cadence
+        if len({s.name for s in specs}) != len(specs):
+            raise ValueError("duplicate rendition names")
+        base = Path(out_dir).resolve() / key
+        flight = (str(base), key)
+        while True:
+            done = self._cached(base, key, specs)
+            if done is not None:
+                return done
+            task = self._inflight.get(flight)
+            if task is None:
+                task = asyncio.ensure_future(self._run(
+                    str(creative), specs, base, key,
+                    None if pad_source is None else str(pad_source)))
+                self._inflight[flight] = task
+                task.add_done_callback(lambda _t, f=flight: self._inflight.pop(f, None))
+                return await asyncio.shield(task)
+            # Someone else is conditioning this key (maybe for other renditions):
+            # wait for it, then re-check what is missing.
+            try:
+                await asyncio.shield(task)
+            except ConditioningError:
+                pass
+
+    def cached(self, out_dir: str | os.PathLike[str], key: str,
+               specs: list[RenditionSpec]) -> ConditionedCreative | None:
+        """The finished result for ``key`` on disk, if every spec is done (no ffmpeg)."""
+        return self._cached(Path(out_dir).resolve() / key, key, specs)
+
+    def _cached(self, base: Path, key: str,
+                specs: list[RenditionSpec]) -> ConditionedCreative | None:
+        found = {}
+        for s in specs:
+            r = _load_marker(base / s.name, s)
+            if r is None:
+                return None
+            found[s.name] = r
+        return ConditionedCreative(key, next(iter(found.values())).duration, found)
+
+    async def _run(self, creative: str, specs: list[RenditionSpec], base: Path, key: str,
+                   pad_source: str | None) -> ConditionedCreative:
+        ready = {s.name: r for s in specs if (r := _load_marker(base / s.name, s)) is not None}
+        missing = [s for s in specs if s.name not in ready]
+        if missing:
+            info = await _probe(creative, timeout=min(self.timeout, 120.0))
+            duration = _creative_duration(info, creative)
+            pad_info = None
+            if pad_source is not None:
+                pad_info = await _probe(pad_source, timeout=min(self.timeout, 120.0))
+            base.mkdir(parents=True, exist_ok=True)
+            plans = [_plan(s, duration, self.trim_tolerance,
+                           Path(tempfile.mkdtemp(prefix=f".tmp-{s.name}-", dir=base)))
+                     for s in missing]
+            try:
+                cmd = _build(creative, info, plans, pad_source, pad_info, self.preset)
+                async with self._sem:
+                    self.runs += 1
+                    started = time.monotonic()
+                    log.info("conditioning %s (%s s) to %s", key, duration,
+                             ", ".join(s.name for s in missing))
+                    await _exec(cmd, self.timeout, f"conditioning {key}")
+                    log.info("conditioned %s in %.1f s", key, time.monotonic() - started)
+                for plan in plans:
+                    ready[plan.spec.name] = self._publish(base, key, plan, creative)
+            finally:
+                for plan in plans:
+                    shutil.rmtree(plan.tmp_dir, ignore_errors=True)
+        result = {s.name: ready[s.name] for s in specs}
+        return ConditionedCreative(key, next(iter(result.values())).duration, result)
+
+    def _publish(self, base: Path, key: str, plan: _Plan, creative: str
+                 ) -> ConditionedRendition:
+        spec = plan.spec
+        names = sorted(p.name for p in plan.tmp_dir.glob("seg_*.ts"))
+        expected = [f"seg_{j:05d}.ts" for j in range(plan.segments)]
+        if names != expected:
+            raise ConditioningError(
+                f"{spec.name}: expected {plan.segments} segments, ffmpeg wrote {len(names)}")
+        final = base / spec.name
+        if final.exists():  # a stale, unmarked attempt: replace it
+            stale = Path(tempfile.mkdtemp(prefix=f".stale-{spec.name}-", dir=base))
+            os.replace(final, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        os.chmod(plan.tmp_dir, 0o755)
+        os.replace(plan.tmp_dir, final)
+        seg = spec.exact_segment_duration
+        duration = Fraction(plan.frames) / spec.fps
+        _write_json_atomic(final / MARKER, {
+            "version": MARKER_VERSION,
+            "key": key,
+            "creative": creative,
+            "spec": spec.to_json(),
+            "duration": str(duration),
+            "segments": [[n, str(seg)] for n in expected],
+            "created": time.time(),
+        })
+        return ConditionedRendition(spec, tuple(ConditionedSegment(final / n, seg)
+                                                for n in expected), duration)
+
+
+def _creative_duration(info: dict[str, Any], src: str) -> Fraction:
+    v = _stream(info, "video")
+    if v is None:
+        raise ConditioningError(f"{src}: no video stream")
+    for text in (v.get("duration"), info.get("format", {}).get("duration")):
+        try:
+            d = Fraction(str(text))
+        except (ValueError, ZeroDivisionError):
+            continue
+        if d > 0:
+            return d
+    raise ConditioningError(f"{src}: unknown duration")
+
+
+_default: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Conditioner] = (
+    weakref.WeakKeyDictionary())
+
+
+def default_conditioner() -> Conditioner:
+    """The running loop's shared :class:`Conditioner` (2 concurrent ffmpeg processes)."""
+    loop = asyncio.get_running_loop()
+    c = _default.get(loop)
+    if c is None:
+        c = _default[loop] = Conditioner()
+    return c
+
+
+async def condition(
+    creative: str | os.PathLike[str], specs: list[RenditionSpec],
+    out_dir: str | os.PathLike[str], *, key: str,
+    pad_source: str | os.PathLike[str] | None = None,
+) -> ConditionedCreative:
+    """Condition ``creative`` to every spec under ``out_dir/<key>/`` (idempotent).
+
+    See the module docstring. Raises :class:`ConditioningError` on failure.
+    """
+    return await default_conditioner().condition(
+        creative, specs, out_dir, key=key, pad_source=pad_source)

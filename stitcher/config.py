@@ -1,0 +1,102 @@
+"""Service and channel configuration (pydantic), with embedded defaults.
+
+Validation errors name the field and the problem; they are raised at load time
+(``load_config``) so a bad file never starts a half-configured service.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class CohortRule(BaseModel):
+    """One targeting attribute: a session parameter and its allowed values.
+
+    Values not listed map to ``default``, so clients cannot create cohorts.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    attribute: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    values: list[str] = Field(min_length=1, max_length=64)
+    default: str
+
+    @field_validator("default")
+    @classmethod
+    def _default_listed(cls, v: str, info: object) -> str:
+        values = getattr(info, "data", {}).get("values") or []
+        if values and v not in values:
+            raise ValueError(f"default {v!r} must be one of values {values}")
+        return v
+
+
+class ChannelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    #: The origin's multivariant playlist URL.
+    origin_url: str = Field(pattern=r"^https?://")
+    #: VAST ad server URL template; macros like [CACHEBUSTING], {duration}, {cohort.geo}.
+    ad_server_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: Hosts on private/loopback networks may be fetched only when allowed (fixtures).
+    allow_private_ad_hosts: bool = False
+    #: Mezzanine of the slate that fills what ads do not (path or http URL).
+    slate: str | None = None
+    #: Segment cadence ads are conditioned to; default: the origin's target duration.
+    segment_duration: Seconds | None = None
+    min_slate: Seconds = 2.0
+    #: Leave a break unpersonalized when more than this many seconds would be unfilled.
+    personalization_threshold: Seconds | None = None
+    #: A break with no duration and no CUE-IN ends after this.
+    max_break: Seconds = 120.0
+    #: How long a render may wait for an ad decision before falling back.
+    decision_budget: Seconds = 2.0
+    passthrough_markers: bool = False
+    window_cap: int | None = Field(default=None, ge=3)
+    cohorts: list[CohortRule] = Field(default_factory=list, max_length=8)
+
+    @property
+    def nominal(self) -> Fraction | None:
+        return None if self.segment_duration is None else Fraction(str(self.segment_duration))
+
+
+class StitcherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Public base URL of this service (what players see), for absolute URLs in JSON.
+    public_url: str | None = None
+    #: Where conditioned ad segments are served from; default: this service's /assets.
+    assets_base_url: str | None = None
+    #: Working folder: conditioned ads, ledgers (embedded mode).
+    data_dir: Path = Path("var")
+    #: HMAC keys by key id; the first signs new sessions, all verify.
+    session_keys: dict[str, str] = Field(default_factory=lambda: {"k1": "change-me-in-production"})
+    session_ttl: Seconds = 6 * 3600
+    session_grace: Seconds = 3600
+    admin_token: str | None = None
+    origin_timeout: Seconds = 3.0
+    ad_timeout: Seconds = 2.0
+    channels: list[ChannelConfig] = Field(default_factory=list)
+
+    def channel(self, channel_id: str) -> ChannelConfig | None:
+        return next((c for c in self.channels if c.id == channel_id), None)
+
+
+def load_config(path: Path) -> StitcherConfig:
+    """Load YAML or JSON; raises pydantic.ValidationError naming the bad field."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    return StitcherConfig.model_validate(data)

@@ -1,0 +1,44 @@
+"""Prometheus metrics, one registry per app (tests run many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("stitcher_requests_total", "Player-facing requests",
+                                ["endpoint", "status"], registry=r)
+        self.latency = Histogram("stitcher_request_seconds", "Request latency", ["endpoint"],
+                                 registry=r)
+        self.render_seconds = Histogram("stitcher_render_seconds", "Playlist render time",
+                                        registry=r)
+        self.render_cache = Counter("stitcher_render_cache_total", "Rendered playlist cache",
+                                    ["channel", "cohort", "result"], registry=r)
+        self.origin_fetches = Counter("stitcher_origin_fetches_total", "Origin fetches",
+                                      ["channel", "result"], registry=r)
+        self.origin_errors = Counter("stitcher_origin_errors_total", "Origin faults by kind",
+                                     ["channel", "kind"], registry=r)
+        self.stale_serves = Counter("stitcher_stale_serves_total",
+                                    "Playlists served from the last good origin response",
+                                    ["channel"], registry=r)
+        self.ad_requests = Counter("stitcher_ad_requests_total", "Ad decision requests",
+                                   ["channel", "result"], registry=r)
+        self.ad_errors = Counter("stitcher_ad_errors_total", "Ad server faults by kind",
+                                 ["channel", "kind"], registry=r)
+        self.ads_not_ready = Counter("stitcher_ads_not_ready_total",
+                                     "Ads skipped because conditioning was not done",
+                                     ["channel"], registry=r)
+        self.avail_seconds = Counter("stitcher_avail_seconds_total", "Avail duration decided",
+                                     ["channel"], registry=r)
+        self.filled_seconds = Counter("stitcher_filled_seconds_total", "Ad seconds placed",
+                                      ["channel"], registry=r)
+        self.marker_errors = Counter("stitcher_marker_errors_total",
+                                     "Ad markers that could not be understood", ["channel"],
+                                     registry=r)
+        self.beacons = Counter("stitcher_beacons_total", "Beacon deliveries", ["result"],
+                               registry=r)
+        self.beacon_queue = Gauge("stitcher_beacon_queue_depth", "Beacons waiting", registry=r)
+        self.conditioning = Counter("stitcher_conditioning_total", "Creative conditioning jobs",
+                                    ["result"], registry=r)

@@ -1,0 +1,140 @@
+"""Fetching origin playlists: coalesced, conditional, and stale-but-available.
+
+One origin fetch per playlist URL per refresh interval, however many viewers
+ask: concurrent callers share the in-flight request, and a result younger
+than half a target duration is reused. When the origin fails (timeout, 5xx,
+429, a body that is not a playlist, a media sequence that goes backwards) the
+last good playlist is served and marked stale; only a cold start with no good
+playlist raises :class:`OriginUnavailable` (a 503 with Retry-After upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from manifests.errors import ManifestError
+from manifests.playlist import MediaPlaylist, parse_media
+from stitcher.errors import OriginUnavailable, UpstreamError
+from stitcher.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    url: str
+    text: str
+    playlist: MediaPlaylist
+    #: Hash of the body: renders are cached per origin version.
+    version: str
+    fetched_at: float
+    stale: bool = False
+    error: str | None = None
+
+
+@dataclass
+class _Entry:
+    good: Fetched | None = None
+    inflight: asyncio.Task[Fetched] | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    retry_not_before: float = 0.0
+
+
+class OriginFetcher:
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, channel: str, *,
+                 timeout: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._session = session
+        self._metrics = metrics
+        self._channel = channel
+        self._timeout = timeout
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+
+    def last_good(self, url: str) -> Fetched | None:
+        e = self._entries.get(url)
+        return e.good if e else None
+
+    async def get(self, url: str) -> Fetched:
+        """The freshest playlist within the refresh interval, or the last good one."""
+        e = self._entries.setdefault(url, _Entry())
+        now = self._clock()
+        if e.good is not None:
+            interval = (e.good.playlist.target_duration or 2) / 2
+            if now - e.good.fetched_at < interval or now < e.retry_not_before:
+                return e.good
+        if e.inflight is None:
+            e.inflight = asyncio.ensure_future(self._refresh(url, e))
+            e.inflight.add_done_callback(lambda _t, e=e: setattr(e, "inflight", None))
+        return await asyncio.shield(e.inflight)
+
+    async def _refresh(self, url: str, e: _Entry) -> Fetched:
+        try:
+            fetched = await self._fetch(url, e)
+        except (UpstreamError, asyncio.TimeoutError, aiohttp.ClientError, ManifestError,
+                UnicodeDecodeError) as exc:
+            kind = _kind(exc)
+            self._metrics.origin_errors.labels(self._channel, kind).inc()
+            self._metrics.origin_fetches.labels(self._channel, "error").inc()
+            log.warning("origin fetch failed (%s) for %s: %s", kind, url, exc,
+                        extra={"channel": self._channel})
+            retry_after = getattr(exc, "retry_after", None)
+            interval = ((e.good.playlist.target_duration or 2) / 2) if e.good else 1.0
+            # Back off: never more than one attempt per refresh interval (or Retry-After).
+            e.retry_not_before = self._clock() + max(float(retry_after or 0), interval)
+            if e.good is None:
+                raise OriginUnavailable(f"origin unavailable: {exc}",
+                                        retry_after=float(retry_after or 2)) from exc
+            self._metrics.stale_serves.labels(self._channel).inc()
+            stale = Fetched(e.good.url, e.good.text, e.good.playlist, e.good.version,
+                            e.good.fetched_at, stale=True, error=f"{kind}: {exc}")
+            return stale
+        self._metrics.origin_fetches.labels(self._channel, "ok").inc()
+        e.good = fetched
+        return fetched
+
+    async def _fetch(self, url: str, e: _Entry) -> Fetched:
+        headers = {}
+        if e.good is not None and e.etag:
+            headers["If-None-Match"] = e.etag
+        if e.good is not None and e.last_modified:
+            headers["If-Modified-Since"] = e.last_modified
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with self._session.get(url, headers=headers, timeout=timeout) as resp:
+            if resp.status == 304 and e.good is not None:
+                g = e.good
+                return Fetched(g.url, g.text, g.playlist, g.version, self._clock())
+            if resp.status != 200:
+                ra = resp.headers.get("Retry-After")
+                raise UpstreamError(f"HTTP {resp.status}",
+                                    retry_after=float(ra) if ra and ra.isdigit() else None)
+            body = await resp.read()
+            e.etag = resp.headers.get("ETag")
+            e.last_modified = resp.headers.get("Last-Modified")
+        text = body.decode("utf-8")
+        playlist = parse_media(text)
+        if not playlist.segments:
+            raise UpstreamError("playlist has no segments")
+        if e.good is not None and playlist.media_sequence < e.good.playlist.media_sequence:
+            raise UpstreamError(
+                f"media sequence went backwards ({e.good.playlist.media_sequence} -> "
+                f"{playlist.media_sequence})")
+        version = hashlib.sha1(body).hexdigest()[:16]
+        return Fetched(url, text, playlist, version, self._clock())
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, ManifestError | UnicodeDecodeError):
+        return "malformed"
+    if isinstance(exc, UpstreamError):
+        return "http" if exc.reason.startswith("HTTP") else "invalid"
+    return "connect"

@@ -1,0 +1,167 @@
+"""Shared live state behind one small interface.
+
+The embedded default (:class:`MemoryStore`) keeps everything in process and
+writes ledgers and frozen decisions to files under ``data_dir`` so a restart
+does not send players backwards. A Redis implementation (scale-out) keeps the
+same contract: ``put_pod_if_absent`` is set-if-absent (the first decision wins
+everywhere) and ledger appends never change a published slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import asdict
+from datetime import datetime
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+from manifests.breaks import Break
+from manifests.ledger import Ledger, SlotEntry
+from manifests.pod import ItemKind, Pod, PodItem
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    async def get_breaks(self, channel: str) -> tuple[Break, ...]: ...
+
+    async def put_breaks(self, channel: str, breaks: tuple[Break, ...]) -> None: ...
+
+    async def get_decision(self, channel: str, break_id: str, cohort: str) -> str | None: ...
+
+    async def put_decision_if_absent(self, channel: str, break_id: str, cohort: str,
+                                     decision: str) -> str:
+        """Freeze a decision (JSON); returns the one that won (maybe another instance's)."""
+        ...
+
+    async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger: ...
+
+    async def append_ledger(self, channel: str, cohort: str, grid: str,
+                            entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger: ...
+
+
+def pod_to_json(pod: Pod) -> str:
+    return json.dumps({
+        "break_id": pod.break_id, "nominal": str(pod.nominal), "personalized": pod.personalized,
+        "items": [{"kind": it.kind.value, "creative": it.creative, "duration": str(it.duration),
+                   "start": str(it.start), "span": str(it.span), "segments": it.segments}
+                  for it in pod.items],
+    })
+
+
+def pod_from_json(text: str) -> Pod:
+    d = json.loads(text)
+    items = tuple(PodItem(ItemKind(i["kind"]), i["creative"], Fraction(i["duration"]),
+                          Fraction(i["start"]), Fraction(i["span"]), int(i["segments"]))
+                  for i in d["items"])
+    return Pod(d["break_id"], items, Fraction(d["nominal"]), bool(d["personalized"]))
+
+
+def break_to_json(b: Break) -> dict[str, object]:
+    d = asdict(b)
+    d["start"] = b.start.isoformat()
+    d["end"] = b.end.isoformat() if b.end else None
+    d["planned_duration"] = str(b.planned_duration) if b.planned_duration is not None else None
+    d["params"] = [list(p) for p in b.params]
+    return d
+
+
+def break_from_json(d: dict[str, object]) -> Break:
+    d = dict(d)
+    d["start"] = datetime.fromisoformat(str(d["start"]))
+    d["end"] = datetime.fromisoformat(str(d["end"])) if d.get("end") else None
+    d["planned_duration"] = Fraction(str(d["planned_duration"])) if d.get(
+        "planned_duration") is not None else None
+    d["params"] = tuple(tuple(p) for p in d.get("params") or ())  # type: ignore[union-attr]
+    return Break(**d)  # type: ignore[arg-type]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class MemoryStore:
+    """In-process store; with ``data_dir`` it persists ledgers, pods and breaks."""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self._dir = data_dir / "state" if data_dir else None
+        self._breaks: dict[str, tuple[Break, ...]] = {}
+        self._decisions: dict[tuple[str, str, str], str] = {}
+        self._ledgers: dict[tuple[str, str, str], Ledger] = {}
+        self._lock = asyncio.Lock()
+        if self._dir:
+            self._load()
+
+    # --- persistence (embedded mode) ---
+    def _path(self, *parts: str) -> Path:
+        assert self._dir is not None
+        return self._dir.joinpath(*(_safe(p) for p in parts))
+
+    def _write(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _load(self) -> None:
+        assert self._dir is not None
+        if not self._dir.exists():
+            return
+        for f in self._dir.glob("*/breaks.json"):
+            try:
+                self._breaks[f.parent.name] = tuple(
+                    break_from_json(d) for d in json.loads(f.read_text()))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("ignoring unreadable %s: %s", f, exc)
+        for f in self._dir.glob("*/decisions/*/*.json"):
+            self._decisions[(f.parents[2].name, f.parent.name, f.stem)] = f.read_text()
+        for f in self._dir.glob("*/ledgers/*/*.json"):
+            try:
+                self._ledgers[(f.parents[2].name, f.parent.name, f.stem)] = Ledger.from_json(
+                    f.read_text())
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("ignoring unreadable %s: %s", f, exc)
+
+    # --- Store ---
+    async def get_breaks(self, channel: str) -> tuple[Break, ...]:
+        return self._breaks.get(channel, ())
+
+    async def put_breaks(self, channel: str, breaks: tuple[Break, ...]) -> None:
+        if self._breaks.get(channel) == breaks:
+            return
+        self._breaks[channel] = breaks
+        if self._dir:
+            self._write(self._path(channel, "breaks.json"),
+                        json.dumps([break_to_json(b) for b in breaks]))
+
+    async def get_decision(self, channel: str, break_id: str, cohort: str) -> str | None:
+        return self._decisions.get((channel, break_id, cohort))
+
+    async def put_decision_if_absent(self, channel: str, break_id: str, cohort: str,
+                                     decision: str) -> str:
+        key = (channel, break_id, cohort)
+        existing = self._decisions.get(key)
+        if existing is not None:
+            return existing
+        self._decisions[key] = decision
+        if self._dir:
+            self._write(self._path(channel, "decisions", break_id, cohort + ".json"), decision)
+        return decision
+
+    async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger:
+        return self._ledgers.get((channel, cohort, grid), Ledger())
+
+    async def append_ledger(self, channel: str, cohort: str, grid: str,
+                            entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger:
+        key = (channel, cohort, grid)
+        old = self._ledgers.get(key, Ledger())
+        new = old.append(entries, hwm).compact(keep_from)
+        if new != old:
+            self._ledgers[key] = new
+            if self._dir:
+                self._write(self._path(channel, "ledgers", cohort, grid + ".json"), new.to_json())
+        return new
