@@ -13,7 +13,7 @@ the last URI are the :attr:`MediaPlaylist.trailer`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 
 from manifests.errors import PlaylistParseError
@@ -85,34 +85,86 @@ class Line:
         return bool(self.text) and not self.text.startswith("#") and not self.text.isspace()
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A media segment and the lines that apply to it (RFC 8216bis 4.4.4)."""
+#: Tags whose presence in a segment makes the splice look closer (ad markers,
+#: LL-HLS, URIs in attributes, sequence numbers). Kept here so parsing can flag
+#: such segments once and every later pass skips the plain ones.
+AD_MARKER_TAGS = frozenset({
+    "#EXT-X-CUE-OUT", "#EXT-X-CUE-OUT-CONT", "#EXT-X-CUE-IN", "#EXT-X-CUE", "#EXT-X-CUE-CONT",
+    "#EXT-X-CUE-SPAN", "#EXT-OATCLS-SCTE35", "#EXT-X-SCTE35", "#EXT-SCTE35",
+    "#EXT-X-SPLICEPOINT-SCTE35", "#EXT-X-ASSET", EXT_X_DATERANGE,
+})
+_SPECIAL_TAGS = AD_MARKER_TAGS | LL_HLS_TAGS | {EXT_X_KEY, EXT_X_MAP, EXT_X_DISCONTINUITY_SEQUENCE,
+                                                EXT_X_MEDIA_SEQUENCE}
 
-    msn: int
-    duration: Fraction
-    uri: str
-    lines: tuple[Line, ...]
-    discontinuity: bool = False
-    #: EXT-X-PROGRAM-DATE-TIME, explicit or derived from the previous one.
-    pdt: datetime | None = None
-    pdt_explicit: bool = False
-    #: Number of EXT-X-DISCONTINUITY tags since the playlist's first segment.
-    discontinuity_sequence: int = 0
-    #: The EXT-X-KEY / EXT-X-MAP lines in force for this segment (state tags).
-    key: Line | None = None
-    map: Line | None = None
-    gap: bool = False
+# Exact-name dispatch codes for the parse loop (a dict, never a startswith chain).
+_EXTINF, _PDT, _DISC, _KEY, _MAP, _GAP, _VARIANT, _PLAYLIST = range(8)
+_CODES: dict[str, int] = {
+    EXTINF: _EXTINF, EXT_X_PROGRAM_DATE_TIME: _PDT, EXT_X_DISCONTINUITY: _DISC,
+    EXT_X_KEY: _KEY, EXT_X_MAP: _MAP, EXT_X_GAP: _GAP,
+    "#EXT-X-STREAM-INF": _VARIANT, "#EXT-X-I-FRAME-STREAM-INF": _VARIANT,
+    **{tag: _PLAYLIST for tag in PLAYLIST_TAGS},
+}
+
+
+class Segment:
+    """A media segment and the lines that apply to it (RFC 8216bis 4.4.4).
+
+    ``raw`` holds the segment's lines as text (tags, comments, the URI last);
+    :attr:`lines` gives them as :class:`Line` objects on demand. Instances are
+    never mutated after parsing: an incremental refresh reuses them as they are.
+    """
+
+    __slots__ = ("msn", "duration", "uri", "raw", "discontinuity", "pdt", "pdt_explicit",
+                 "discontinuity_sequence", "key", "map", "gap", "special", "markers", "_lines",
+                 "memo")
+
+    def __init__(self, msn: int, duration: Fraction, uri: str, raw: tuple[str, ...], *,
+                 discontinuity: bool = False, pdt: datetime | None = None,
+                 pdt_explicit: bool = False, discontinuity_sequence: int = 0,
+                 key: Line | None = None, map: Line | None = None, gap: bool = False,
+                 special: bool = True, markers: bool = True) -> None:
+        self.msn = msn
+        self.duration = duration
+        self.uri = uri
+        self.raw = raw
+        self.discontinuity = discontinuity
+        #: EXT-X-PROGRAM-DATE-TIME, explicit or derived from the previous one.
+        self.pdt = pdt
+        self.pdt_explicit = pdt_explicit
+        #: This segment's discontinuity sequence number (the playlist's DSN plus
+        #: the EXT-X-DISCONTINUITY tags up to and including this segment's).
+        self.discontinuity_sequence = discontinuity_sequence
+        #: The EXT-X-KEY / EXT-X-MAP lines in force for this segment (state tags).
+        self.key = key
+        self.map = map
+        self.gap = gap
+        #: False when the segment has only EXTINF/PDT/URI-free tags: renders verbatim.
+        self.special = special
+        #: True when the segment carries an ad-marker tag.
+        self.markers = markers
+        self._lines: tuple[Line, ...] | None = None
+        #: Per-consumer memo (e.g. a rendered form); keyed by the consumer.
+        self.memo: dict[object, object] = {}
+
+    @property
+    def lines(self) -> tuple[Line, ...]:
+        if self._lines is None:
+            self._lines = tuple(Line.of(text) for text in self.raw)
+        return self._lines
 
     def tags(self, name: str) -> list[Line]:
         return [line for line in self.lines if line.tag == name]
 
     def has(self, name: str) -> bool:
-        return any(line.tag == name for line in self.lines)
+        prefix = name + ":"
+        return any(text == name or text.startswith(prefix) for text in self.raw)
 
     @property
     def end_pdt(self) -> datetime | None:
         return None if self.pdt is None else add_seconds(self.pdt, self.duration)
+
+    def __repr__(self) -> str:
+        return f"Segment(msn={self.msn}, duration={self.duration}, uri={self.uri!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +181,7 @@ class MediaPlaylist:
     newline: str = "\n"
     bom: bool = False
     final_newline: bool = True
-    #: Lines that looked like segments but could not be (a URI with no EXTINF...).
+    #: Lines that looked like segments but could not be (documentation elisions...).
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -171,6 +223,47 @@ def is_playlist_text(text: str) -> bool:
     return text.lstrip("\ufeff").lstrip().startswith(EXTM3U)
 
 
+_DURATIONS: dict[str, Fraction] = {}
+_MICROS: dict[Fraction, timedelta] = {}
+
+
+def _duration(text: str) -> Fraction | None:
+    """EXTINF durations repeat (``2.000``): parse each distinct text once."""
+    value = _DURATIONS.get(text)
+    if value is None:
+        value = parse_duration(text)
+        if value is not None and len(_DURATIONS) < 4096:
+            _DURATIONS[text] = value
+    return value
+
+
+def _step(duration: Fraction) -> timedelta:
+    td = _MICROS.get(duration)
+    if td is None:
+        td = timedelta(microseconds=round(duration * 1_000_000))
+        if len(_MICROS) < 4096:
+            _MICROS[duration] = td
+    return td
+
+
+@dataclass
+class ParseState:
+    """Where a parse stands after its last segment: lets a refresh parse only the tail."""
+
+    media_sequence: int = 0
+    discontinuity_sequence: int = 0
+    next_msn: int = 0
+    disc_count: int = 0
+    key: Line | None = None
+    map: Line | None = None
+    prev_pdt: datetime | None = None
+    prev_duration: Fraction = Fraction(0)
+    target: int | None = None
+    endlist: bool = False
+    playlist_type: str | None = None
+    version: int | None = None
+
+
 def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
     """Parse a media playlist, leniently: unknown tags and comments are kept.
 
@@ -182,108 +275,139 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
     raw_lines, newline, bom, final_newline = split_lines(text)
     if strict_header and (not raw_lines or not raw_lines[0].startswith(EXTM3U)):
         raise PlaylistParseError("not an HLS playlist: first line is not #EXTM3U")
+    state = ParseState()
+    header, segments, trailer, warnings = parse_lines(raw_lines, state, in_header=True,
+                                                      strict=strict_header)
+    return MediaPlaylist(
+        header=header, segments=tuple(segments), trailer=trailer,
+        target_duration=state.target, media_sequence=state.media_sequence,
+        discontinuity_sequence=state.discontinuity_sequence, endlist=state.endlist,
+        playlist_type=state.playlist_type, version=state.version, newline=newline, bom=bom,
+        final_newline=final_newline, warnings=tuple(warnings),
+    )
 
+
+def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, strict: bool = True,
+                ) -> tuple[tuple[Line, ...], list[Segment], tuple[Line, ...], list[str]]:
+    """The parse loop; continues from ``state`` (for incremental refreshes).
+
+    Returns (header lines, segments, trailer lines, warnings) and leaves
+    ``state`` describing the position after the last segment.
+    """
     header: list[Line] = []
     segments: list[Segment] = []
-    pending: list[Line] = []
-    target: int | None = None
-    media_sequence = 0
-    dsn = 0
-    endlist = False
-    playlist_type: str | None = None
-    version: int | None = None
-    in_header = True
-
-    duration: Fraction | None = None
-    discontinuity = False
-    gap = False
-    pdt: datetime | None = None
-    pdt_explicit = False
-    key: Line | None = None
-    map_: Line | None = None
-    disc_count = 0
-    prev: Segment | None = None
     warnings: list[str] = []
-
-    for raw in raw_lines:
-        line = Line.of(raw)
-        tag = line.tag
-        if tag is not None:
-            value = line.value
-            if tag in PLAYLIST_TAGS:
-                if tag == EXT_X_TARGETDURATION:
-                    target = _int(value)
-                elif tag == EXT_X_MEDIA_SEQUENCE:
-                    media_sequence = _int(value) or 0
-                elif tag == EXT_X_DISCONTINUITY_SEQUENCE:
-                    dsn = _int(value) or 0
-                elif tag == EXT_X_ENDLIST:
-                    endlist = True
-                elif tag == EXT_X_PLAYLIST_TYPE:
-                    playlist_type = (value or "").strip()
-                elif tag == EXT_X_VERSION:
-                    version = _int(value)
-                elif tag == "#EXT-X-STREAM-INF" or tag == "#EXT-X-MEDIA":
-                    pass
+    start = 0  # index of the first line of the pending segment
+    duration: Fraction | None = None
+    discontinuity = gap = special = markers = False
+    pdt_text: str | None = None
+    codes = _CODES
+    for i, raw in enumerate(raw_lines):
+        if not raw or raw[0] == "#":
+            if not raw or not raw.startswith("#EXT"):
                 if in_header:
-                    header.append(line)
-                else:
-                    pending.append(line)
+                    header.append(Line(raw))
+                    start = i + 1
                 continue
-            if tag in ("#EXT-X-STREAM-INF", "#EXT-X-I-FRAME-STREAM-INF"):
-                raise PlaylistParseError("multivariant playlist where a media playlist was expected")
+            colon = raw.find(":")
+            name = raw if colon < 0 else raw[:colon]
+            code = codes.get(name)
+            if code == _PLAYLIST:
+                value = None if colon < 0 else raw[colon + 1:]
+                _playlist_tag(name, value, state)
+                if in_header:
+                    header.append(Line(raw, name, value))
+                    start = i + 1
+                else:
+                    special = True
+                continue
             in_header = False
-            pending.append(line)
-            if tag == EXTINF:
-                duration = parse_duration((value or "").partition(",")[0])
+            if code == _EXTINF:
+                text = raw[colon + 1:]
+                comma = text.find(",")
+                duration = _duration(text if comma < 0 else text[:comma])
                 if duration is None:
                     raise PlaylistParseError(f"EXTINF without a valid duration: {raw!r}")
-            elif tag == EXT_X_DISCONTINUITY:
+            elif code == _PDT:
+                pdt_text = raw[colon + 1:]
+            elif code == _DISC:
                 discontinuity = True
-            elif tag == EXT_X_PROGRAM_DATE_TIME:
-                parsed = parse_pdt(value or "")
-                if parsed is not None:
-                    pdt, pdt_explicit = parsed, True
-            elif tag == EXT_X_KEY:
-                key = line
-            elif tag == EXT_X_MAP:
-                map_ = line
-            elif tag == EXT_X_GAP:
+            elif code == _KEY:
+                state.key = Line(raw, name, raw[colon + 1:])
+                special = True
+            elif code == _MAP:
+                state.map = Line(raw, name, raw[colon + 1:])
+                special = True
+            elif code == _GAP:
                 gap = True
+            elif code == _VARIANT:
+                raise PlaylistParseError(
+                    "multivariant playlist where a media playlist was expected")
+            elif name in _SPECIAL_TAGS:
+                special = True
+                if name in AD_MARKER_TAGS:
+                    markers = True
+            elif "URI=" in raw:
+                special = True
             continue
-        if not line.is_uri:
-            (header if in_header else pending).append(line)
+        if raw.isspace():
+            if in_header:
+                header.append(Line(raw))
+                start = i + 1
             continue
         # A URI line closes a segment.
         in_header = False
-        pending.append(line)
         if duration is None:
-            if strict_header:
+            if strict:
                 raise PlaylistParseError(f"segment URI without EXTINF: {raw!r}")
             # Documentation fragments elide with '...' lines: keep them, not a segment.
             warnings.append(f"line without EXTINF kept as text: {raw!r}")
             continue
         if discontinuity:
-            disc_count += 1
-        if pdt is None and prev is not None and prev.pdt is not None and not discontinuity:
-            pdt = add_seconds(prev.pdt, prev.duration)
+            state.disc_count += 1
+        pdt: datetime | None = None
+        explicit = False
+        if pdt_text is not None:
+            pdt = _fast_pdt(pdt_text)
+            explicit = pdt is not None
+        if pdt is None and state.prev_pdt is not None and not discontinuity:
+            pdt = state.prev_pdt + _step(state.prev_duration)
         seg = Segment(
-            msn=media_sequence + len(segments), duration=duration, uri=raw.strip(),
-            lines=tuple(pending), discontinuity=discontinuity, pdt=pdt,
-            pdt_explicit=pdt_explicit, discontinuity_sequence=dsn + disc_count,
-            key=key, map=map_, gap=gap,
-        )
+            state.next_msn, duration, raw.strip(), tuple(raw_lines[start:i + 1]),
+            discontinuity=discontinuity, pdt=pdt, pdt_explicit=explicit,
+            discontinuity_sequence=state.discontinuity_sequence + state.disc_count,
+            key=state.key, map=state.map, gap=gap, special=special, markers=markers)
         segments.append(seg)
-        prev = seg
-        pending = []
-        duration, discontinuity, gap, pdt, pdt_explicit = None, False, False, None, False
+        state.next_msn += 1
+        state.prev_pdt, state.prev_duration = pdt, duration
+        start = i + 1
+        duration, discontinuity, gap, special, markers, pdt_text = None, False, False, False, False, None
+    trailer = tuple(Line.of(text) for text in raw_lines[start:]) if not in_header else ()
+    return tuple(header), segments, trailer, warnings
 
-    return MediaPlaylist(
-        header=tuple(header), segments=tuple(segments), trailer=tuple(pending),
-        target_duration=target, media_sequence=media_sequence, discontinuity_sequence=dsn,
-        endlist=endlist, playlist_type=playlist_type, version=version, newline=newline,
-        bom=bom, final_newline=final_newline, warnings=tuple(warnings),
-    )
+
+def _playlist_tag(name: str, value: str | None, state: ParseState) -> None:
+    if name == EXT_X_TARGETDURATION:
+        state.target = _int(value)
+    elif name == EXT_X_MEDIA_SEQUENCE:
+        state.media_sequence = state.next_msn = _int(value) or 0
+    elif name == EXT_X_DISCONTINUITY_SEQUENCE:
+        state.discontinuity_sequence = _int(value) or 0
+    elif name == EXT_X_ENDLIST:
+        state.endlist = True
+    elif name == EXT_X_PLAYLIST_TYPE:
+        state.playlist_type = (value or "").strip()
+    elif name == EXT_X_VERSION:
+        state.version = _int(value)
+
+
+def _fast_pdt(text: str) -> datetime | None:
+    """``datetime.fromisoformat`` handles the common form; the full parser the rest."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return parse_pdt(text)
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
 
 
 def render_lines(lines: list[str], *, newline: str = "\n", bom: bool = False,
@@ -296,8 +420,12 @@ def render_lines(lines: list[str], *, newline: str = "\n", bom: bool = False,
 
 def render(playlist: MediaPlaylist) -> str:
     """Serialize: the exact inverse of :func:`parse_media` for an untouched playlist."""
-    return render_lines([line.text for line in playlist.lines], newline=playlist.newline,
-                        bom=playlist.bom, final_newline=playlist.final_newline)
+    out = [line.text for line in playlist.header]
+    for seg in playlist.segments:
+        out.extend(seg.raw)
+    out.extend(line.text for line in playlist.trailer)
+    return render_lines(out, newline=playlist.newline, bom=playlist.bom,
+                        final_newline=playlist.final_newline)
 
 
 def _int(value: str | None) -> int | None:

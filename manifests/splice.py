@@ -86,25 +86,47 @@ class SpliceResult:
     slots: list[Slot] = field(default_factory=list)
 
 
+@dataclass
+class SpliceCache:
+    """What the previous render of the same (rendition, cohort) produced.
+
+    Slots already published never change (the ledger is append-only and pods
+    are frozen), so a refresh reuses their rendered text and classifies and
+    renders only the new tail: one segment's work per new segment.
+    """
+
+    key: tuple[object, ...] = ()
+    segments: tuple[Segment, ...] = ()
+    entries: list[SlotEntry | None] = field(default_factory=list)
+    chunks: list[str] = field(default_factory=list)
+
+
 def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[str, Pod],
            ledger: Ledger, uris: UriBuilder, options: SpliceOptions = SpliceOptions(),
-           ) -> SpliceResult:
+           cache: SpliceCache | None = None) -> SpliceResult:
     """Render the stitched playlist for one rendition of one cohort."""
     segments = playlist.segments
+    renderer = _Renderer(options, uris, playlist.newline)
+    reuse, entries, chunks = _reusable(segments, cache, (options, uris))
     new_entries: list[SlotEntry] = []
-    entries: list[SlotEntry | None] = []
-    prev: SlotEntry | None = None
-    if segments:
-        prev = ledger.entries.get(segments[0].msn - 1)
-    for seg in segments:
+    prev: SlotEntry | None = entries[-1] if reuse else (
+        ledger.entries.get(segments[0].msn - 1) if segments else None)
+    for seg in segments[reuse:]:
         if seg.msn <= ledger.hwm:
             entry = ledger.entries.get(seg.msn)
         else:
             entry = classify(seg, prev, breaks, pods, options.break_policy)
             if entry is not None:
                 new_entries.append(entry)
+        if entry is None or entry.kind is SlotKind.CONTENT:
+            chunks.append(renderer.content(seg, entry, prev))
+        else:
+            chunks.append(renderer.replaced(seg, entry, prev, pods.get(entry.break_id)))
         entries.append(entry)
         prev = entry
+    if cache is not None:
+        cache.key, cache.segments = (options, uris), segments
+        cache.entries, cache.chunks = entries, chunks
 
     first = 0
     if options.window_cap is not None and len(segments) > options.window_cap:
@@ -118,22 +140,29 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     else:
         dsn = playlist.discontinuity_sequence + ledger.delta_before(media_sequence)
 
-    renderer = _Renderer(options, uris)
     out = renderer.header(playlist, media_sequence, dsn)
-    prev_entry = entries[first - 1] if first > 0 else ledger.entries.get(media_sequence - 1)
-    slots: list[Slot] = []
-    for seg, entry in zip(kept, entries[first:]):
-        if entry is None or entry.kind is SlotKind.CONTENT:
-            out.extend(renderer.content(seg, entry, prev_entry))
-        else:
-            out.extend(renderer.replaced(seg, entry, prev_entry, pods.get(entry.break_id)))
-        slots.append(Slot(seg, entry))
-        prev_entry = entry
+    out.extend(chunks[first:] if first else chunks)
     out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
     hwm = segments[-1].msn if segments else ledger.hwm
     text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
                         final_newline=playlist.final_newline)
+    slots = [Slot(seg, entry) for seg, entry in zip(kept, entries[first:])]
     return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, slots)
+
+
+def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
+              ) -> tuple[int, list[SlotEntry | None], list[str]]:
+    """How many leading segments the cache already rendered (same objects, same window)."""
+    if cache is None or cache.key != key or not cache.segments or not segments:
+        return 0, [], []
+    d = segments[0].msn - cache.segments[0].msn
+    if not 0 <= d < len(cache.segments):
+        return 0, [], []
+    overlap = len(cache.segments) - d
+    if (overlap > len(segments) or segments[0] is not cache.segments[d]
+            or segments[overlap - 1] is not cache.segments[-1]):
+        return 0, [], []
+    return overlap, cache.entries[d:], cache.chunks[d:]
 
 
 def classify(seg: Segment, prev: SlotEntry | None, breaks: tuple[Break, ...],
@@ -158,10 +187,11 @@ def classify(seg: Segment, prev: SlotEntry | None, breaks: tuple[Break, ...],
 
 
 class _Renderer:
-    def __init__(self, options: SpliceOptions, uris: UriBuilder) -> None:
+    def __init__(self, options: SpliceOptions, uris: UriBuilder, newline: str = "\n") -> None:
         self.options = options
         self.uris = uris
         self.base = options.base_url
+        self.newline = newline
 
     def header(self, playlist: MediaPlaylist, media_sequence: int, dsn: int) -> list[str]:
         out: list[str] = []
@@ -208,8 +238,11 @@ class _Renderer:
                 return False
         return True
 
-    def content(self, seg: Segment, entry: SlotEntry | None,
-                prev: SlotEntry | None) -> list[str]:
+    def content(self, seg: Segment, entry: SlotEntry | None, prev: SlotEntry | None) -> str:
+        if entry is None and not seg.special and (prev is None or prev.kind is SlotKind.CONTENT):
+            # The common case: a plain content segment, only its URI made absolute.
+            uri = seg.raw[-1]
+            return self.newline.join(seg.raw[:-1] + (self.uri(uri) if self.base else uri,))
         out: list[str] = []
         after_break = prev is not None and prev.kind is not SlotKind.CONTENT
         if entry is not None and entry.discontinuity and not seg.discontinuity:
@@ -231,10 +264,10 @@ class _Renderer:
                 out.append(_explicit_iv(self.line(line), seg.msn))
                 continue
             out.append(self.line(line))
-        return out
+        return self.newline.join(out)
 
     def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
-                 pod: Pod | None) -> list[str]:
+                 pod: Pod | None) -> str:
         out = [self.line(line) for line in seg.lines
                if line.tag not in _REPLACED_ONLY and line.tag != EXT_X_DISCONTINUITY_SEQUENCE
                and not line.is_uri and self.keep(line)]
@@ -249,14 +282,21 @@ class _Renderer:
             pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}"
         if pdt_line is not None:
             out.append(pdt_line)
-        extinf = next(line for line in seg.lines if line.tag == EXTINF)
-        out.append(f"{EXTINF}:{(extinf.value or '').partition(',')[0]},")
+        out.append(f"{EXTINF}:{_extinf_text(seg)},")
         if entry.kind is SlotKind.SLATE or pod is None:
             out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment))
         else:
             out.append(self.uris.ad_segment(entry.break_id, entry.item, pod.items[entry.item],
                                             entry.segment))
-        return out
+        return self.newline.join(out)
+
+
+def _extinf_text(seg: Segment) -> str:
+    """The slot's duration exactly as the origin wrote it (no re-rounding)."""
+    for text in seg.raw:
+        if text.startswith(EXTINF + ":"):
+            return text[len(EXTINF) + 1:].partition(",")[0]
+    raise AssertionError("a parsed segment always has EXTINF")
 
 
 def _encrypted(key: Line) -> bool:

@@ -26,7 +26,7 @@ from manifests.breaks import Break, BreakPolicy, prune, update_breaks
 from manifests.markers import MarkerErrors, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.pod import Pod, PodItem
-from manifests.splice import SpliceOptions, SpliceResult, splice
+from manifests.splice import SpliceCache, SpliceOptions, SpliceResult, splice
 from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
 from stitcher.conditioning import RenditionSpec, probe_rendition
 from stitcher.config import ChannelConfig
@@ -90,6 +90,9 @@ class ChannelRuntime:
         self._renders: OrderedDict[tuple[str, str, str], Rendered] = OrderedDict()
         self._render_tasks: dict[tuple[str, str, str], asyncio.Task[Rendered]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._splice_caches: dict[tuple[str, str], SpliceCache] = {}
+        self._uris: dict[str, _Uris] = {}
+        self._options: dict[str, SpliceOptions] = {}
         self._decisions: dict[tuple[str, str], Decision] = {}
         self._decision_tasks: dict[tuple[str, str], asyncio.Task[Decision]] = {}
         self.active_cohorts: dict[str, float] = {}
@@ -218,12 +221,14 @@ class ChannelRuntime:
                 self._prefetch(b)
             ledger = await self.store.get_ledger(self.cfg.id, cohort, rendition.grid)
             pods = await self._pods_for(playlist, breaks, ledger.hwm, ledger.entries, cohort)
-            result = splice(
-                playlist, breaks=breaks, pods=pods, ledger=ledger,
-                uris=_Uris(rendition.id, self.library, self.assets_base),
-                options=SpliceOptions(base_url=rendition.uri,
-                                      passthrough_markers=self.cfg.passthrough_markers,
-                                      break_policy=self.policy, window_cap=self.cfg.window_cap))
+            uris = self._uris.setdefault(
+                rendition.id, _Uris(rendition.id, self.library, self.assets_base))
+            options = self._options.setdefault(rendition.id, SpliceOptions(
+                base_url=rendition.uri, passthrough_markers=self.cfg.passthrough_markers,
+                break_policy=self.policy, window_cap=self.cfg.window_cap))
+            cache = self._splice_caches.setdefault((rendition.id, cohort), SpliceCache())
+            result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=uris,
+                            options=options, cache=cache)
             keep_from = playlist.media_sequence - 3 * max(1, len(playlist.segments))
             await self.store.append_ledger(self.cfg.id, cohort, rendition.grid,
                                            result.new_entries, result.hwm, keep_from)
@@ -238,11 +243,15 @@ class ChannelRuntime:
                         entries: dict[int, Any], cohort: str) -> dict[str, Pod]:
         """Decisions needed by this render: breaks with published or new slots in it."""
         needed: dict[str, Fraction] = {}
-        for seg in playlist.segments:
-            entry = entries.get(seg.msn)
-            if entry is not None and entry.break_id:
+        segments = playlist.segments
+        if not segments:
+            return {}
+        first, last = segments[0].msn, segments[-1].msn
+        for msn, entry in entries.items():
+            if first <= msn <= last and entry.break_id:
                 needed.setdefault(entry.break_id, Fraction(0))
-            if seg.msn > hwm and seg.pdt is not None:
+        for seg in segments[max(0, hwm + 1 - first):]:
+            if seg.pdt is not None:
                 for b in breaks:
                     if b.covers(seg.pdt, seg.duration, self.policy):
                         needed.setdefault(b.id, max(Fraction(0), b.offset(seg.pdt)))

@@ -15,12 +15,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from manifests.errors import ManifestError
-from manifests.playlist import MediaPlaylist, parse_media
+from manifests.playlist import MediaPlaylist
+from manifests.refresh import IncrementalParser
 from stitcher.errors import OriginUnavailable, UpstreamError
 from stitcher.metrics import Metrics
 
@@ -46,6 +47,7 @@ class _Entry:
     etag: str | None = None
     last_modified: str | None = None
     retry_not_before: float = 0.0
+    parser: IncrementalParser = field(default_factory=IncrementalParser)
 
 
 class OriginFetcher:
@@ -119,7 +121,7 @@ class OriginFetcher:
             e.etag = resp.headers.get("ETag")
             e.last_modified = resp.headers.get("Last-Modified")
         text = body.decode("utf-8")
-        playlist = parse_media(text)
+        playlist = e.parser.parse(text)
         if not playlist.segments:
             raise UpstreamError("playlist has no segments")
         if e.good is not None and playlist.media_sequence < e.good.playlist.media_sequence:

@@ -1,0 +1,126 @@
+"""Render benchmark: a 2-hour DVR playlist (3,600 x 2 s segments, 40 breaks).
+
+Times, in the same process:
+  (a) the m3u8 package's loads + dumps of the playlist (the baseline),
+  (b) our full stitch of it from text (cold: nothing cached),
+  (c) our refresh after the window slides by one segment (the same playlist
+      with one more segment and the oldest gone), with the previous work cached.
+Prints the ratios; the last line is ``render_vs_m3u8=<b/a> refresh_vs_m3u8=<c/a>``.
+Targets: b/a <= 0.1, c/a <= 0.005. A benchmark, not a test: nothing asserts on time.
+
+Run: .venv/bin/python bench/render.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from fractions import Fraction
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import m3u8  # noqa: E402
+
+from manifests.breaks import update_breaks  # noqa: E402
+from manifests.ledger import Ledger  # noqa: E402
+from manifests.markers import observe  # noqa: E402
+from manifests.pod import Candidate, plan_pod  # noqa: E402
+from manifests.refresh import IncrementalParser  # noqa: E402
+from manifests.splice import SpliceOptions, splice  # noqa: E402
+
+SEGMENTS = 3600
+BREAKS = 40
+BREAK_SEGMENTS = 15  # 30 s
+EPOCH = datetime(2026, 12, 3, 18, 0, tzinfo=timezone.utc)
+
+
+def dvr_playlist(first: int, count: int = SEGMENTS) -> str:
+    """A live DVR window with CUE-OUT/CONT/IN breaks spread evenly."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2",
+             f"#EXT-X-MEDIA-SEQUENCE:{first}", "#EXT-X-DISCONTINUITY-SEQUENCE:0"]
+    spacing = SEGMENTS // BREAKS
+    for msn in range(first, first + count):
+        pdt = EPOCH + timedelta(seconds=2 * msn)
+        lines.append("#EXT-X-PROGRAM-DATE-TIME:" + pdt.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+        pos = msn % spacing
+        if pos == 10:
+            lines.append("#EXT-X-CUE-OUT:DURATION=30")
+        elif 10 < pos < 10 + BREAK_SEGMENTS:
+            lines.append(f"#EXT-X-CUE-OUT-CONT:ElapsedTime={2 * (pos - 10)},Duration=30")
+        elif pos == 10 + BREAK_SEGMENTS:
+            lines.append("#EXT-X-CUE-IN")
+        lines.append("#EXTINF:2.000,")
+        lines.append(f"https://origin.example.com/live/720p/seg_{msn:06d}.ts")
+    return "\n".join(lines) + "\n"
+
+
+class Uris:
+    def ad_segment(self, break_id: str, item_index: int, item: object, segment: int) -> str:
+        return f"ad/v0/{break_id}/{item_index}/{segment}.ts"
+
+    def slate_segment(self, break_id: str, item_index: int, segment: int) -> str:
+        return f"/assets/slate/v0/seg_{segment:05d}.ts"
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times) if repeat < 5 else statistics.median(times)
+
+
+def main() -> None:
+    text = dvr_playlist(1000)
+    slid = dvr_playlist(1001)
+    options = SpliceOptions(base_url="https://origin.example.com/live/720p.m3u8")
+    ads = [Candidate("adA", Fraction(10)), Candidate("adB", Fraction(15))]
+
+    def baseline() -> None:
+        m3u8.loads(text).dumps()
+
+    def stitch(parser: IncrementalParser, body: str, state: dict[str, object]) -> str:
+        playlist = parser.parse(body)
+        update = update_breaks(state.get("breaks", ()), observe(playlist))  # type: ignore[arg-type]
+        pods = state.setdefault("pods", {})
+        for b in update.breaks:
+            if b.id not in pods:  # type: ignore[operator]
+                pods[b.id] = plan_pod(b.id, ads, available=b.duration_hint or Fraction(30),  # type: ignore[index]
+                                      nominal=Fraction(2), slate_segments=3)
+        state["breaks"] = update.breaks
+        ledger: Ledger = state.get("ledger", Ledger())  # type: ignore[assignment]
+        result = splice(playlist, breaks=update.breaks, pods=pods, ledger=ledger,  # type: ignore[arg-type]
+                        uris=Uris(), options=options)
+        state["ledger"] = ledger.append(result.new_entries, result.hwm)
+        return result.text
+
+    def cold() -> None:
+        stitch(IncrementalParser(), text, {})
+
+    warm_parser = IncrementalParser()
+    warm_state: dict[str, object] = {}
+    stitch(warm_parser, text, warm_state)
+    bodies = [dvr_playlist(1001 + i) for i in range(20)]
+    it = iter(bodies)
+
+    def refresh() -> None:
+        stitch(warm_parser, next(it), warm_state)
+
+    a = best_of(baseline, 5)
+    b = best_of(cold, 5)
+    c = best_of(refresh, 15)
+    print(f"segments={SEGMENTS} breaks={BREAKS}")
+    print(f"(a) m3u8 loads+dumps      {a * 1000:8.2f} ms")
+    print(f"(b) stitch from text      {b * 1000:8.2f} ms")
+    print(f"(c) refresh (+1 segment)  {c * 1000:8.2f} ms")
+    _ = slid
+    print(f"render_vs_m3u8={b / a:.4f} refresh_vs_m3u8={c / a:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""A reusable in-process stack: fixture origin + fixture VAST ad server + stitcher.
+
+Everything runs in the test's event loop on free loopback ports, wired the way
+``stitcher demo`` wires it (``stitcher/cli.py``), with a clock of the test's
+choosing::
+
+    async with start_stack(clock=ManualClock(), media=None) as stack:
+        session = await stack.start_session()
+        status, headers, body = await stack.get(session.media_url("360p"))
+
+Handles on :class:`Stack`:
+
+* ``stack.origin``: the origin's :class:`~fixtures.origin.OriginState` (clock,
+  breaks, faults, request log); ``stack.origin_base``: its base URL.
+* ``stack.adserver``: the ad server app (``fixtures.adserver.hits(...)`` /
+  ``faults(...)``); ``stack.beacon_hits(session_id=...)``.
+* ``stack.app`` / ``stack.runtime``: the stitcher app and the channel's
+  :class:`~stitcher.channel.ChannelRuntime`; ``stack.base``: its base URL.
+* ``stack.requests``: every request the stitcher received, stamped with
+  ``time.time()`` on arrival (before the handler runs), so tests can order the
+  ad server's raw beacon hits against the segment requests that caused them.
+* ``stack.metrics_text()`` / ``stack.metric(name, **labels)``: ``/metrics``.
+
+Media: ``media=None`` serves synthetic segments (null TS packets: fast, but
+nothing can be probed or conditioned, so breaks stay content); pass
+``fixtures.media.ensure_media()`` for real media (ads conditioned, slate, ffmpeg
+players). ``assets_dir`` is where conditioned creatives go; tests may share it
+between stacks (the slate's key is stable across runs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from fixtures.adserver import AdServerConfig, BeaconHit, FixtureAd
+from fixtures.adserver import create_app as create_adserver
+from fixtures.adserver import hits as adserver_hits
+from fixtures.clock import Clock, SystemClock
+from fixtures.origin import (
+    ORIGIN_STATE, OriginConfig, OriginState, renditions_from_media, run_origin,
+    synthetic_renditions,
+)
+from stitcher.app import CHANNELS, SIGNER, create_app
+from stitcher.channel import ChannelRuntime
+from stitcher.config import ChannelConfig, StitcherConfig
+from stitcher.store import MemoryStore
+
+CHANNEL = "live1"
+
+
+@dataclass(frozen=True)
+class StitcherRequest:
+    """One request the stitcher received (``time`` is ``time.time()`` at arrival)."""
+
+    time: float
+    method: str
+    path: str
+    query: str
+    user_agent: str
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class SessionHandle:
+    """A session started with ``POST /v1/session/{channel}``."""
+
+    manifest_url: str      # absolute URL of the session's multivariant playlist
+    tracking_url: str
+    token: str
+    session_id: str
+    cohort: str
+    base: str              # absolute URL of ``/v1/session/{token}/{channel}``
+
+    def media_url(self, rendition: str) -> str:
+        return f"{self.base}/media/{rendition}.m3u8"
+
+
+@dataclass
+class Stack:
+    clock: Clock
+    media: Any
+    channel: str
+    origin_runner: web.AppRunner
+    origin_base: str
+    ad_runner: web.AppRunner
+    ad_base: str
+    stitcher_runner: web.AppRunner
+    base: str
+    http: aiohttp.ClientSession
+    requests: list[StitcherRequest] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- handles
+    @property
+    def origin(self) -> OriginState:
+        return self.origin_runner.app[ORIGIN_STATE]
+
+    @property
+    def adserver(self) -> web.Application:
+        return self.ad_runner.app
+
+    @property
+    def app(self) -> web.Application:
+        return self.stitcher_runner.app
+
+    @property
+    def runtime(self) -> ChannelRuntime:
+        runtime: ChannelRuntime = self.app[CHANNELS][self.channel]
+        return runtime
+
+    @property
+    def origin_master_url(self) -> str:
+        return f"{self.origin_base}/live/{self.channel}/master.m3u8"
+
+    async def stitcher_renditions(self) -> list[str]:
+        """The stitcher's rendition ids (``v0``, ``v1`` ...), in multivariant order."""
+        return [r.id for r in (await self.runtime.multivariant()).renditions]
+
+    # ---------------------------------------------------------------- actions
+    async def start_session(self, **params: str) -> SessionHandle:
+        async with self.http.post(f"{self.base}/v1/session/{self.channel}",
+                                  json={"adsParams": params}) as resp:
+            assert resp.status == 200, await resp.text()
+            data = await resp.json()
+        manifest = data["manifestUrl"]
+        parts = manifest.strip("/").split("/")  # v1 session <token> <channel> master.m3u8
+        token = parts[2]
+        session = self.app[SIGNER].decode(token, self.channel, time.time())
+        base = f"{self.base}/v1/session/{token}/{self.channel}"
+        return SessionHandle(f"{self.base}{manifest}", f"{self.base}{data['trackingUrl']}",
+                             token, session.session_id, data["cohort"], base)
+
+    async def get(self, url: str, **kw: Any) -> tuple[int, Mapping[str, str], bytes]:
+        """GET ``url`` (absolute, or a path on the stitcher); no redirects followed."""
+        if url.startswith("/"):
+            url = self.base + url
+        kw.setdefault("allow_redirects", False)
+        async with self.http.get(url, **kw) as resp:
+            return resp.status, resp.headers.copy(), await resp.read()
+
+    async def metrics_text(self) -> str:
+        status, _, body = await self.get("/metrics")
+        assert status == 200
+        return body.decode()
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``name`` samples whose labels include ``labels`` (0 when absent)."""
+        total = 0.0
+        for family in text_string_to_metric_families(await self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def beacon_hits(self, session_id: str | None = None) -> list[BeaconHit]:
+        """The ad server's raw hit log (optionally only hits whose ``session=`` matches)."""
+        found = adserver_hits(self.adserver)
+        if session_id is None:
+            return found
+        return [h for h in found if h.query.get("session") == [session_id]]
+
+    def requests_of(self, token: str, pattern: str = "") -> list[StitcherRequest]:
+        """Stitcher requests under one session's path (containing ``pattern``)."""
+        prefix = f"/v1/session/{token}/"
+        return [r for r in self.requests if r.path.startswith(prefix) and pattern in r.path]
+
+
+def _recorder(log: list[StitcherRequest]) -> Callable[..., Any]:
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        arrived = time.time()
+        status: int | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            log.append(StitcherRequest(arrived, request.method, request.path,
+                                       request.query_string,
+                                       request.headers.get("User-Agent", ""), status))
+
+    return record
+
+
+def default_start_epoch(clock: Clock, segment_duration: Fraction, window: int) -> Fraction:
+    """A start one full window ago, on a segment boundary: the window is full at once."""
+    now = Fraction(clock.now())
+    return math.floor(now / segment_duration) * segment_duration - window * segment_duration
+
+
+@asynccontextmanager
+async def start_stack(
+    *,
+    clock: Clock | None = None,
+    media: Any = None,
+    channel: str = CHANNEL,
+    origin: Mapping[str, Any] | None = None,
+    channel_config: Mapping[str, Any] | None = None,
+    stitcher_config: Mapping[str, Any] | None = None,
+    ads: list[FixtureAd] | None = None,
+    ad_query: str = "",
+    data_dir: Path,
+    assets_dir: Path | None = None,
+    warm_up: bool = False,
+) -> AsyncIterator[Stack]:
+    """Start origin, ad server and stitcher; stop all three on exit.
+
+    ``origin``: :class:`~fixtures.origin.OriginConfig` overrides (``start_epoch``
+    defaults to one full window before now, breaks default to none). ``channel_config``
+    / ``stitcher_config``: overrides of the stitcher's config. ``ad_query`` is appended
+    to the VAST URL (e.g. ``fault_invalid=1``). ``data_dir`` holds the stitcher's state
+    (ledgers, decisions); ``assets_dir`` its conditioned creatives (default: under
+    ``data_dir``). ``warm_up`` conditions the slate and the ads before returning.
+    """
+    clock = clock or SystemClock()
+    renditions = (renditions_from_media(media) if media is not None
+                  else synthetic_renditions())
+    o: dict[str, Any] = {"break_interval": None, "window_segments": 6}
+    o.update(origin or {})
+    d = renditions[0].segment_duration
+    o.setdefault("start_epoch", default_start_epoch(clock, d, o["window_segments"]))
+    origin_cfg = OriginConfig(renditions=renditions, channel=channel, **o)
+    origin_runner, origin_port = await run_origin(origin_cfg, clock, host="127.0.0.1", port=0)
+    runners: list[web.AppRunner] = [origin_runner]
+    http = aiohttp.ClientSession()
+    try:
+        if ads is None:
+            ads = ([FixtureAd(id=a.id, duration=a.duration, media_file=a.path.name,
+                              title=f"Fixture {a.id}") for a in media.ads]
+                   if media is not None else [])
+        creatives = media.ads[0].path.parent if media is not None else None
+        ad_runner = web.AppRunner(create_adserver(AdServerConfig(
+            ads=ads, creatives_dir=creatives)), access_log=None)
+        await ad_runner.setup()
+        runners.append(ad_runner)
+        await web.TCPSite(ad_runner, "127.0.0.1", 0).start()
+        ad_port = ad_runner.addresses[0][1]
+        ad_base = f"http://127.0.0.1:{ad_port}"
+
+        vast = f"{ad_base}/vast?duration={{duration}}&cb=[CACHEBUSTING]"
+        if ad_query:
+            vast += "&" + ad_query
+        ch: dict[str, Any] = {
+            "id": channel, "origin_url": f"http://127.0.0.1:{origin_port}/live/{channel}/master.m3u8",
+            "ad_server_url": vast, "allow_private_ad_hosts": True,
+            "slate": str(media.slate) if media is not None else None,
+        }
+        ch.update(channel_config or {})
+        sc: dict[str, Any] = {"host": "127.0.0.1", "port": 0,
+                              "data_dir": assets_dir or data_dir,
+                              "channels": [ChannelConfig(**ch)]}
+        sc.update(stitcher_config or {})
+        config = StitcherConfig(**sc)
+        app = create_app(config, store=MemoryStore(data_dir), clock=clock.now)
+        requests: list[StitcherRequest] = []
+        app.middlewares.insert(0, _recorder(requests))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        stack = Stack(clock, media, channel, origin_runner,
+                      f"http://127.0.0.1:{origin_port}", ad_runner, ad_base, runner,
+                      f"http://127.0.0.1:{port}", http, requests)
+        if warm_up:
+            await stack.runtime.warm_up()
+        yield stack
+    finally:
+        await http.close()
+        for r in reversed(runners):
+            await r.cleanup()
+
+
+def session_of_hit(hit: BeaconHit) -> str | None:
+    values = parse_qs(urlsplit("?" + hit.query_string).query).get("session")
+    return values[0] if values else None

@@ -1,0 +1,249 @@
+"""Ad conditioning: ad B to the content's ladder, on the content's 2 s grid, padded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from fixtures import framecode, media
+from fixtures.framecode import FrameCode
+from stitcher import conditioning
+from stitcher.conditioning import (
+    ConditionedCreative,
+    Conditioner,
+    ConditioningError,
+    RenditionSpec,
+    condition,
+    probe_rendition,
+)
+
+FRAME = Fraction(1, 30)
+
+
+@pytest.fixture(scope="session")
+def media_set() -> media.MediaSet:
+    return media.ensure_media()
+
+
+@pytest.fixture(scope="session")
+def specs(media_set) -> list[RenditionSpec]:
+    async def probe() -> list[RenditionSpec]:
+        return [await probe_rendition(r.segments[3], r.name) for r in media_set.renditions]
+
+    return asyncio.run(probe())
+
+
+@pytest.fixture(scope="session")
+def ad_b(media_set, specs, tmp_path_factory) -> tuple[ConditionedCreative, Path, float]:
+    out = tmp_path_factory.mktemp("conditioned")
+    started = time.monotonic()
+    result = asyncio.run(condition(media_set.ad("ad-b").path, specs, out, key="ad-b"))
+    return result, out, time.monotonic() - started
+
+
+def _ffprobe(path: Path, *args: str) -> dict:
+    exe = media.ffprobe_exe()
+    if exe is None:
+        pytest.skip("no ffprobe available")
+    out = subprocess.run([exe, "-v", "error", *args, "-of", "json", str(path)],
+                         check=True, capture_output=True, timeout=60).stdout
+    return json.loads(out)
+
+
+def test_probe_rendition_matches_content(specs):
+    low, high = specs
+    assert (low.name, low.width, low.height) == ("360p", 640, 360)
+    assert (high.name, high.width, high.height) == ("720p", 1280, 720)
+    for s in specs:
+        assert s.fps == 30
+        assert s.segment_duration == 2
+        assert s.frames_per_segment == 60
+        assert (s.audio_rate, s.audio_channels) == (48000, 2)
+        assert s.container == "ts" and s.video_profile == "main" and s.pix_fmt == "yuv420p"
+        assert s.video_pid == 0x100 and s.audio_pid == 0x101
+    assert 400_000 < low.video_bitrate < 1_000_000 < 1_500_000 < high.video_bitrate < 3_000_000
+
+
+def test_spec_json_round_trip(specs):
+    for s in specs:
+        assert RenditionSpec.from_json(json.loads(json.dumps(s.to_json()))) == s
+
+
+def test_spec_rejects_fractional_frames_per_segment():
+    spec = RenditionSpec("x", 640, 360, 800_000, Fraction(30000, 1001), segment_duration=Fraction(2))
+    with pytest.raises(ValueError):
+        spec.frames_per_segment  # 59.94 frames
+
+
+def test_result_shape(ad_b, specs):
+    result, out, _ = ad_b
+    assert result.key == "ad-b"
+    assert result.duration == 15
+    assert result.segment_count == 8
+    for s in specs:
+        r = result.renditions[s.name]
+        assert r.spec == s
+        assert r.duration == 15 and r.padded_duration == 16
+        assert [seg.path for seg in r.segments] == [
+            out / "ad-b" / s.name / f"seg_{k:05d}.ts" for k in range(8)]
+        assert all(seg.duration == Fraction(2) for seg in r.segments)
+        assert all(seg.path.is_file() for seg in r.segments)
+        assert sorted(p.name for p in (out / "ad-b" / s.name).iterdir()) == sorted(
+            [seg.path.name for seg in r.segments] + ["done.json"])
+    assert not [p for p in (out / "ad-b").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["360p", "720p"])
+def test_segments_match_content(ad_b, specs, name):
+    result, _, _ = ad_b
+    spec = next(s for s in specs if s.name == name)
+    for seg in result.renditions[name].segments:
+        info = _ffprobe(seg.path, "-count_packets", "-show_streams")
+        v = next(s for s in info["streams"] if s["codec_type"] == "video")
+        a = next(s for s in info["streams"] if s["codec_type"] == "audio")
+        assert (v["width"], v["height"]) == (spec.width, spec.height)
+        assert v["sample_aspect_ratio"] == "1:1"
+        assert v["codec_name"] == "h264" and v["profile"] == "Main"
+        assert v["pix_fmt"] == "yuv420p" and v["r_frame_rate"] == "30/1"
+        assert int(v["nb_read_packets"]) == 60
+        assert abs(Fraction(v["duration"]) - 2) <= FRAME, seg.path
+        assert (int(v["id"], 16), int(a["id"], 16)) == (0x100, 0x101)
+        assert a["codec_name"] == "aac"
+        assert (int(a["sample_rate"]), a["channels"]) == (48000, 2)
+        first = _ffprobe(seg.path, "-select_streams", "v:0", "-show_entries", "packet=flags",
+                         "-read_intervals", "%+#1")
+        assert first["packets"][0]["flags"].startswith("K"), seg.path
+
+
+def test_cut_points_identical_across_renditions(ad_b):
+    result, _, _ = ad_b
+    starts = {}
+    for name, r in result.renditions.items():
+        starts[name] = [
+            _ffprobe(seg.path, "-select_streams", "v:0", "-show_entries", "packet=pts_time",
+                     "-read_intervals", "%+#1")["packets"][0]["pts_time"]
+            for seg in r.segments
+        ]
+    assert starts["360p"] == starts["720p"]
+
+
+@pytest.mark.parametrize("name", ["360p", "720p"])
+def test_frame_codes_then_black_padding(ad_b, name):
+    result, _, _ = ad_b
+    reads = []
+    for seg in result.renditions[name].segments:
+        seg_reads = framecode.read_frames(seg.path)
+        assert len(seg_reads) == 60
+        reads += seg_reads
+    assert [r.code for r in reads[:450]] == [FrameCode(framecode.SOURCE_AD_B, i)
+                                             for i in range(450)]
+    padding = reads[450:]
+    assert len(padding) == 30
+    assert all(r.code is None for r in padding)
+    assert all(r.luma < 5 for r in padding)  # black, not a frozen ad frame
+
+
+def test_loudness_normalised(ad_b):
+    """The mezzanine tone is far louder than -24 LUFS; the conditioned ad is not."""
+    result, _, _ = ad_b
+    segs = [str(s.path) for s in result.renditions["360p"].segments[:7]]
+    proc = subprocess.run(
+        [media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", "concat:" + "|".join(segs),
+         "-vn", "-af", "ebur128", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=120, check=True)
+    summary = proc.stderr[proc.stderr.rfind("Summary:"):]
+    loudness = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
+    assert -25.5 <= loudness <= -22.5
+    source = subprocess.run(
+        [media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-i",
+         str(media.ensure_media().ad("ad-b").path), "-vn", "-af", "ebur128", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=120, check=True).stderr
+    source_i = float(re.search(r"I:\s+(-?[\d.]+) LUFS", source[source.rfind("Summary:"):])[1])
+    assert source_i > -15  # so the check above really tested normalisation
+
+
+async def test_second_call_is_idempotent_and_fast(ad_b, media_set, specs):
+    result, out, first_seconds = ad_b
+    mtimes = {s.path: s.path.stat().st_mtime_ns
+              for r in result.renditions.values() for s in r.segments}
+    c = Conditioner()
+    started = time.monotonic()
+    again = await c.condition(media_set.ad("ad-b").path, specs, out, key="ad-b")
+    elapsed = time.monotonic() - started
+    assert again == result
+    assert c.runs == 0
+    assert elapsed < 0.5 and elapsed < first_seconds / 5
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+async def test_concurrent_calls_share_one_ffmpeg(media_set, specs, tmp_path):
+    c = Conditioner(max_concurrent=1)
+    ad_a = media_set.ad("ad-a").path
+    r1, r2, r3 = await asyncio.gather(
+        c.condition(ad_a, specs[:1], tmp_path, key="ad-a"),
+        c.condition(ad_a, specs[:1], tmp_path, key="ad-a"),
+        c.condition(ad_a, specs[:1], tmp_path, key="ad-a"),
+    )
+    assert c.runs == 1
+    assert r1 == r2 == r3
+    # exactly 10 s: 5 whole segments, no padding segment
+    assert r1.duration == 10 and r1.segment_count == 5
+    # a new rendition for the same key runs only for what is missing
+    both = await c.condition(ad_a, specs, tmp_path, key="ad-a")
+    assert c.runs == 2
+    assert both.renditions["360p"] == r1.renditions["360p"]
+    assert len(both.renditions["720p"].segments) == 5
+
+
+async def test_slate_fills_whole_segments(media_set, specs, tmp_path):
+    result = await Conditioner().condition(media_set.slate, specs[:1], tmp_path, key="slate")
+    r = result.renditions["360p"]
+    assert result.duration == 6 and len(r.segments) == 3
+    codes = []
+    for seg in r.segments:
+        codes += await framecode.read_codes_async(seg.path)
+    assert codes == [FrameCode(framecode.SOURCE_SLATE, i) for i in range(180)]
+
+
+async def test_pad_source_replaces_black(media_set, specs, tmp_path):
+    result = await Conditioner().condition(media_set.ad("ad-b").path, specs[:1], tmp_path,
+                                           key="ad-b-slate-pad", pad_source=media_set.slate)
+    last = result.renditions["360p"].segments[-1]
+    codes = await framecode.read_codes_async(last.path)
+    assert codes == ([FrameCode(2, 420 + i) for i in range(30)]
+                     + [FrameCode(3, i) for i in range(30)])
+
+
+async def test_failure_raises_conditioning_error(specs, tmp_path):
+    bad = tmp_path / "not-media.mp4"
+    bad.write_bytes(b"this is not a video")
+    with pytest.raises(ConditioningError) as err:
+        await Conditioner().condition(bad, specs, tmp_path / "out", key="bad")
+    assert err.value.stderr_tail
+    assert not (tmp_path / "out" / "bad" / "360p" / "done.json").exists()
+
+
+async def test_timeout_kills_and_leaves_no_marker(media_set, specs, tmp_path):
+    c = Conditioner(timeout=0.3)
+    with pytest.raises(ConditioningError, match="timed out"):
+        await c.condition(media_set.ad("ad-b").path, specs, tmp_path, key="slow")
+    assert not list(tmp_path.glob("slow/*/done.json"))
+    assert not list(tmp_path.glob("slow/.tmp-*"))
+
+
+async def test_unsafe_key_and_location_rejected(media_set, specs, tmp_path):
+    with pytest.raises(ValueError):
+        await condition(media_set.ad("ad-a").path, specs, tmp_path, key="../escape")
+    with pytest.raises(ConditioningError):
+        await condition("file:///etc/passwd", specs, tmp_path, key="x")
+
+
+def test_module_exports():
+    assert issubclass(conditioning.ConditioningError, Exception)
