@@ -30,7 +30,7 @@ from manifests.ledger import Ledger  # noqa: E402
 from manifests.markers import observe  # noqa: E402
 from manifests.pod import Candidate, plan_pod  # noqa: E402
 from manifests.refresh import IncrementalParser  # noqa: E402
-from manifests.splice import SpliceOptions, splice  # noqa: E402
+from manifests.splice import SpliceCache, SpliceOptions, splice  # noqa: E402
 
 SEGMENTS = 3600
 BREAKS = 40
@@ -80,13 +80,17 @@ def main() -> None:
     slid = dvr_playlist(1001)
     options = SpliceOptions(base_url="https://origin.example.com/live/720p.m3u8")
     ads = [Candidate("adA", Fraction(10)), Candidate("adB", Fraction(15))]
+    uris = Uris()
 
     def baseline() -> None:
         m3u8.loads(text).dumps()
 
     def stitch(parser: IncrementalParser, body: str, state: dict[str, object]) -> str:
         playlist = parser.parse(body)
-        update = update_breaks(state.get("breaks", ()), observe(playlist))  # type: ignore[arg-type]
+        seen: int = state.get("seen", -1)  # type: ignore[assignment]
+        update = update_breaks(state.get("breaks", ()),  # type: ignore[arg-type]
+                               observe(playlist, since_msn=seen))
+        state["seen"] = playlist.last_msn
         pods = state.setdefault("pods", {})
         for b in update.breaks:
             if b.id not in pods:  # type: ignore[operator]
@@ -94,8 +98,9 @@ def main() -> None:
                                       nominal=Fraction(2), slate_segments=3)
         state["breaks"] = update.breaks
         ledger: Ledger = state.get("ledger", Ledger())  # type: ignore[assignment]
+        cache = state.setdefault("cache", SpliceCache())
         result = splice(playlist, breaks=update.breaks, pods=pods, ledger=ledger,  # type: ignore[arg-type]
-                        uris=Uris(), options=options)
+                        uris=uris, options=options, cache=cache)  # type: ignore[arg-type]
         state["ledger"] = ledger.append(result.new_entries, result.hwm)
         return result.text
 

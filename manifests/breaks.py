@@ -7,35 +7,64 @@ instances fetching at different moments all agree on it. Observations from
 :func:`update_breaks`, a pure function whose result the service keeps in its
 shared store.
 
-Defined behaviour for feeds that break the rules:
+Defined behaviour for feeds that break the rules (each has a test in
+``tests/manifests/test_markers.py``):
 
+* Slots are whole segments. A break starts at the first boundary at or after its
+  start and content resumes at the first boundary at or after its end (gpac#3906):
+  a segment that starts before the splice is never replaced, and one the break
+  ends inside is replaced whole. A *planned* end (no CUE-IN yet) overshooting a
+  boundary by less than ``PLANNED_SLACK`` is that boundary: signalled durations
+  are rounded (30 vs 30.03, 59.993 vs 60).
+* A break shorter than one segment replaces the one segment it starts on; a
+  0-duration break (CUE-OUT:0, PLANNED-DURATION=0) replaces nothing: it is a
+  splice point.
 * CUE-OUT without a duration and without CUE-IN: ends after ``max_duration``.
 * CUE-OUT without CUE-IN: ends at the planned duration.
 * CUE-IN early: the break ends there (slots already published stay as they were).
 * CUE-IN late (after the planned duration): ignored, the break already ended.
+  An IN within ``SAME_BOUNDARY`` of the planned end is the break's real end.
+* A CUE-IN with no open break (a window that begins with it, or a stray one)
+  does nothing; break state never leaks past a CUE-IN.
 * Join mid-break from CUE-OUT-CONT only: start = first CONT's PDT - ElapsedTime,
-  so the remaining time is Duration - ElapsedTime.
-* The same OUT repeated (same event id, or same start): one break.
+  so the remaining time is Duration - ElapsedTime; a bare CONT starts the break
+  at its own segment with an unknown duration. ``joined`` says the start was
+  not seen (the service may fill such a break with slate).
+* The same OUT repeated (same event id, or same start; or the same event id and
+  splice PTS, compared modulo 2^33 so a PTS wrap does not split it): one break.
+  Dialects filling in each other's fields (a duration, the SCTE-35 event id)
+  complete it.
 * An OUT while another break is open: the open one wins; the overlap is counted
   in ``BreakUpdate.ignored``.
-* Cancel before the break starts: the break is dropped; after it started: it
-  ends at the cancel's position.
+* Nested segmentation descriptors (a provider ad 0x30/0x31 inside a placement
+  opportunity 0x34/0x35): events inside the open break, neither a new break nor
+  its end. A typed end (0x35...) closes only the break with its event id or its
+  start type; an untyped CUE-IN closes whatever is open.
+* Cancel (splice_event_cancel_indicator) before the break starts: the break is
+  dropped; after it started: it ends at the cancel's position.
+* Markers in only some renditions: breaks live on PDT, so observations from any
+  rendition merge into the same breaks and apply to all of them.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
 
-from manifests.markers import Observation, SignalKind
-from manifests.timing import add_seconds, seconds_between
+from manifests.markers import END_OF, Observation, SignalKind
+from manifests.timing import PTS_MODULUS, TICKS_PER_SECOND, add_seconds, seconds_between
 
 #: How far apart two observations of the same boundary may be (PDT rounding,
 #: renditions cut a frame apart).
 SAME_BOUNDARY = timedelta(milliseconds=500)
 #: A slot's start may precede a break start by PDT rounding only.
 EPSILON = timedelta(milliseconds=20)
+#: A planned end this far past a boundary still ends the break at that boundary.
+PLANNED_SLACK = timedelta(milliseconds=250)
+#: Two cues of one event carry the same splice PTS, give or take this.
+SAME_PTS = TICKS_PER_SECOND // 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +88,8 @@ class Break:
     segmentation_type_id: int | None = None
     upid: str | None = None
     params: tuple[tuple[str, str], ...] = ()
+    #: The opening cue's splice PTS (33-bit ticks, pts_adjustment applied), if any.
+    pts: int | None = None
 
     def effective_end(self, policy: BreakPolicy = BreakPolicy()) -> datetime:
         planned = self.planned_duration if self.planned_duration is not None else policy.max_duration
@@ -78,14 +109,20 @@ class Break:
                policy: BreakPolicy = BreakPolicy()) -> bool:
         """Is the slot starting at ``pdt`` replaced by this break?
 
-        A slot is inside when it starts at or after the break start and its
-        midpoint is before the end: the break ends at the nearest boundary.
+        A slot is inside when it starts at or after the break start and before
+        its end (gpac#3906: OUT and IN go on the first boundary at or after the
+        event). A known end (CUE-IN) is a boundary already; the planned end gets
+        ``PLANNED_SLACK`` for rounded durations. ``duration`` is unused: whole
+        slots are replaced, whatever their length.
         """
         if self.cancelled:
             return False
         if pdt + EPSILON < self.start:
             return False
-        return add_seconds(pdt, duration / 2) < self.effective_end(policy)
+        if self.end is not None and pdt + EPSILON >= self.end:
+            return False
+        planned = self.planned_duration if self.planned_duration is not None else policy.max_duration
+        return pdt + PLANNED_SLACK < add_seconds(self.start, planned)
 
     def offset(self, pdt: datetime) -> Fraction:
         return seconds_between(self.start, pdt)
@@ -125,16 +162,42 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                 return i
         return None
 
+    def same_cue(obs: Observation) -> int | None:
+        """A known break opened by this very cue (same event id and splice PTS),
+        wherever the repeat lands (ott-packager#44: a duplicated message)."""
+        if obs.event_id is None or obs.pts is None:
+            return None
+        for i, b in enumerate(breaks):
+            if b.event_id == obs.event_id and b.pts is not None and (
+                    pts_distance(b.pts, obs.pts) <= SAME_PTS):
+                return i
+        return None
+
+    def closes(b: Break, obs: Observation) -> bool:
+        if b.cancelled or b.end is not None or obs.at < b.start:
+            return False
+        if obs.at > b.effective_end(policy) + SAME_BOUNDARY:
+            return False  # a late IN: the break already ended at its planned end
+        if obs.segmentation_type_id is None:
+            return True  # CUE-IN and friends close whatever is open
+        if b.segmentation_type_id is not None:
+            return END_OF.get(b.segmentation_type_id) == obs.segmentation_type_id
+        return not obs.nestable
+
     for obs in observations:
         if obs.kind is SignalKind.OUT:
-            i = open_at(obs.at)
+            i = same_cue(obs)
+            if i is None:
+                i = open_at(obs.at)
+                if i is not None and obs.nestable:
+                    continue  # an ad inside the open break
             if i is None:
                 i = by_event(obs.event_id, obs.at)
             if i is not None:
                 b = breaks[i]
-                if abs(b.start - obs.at) <= SAME_BOUNDARY or b.event_id == obs.event_id:
-                    if b.planned_duration is None and obs.planned_duration is not None:
-                        breaks[i] = replace(b, planned_duration=obs.planned_duration)
+                if (abs(b.start - obs.at) <= SAME_BOUNDARY or b.event_id == obs.event_id
+                        or same_cue(obs) == i):
+                    breaks[i] = _completed(b, obs)
                 else:
                     result.ignored.append(
                         f"OUT {obs.event_id or ''} at {obs.at.isoformat()} overlaps break {b.id}")
@@ -142,7 +205,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             new = Break(id=break_id(obs.event_id, obs.at), start=obs.at,
                         planned_duration=obs.planned_duration, dialect=obs.dialect,
                         event_id=obs.event_id, segmentation_type_id=obs.segmentation_type_id,
-                        upid=obs.upid, params=obs.params)
+                        upid=obs.upid, params=obs.params, pts=obs.pts)
             breaks.append(new)
             result.new.append(new)
         elif obs.kind is SignalKind.CONT:
@@ -152,6 +215,8 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             if obs.planned_duration is not None and obs.elapsed is not None and (
                     obs.elapsed >= obs.planned_duration):
                 continue  # a CONT claiming the break is already over
+            if open_at(start) is not None:
+                continue  # the break this CONT continues is known (and may have ended)
             new = Break(id=break_id(obs.event_id, start), start=start,
                         planned_duration=obs.planned_duration, joined=True,
                         dialect=obs.dialect, event_id=obs.event_id)
@@ -159,16 +224,17 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             result.new.append(new)
         elif obs.kind is SignalKind.IN:
             i = by_event(obs.event_id, obs.at)
+            if i is not None and not closes(breaks[i], obs):
+                i = None
             if i is None:
                 for j, b in enumerate(breaks):
-                    if (not b.cancelled and b.end is None and b.start < obs.at
-                            and obs.at <= b.effective_end(policy) + SAME_BOUNDARY):
+                    if closes(b, obs) and (obs.event_id is None or b.event_id is None
+                                           or obs.segmentation_type_id is None
+                                           or b.event_id == obs.event_id):
                         i = j
             if i is None:
                 continue  # a stray IN, or one for a break that already ended
-            b = breaks[i]
-            if b.end is None and obs.at > b.start:
-                breaks[i] = replace(b, end=obs.at)
+            breaks[i] = replace(breaks[i], end=obs.at)
         elif obs.kind is SignalKind.CANCEL:
             i = by_event(obs.event_id, obs.at)
             if i is None:
@@ -183,12 +249,68 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
     return result
 
 
+_HALVES: dict[Fraction, timedelta] = {}
+
+
+def half_step(duration: Fraction) -> timedelta:
+    """Half a slot as a timedelta (slot durations repeat: computed once each)."""
+    td = _HALVES.get(duration)
+    if td is None:
+        td = timedelta(microseconds=round(duration * 500_000))
+        if len(_HALVES) < 4096:
+            _HALVES[duration] = td
+    return td
+
+
+class BreakIndex:
+    """Breaks sorted by start with their effective ends computed once, so finding
+    the break over a slot is a bisection, not a scan (a 2-hour DVR window holds
+    thousands of slots and dozens of breaks)."""
+
+    def __init__(self, breaks: tuple[Break, ...], policy: BreakPolicy = BreakPolicy()) -> None:
+        live = sorted((b for b in breaks if not b.cancelled), key=lambda b: b.start)
+        self.breaks = live
+        self.starts = [b.start - EPSILON for b in live]
+        self.ends = [b.effective_end(policy) for b in live]
+
+    def covering(self, pdt: datetime, duration: Fraction | timedelta) -> Break | None:
+        """The break replacing the slot that starts at ``pdt`` (see :meth:`Break.covers`)."""
+        i = bisect_right(self.starts, pdt) - 1
+        if i < 0:
+            return None
+        middle = pdt + (duration / 2 if isinstance(duration, timedelta) else half_step(duration))
+        # Breaks do not overlap (update_breaks refuses that), but check one more back
+        # in case a shorter break started just before a longer one ended.
+        for j in (i, i - 1):
+            if j >= 0 and middle < self.ends[j] and pdt >= self.starts[j]:
+                return self.breaks[j]
+        return None
+
+
+def pts_distance(a: int, b: int) -> int:
+    """Distance between two 33-bit PTS values, across a wrap (ISO 13818-1 2.4.3.7)."""
+    d = (a - b) % PTS_MODULUS
+    return min(d, PTS_MODULUS - d)
+
+
+def _completed(b: Break, obs: Observation) -> Break:
+    """A break with the fields a repeat of its OUT fills in (never overwrites)."""
+    return replace(
+        b,
+        planned_duration=(b.planned_duration if b.planned_duration is not None
+                          else obs.planned_duration),
+        event_id=b.event_id or obs.event_id,
+        segmentation_type_id=(b.segmentation_type_id if b.segmentation_type_id is not None
+                              else obs.segmentation_type_id),
+        upid=b.upid or obs.upid,
+        pts=b.pts if b.pts is not None else obs.pts,
+        params=b.params or obs.params,
+    )
+
+
 def break_covering(breaks: tuple[Break, ...], pdt: datetime, duration: Fraction,
                    policy: BreakPolicy = BreakPolicy()) -> Break | None:
-    for b in breaks:
-        if b.covers(pdt, duration, policy):
-            return b
-    return None
+    return BreakIndex(breaks, policy).covering(pdt, duration)
 
 
 def prune(breaks: tuple[Break, ...], before: datetime,

@@ -313,7 +313,8 @@ class _Analysis:
                 if changes:
                     yield self._v(Rule.SEGMENT_CHANGED, reload, rid, seg.msn,
                                   now.line(None, seg.msn), "; ".join(changes))
-                if was.pdt is not None and seg.pdt is not None:
+                # Derived PDTs only move when an explicit one (or an EXTINF) does: say it once.
+                if was.pdt is not None and seg.pdt is not None and seg.pdt_explicit:
                     moved = seconds_between(was.pdt, seg.pdt)
                     if abs(moved) > self.tolerance and self._first((Rule.PDT_DRIFT, rid, seg.msn)):
                         yield self._v(Rule.PDT_DRIFT, reload, rid, seg.msn,

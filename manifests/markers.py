@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from fractions import Fraction
 
 from manifests.attributes import AttributeList
@@ -26,6 +27,8 @@ from manifests.playlist import MediaPlaylist, Segment
 from manifests.timing import add_seconds, parse_duration, parse_pdt, ticks_to_seconds
 
 log = logging.getLogger(__name__)
+
+_ISO_DURATION = re.compile(r"^PT(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
 
 # Tag names, literal.
 EXT_X_CUE_OUT = "#EXT-X-CUE-OUT"
@@ -84,12 +87,16 @@ class Signal:
     planned_duration: Fraction | None = None
     elapsed: Fraction | None = None
     #: EXT-X-DATERANGE times: the splice is at the first boundary at/after ``start``.
+    #: ``end`` is END-DATE only; ``duration`` is DURATION (same-ID tags join in :func:`observe`).
     start: datetime | None = None
     end: datetime | None = None
+    duration: Fraction | None = None
     segmentation_type_id: int | None = None
     upid: str | None = None
     cue: str | None = None
     params: tuple[tuple[str, str], ...] = ()
+    #: The cue's splice time, pts_adjustment applied (33-bit ticks, SCTE 35 9.6).
+    pts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +136,25 @@ def _cue_out(value: str | None, seg: Segment, policy: MarkerPolicy,
             cue = attrs.string("CUE")
             if duration is None and bare is not None:
                 errors.add(f"EXT-X-CUE-OUT with an unreadable duration {value!r}")
+    # Envivio / MediaKind put the cue itself in CUE="<b64>": it names the event.
+    pts: int | None = None
+    for sig in _from_cue(cue, EXT_X_CUE_OUT, policy, errors) if cue else []:
+        if sig.kind is SignalKind.OUT:
+            event_id = event_id or sig.event_id
+            duration = duration if duration is not None else sig.planned_duration
+            pts = sig.pts
+            break
     return [Signal(SignalKind.OUT, EXT_X_CUE_OUT, event_id=event_id, planned_duration=duration,
-                   cue=cue)]
+                   cue=cue, pts=pts)]
 
 
 def _cue_out_cont(value: str | None, seg: Segment, policy: MarkerPolicy,
                   errors: MarkerErrors) -> list[Signal]:
     # Forms: "8.308/30" (Elemental), "ElapsedTime=8,Duration=30,SCTE35=..." or bare.
+    # The SCTE35 payload is kept byte-exact (trailing '=' padding included) but not
+    # decoded: it repeats the opening cue, and documentation samples elide it.
     elapsed = duration = None
+    cue: str | None = None
     if value and value.strip():
         text = value.strip()
         if "=" not in text and "/" in text:
@@ -147,8 +165,9 @@ def _cue_out_cont(value: str | None, seg: Segment, policy: MarkerPolicy,
             if attrs is not None:
                 elapsed = attrs.decimal("ElapsedTime")
                 duration = attrs.decimal("Duration")
+                cue = attrs.string("SCTE35")
     return [Signal(SignalKind.CONT, EXT_X_CUE_OUT_CONT, elapsed=elapsed,
-                   planned_duration=duration)]
+                   planned_duration=duration, cue=cue)]
 
 
 def _cue_in(value: str | None, seg: Segment, policy: MarkerPolicy,
@@ -164,7 +183,13 @@ def _adobe_cue(value: str | None, seg: Segment, policy: MarkerPolicy,
     kind = (attrs.string("TYPE") or "").lower()
     event_id = attrs.string("ID")
     duration = attrs.decimal("DURATION")
+    elapsed = attrs.decimal("ELAPSED")
     if kind == "spliceout":
+        # Some packagers repeat the SpliceOut on every break segment with ELAPSED:
+        # that is a continuation (a join point), not a new opening.
+        if elapsed:
+            return [Signal(SignalKind.CONT, EXT_X_CUE, event_id=event_id,
+                           planned_duration=duration, elapsed=elapsed)]
         return [Signal(SignalKind.OUT, EXT_X_CUE, event_id=event_id, planned_duration=duration)]
     if kind == "splicein":
         return [Signal(SignalKind.IN, EXT_X_CUE, event_id=event_id)]
@@ -236,6 +261,11 @@ def _ext_scte35(value: str | None, seg: Segment, policy: MarkerPolicy,
 
 def _daterange(value: str | None, seg: Segment, policy: MarkerPolicy,
                errors: MarkerErrors) -> list[Signal]:
+    # RFC 8216bis 4.4.5.1: tags with the same ID describe one range, so a closing
+    # tag may carry only DURATION or END-DATE (Elemental: no START-DATE at all).
+    # The raw values are kept here; :func:`observe` joins them by ID. Timing comes
+    # from these attributes, never from the SCTE35-OUT/IN bytes (RFC 8216's own
+    # example bytes do not decode).
     attrs = _attrs(value or "", errors)
     if attrs is None:
         return []
@@ -244,15 +274,14 @@ def _daterange(value: str | None, seg: Segment, policy: MarkerPolicy,
     end = parse_pdt(attrs.string("END-DATE") or "")
     duration = attrs.decimal("DURATION")
     planned = attrs.decimal("PLANNED-DURATION")
-    if end is None and start is not None and duration is not None:
-        end = add_seconds(start, duration)
     if "SCTE35-OUT" in attrs:
         return [Signal(SignalKind.OUT, EXT_X_DATERANGE, event_id=event_id,
                        planned_duration=planned if planned is not None else duration,
-                       start=start, end=end, cue=attrs.string("SCTE35-OUT"))]
+                       start=start, end=end, duration=duration,
+                       cue=attrs.string("SCTE35-OUT"))]
     if "SCTE35-IN" in attrs:
         return [Signal(SignalKind.IN, EXT_X_DATERANGE, event_id=event_id,
-                       start=start, end=end if end is not None else start,
+                       start=start, end=end, duration=duration,
                        cue=attrs.string("SCTE35-IN"))]
     if "SCTE35-CMD" in attrs:
         cue = attrs.string("SCTE35-CMD") or ""
@@ -289,12 +318,21 @@ HANDLERS: dict[str, Handler] = {
 def segment_signals(seg: Segment, policy: MarkerPolicy = MarkerPolicy(),
                     errors: MarkerErrors | None = None) -> list[Signal]:
     """All signals attached to one segment, in line order."""
+    if not seg.markers:
+        return []  # flagged at parse time: most segments carry no marker at all
+    memo_key = ("signals", policy)
+    cached = seg.memo.get(memo_key)
+    if cached is not None:
+        return cached  # type: ignore[return-value]
     errors = errors if errors is not None else MarkerErrors()
+    if not seg.markers:
+        return []  # the parser saw no ad-marker tag on this segment
     out: list[Signal] = []
     for line in seg.lines:
         handler = HANDLERS.get(line.tag) if line.tag else None
         if handler is not None:
             out.extend(handler(line.value, seg, policy, errors))
+    seg.memo[memo_key] = out
     return out
 
 
@@ -311,6 +349,7 @@ def _from_cue(cue: str | None, dialect: str, policy: MarkerPolicy,
         errors.add(f"{dialect}: undecodable SCTE-35 cue ({exc})")
         return []
     command = section.splice_command
+    pts = section.effective_pts_time
     if isinstance(command, scte35.SpliceInsert):
         event_id = str(command.splice_event_id)
         if command.splice_event_cancel_indicator:
@@ -319,15 +358,22 @@ def _from_cue(cue: str | None, dialect: str, policy: MarkerPolicy,
             bd = command.break_duration
             duration = ticks_to_seconds(bd.duration) if bd is not None else None
             return [Signal(SignalKind.OUT, dialect, event_id=event_id,
-                           planned_duration=duration, cue=cue)]
-        return [Signal(SignalKind.IN, dialect, event_id=event_id, cue=cue)]
+                           planned_duration=duration, cue=cue, pts=pts)]
+        return [Signal(SignalKind.IN, dialect, event_id=event_id, cue=cue, pts=pts)]
     if isinstance(command, scte35.TimeSignal):
-        return _segmentation_signals(section, dialect, policy, cue)
+        return _segmentation_signals(section, dialect, policy, cue, pts)
     return []
 
 
 def _segmentation_signals(section: object, dialect: str, policy: MarkerPolicy,
-                          cue: str) -> list[Signal]:
+                          cue: str, pts: int | None) -> list[Signal]:
+    """Segmentation descriptors (SCTE 35 10.3.3, Table 22) as signals.
+
+    Which types open a break is the channel's choice (``policy``); a nested type
+    (provider ad inside a placement opportunity) opens one only when no opening
+    type is in the same cue, and :func:`observe` / :func:`~manifests.breaks.update_breaks`
+    treat it as an event inside an open break, never as a second break.
+    """
     from manifests import scte35
 
     descriptors = [d for d in getattr(section, "descriptors", ())
@@ -338,7 +384,8 @@ def _segmentation_signals(section: object, dialect: str, policy: MarkerPolicy,
     for d in descriptors:
         event_id = str(d.segmentation_event_id)
         if d.segmentation_event_cancel_indicator:
-            out.append(Signal(SignalKind.CANCEL, dialect, event_id=event_id, cue=cue))
+            out.append(Signal(SignalKind.CANCEL, dialect, event_id=event_id, cue=cue,
+                              segmentation_type_id=d.segmentation_type_id))
             continue
         t = d.segmentation_type_id
         duration = (ticks_to_seconds(d.segmentation_duration)
@@ -349,16 +396,14 @@ def _segmentation_signals(section: object, dialect: str, policy: MarkerPolicy,
         if opens:
             out.append(Signal(SignalKind.OUT, dialect, event_id=event_id,
                               planned_duration=duration, segmentation_type_id=t, upid=upid,
-                              cue=cue))
+                              cue=cue, pts=pts))
         elif t in closing:
             out.append(Signal(SignalKind.IN, dialect, event_id=event_id,
-                              segmentation_type_id=t, upid=upid, cue=cue))
+                              segmentation_type_id=t, upid=upid, cue=cue, pts=pts))
     return out
 
 
 def _with_id(signal: Signal, event_id: str | None, start: datetime | None = None) -> Signal:
-    from dataclasses import replace
-
     changes: dict[str, object] = {}
     if event_id and not signal.event_id:
         changes["event_id"] = event_id
@@ -376,9 +421,14 @@ def _attrs(text: str, errors: MarkerErrors) -> AttributeList | None:
 
 
 def _clock(text: str | None) -> Fraction | None:
-    """``HH:MM:SS(.fff)`` or plain seconds."""
+    """``HH:MM:SS(.fff)``, plain seconds, or an ISO 8601 duration ``PT1M10.5S``."""
     if not text:
         return None
+    text = text.strip()
+    iso = _ISO_DURATION.match(text)
+    if iso:
+        h, m, sec = (Fraction(g) if g else Fraction(0) for g in iso.groups())
+        return h * 3600 + m * 60 + sec
     parts = text.split(":")
     try:
         total = Fraction(0)
@@ -396,7 +446,13 @@ class Observation:
     ``at`` is the PDT of the segment where the break opens (OUT) or content
     resumes (IN). For a join mid-break (a CONT with no OUT before it in the
     window), ``at`` is the PDT of the first CONT segment and ``elapsed`` the
-    time already spent in the break there.
+    time already spent in the break there. A DATERANGE whose time lies before
+    the window's first segment is observed at that time itself (its boundary
+    has left the window).
+
+    ``nestable`` marks a segmentation type that may sit inside another break
+    (provider/distributor ad start/end): inside an open break it is an event
+    of that break, never a second break nor its end.
     """
 
     kind: SignalKind
@@ -409,67 +465,178 @@ class Observation:
     segmentation_type_id: int | None = None
     upid: str | None = None
     params: tuple[tuple[str, str], ...] = ()
+    pts: int | None = None
+    nestable: bool = False
+
+
+#: PDT is written to the millisecond: times this close are the same instant.
+PDT_SLACK = timedelta(milliseconds=20)
 
 
 def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
             errors: MarkerErrors | None = None) -> list[Observation]:
     """Break openings/closings in one playlist, in timeline order.
 
-    Segments need a PDT (explicit or synthesised by the caller): breaks are
-    placed on the shared timeline, so every rendition and instance agrees.
+    Segments need a PDT (explicit, or synthesised by
+    :func:`manifests.timeline.with_pdt`): breaks are placed on the shared
+    timeline, so every rendition and instance agrees.
+
+    Several dialects announcing the same break on one segment (Elemental,
+    Adobe, SCTE-35 tags stacked, hls.js#910) become one OUT observation whose
+    fields are the first each dialect gave; EXT-X-ASSET parameters on that
+    segment go with it. A CONT is only an observation when no break is open in
+    this window (a join); a nested segmentation type inside an open break is
+    not one at all.
     """
     errors = errors if errors is not None else MarkerErrors()
+    timed = [seg for seg in playlist.segments if seg.pdt is not None]
+    nested_ends = {END_OF[t] for t in policy.nested_types if t in END_OF}
+    state = _WindowState(timed, errors)
     out: list[Observation] = []
-    open_ids: list[str | None] = []  # events open in this window (for nesting)
-    open_any = False
-    params: tuple[tuple[str, str], ...] = ()
-    segments = playlist.segments
-    for i, seg in enumerate(segments):
-        if seg.pdt is None:
-            continue
-        for sig in segment_signals(seg, policy, errors):
+    for seg in timed:
+        signals = segment_signals(seg, policy, errors)
+        params = tuple(p for sig in signals if sig.kind is SignalKind.POINT for p in sig.params)
+        here: list[Observation] = []
+        for sig in signals:
+            nestable = (sig.segmentation_type_id in policy.nested_types
+                        or sig.segmentation_type_id in nested_ends)
             if sig.kind is SignalKind.POINT:
-                params = params + sig.params
                 continue
-            at, msn = seg.pdt, seg.msn
-            if sig.start is not None and sig.dialect == EXT_X_DATERANGE:
-                placed = _boundary_at_or_after(segments, sig.start if sig.kind is not
-                                               SignalKind.IN else (sig.end or sig.start))
-                if placed is None:
-                    continue  # not yet in the window: a later reload will place it
-                at, msn = placed
-            if sig.kind is SignalKind.OUT:
-                out.append(Observation(SignalKind.OUT, at, msn, sig.dialect, sig.event_id,
-                                       sig.planned_duration, None, sig.segmentation_type_id,
-                                       sig.upid, params))
-                params = ()
-                open_any = True
-                open_ids.append(sig.event_id)
-                if sig.dialect == EXT_X_DATERANGE and sig.end is not None:
-                    placed = _boundary_at_or_after(segments, sig.end)
-                    if placed is not None:
-                        out.append(Observation(SignalKind.IN, placed[0], placed[1], sig.dialect,
-                                               sig.event_id))
-            elif sig.kind is SignalKind.CONT:
-                if not open_any:
-                    out.append(Observation(SignalKind.CONT, at, msn, sig.dialect, sig.event_id,
-                                           sig.planned_duration, sig.elapsed))
-                    open_any = True
+            if nestable and state.open:
+                continue  # an ad inside the open break: an event of it, not a boundary
+            if sig.dialect == EXT_X_DATERANGE:
+                here.extend(state.daterange(sig, seg, nestable))
+                continue
+            assert seg.pdt is not None
+            obs = Observation(sig.kind, seg.pdt, seg.msn, sig.dialect, sig.event_id,
+                              sig.planned_duration, sig.elapsed, sig.segmentation_type_id,
+                              sig.upid, (), sig.pts, nestable)
+            if sig.kind is SignalKind.CONT:
+                if state.open:
+                    continue
+                state.open = True
+            elif sig.kind is SignalKind.OUT:
+                state.open = True
             elif sig.kind is SignalKind.IN:
-                out.append(Observation(SignalKind.IN, at, msn, sig.dialect, sig.event_id))
-                open_any = False
-            elif sig.kind is SignalKind.CANCEL:
-                out.append(Observation(SignalKind.CANCEL, at, msn, sig.dialect, sig.event_id))
+                state.open = False
+            here.append(obs)
+        out.extend(_coalesce(here, seg, params))
+    out.sort(key=lambda o: o.at)  # stable: same-instant observations keep tag order
     return out
+
+
+class _WindowState:
+    """What :func:`observe` remembers while walking one window."""
+
+    def __init__(self, timed: list[Segment], errors: MarkerErrors) -> None:
+        self.timed = timed
+        self.errors = errors
+        self.open = False
+        #: DATERANGE ID -> its first START-DATE in this window.
+        self.starts: dict[str, datetime] = {}
+
+    def place(self, when: datetime) -> tuple[datetime, int] | None:
+        """Where a DATERANGE time lands: the first boundary at or after it; the time
+        itself when it lies before the window; None when it is past the window."""
+        first = self.timed[0]
+        assert first.pdt is not None
+        if when + PDT_SLACK < first.pdt:
+            return when, first.msn
+        return _boundary_at_or_after(self.timed, when)
+
+    def daterange(self, sig: Signal, seg: Segment, nestable: bool) -> list[Observation]:
+        assert seg.pdt is not None
+        key = sig.event_id or ""
+        if sig.kind is SignalKind.OUT:
+            start = sig.start if sig.start is not None else seg.pdt
+            self.starts.setdefault(key, start)
+            placed = self.place(start)
+            if placed is None:
+                return []  # not yet in the window: a later reload places it
+            self.open = True
+            out = [Observation(SignalKind.OUT, placed[0], placed[1], sig.dialect, sig.event_id,
+                               sig.planned_duration, None, sig.segmentation_type_id, sig.upid,
+                               (), sig.pts, nestable)]
+            end = sig.end or (add_seconds(start, sig.duration) if sig.duration is not None
+                              else None)
+            closed = self.place(end) if end is not None else None
+            if closed is not None:
+                out.append(Observation(SignalKind.IN, closed[0], closed[1], sig.dialect,
+                                       sig.event_id))
+                self.open = False
+            return out
+        if sig.kind is SignalKind.IN:
+            opened = self.starts.get(key)
+            if opened is not None and sig.start is not None and abs(sig.start - opened) > PDT_SLACK:
+                # RFC 8216bis 4.4.5.1: same-ID tags must agree; keep the first START-DATE.
+                self.errors.add(f"EXT-X-DATERANGE ID={key!r}: START-DATE {sig.start.isoformat()}"
+                                f" differs from {opened.isoformat()}; the first one is kept")
+            start = opened if opened is not None else sig.start
+            end = sig.end
+            if end is None and start is not None and sig.duration is not None:
+                end = add_seconds(start, sig.duration)
+            if end is None and opened is None:
+                end = sig.start  # an IN range of its own: content resumes at its start
+            out = []
+            if opened is None and end is not None and sig.duration is not None:
+                # The opening tag has left the window (Elemental's closing tag has
+                # END-DATE and DURATION only): the break is known from the close.
+                joined = self.place(add_seconds(end, -sig.duration))
+                if joined is not None:
+                    out.append(Observation(SignalKind.CONT, joined[0], joined[1], sig.dialect,
+                                           sig.event_id, sig.duration))
+            if end is None:
+                at, msn = seg.pdt, seg.msn  # the tag's position is the splice point
+            else:
+                placed = self.place(end)
+                if placed is None:
+                    return []  # content resumes after this window
+                at, msn = placed
+            self.open = False
+            out.append(Observation(SignalKind.IN, at, msn, sig.dialect, sig.event_id,
+                                   segmentation_type_id=sig.segmentation_type_id,
+                                   pts=sig.pts, nestable=nestable))
+            return out
+        if sig.kind is SignalKind.CANCEL:
+            return [Observation(SignalKind.CANCEL, seg.pdt, seg.msn, sig.dialect, sig.event_id)]
+        return []  # a DATERANGE CONT does not exist
+
+
+def _coalesce(observations: list[Observation], seg: Segment,
+              params: tuple[tuple[str, str], ...]) -> list[Observation]:
+    """One OUT per instant: stacked dialects on a segment announce one break."""
+    out: list[Observation] = []
+    for obs in observations:
+        prev = out[-1] if out else None
+        if (obs.kind is SignalKind.OUT and prev is not None and prev.kind is SignalKind.OUT
+                and abs(prev.at - obs.at) <= PDT_SLACK):
+            out[-1] = _fill(prev, obs)
+        else:
+            out.append(obs)
+    return [replace(o, params=params) if o.kind is SignalKind.OUT and o.msn == seg.msn
+            and params else o for o in out]
+
+
+def _fill(first: Observation, other: Observation) -> Observation:
+    """``first`` with the fields it lacks taken from ``other``."""
+    return replace(
+        first,
+        event_id=first.event_id or other.event_id,
+        planned_duration=(first.planned_duration if first.planned_duration is not None
+                          else other.planned_duration),
+        segmentation_type_id=(first.segmentation_type_id
+                              if first.segmentation_type_id is not None
+                              else other.segmentation_type_id),
+        upid=first.upid or other.upid,
+        pts=first.pts if first.pts is not None else other.pts,
+        nestable=first.nestable and other.nestable,
+    )
 
 
 def _boundary_at_or_after(segments: Iterable[Segment], when: datetime) -> tuple[datetime, int] | None:
     """The first segment boundary at or after ``when`` (a DATERANGE start inside a
     segment does not replace that segment). Tolerates PDT's millisecond rounding."""
-    from datetime import timedelta
-
-    slack = timedelta(milliseconds=20)
     for seg in segments:
-        if seg.pdt is not None and seg.pdt + slack >= when:
+        if seg.pdt is not None and seg.pdt + PDT_SLACK >= when:
             return seg.pdt, seg.msn
     return None

@@ -115,14 +115,15 @@ class Segment:
     """
 
     __slots__ = ("msn", "duration", "uri", "raw", "discontinuity", "pdt", "pdt_explicit",
-                 "discontinuity_sequence", "key", "map", "gap", "special", "markers", "_lines",
-                 "memo")
+                 "discontinuity_sequence", "key", "map", "gap", "special", "markers", "step",
+                 "_lines", "memo")
 
     def __init__(self, msn: int, duration: Fraction, uri: str, raw: tuple[str, ...], *,
                  discontinuity: bool = False, pdt: datetime | None = None,
                  pdt_explicit: bool = False, discontinuity_sequence: int = 0,
                  key: Line | None = None, map: Line | None = None, gap: bool = False,
-                 special: bool = True, markers: bool = True) -> None:
+                 special: bool = True, markers: bool = True,
+                 step: timedelta | None = None) -> None:
         self.msn = msn
         self.duration = duration
         self.uri = uri
@@ -142,6 +143,9 @@ class Segment:
         self.special = special
         #: True when the segment carries an ad-marker tag.
         self.markers = markers
+        #: The duration as a timedelta (microseconds), for PDT arithmetic.
+        self.step = step if step is not None else timedelta(
+            microseconds=round(duration * 1_000_000))
         self._lines: tuple[Line, ...] | None = None
         #: Per-consumer memo (e.g. a rendered form); keyed by the consumer.
         self.memo: dict[object, object] = {}
@@ -161,7 +165,7 @@ class Segment:
 
     @property
     def end_pdt(self) -> datetime | None:
-        return None if self.pdt is None else add_seconds(self.pdt, self.duration)
+        return None if self.pdt is None else self.pdt + self.step
 
     def __repr__(self) -> str:
         return f"Segment(msn={self.msn}, duration={self.duration}, uri={self.uri!r})"
@@ -223,27 +227,21 @@ def is_playlist_text(text: str) -> bool:
     return text.lstrip("\ufeff").lstrip().startswith(EXTM3U)
 
 
-_DURATIONS: dict[str, Fraction] = {}
-_MICROS: dict[Fraction, timedelta] = {}
+_DURATIONS: dict[str, tuple[Fraction, timedelta]] = {}
 
 
-def _duration(text: str) -> Fraction | None:
-    """EXTINF durations repeat (``2.000``): parse each distinct text once."""
+def _duration(text: str) -> tuple[Fraction, timedelta] | None:
+    """EXTINF durations repeat (``2.000``): parse each distinct text once, keyed by
+    the text (hashing a Fraction costs more than parsing the line)."""
     value = _DURATIONS.get(text)
     if value is None:
-        value = parse_duration(text)
-        if value is not None and len(_DURATIONS) < 4096:
+        duration = parse_duration(text)
+        if duration is None:
+            return None
+        value = (duration, timedelta(microseconds=round(duration * 1_000_000)))
+        if len(_DURATIONS) < 4096:
             _DURATIONS[text] = value
     return value
-
-
-def _step(duration: Fraction) -> timedelta:
-    td = _MICROS.get(duration)
-    if td is None:
-        td = timedelta(microseconds=round(duration * 1_000_000))
-        if len(_MICROS) < 4096:
-            _MICROS[duration] = td
-    return td
 
 
 @dataclass
@@ -257,7 +255,7 @@ class ParseState:
     key: Line | None = None
     map: Line | None = None
     prev_pdt: datetime | None = None
-    prev_duration: Fraction = Fraction(0)
+    prev_step: timedelta = timedelta(0)
     target: int | None = None
     endlist: bool = False
     playlist_type: str | None = None
@@ -298,7 +296,7 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
     segments: list[Segment] = []
     warnings: list[str] = []
     start = 0  # index of the first line of the pending segment
-    duration: Fraction | None = None
+    duration: tuple[Fraction, timedelta] | None = None
     discontinuity = gap = special = markers = False
     pdt_text: str | None = None
     codes = _CODES
@@ -371,15 +369,16 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
             pdt = _fast_pdt(pdt_text)
             explicit = pdt is not None
         if pdt is None and state.prev_pdt is not None and not discontinuity:
-            pdt = state.prev_pdt + _step(state.prev_duration)
+            pdt = state.prev_pdt + state.prev_step
         seg = Segment(
-            state.next_msn, duration, raw.strip(), tuple(raw_lines[start:i + 1]),
+            state.next_msn, duration[0], raw.strip(), tuple(raw_lines[start:i + 1]),
             discontinuity=discontinuity, pdt=pdt, pdt_explicit=explicit,
             discontinuity_sequence=state.discontinuity_sequence + state.disc_count,
-            key=state.key, map=state.map, gap=gap, special=special, markers=markers)
+            key=state.key, map=state.map, gap=gap, special=special, markers=markers,
+            step=duration[1])
         segments.append(seg)
         state.next_msn += 1
-        state.prev_pdt, state.prev_duration = pdt, duration
+        state.prev_pdt, state.prev_step = pdt, duration[1]
         start = i + 1
         duration, discontinuity, gap, special, markers, pdt_text = None, False, False, False, False, None
     trailer = tuple(Line.of(text) for text in raw_lines[start:]) if not in_header else ()

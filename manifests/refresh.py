@@ -14,6 +14,7 @@ changed line ending) falls back to a full parse: the result is always what
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from manifests.playlist import (
     MediaPlaylist, ParseState, Segment, parse_lines, parse_media, split_lines,
@@ -91,7 +92,7 @@ class IncrementalParser:
             key=playlist.segments[-1].key if playlist.segments else None,
             map=playlist.segments[-1].map if playlist.segments else None,
             prev_pdt=playlist.segments[-1].pdt if playlist.segments else None,
-            prev_duration=playlist.segments[-1].duration if playlist.segments else 0,  # type: ignore[arg-type]
+            prev_step=playlist.segments[-1].step if playlist.segments else timedelta(0),
             target=playlist.target_duration, endlist=playlist.endlist,
             playlist_type=playlist.playlist_type, version=playlist.version)
         self._prev = _Previous(text, playlist, offsets, dropped, shift, pos, state)

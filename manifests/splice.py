@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
-from manifests.breaks import Break, BreakPolicy, break_covering
+from manifests.breaks import Break, BreakIndex, BreakPolicy
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MARKER_TAGS
 from manifests.playlist import (
@@ -83,7 +84,13 @@ class SpliceResult:
     hwm: int
     media_sequence: int
     discontinuity_sequence: int
-    slots: list[Slot] = field(default_factory=list)
+    kept: tuple[Segment, ...] = ()
+    entries: tuple[SlotEntry | None, ...] = ()
+
+    @property
+    def slots(self) -> list[Slot]:
+        """The served slots with what each was published as (built on demand)."""
+        return [Slot(seg, entry) for seg, entry in zip(self.kept, self.entries)]
 
 
 @dataclass
@@ -109,13 +116,14 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     renderer = _Renderer(options, uris, playlist.newline)
     reuse, entries, chunks = _reusable(segments, cache, (options, uris))
     new_entries: list[SlotEntry] = []
+    index = BreakIndex(breaks, options.break_policy)
     prev: SlotEntry | None = entries[-1] if reuse else (
         ledger.entries.get(segments[0].msn - 1) if segments else None)
     for seg in segments[reuse:]:
         if seg.msn <= ledger.hwm:
             entry = ledger.entries.get(seg.msn)
         else:
-            entry = classify(seg, prev, breaks, pods, options.break_policy)
+            entry = classify(seg, prev, index, pods)
             if entry is not None:
                 new_entries.append(entry)
         if entry is None or entry.kind is SlotKind.CONTENT:
@@ -146,8 +154,8 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     hwm = segments[-1].msn if segments else ledger.hwm
     text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
                         final_newline=playlist.final_newline)
-    slots = [Slot(seg, entry) for seg, entry in zip(kept, entries[first:])]
-    return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, slots)
+    return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, kept,
+                        tuple(entries[first:]))
 
 
 def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
@@ -165,11 +173,37 @@ def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tup
     return overlap, cache.entries[d:], cache.chunks[d:]
 
 
-def classify(seg: Segment, prev: SlotEntry | None, breaks: tuple[Break, ...],
-             pods: Mapping[str, Pod], policy: BreakPolicy = BreakPolicy()) -> SlotEntry | None:
+def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger: Ledger,
+                     policy: BreakPolicy = BreakPolicy()) -> dict[str, Fraction]:
+    """The breaks a render of ``playlist`` needs a pod for, each with the offset
+    into the break where this cohort's pod starts.
+
+    Breaks with slots already published in the window need their (frozen) pod
+    to render those; breaks covering new slots start their pod at the first
+    new slot, so a join mid-break fills only what remains (duration - elapsed).
+    """
+    needed: dict[str, Fraction] = {}
+    segments = playlist.segments
+    if not segments:
+        return needed
+    first, last = segments[0].msn, segments[-1].msn
+    for msn, entry in ledger.entries.items():
+        if first <= msn <= last and entry.break_id:
+            needed.setdefault(entry.break_id, Fraction(0))
+    index = BreakIndex(breaks, policy)
+    for seg in segments[max(0, ledger.hwm + 1 - first):]:
+        if seg.pdt is not None:
+            brk = index.covering(seg.pdt, seg.step)
+            if brk is not None and brk.id not in needed:
+                needed[brk.id] = max(Fraction(0), brk.offset(seg.pdt))
+    return needed
+
+
+def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
+             pods: Mapping[str, Pod]) -> SlotEntry | None:
     """What a slot published for the first time becomes; None for plain content."""
     if seg.pdt is not None:
-        brk = break_covering(breaks, seg.pdt, seg.duration, policy)
+        brk = index.covering(seg.pdt, seg.step)
         pod = pods.get(brk.id) if brk is not None else None
         if brk is not None and pod is not None:
             hit = pod.item_at(brk.offset(seg.pdt))
@@ -314,9 +348,23 @@ def _explicit_iv(text: str, msn: int) -> str:
     return f"{text},IV=0x{msn:032X}"
 
 
-@lru_cache(maxsize=65536)
 def _join(base: str, uri: str) -> str:
+    """``urljoin``, with a fast path for the common plain relative name."""
+    if uri.startswith(("https://", "http://")) and "/." not in uri:
+        return uri  # already absolute (and nothing for urljoin to normalise)
+    if uri and uri[0] not in "./?#" and ":" not in uri.partition("/")[0]:
+        prefix = _base_dir(base)
+        if prefix is not None:
+            return prefix + uri
     return urljoin(base, uri)
+
+
+@lru_cache(maxsize=1024)
+def _base_dir(base: str) -> str | None:
+    """The base URL up to its last '/', when joining is plain concatenation."""
+    if "?" in base or "#" in base or "://" not in base:
+        return None
+    return base[: base.rfind("/") + 1]
 
 
 @lru_cache(maxsize=8192)

@@ -26,7 +26,9 @@ from manifests.breaks import Break, BreakPolicy, prune, update_breaks
 from manifests.markers import MarkerErrors, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.pod import Pod, PodItem
-from manifests.splice import SpliceCache, SpliceOptions, SpliceResult, splice
+from manifests.splice import (
+    SpliceCache, SpliceOptions, SpliceResult, breaks_to_decide, splice,
+)
 from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
 from stitcher.conditioning import RenditionSpec, probe_rendition
 from stitcher.config import ChannelConfig
@@ -220,7 +222,7 @@ class ChannelRuntime:
             for b in update.new:
                 self._prefetch(b)
             ledger = await self.store.get_ledger(self.cfg.id, cohort, rendition.grid)
-            pods = await self._pods_for(playlist, breaks, ledger.hwm, ledger.entries, cohort)
+            pods = await self._pods_for(playlist, breaks, ledger, cohort)
             uris = self._uris.setdefault(
                 rendition.id, _Uris(rendition.id, self.library, self.assets_base))
             options = self._options.setdefault(rendition.id, SpliceOptions(
@@ -239,22 +241,10 @@ class ChannelRuntime:
         self.metrics.render_seconds.observe(time.perf_counter() - started)
         return rendered
 
-    async def _pods_for(self, playlist: Any, breaks: tuple[Break, ...], hwm: int,
-                        entries: dict[int, Any], cohort: str) -> dict[str, Pod]:
+    async def _pods_for(self, playlist: Any, breaks: tuple[Break, ...], ledger: Any,
+                        cohort: str) -> dict[str, Pod]:
         """Decisions needed by this render: breaks with published or new slots in it."""
-        needed: dict[str, Fraction] = {}
-        segments = playlist.segments
-        if not segments:
-            return {}
-        first, last = segments[0].msn, segments[-1].msn
-        for msn, entry in entries.items():
-            if first <= msn <= last and entry.break_id:
-                needed.setdefault(entry.break_id, Fraction(0))
-        for seg in segments[max(0, hwm + 1 - first):]:
-            if seg.pdt is not None:
-                for b in breaks:
-                    if b.covers(seg.pdt, seg.duration, self.policy):
-                        needed.setdefault(b.id, max(Fraction(0), b.offset(seg.pdt)))
+        needed = breaks_to_decide(playlist, breaks, ledger, self.policy)
         pods: dict[str, Pod] = {}
         by_id = {b.id: b for b in breaks}
         for break_id, start in needed.items():

@@ -48,7 +48,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import ffmpeg
+import ffmpeg  # type: ignore[import-untyped]
 
 from fixtures.media import ffmpeg_exe, ffprobe_exe
 
@@ -172,7 +172,7 @@ async def _exec(cmd: list[str], timeout: float, what: str) -> tuple[bytes, str]:
         raise ConditioningError(f"{what}: cannot start {cmd[0]}: {e}") from e
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         _, err = await proc.communicate()
         raise ConditioningError(f"{what}: timed out after {timeout} s",
@@ -190,7 +190,7 @@ async def _exec(cmd: list[str], timeout: float, what: str) -> tuple[bytes, str]:
 
 def _input_opts(src: str) -> dict[str, Any]:
     """Restrict what a (possibly untrusted) creative URL may make ffmpeg open."""
-    if re.match(r"^https?://", src, re.I):
+    if re.match(r"^https?://", src, re.IGNORECASE):
         return {"protocol_whitelist": "http,https,tcp,tls,crypto"}
     if "://" in src or src.startswith(("-", "concat:", "subfile,")) or re.match(r"^\w+:", src):
         raise ConditioningError(f"unsupported creative location: {src!r}")
@@ -228,6 +228,8 @@ async def _probe_without_ffprobe(src: str, count_frames: bool, timeout: float) -
     m = _DURATION.search(text)
     if m:
         fmt["duration"] = str(int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]))
+    if b := re.search(r"Duration: .*?bitrate: (\d+) kb/s", text):
+        fmt["bit_rate"] = str(int(b[1]) * 1000)
     for line in text.splitlines():
         if (v := _VIDEO.search(line)) and not streams_has(streams, "video"):
             rate = v[7] or v[8] or "0"
@@ -349,7 +351,9 @@ async def probe_rendition(
         except ValueError:
             return None
 
-    container = "ts" if "mpegts" in str(fmt.get("format_name", "mpegts")) else "ts"
+    # Only MPEG-TS is conditioned today; an fMP4 ladder probes as such and is refused.
+    fmt_name = str(fmt.get("format_name", "mpegts"))
+    container = "fmp4" if ("mp4" in fmt_name or "mov" in fmt_name) else "ts"
     return RenditionSpec(
         name=name, width=int(v["width"]), height=int(v["height"]),
         video_bitrate=video_bitrate, fps=fps,
@@ -439,7 +443,6 @@ def _build(
     """The ffmpeg command line: decode once, one segmented output per rendition."""
     inp = ffmpeg.input(src, **_input_opts(src))
     has_audio = _stream(info, "audio") is not None
-    n = len(plans)
     video = inp.video.filter("setpts", "PTS-STARTPTS").split()
     if has_audio:
         audio = inp.audio.filter("asetpts", "PTS-STARTPTS")
@@ -563,7 +566,11 @@ class Conditioner:
                     str(creative), specs, base, key,
                     None if pad_source is None else str(pad_source)))
                 self._inflight[flight] = task
-                task.add_done_callback(lambda _t, f=flight: self._inflight.pop(f, None))
+                def forget(_t: asyncio.Task[ConditionedCreative],
+                           f: tuple[str, str] = flight) -> None:
+                    self._inflight.pop(f, None)
+
+                task.add_done_callback(forget)
                 return await asyncio.shield(task)
             # Someone else is conditioning this key (maybe for other renditions):
             # wait for it, then re-check what is missing.

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from manifests.errors import ManifestError
-from manifests.playlist import MediaPlaylist
+from manifests.errors import ManifestError, PlaylistParseError
+from manifests.playlist import EXT_X_PROGRAM_DATE_TIME, EXTINF, MediaPlaylist
 from manifests.refresh import IncrementalParser
+from manifests.timing import parse_pdt
 from stitcher.errors import OriginUnavailable, UpstreamError
 from stitcher.metrics import Metrics
 
@@ -124,12 +125,31 @@ class OriginFetcher:
         playlist = e.parser.parse(text)
         if not playlist.segments:
             raise UpstreamError("playlist has no segments")
+        _check_complete(playlist)
         if e.good is not None and playlist.media_sequence < e.good.playlist.media_sequence:
             raise UpstreamError(
                 f"media sequence went backwards ({e.good.playlist.media_sequence} -> "
                 f"{playlist.media_sequence})")
+        if e.good is not None and not playlist.endlist:
+            edge, good_edge = playlist.segments[-1].msn, e.good.playlist.segments[-1].msn
+            if edge < good_edge:  # a live playlist only ever appends: a cut body
+                raise UpstreamError(f"live edge went backwards ({good_edge} -> {edge})")
         version = hashlib.sha1(body).hexdigest()[:16]
         return Fetched(url, text, playlist, version, self._clock())
+
+
+def _check_complete(playlist: MediaPlaylist) -> None:
+    """Reject a body cut short (a dropped connection, a half-written file at the origin).
+
+    The lenient parser keeps whatever follows the last segment URI as trailer lines;
+    a segment that was started there but never finished (an EXTINF with no URI, a
+    date-time cut mid-value) means the body is not the whole playlist.
+    """
+    for line in playlist.trailer:
+        if line.tag == EXTINF:
+            raise PlaylistParseError(f"EXTINF without a segment URI at the end: {line.text!r}")
+        if line.tag == EXT_X_PROGRAM_DATE_TIME and parse_pdt(line.value or "") is None:
+            raise PlaylistParseError(f"malformed date-time at the end: {line.text!r}")
 
 
 def _kind(exc: BaseException) -> str:

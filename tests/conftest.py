@@ -1,22 +1,25 @@
-"""Suite-wide rules: in CI a skipped test is a failure (a missing prerequisite must
-never pass silently)."""
+"""Shared fixtures: the cached fixture media and a per-session folder of conditioned assets.
+
+The stack itself (origin + ad server + stitcher) is :func:`tests.harness.start_stack`.
+"""
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import pytest
 
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus")
+from fixtures.media import MediaSet, ensure_media
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not os.environ.get("CI"):
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
-    if skipped:
-        if reporter:
-            reporter.write_line(f"CI: {skipped} test(s) skipped; in CI a skip is a failure",
-                                red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+@pytest.fixture(scope="session")
+def media() -> MediaSet:
+    """The fixture media (generated once into the cache, reused after)."""
+    return ensure_media()
+
+
+@pytest.fixture(scope="session")
+def assets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Conditioned creatives shared by every stack of the session (the slate's key is
+    stable, so it is conditioned once per session)."""
+    return tmp_path_factory.mktemp("assets")

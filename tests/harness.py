@@ -127,7 +127,17 @@ class Stack:
         """The stitcher's rendition ids (``v0``, ``v1`` ...), in multivariant order."""
         return [r.id for r in (await self.runtime.multivariant()).renditions]
 
+    async def origin_rendition(self, rid: str) -> str:
+        """The origin's rendition id behind the stitcher's rendition ``rid``."""
+        rendition = (await self.runtime.multivariant()).rendition(rid)
+        assert rendition is not None, rid
+        return rendition.uri.rsplit("/", 1)[-1].removesuffix(".m3u8")
+
     # ---------------------------------------------------------------- actions
+    async def ready(self) -> None:
+        """Wait until the channel has probed the origin and conditioned the slate."""
+        await self.runtime.prepare()
+
     async def start_session(self, **params: str) -> SessionHandle:
         async with self.http.post(f"{self.base}/v1/session/{self.channel}",
                                   json={"adsParams": params}) as resp:

@@ -1,0 +1,270 @@
+"""Upstream faults over real HTTP: stale but available, never a 5xx once a playlist exists.
+
+The fixture origin runs on a ManualClock that the stitcher also paces its
+refreshes by, so every step is "advance one segment, reload": no sleeping on
+the stream. The faults are injected in the fixtures (origin fault rules, the
+ad server's fault switches); what the player sees is checked on the wire, and
+each fault must be counted in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures.adserver import Faults
+from fixtures.adserver import faults as adserver_faults
+from fixtures.adserver import vast_requests
+from fixtures.clock import ManualClock
+from fixtures.origin import FaultRule
+from manifests.playlist import parse_media
+from tests.harness import Stack, start_stack
+
+MPEGURL = "application/vnd.apple.mpegurl"
+
+
+def _segments(body: bytes) -> list[str]:
+    return [line for line in body.decode().splitlines() if line and not line.startswith("#")]
+
+
+def _media_sequence(body: bytes) -> int:
+    return parse_media(body.decode()).media_sequence
+
+
+async def _advance(stack: Stack, seconds: float = 2.0) -> None:
+    assert isinstance(stack.clock, ManualClock)
+    stack.clock.advance(seconds)
+    await asyncio.sleep(0)
+
+
+async def _good_playlist(stack: Stack, url: str) -> bytes:
+    status, headers, body = await stack.get(url)
+    assert status == 200, body
+    assert headers["Content-Type"].startswith(MPEGURL)
+    assert "X-Stitcher-Stale" not in headers
+    assert _segments(body), body
+    return body
+
+
+def _origin_media_requests(stack: Stack, origin_rid: str) -> int:
+    return len(stack.origin.requests("media", origin_rid))
+
+
+# ----------------------------------------------------------------------------- origin
+
+ORIGIN_FAULTS = {
+    # name: (fault rule fields, the kind label the stitcher must count it under)
+    "http-500": ({"status": 500}, "http"),
+    "http-503-retry-after": ({"status": 503, "retry_after": 1}, "http"),
+    "http-429": ({"status": 429}, "http"),
+    "truncated": ({"body": "truncated"}, "malformed"),
+    "garbage-html": ({"body": "garbage"}, None),
+    "empty-body": ({"body": "empty"}, None),
+    "timeout": ({"delay": 1.0}, "timeout"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(ORIGIN_FAULTS))
+async def test_origin_fault_after_a_good_playlist_serves_the_last_good_one_marked_stale(
+        media: Any, assets_dir: Path, tmp_path: Path, fault: str) -> None:
+    rule, kind = ORIGIN_FAULTS[fault]
+    async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                           data_dir=tmp_path / "state", assets_dir=assets_dir,
+                           stitcher_config={"origin_timeout": 0.3}) as stack:
+        session = await stack.start_session()
+        assert (await stack.get(session.manifest_url))[0] == 200
+        rid = (await stack.stitcher_renditions())[0]
+        url = session.media_url(rid)
+        good = await _good_playlist(stack, url)
+        await stack.ready()  # no background fetch (probing the ladder) races the counts
+        origin_rid = await stack.origin_rendition(rid)
+        errors_before = await stack.metric("stitcher_origin_errors_total", channel=stack.channel)
+        stale_before = await stack.metric("stitcher_stale_serves_total", channel=stack.channel)
+        requests_before = _origin_media_requests(stack, origin_rid)
+
+        stack.origin.add_fault(FaultRule(kinds=frozenset({"media"}), **rule))
+        reloads = 3
+        for _ in range(reloads):
+            await _advance(stack)  # a new segment is due: the stitcher must refetch
+            status, headers, body = await stack.get(url)
+            assert status == 200, (status, body)
+            assert headers["Content-Type"].startswith(MPEGURL)
+            assert body == good, "the last good playlist must be served unchanged"
+            assert headers.get("X-Stitcher-Stale"), "a stale playlist must say so"
+            assert headers.get("Cache-Control") and "no-store" not in headers["Cache-Control"]
+        if rule.get("delay"):
+            await asyncio.sleep(rule["delay"] + 0.2)  # the origin logs a request when it answers
+        faulted = _origin_media_requests(stack, origin_rid) - requests_before
+        assert faulted == reloads, "one origin fetch per reload, coalesced"
+
+        errors = await stack.metric("stitcher_origin_errors_total", channel=stack.channel)
+        assert errors - errors_before == faulted, "every faulted fetch is counted"
+        if kind is not None:
+            assert await stack.metric("stitcher_origin_errors_total", channel=stack.channel,
+                                      kind=kind) == faulted
+        stale = await stack.metric("stitcher_stale_serves_total", channel=stack.channel)
+        assert stale - stale_before == faulted
+
+        # The origin recovers: fresh playlists again, no stale header, the window moved on.
+        stack.origin.clear_faults()
+        await _advance(stack)
+        fresh = await _good_playlist(stack, url)
+        assert _media_sequence(fresh) > _media_sequence(good)
+
+
+async def test_stale_header_on_every_rendition_and_gzip(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """Both renditions fall back independently; the gzip body is the same last good one."""
+    async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                           data_dir=tmp_path / "state", assets_dir=assets_dir) as stack:
+        session = await stack.start_session()
+        rids = await stack.stitcher_renditions()
+        assert len(rids) >= 2
+        good = {rid: await _good_playlist(stack, session.media_url(rid)) for rid in rids}
+        stack.origin.add_fault(FaultRule(kinds=frozenset({"media"}), status=502))
+        await _advance(stack)
+        for rid in rids:
+            status, headers, body = await stack.get(session.media_url(rid),
+                                                    headers={"Accept-Encoding": "gzip"})
+            assert status == 200
+            assert headers.get("Content-Encoding") == "gzip"
+            assert body == good[rid]  # aiohttp decompresses
+            assert headers.get("X-Stitcher-Stale")
+            assert headers.get("Access-Control-Allow-Origin") == "*"
+
+
+# ----------------------------------------------------------------------- cold start
+
+@pytest.mark.parametrize("down", ["everything", "media-only", "nothing-published",
+                                  "connection-refused"])
+async def test_cold_start_with_the_origin_down_is_503_with_retry_after_and_a_reason(
+        media: Any, assets_dir: Path, tmp_path: Path, down: str) -> None:
+    channel: dict[str, Any] = {}
+    origin: dict[str, Any] = {}
+    clock = ManualClock(1_700_000_000.0)
+    if down == "connection-refused":
+        import socket
+
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        channel["origin_url"] = f"http://127.0.0.1:{closed}/live/live1/master.m3u8"
+    if down == "nothing-published":
+        origin["start_epoch"] = int(clock.now()) + 60  # the stream starts in a minute
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, origin=origin,
+                           channel_config=channel) as stack:
+        if down == "everything":
+            stack.origin.add_fault(FaultRule(kinds=frozenset({"multivariant", "media"}),
+                                             status=503))
+        elif down == "media-only":
+            stack.origin.add_fault(FaultRule(kinds=frozenset({"media"}), status=500))
+        session = await stack.start_session()
+
+        urls = [session.media_url("v0")]
+        if down != "media-only":
+            urls.insert(0, session.manifest_url)
+        else:
+            assert (await stack.get(session.manifest_url))[0] == 200
+        for url in urls:
+            for _ in range(2):
+                status, headers, body = await stack.get(url)
+                assert status == 503, (url, status, body)
+                retry_after = headers.get("Retry-After")
+                assert retry_after is not None and retry_after.isdigit()
+                assert int(retry_after) >= 1
+                assert headers["Content-Type"].startswith("application/json")
+                payload = json.loads(body)
+                assert payload["error"] == "origin_unavailable"
+                assert isinstance(payload["reason"], str) and payload["reason"]
+                assert headers.get("Access-Control-Allow-Origin") == "*"
+                assert headers.get("Cache-Control") == "no-store"
+                await _advance(stack)
+        assert await stack.metric("stitcher_origin_errors_total", channel=stack.channel) >= 2
+
+        if down == "connection-refused":
+            return
+        # The origin comes up: the same session plays.
+        stack.origin.clear_faults()
+        if down == "nothing-published":
+            await _advance(stack, 70)
+        else:
+            await _advance(stack)
+        assert (await stack.get(session.manifest_url))[0] == 200
+        await _good_playlist(stack, session.media_url("v0"))
+
+
+# ------------------------------------------------------------------------ ad server
+
+AD_FAULTS = {
+    # name: (ad server Faults fields, stitcher config, the ad_errors kind counted)
+    "invalid-xml": ({"invalid_xml": True}, {}, "100"),
+    "http-500": ({"status": 500}, {}, "301"),
+    "timeout": ({"hang": 30.0}, {"ad_timeout": 0.5}, "301"),
+    "over-decision-budget": ({"hang": 30.0}, {"ad_timeout": 20.0}, "decision_timeout"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(AD_FAULTS))
+async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
+        media: Any, assets_dir: Path, tmp_path: Path, fault: str) -> None:
+    switches, stitcher_cfg, kind = AD_FAULTS[fault]
+    budget = 1.0
+    async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                           data_dir=tmp_path / "state", assets_dir=assets_dir,
+                           stitcher_config=stitcher_cfg,
+                           channel_config={"decision_budget": budget}) as stack:
+        for name, value in switches.items():
+            setattr(adserver_faults(stack.adserver), name, value)
+        session = await stack.start_session()
+        rid = (await stack.stitcher_renditions())[0]
+        url = session.media_url(rid)
+        await _good_playlist(stack, url)
+
+        edge = stack.origin.live_edge_msn()
+        assert edge is not None
+        brk = stack.origin.insert_break(edge + 1, 6)
+        rendition = next(iter(stack.origin.renditions.values()))
+        origin_base = f"{stack.origin_base}/live/{stack.channel}/"
+        bodies: dict[int, bytes] = {}
+        for _ in range(brk.segments + 2):
+            await _advance(stack)
+            started = time.monotonic()
+            status, headers, body = await stack.get(url)
+            elapsed = time.monotonic() - started
+            assert status == 200, (status, body)
+            assert "X-Stitcher-Stale" not in headers, "an ad fault does not make content stale"
+            assert elapsed < budget + 1.5, f"a render waited {elapsed:.1f} s on the ad server"
+            playlist = parse_media(body.decode())
+            assert playlist.segments
+            for seg in playlist.segments:
+                bodies.setdefault(seg.msn, seg.uri.encode())
+        # Every slot of the break is the content underneath (or slate), never an ad.
+        for msn in range(brk.start_msn, brk.end_msn):
+            uri = bodies[msn].decode()
+            content = origin_base + rendition.uri(stack.origin.source_index(msn), msn)
+            assert uri == content or "/slate/" in uri, (msn, uri)
+            assert "/ad/" not in uri
+
+        requests = [r for r in vast_requests(stack.adserver) if r.fault is not None]
+        assert len(requests) == 1, "one ad request per (break, cohort), however many reloads"
+        assert await stack.metric("stitcher_ad_errors_total", channel=stack.channel,
+                                  kind=kind) == 1
+        assert await stack.metric("stitcher_ad_requests_total", channel=stack.channel,
+                                  result="filled") == 0
+
+        # The ad server recovers: the break, published as content, is never rewritten.
+        for name in switches:
+            setattr(adserver_faults(stack.adserver), name, getattr(Faults(), name))
+        await _advance(stack)
+        status, _, body = await stack.get(url)
+        assert status == 200
+        for seg in parse_media(body.decode()).segments:
+            if seg.msn in bodies:
+                assert seg.uri.encode() == bodies[seg.msn], seg.msn
