@@ -173,10 +173,27 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                 return i
         return None
 
+    def same_event_within(obs: Observation) -> int | None:
+        """A known break of this event starting inside the span a join describes
+        (a DATERANGE's start moves to the next boundary, so it may start later)."""
+        if obs.event_id is None:
+            return None
+        start = obs.at if obs.elapsed is None else add_seconds(obs.at, -obs.elapsed)
+        span = obs.planned_duration if obs.planned_duration is not None else policy.max_duration
+        for i, b in enumerate(breaks):
+            if b.event_id == obs.event_id and (
+                    start - SAME_BOUNDARY <= b.start <= add_seconds(start, span)):
+                return i
+        return None
+
     def closes(b: Break, obs: Observation) -> bool:
         if b.cancelled or b.end is not None or obs.at < b.start:
             return False
-        if obs.at > b.effective_end(policy) + SAME_BOUNDARY:
+        limit = b.effective_end(policy)
+        if obs.previous is not None and obs.previous > b.start:
+            if obs.previous + PLANNED_SLACK >= limit:
+                return False  # a late IN: the slot before it was already content
+        elif obs.at > limit + SAME_BOUNDARY:
             return False  # a late IN: the break already ended at its planned end
         if obs.segmentation_type_id is None:
             return True  # CUE-IN and friends close whatever is open
@@ -209,7 +226,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             breaks.append(new)
             result.new.append(new)
         elif obs.kind is SignalKind.CONT:
-            if open_at(obs.at) is not None:
+            if open_at(obs.at) is not None or same_event_within(obs) is not None:
                 continue
             start = obs.at if obs.elapsed is None else add_seconds(obs.at, -obs.elapsed)
             if obs.planned_duration is not None and obs.elapsed is not None and (
@@ -249,19 +266,6 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
     return result
 
 
-_HALVES: dict[Fraction, timedelta] = {}
-
-
-def half_step(duration: Fraction) -> timedelta:
-    """Half a slot as a timedelta (slot durations repeat: computed once each)."""
-    td = _HALVES.get(duration)
-    if td is None:
-        td = timedelta(microseconds=round(duration * 500_000))
-        if len(_HALVES) < 4096:
-            _HALVES[duration] = td
-    return td
-
-
 class BreakIndex:
     """Breaks sorted by start with their effective ends computed once, so finding
     the break over a slot is a bisection, not a scan (a 2-hour DVR window holds
@@ -271,20 +275,28 @@ class BreakIndex:
         live = sorted((b for b in breaks if not b.cancelled), key=lambda b: b.start)
         self.breaks = live
         self.starts = [b.start - EPSILON for b in live]
-        self.ends = [b.effective_end(policy) for b in live]
+        #: A slot starting before this bound is inside (the rule of :meth:`Break.covers`).
+        self.ends = [_slot_bound(b, policy) for b in live]
 
     def covering(self, pdt: datetime, duration: Fraction | timedelta) -> Break | None:
-        """The break replacing the slot that starts at ``pdt`` (see :meth:`Break.covers`)."""
+        """The break replacing the slot that starts at ``pdt`` (see :meth:`Break.covers`;
+        ``duration`` is unused: whole slots are replaced)."""
         i = bisect_right(self.starts, pdt) - 1
         if i < 0:
             return None
-        middle = pdt + (duration / 2 if isinstance(duration, timedelta) else half_step(duration))
         # Breaks do not overlap (update_breaks refuses that), but check one more back
         # in case a shorter break started just before a longer one ended.
         for j in (i, i - 1):
-            if j >= 0 and middle < self.ends[j] and pdt >= self.starts[j]:
+            if j >= 0 and pdt < self.ends[j] and pdt >= self.starts[j]:
                 return self.breaks[j]
         return None
+
+
+def _slot_bound(b: Break, policy: BreakPolicy) -> datetime:
+    """Slots starting before this instant are in ``b`` (given they start after it)."""
+    planned = b.planned_duration if b.planned_duration is not None else policy.max_duration
+    bound = add_seconds(b.start, planned) - PLANNED_SLACK
+    return bound if b.end is None else min(bound, b.end - EPSILON)
 
 
 def pts_distance(a: int, b: int) -> int:

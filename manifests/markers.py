@@ -128,9 +128,13 @@ def _cue_out(value: str | None, seg: Segment, policy: MarkerPolicy,
     event_id: str | None = None
     cue: str | None = None
     if value and value.strip():
-        attrs = _attrs(value, errors)
+        # A bare duration may lead an attribute list (':30,CUE="..."'): split it off
+        # first, the attribute-list grammar has no unnamed values.
+        head, _, rest = value.partition(",")
+        lead = head.strip() if "=" not in head else None
+        attrs = _attrs(rest if lead is not None else value, errors)
         if attrs is not None:
-            bare = attrs.get("")
+            bare = lead if lead is not None else attrs.get("")
             duration = attrs.decimal("DURATION") or (parse_duration(bare) if bare else None)
             event_id = attrs.string("BREAKID") or attrs.string("ID")
             cue = attrs.string("CUE")
@@ -404,12 +408,8 @@ def _segmentation_signals(section: object, dialect: str, policy: MarkerPolicy,
 
 
 def _with_id(signal: Signal, event_id: str | None, start: datetime | None = None) -> Signal:
-    changes: dict[str, object] = {}
-    if event_id and not signal.event_id:
-        changes["event_id"] = event_id
-    if start is not None and signal.start is None:
-        changes["start"] = start
-    return replace(signal, **changes) if changes else signal
+    return replace(signal, event_id=signal.event_id or event_id or None,
+                   start=signal.start if signal.start is not None else start)
 
 
 def _attrs(text: str, errors: MarkerErrors) -> AttributeList | None:
@@ -467,6 +467,9 @@ class Observation:
     params: tuple[tuple[str, str], ...] = ()
     pts: int | None = None
     nestable: bool = False
+    #: For an IN: the start of the slot just before ``at`` (None at the window's
+    #: start), so a late CUE-IN can be told from one at the planned end's boundary.
+    previous: datetime | None = None
 
 
 #: PDT is written to the millisecond: times this close are the same instant.
@@ -519,6 +522,7 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
                 state.open = True
             elif sig.kind is SignalKind.IN:
                 state.open = False
+                obs = replace(obs, previous=state.previous(seg.msn))
             here.append(obs)
         out.extend(_coalesce(here, seg, params))
     out.sort(key=lambda o: o.at)  # stable: same-instant observations keep tag order
@@ -535,6 +539,13 @@ class _WindowState:
         #: DATERANGE ID -> its first START-DATE in this window.
         self.starts: dict[str, datetime] = {}
 
+    def previous(self, msn: int) -> datetime | None:
+        """The start of the slot before MSN ``msn``, if it is in the window."""
+        for prev, seg in zip(self.timed, self.timed[1:]):
+            if seg.msn == msn:
+                return prev.pdt
+        return None
+
     def place(self, when: datetime) -> tuple[datetime, int] | None:
         """Where a DATERANGE time lands: the first boundary at or after it; the time
         itself when it lies before the window; None when it is past the window."""
@@ -548,25 +559,25 @@ class _WindowState:
         assert seg.pdt is not None
         key = sig.event_id or ""
         if sig.kind is SignalKind.OUT:
-            start = sig.start if sig.start is not None else seg.pdt
-            self.starts.setdefault(key, start)
-            placed = self.place(start)
+            begin = sig.start if sig.start is not None else seg.pdt
+            self.starts.setdefault(key, begin)
+            placed = self.place(begin)
             if placed is None:
                 return []  # not yet in the window: a later reload places it
             self.open = True
             out = [Observation(SignalKind.OUT, placed[0], placed[1], sig.dialect, sig.event_id,
                                sig.planned_duration, None, sig.segmentation_type_id, sig.upid,
                                (), sig.pts, nestable)]
-            end = sig.end or (add_seconds(start, sig.duration) if sig.duration is not None
+            end = sig.end or (add_seconds(begin, sig.duration) if sig.duration is not None
                               else None)
             closed = self.place(end) if end is not None else None
             if closed is not None:
                 out.append(Observation(SignalKind.IN, closed[0], closed[1], sig.dialect,
-                                       sig.event_id))
+                                       sig.event_id, previous=self.previous(closed[1])))
                 self.open = False
             return out
         if sig.kind is SignalKind.IN:
-            opened = self.starts.get(key)
+            opened: datetime | None = self.starts.get(key)
             if opened is not None and sig.start is not None and abs(sig.start - opened) > PDT_SLACK:
                 # RFC 8216bis 4.4.5.1: same-ID tags must agree; keep the first START-DATE.
                 self.errors.add(f"EXT-X-DATERANGE ID={key!r}: START-DATE {sig.start.isoformat()}"
@@ -595,7 +606,8 @@ class _WindowState:
             self.open = False
             out.append(Observation(SignalKind.IN, at, msn, sig.dialect, sig.event_id,
                                    segmentation_type_id=sig.segmentation_type_id,
-                                   pts=sig.pts, nestable=nestable))
+                                   pts=sig.pts, nestable=nestable,
+                                   previous=self.previous(msn)))
             return out
         if sig.kind is SignalKind.CANCEL:
             return [Observation(SignalKind.CANCEL, seg.pdt, seg.msn, sig.dialect, sig.event_id)]

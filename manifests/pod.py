@@ -47,19 +47,30 @@ class Pod:
     #: False when the break is left to the content underneath (no fill, threshold).
     personalized: bool = True
 
-    def item_at(self, offset: Fraction) -> tuple[int, PodItem, int, bool] | None:
+    def item_at(self, offset: Fraction, cadence: Fraction | None = None
+                ) -> tuple[int, PodItem, int, bool] | None:
         """(item index, item, segment index, wrapped) for a slot at ``offset``.
 
-        ``wrapped`` is True where slate restarts its loop (a discontinuity there).
+        ``cadence`` is the segment duration of the slot's grid (default: the
+        pod's nominal, which is the coarsest grid's): the segment index counts
+        in it. ``wrapped`` is True where slate restarts its loop (a
+        discontinuity there); the loop is a fixed span of time, so every grid
+        wraps at the same instants and their discontinuity counts agree.
         """
         if not self.personalized:
             return None
+        step = cadence or self.nominal
         for i, item in enumerate(self.items):
             if item.start - EPS <= offset < item.start + item.span - EPS:
-                j = int((offset - item.start + EPS) // self.nominal)
+                into = offset - item.start
                 if item.kind is ItemKind.SLATE:
-                    return i, item, j % item.segments, j > 0 and j % item.segments == 0
-                return i, item, min(j, item.segments - 1), False
+                    period = item.segments * self.nominal
+                    loops, within = divmod(into + EPS, period)
+                    wrapped = loops > 0 and within < 2 * EPS
+                    return i, item, int(within // step), wrapped
+                j = int((into + EPS) // step)
+                last = max(0, math.ceil((item.span - EPS) / step) - 1)
+                return i, item, min(j, last), False
         return None
 
     @property

@@ -34,7 +34,7 @@ from manifests.playlist import (
     EXT_X_PROGRAM_DATE_TIME, EXT_X_TARGETDURATION, EXTINF, LL_HLS_TAGS, Line, MediaPlaylist,
     Segment, render_lines,
 )
-from manifests.pod import ItemKind, Pod, PodItem
+from manifests.pod import EPS, ItemKind, Pod, PodItem
 from manifests.timing import format_pdt
 
 #: Tags of a replaced content segment that describe that content only.
@@ -62,6 +62,8 @@ class SpliceOptions:
     break_policy: BreakPolicy = BreakPolicy()
     #: Serve at most this many segments (the newest); None: the origin's window.
     window_cap: int | None = None
+    #: This grid's segment duration, when it differs from the pod's nominal one.
+    cadence: Fraction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         if seg.msn <= ledger.hwm:
             entry = ledger.entries.get(seg.msn)
         else:
-            entry = classify(seg, prev, index, pods)
+            entry = classify(seg, prev, index, pods, options.cadence)
             if entry is not None:
                 new_entries.append(entry)
         if entry is None or entry.kind is SlotKind.CONTENT:
@@ -174,13 +176,17 @@ def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tup
 
 
 def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger: Ledger,
-                     policy: BreakPolicy = BreakPolicy()) -> dict[str, Fraction]:
+                     policy: BreakPolicy = BreakPolicy(), unit: Fraction | None = None,
+                     ) -> dict[str, Fraction]:
     """The breaks a render of ``playlist`` needs a pod for, each with the offset
     into the break where this cohort's pod starts.
 
     Breaks with slots already published in the window need their (frozen) pod
     to render those; breaks covering new slots start their pod at the first
     new slot, so a join mid-break fills only what remains (duration - elapsed).
+    That offset is rounded up to ``unit`` (the pod's layout cadence, the
+    coarsest grid's), so every grid of the cohort starts the pod at a shared
+    boundary; slots before it show the content underneath.
     """
     needed: dict[str, Fraction] = {}
     segments = playlist.segments
@@ -195,18 +201,21 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
         if seg.pdt is not None:
             brk = index.covering(seg.pdt, seg.step)
             if brk is not None and brk.id not in needed:
-                needed[brk.id] = max(Fraction(0), brk.offset(seg.pdt))
+                start = max(Fraction(0), brk.offset(seg.pdt))
+                if unit:
+                    start = -((-start + EPS) // unit) * unit  # ceil, PDT rounding tolerated
+                needed[brk.id] = start
     return needed
 
 
 def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
-             pods: Mapping[str, Pod]) -> SlotEntry | None:
+             pods: Mapping[str, Pod], cadence: Fraction | None = None) -> SlotEntry | None:
     """What a slot published for the first time becomes; None for plain content."""
     if seg.pdt is not None:
         brk = index.covering(seg.pdt, seg.step)
         pod = pods.get(brk.id) if brk is not None else None
         if brk is not None and pod is not None:
-            hit = pod.item_at(brk.offset(seg.pdt))
+            hit = pod.item_at(brk.offset(seg.pdt), cadence)
             if hit is not None:
                 index, item, segment, wrapped = hit
                 disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id

@@ -244,7 +244,7 @@ class ChannelRuntime:
     async def _pods_for(self, playlist: Any, breaks: tuple[Break, ...], ledger: Any,
                         cohort: str) -> dict[str, Pod]:
         """Decisions needed by this render: breaks with published or new slots in it."""
-        needed = breaks_to_decide(playlist, breaks, ledger, self.policy)
+        needed = breaks_to_decide(playlist, breaks, ledger, self.policy, self.nominal)
         pods: dict[str, Pod] = {}
         by_id = {b.id: b for b in breaks}
         for break_id, start in needed.items():
