@@ -29,7 +29,9 @@ Defined behaviour for feeds that break the rules (each has a test in
 * Join mid-break from CUE-OUT-CONT only: start = first CONT's PDT - ElapsedTime,
   so the remaining time is Duration - ElapsedTime; a bare CONT starts the break
   at its own segment with an unknown duration. ``joined`` says the start was
-  not seen (the service may fill such a break with slate).
+  not seen; ``start_known`` is False when not even the elapsed time was given,
+  and such a break is left unpersonalized (the content underneath plays), since
+  its slots could not be aligned across renditions.
 * The same OUT repeated (same event id, or same start; or the same event id and
   splice PTS, compared modulo 2^33 so a PTS wrap does not split it): one break.
   Dialects filling in each other's fields (a duration, the SCTE-35 event id)
@@ -90,6 +92,9 @@ class Break:
     params: tuple[tuple[str, str], ...] = ()
     #: The opening cue's splice PTS (33-bit ticks, pts_adjustment applied), if any.
     pts: int | None = None
+    #: False when the break was joined from a bare CONT (no elapsed time): its real
+    #: start is unknown, so it cannot be laid out the same way in every rendition.
+    start_known: bool = True
 
     def effective_end(self, policy: BreakPolicy = BreakPolicy()) -> datetime:
         planned = self.planned_duration if self.planned_duration is not None else policy.max_duration
@@ -236,7 +241,8 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                 continue  # the break this CONT continues is known (and may have ended)
             new = Break(id=break_id(obs.event_id, start), start=start,
                         planned_duration=obs.planned_duration, joined=True,
-                        dialect=obs.dialect, event_id=obs.event_id)
+                        dialect=obs.dialect, event_id=obs.event_id,
+                        start_known=obs.elapsed is not None)
             breaks.append(new)
             result.new.append(new)
         elif obs.kind is SignalKind.IN:

@@ -14,6 +14,7 @@ boundary at or after START-DATE.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -477,7 +478,8 @@ PDT_SLACK = timedelta(milliseconds=20)
 
 
 def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
-            errors: MarkerErrors | None = None) -> list[Observation]:
+            errors: MarkerErrors | None = None, *, since_msn: int | None = None,
+            ) -> list[Observation]:
     """Break openings/closings in one playlist, in timeline order.
 
     Segments need a PDT (explicit, or synthesised by
@@ -490,14 +492,49 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
     segment go with it. A CONT is only an observation when no break is open in
     this window (a join); a nested segmentation type inside an open break is
     not one at all.
+
+    ``since_msn``: report only what segments after it say (a refresh's new
+    tail: the rest was observed on an earlier reload and merged already). The
+    walk state after each segment (open or not, DATERANGE starts by ID) is
+    memoised on the segment, so a refresh resumes from the last one it already
+    walked instead of re-reading the window. Only segments flagged at parse
+    time as carrying markers are read.
     """
     errors = errors if errors is not None else MarkerErrors()
-    timed = [seg for seg in playlist.segments if seg.pdt is not None]
     nested_ends = {END_OF[t] for t in policy.nested_types if t in END_OF}
-    state = _WindowState(timed, errors)
+    state = _WindowState(playlist.segments, errors)
     out: list[Observation] = []
-    for seg in timed:
+    first = playlist.media_sequence
+    marked = playlist.marked
+    begin = 0
+    memo_key = ("walk", policy)
+    if since_msn is not None:
+        resume = bisect_right(marked, since_msn)
+        if resume > 0:
+            walked = playlist.segments[marked[resume - 1] - first].memo.get(memo_key)
+            if walked is not None:
+                state.open, starts = walked  # type: ignore[misc]
+                state.starts = dict(starts)
+                begin = resume
+    for msn in marked[begin:]:
+        seg = playlist.segments[msn - first]
+        if seg.pdt is None:
+            continue
+        quiet = since_msn is not None and msn <= since_msn
         signals = segment_signals(seg, policy, errors)
+        if quiet and not any(sig.dialect == EXT_X_DATERANGE for sig in signals):
+            # Observed on an earlier reload: only the open/closed state matters here.
+            for sig in signals:
+                nestable = (sig.segmentation_type_id in policy.nested_types
+                            or sig.segmentation_type_id in nested_ends)
+                if sig.kind is SignalKind.POINT or (nestable and state.open):
+                    continue
+                if sig.kind is SignalKind.CONT or sig.kind is SignalKind.OUT:
+                    state.open = True
+                elif sig.kind is SignalKind.IN:
+                    state.open = False
+            seg.memo[memo_key] = (state.open, tuple(state.starts.items()))
+            continue
         params = tuple(p for sig in signals if sig.kind is SignalKind.POINT for p in sig.params)
         here: list[Observation] = []
         for sig in signals:
@@ -524,7 +561,9 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
                 state.open = False
                 obs = replace(obs, previous=state.previous(seg.msn))
             here.append(obs)
-        out.extend(_coalesce(here, seg, params))
+        seg.memo[memo_key] = (state.open, tuple(state.starts.items()))
+        if not quiet:
+            out.extend(_coalesce(here, seg, params))
     out.sort(key=lambda o: o.at)  # stable: same-instant observations keep tag order
     return out
 
@@ -532,18 +571,30 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
 class _WindowState:
     """What :func:`observe` remembers while walking one window."""
 
-    def __init__(self, timed: list[Segment], errors: MarkerErrors) -> None:
-        self.timed = timed
+    def __init__(self, segments: tuple[Segment, ...], errors: MarkerErrors) -> None:
+        self._segments = segments
+        self._timed: list[Segment] | None = None
         self.errors = errors
         self.open = False
         #: DATERANGE ID -> its first START-DATE in this window.
         self.starts: dict[str, datetime] = {}
 
+    @property
+    def timed(self) -> list[Segment]:
+        """The window's segments that have a PDT (built only when a tag needs it)."""
+        if self._timed is None:
+            self._timed = [seg for seg in self._segments if seg.pdt is not None]
+        return self._timed
+
     def previous(self, msn: int) -> datetime | None:
-        """The start of the slot before MSN ``msn``, if it is in the window."""
-        for prev, seg in zip(self.timed, self.timed[1:]):
-            if seg.msn == msn:
-                return prev.pdt
+        """The start of the timed slot before MSN ``msn``, if it is in the window."""
+        segments = self._segments
+        i = msn - segments[0].msn if segments else -1
+        if not 0 < i < len(segments) or segments[i].pdt is None:
+            return None
+        for j in range(i - 1, -1, -1):
+            if segments[j].pdt is not None:
+                return segments[j].pdt
         return None
 
     def place(self, when: datetime) -> tuple[datetime, int] | None:

@@ -187,6 +187,8 @@ class MediaPlaylist:
     final_newline: bool = True
     #: Lines that looked like segments but could not be (documentation elisions...).
     warnings: tuple[str, ...] = field(default=())
+    #: MSNs of the segments that carry ad-marker tags (observe reads only these).
+    marked: tuple[int, ...] = field(default=())
 
     @property
     def lines(self) -> list[Line]:
@@ -282,6 +284,7 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
         discontinuity_sequence=state.discontinuity_sequence, endlist=state.endlist,
         playlist_type=state.playlist_type, version=state.version, newline=newline, bom=bom,
         final_newline=final_newline, warnings=tuple(warnings),
+        marked=tuple(seg.msn for seg in segments if seg.markers),
     )
 
 

@@ -147,7 +147,9 @@ class IncrementalParser:
             target_duration=cont.target, media_sequence=state.media_sequence,
             discontinuity_sequence=state.discontinuity_sequence, endlist=cont.endlist,
             playlist_type=cont.playlist_type, version=cont.version, newline=newline,
-            bom=False, final_newline=final_newline if tail_text else old.final_newline)
+            bom=False, final_newline=final_newline if tail_text else old.final_newline,
+            marked=tuple(m for m in old.marked if m >= kept[0].msn)
+            + tuple(seg.msn for seg in new_segs if seg.markers))
         shift = prev.shift + hdr_end - prev.offset(d)
         self._remember(text, playlist, (prev.offsets, prev.dropped + d, shift, len(kept)))
         return playlist

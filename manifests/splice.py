@@ -186,7 +186,8 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     new slot, so a join mid-break fills only what remains (duration - elapsed).
     That offset is rounded up to ``unit`` (the pod's layout cadence, the
     coarsest grid's), so every grid of the cohort starts the pod at a shared
-    boundary; slots before it show the content underneath.
+    boundary; slots before it show the content underneath. A break whose start
+    is unknown (joined from a bare CONT) gets no pod: content underneath.
     """
     needed: dict[str, Fraction] = {}
     segments = playlist.segments
@@ -200,7 +201,7 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     for seg in segments[max(0, ledger.hwm + 1 - first):]:
         if seg.pdt is not None:
             brk = index.covering(seg.pdt, seg.step)
-            if brk is not None and brk.id not in needed:
+            if brk is not None and brk.id not in needed and brk.start_known:
                 start = max(Fraction(0), brk.offset(seg.pdt))
                 if unit:
                     start = -((-start + EPS) // unit) * unit  # ceil, PDT rounding tolerated

@@ -23,3 +23,18 @@ def assets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Conditioned creatives shared by every stack of the session (the slate's key is
     stable, so it is conditioned once per session)."""
     return tmp_path_factory.mktemp("assets")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test is a failure: a missing prerequisite must never pass silently."""
+    import os
+
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped:
+        if reporter:
+            reporter.write_line(f"CI: {skipped} test(s) skipped; in CI a skip is a failure",
+                                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

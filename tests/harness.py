@@ -6,7 +6,7 @@ choosing::
 
     async with start_stack(clock=ManualClock(), media=None) as stack:
         session = await stack.start_session()
-        status, headers, body = await stack.get(session.media_url("360p"))
+        status, headers, body = await stack.get(session.media_url("v0"))
 
 Handles on :class:`Stack`:
 
@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -49,7 +48,11 @@ from fixtures.adserver import create_app as create_adserver
 from fixtures.adserver import hits as adserver_hits
 from fixtures.clock import Clock, SystemClock
 from fixtures.origin import (
-    ORIGIN_STATE, OriginConfig, OriginState, renditions_from_media, run_origin,
+    ORIGIN_STATE,
+    OriginConfig,
+    OriginState,
+    renditions_from_media,
+    run_origin,
     synthetic_renditions,
 )
 from stitcher.app import CHANNELS, SIGNER, create_app
@@ -295,7 +298,3 @@ async def start_stack(
         for r in reversed(runners):
             await r.cleanup()
 
-
-def session_of_hit(hit: BeaconHit) -> str | None:
-    values = parse_qs(urlsplit("?" + hit.query_string).query).get("session")
-    return values[0] if values else None

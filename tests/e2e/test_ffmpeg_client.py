@@ -218,8 +218,8 @@ async def test_ffmpeg_plays_a_live_break_frame_accurately_and_beacons_fire_once(
         resume = next(i for i, e in enumerate(expected) if e.msn == brk.cue_in_msn)
         assert reads[resume].code == FrameCode(framecode.SOURCE_CONTENT,
                                                (brk.cue_in_msn % loop) * per_slot)
-        assert reads[resume - 1].code is not None
-        assert reads[resume - 1].code.source_id == framecode.SOURCE_SLATE
+        before_resume = reads[resume - 1].code
+        assert before_resume is not None and before_resume.source_id == framecode.SOURCE_SLATE
         # No content frame repeated or skipped but the replaced span.
         content = [r.code.frame for r in reads
                    if r.code and r.code.source_id == framecode.SOURCE_CONTENT]
@@ -230,6 +230,7 @@ async def test_ffmpeg_plays_a_live_break_frame_accurately_and_beacons_fire_once(
         hits = stack.beacon_hits()[hits_before:]
         assert not [h for h in hits if "[SESSIONID]" in h.query_string], \
             "a session beacon left [SESSIONID] unexpanded"
+        assert stack.requests_of(control.token, "/media/ad/") == []
         control_hits = stack.beacon_hits(control.session_id)
         assert control_hits == [], "playlist polling alone must fire no beacon"
         mine = stack.beacon_hits(player.session_id)
@@ -244,14 +245,14 @@ async def test_ffmpeg_plays_a_live_break_frame_accurately_and_beacons_fire_once(
 
         for ad in ads:
             index = [a.ad_id for a in ads].index(ad.ad_id)
-            segment_requests = {}
-            for r in ffmpeg_requests:
-                parts = r.path.split("/")
-                if "ad" in parts and r.method == "GET":
+            segment_requests: dict[int, float] = {}  # segment -> first request's arrival
+            for req in ffmpeg_requests:
+                parts = req.path.split("/")
+                if "ad" in parts and req.method == "GET":
                     at = parts.index("ad")
                     _rid, _brk, item, seg = parts[at + 1: at + 5]
                     if int(item) == index:
-                        segment_requests.setdefault(int(seg.removesuffix(".ts")), r.time)
+                        segment_requests.setdefault(int(seg.removesuffix(".ts")), req.time)
             assert sorted(segment_requests) == list(range(ad.slots)), segment_requests
             by_event: dict[str, BeaconHit] = {h.event: h for h in mine if h.ad_id == ad.ad_id}
             offsets = {"impression": Fraction(0), "start": Fraction(0),

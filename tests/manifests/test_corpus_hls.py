@@ -43,6 +43,7 @@ from manifests.timing import parse_pdt, seconds_between
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 EXPECTATIONS = Path(__file__).with_name("corpus_expectations.json")
 DEFAULT_EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
+DEFAULT_POLICY = BreakPolicy()
 BASE_URL = "https://origin.example.com/live/master.m3u8"
 _MEMBER = re.compile(r"^#-- (.+) --\n", re.MULTILINE)
 
@@ -96,7 +97,7 @@ def decimal(value: Fraction | None) -> Fraction | None:
 
 
 def summarise(playlist: MediaPlaylist, breaks: tuple[Break, ...],
-              policy: BreakPolicy = BreakPolicy()) -> list[list[Any]]:
+              policy: BreakPolicy = DEFAULT_POLICY) -> list[list[Any]]:
     """Breaks as ``[start_index, planned, end_index, event_id(, running)]``, using the
     same slot rule the splice uses (:meth:`Break.covers`)."""
     segs = playlist.segments

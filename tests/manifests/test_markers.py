@@ -28,6 +28,7 @@ from manifests.timeline import TimelineError, anchor_of, with_pdt
 from manifests.timing import PTS_MODULUS, format_pdt
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+DEFAULT_POLICY = BreakPolicy()
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 
 
@@ -49,7 +50,7 @@ def window(*segments: tuple[list[str], float], msn: int = 0, start: float = 0.0,
     return parse_media("\n".join(lines) + "\n")
 
 
-def breaks_of(*playlists: MediaPlaylist, policy: BreakPolicy = BreakPolicy(),
+def breaks_of(*playlists: MediaPlaylist, policy: BreakPolicy = DEFAULT_POLICY,
               known: tuple[Break, ...] = ()) -> tuple[Break, ...]:
     for playlist in playlists:
         known = update_breaks(known, observe(playlist), policy).breaks
@@ -57,7 +58,7 @@ def breaks_of(*playlists: MediaPlaylist, policy: BreakPolicy = BreakPolicy(),
 
 
 def covered(playlist: MediaPlaylist, breaks: tuple[Break, ...],
-            policy: BreakPolicy = BreakPolicy()) -> list[int]:
+            policy: BreakPolicy = DEFAULT_POLICY) -> list[int]:
     """MSNs of the slots some break replaces."""
     return [s.msn for s in playlist.segments
             if s.pdt is not None and any(b.covers(s.pdt, s.duration, policy) for b in breaks)]
@@ -138,8 +139,8 @@ def test_cue_out_with_an_envivio_cue_names_the_event() -> None:
     ("#EXT-X-CUE-CONT:ID=1,AVAIL-DUR-ELAPSED=5.8", Fraction("5.8"), None),
     ("#EXT-X-CUE-SPAN:TIMEFROMSIGNAL=PT10.5S,ID=9", Fraction("10.5"), None),
     ("#EXT-X-CUE-SPAN:TIMEFROMSIGNAL=00:01:02.5,ID=9", Fraction("62.5"), None),
-    ('#EXT-X-SCTE35:CUE="/DAvAAAAAAAAAP/wFAUAAAKWf+//4WoauH4BTFYgAAEAAAAKAAhDVUVJAAAAAOv1oqc=" ,'
-     'CUE-OUT=CONT', None, None),
+    (('#EXT-X-SCTE35:CUE="/DAvAAAAAAAAAP/wFAUAAAKWf+//4WoauH4BTFYgAAEAAAAKAAhDVUVJAAAAAOv1oqc=" ,'
+      'CUE-OUT=CONT'), None, None),
 ])
 def test_continuation_forms(tag: str, elapsed: Fraction | None,
                             planned: Fraction | None) -> None:
@@ -166,8 +167,9 @@ def test_cue_in_forms() -> None:
 
 
 def test_asset_params_go_with_the_break() -> None:
-    playlist = window(([], SIX), (["#EXT-X-CUE-OUT:12", "#EXT-X-ASSET:CAID=0x0000000020FB6501,"
-                                   "GENRE=CV"], SIX), ([], SIX), (["#EXT-X-CUE-IN"], SIX))
+    asset = "#EXT-X-ASSET:CAID=0x0000000020FB6501,GENRE=CV"
+    playlist = window(([], SIX), (["#EXT-X-CUE-OUT:12", asset], SIX), ([], SIX),
+                      (["#EXT-X-CUE-IN"], SIX))
     [brk] = breaks_of(playlist)
     assert brk.params == (("CAID", "0x0000000020FB6501"), ("GENRE", "CV"))
 

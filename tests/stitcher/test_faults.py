@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fixtures.adserver import Faults
+from fixtures.adserver import Faults, vast_requests
 from fixtures.adserver import faults as adserver_faults
-from fixtures.adserver import vast_requests
 from fixtures.clock import ManualClock
 from fixtures.origin import FaultRule
 from manifests.playlist import parse_media
@@ -58,7 +56,7 @@ def _origin_media_requests(stack: Stack, origin_rid: str) -> int:
 
 # ----------------------------------------------------------------------------- origin
 
-ORIGIN_FAULTS = {
+ORIGIN_FAULTS: dict[str, tuple[dict[str, Any], str | None]] = {
     # name: (fault rule fields, the kind label the stitcher must count it under)
     "http-500": ({"status": 500}, "http"),
     "http-503-retry-after": ({"status": 503, "retry_after": 1}, "http"),
@@ -202,7 +200,7 @@ async def test_cold_start_with_the_origin_down_is_503_with_retry_after_and_a_rea
 
 # ------------------------------------------------------------------------ ad server
 
-AD_FAULTS = {
+AD_FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     # name: (ad server Faults fields, stitcher config, the ad_errors kind counted)
     "invalid-xml": ({"invalid_xml": True}, {}, "100"),
     "http-500": ({"status": 500}, {}, "301"),
@@ -252,6 +250,12 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
             assert uri == content or "/slate/" in uri, (msn, uri)
             assert "/ad/" not in uri
 
+        # The stitcher saw the break and froze a decision for it: unpersonalized, no ad.
+        decisions = [stack.runtime.cached_decision(b.id, session.cohort)
+                     for b in stack.runtime.breaks]
+        assert len(decisions) == 1 and decisions[0] is not None, stack.runtime.breaks
+        assert not decisions[0].pod.personalized and not decisions[0].ads
+
         requests = [r for r in vast_requests(stack.adserver) if r.fault is not None]
         assert len(requests) == 1, "one ad request per (break, cohort), however many reloads"
         assert await stack.metric("stitcher_ad_errors_total", channel=stack.channel,
@@ -268,3 +272,48 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
         for seg in parse_media(body.decode()).segments:
             if seg.msn in bodies:
                 assert seg.uri.encode() == bodies[seg.msn], seg.msn
+
+
+# ------------------------------------------------- a body cut short, at a line boundary
+
+async def test_a_playlist_cut_between_segments_is_not_taken_as_good() -> None:
+    """A cut that leaves no dangling tag still shows: the live edge went backwards."""
+    import aiohttp
+    from aiohttp import web
+
+    from stitcher.metrics import Metrics
+    from stitcher.origin import OriginFetcher
+
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2",
+             "#EXT-X-MEDIA-SEQUENCE:10"]
+    for msn in range(10, 16):
+        lines += ["#EXTINF:2.000,", f"seg{msn}.ts"]
+    full = "\n".join(lines) + "\n"
+    cut = "\n".join(lines[:-4]) + "\n"  # the last two segments lost in transit
+    serving = {"body": full}
+
+    async def playlist(_request: web.Request) -> web.Response:
+        return web.Response(text=serving["body"])
+
+    app = web.Application()
+    app.router.add_get("/p.m3u8", playlist)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
+    now = [0.0]
+    metrics = Metrics()
+    try:
+        async with aiohttp.ClientSession() as http:
+            fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0])
+            good = await fetcher.get(url)
+            assert not good.stale and good.playlist.segments[-1].msn == 15
+            serving["body"] = cut
+            now[0] += 2
+            again = await fetcher.get(url)
+            assert again.stale, "a shorter live window than the last good one is a cut body"
+            assert again.text == full
+            assert metrics.registry.get_sample_value(
+                "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
+    finally:
+        await runner.cleanup()
