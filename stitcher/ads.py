@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -81,25 +82,90 @@ class Decision:
         return Decision(pod_from_json(json.dumps(d["pod"])), ads, d.get("reason", ""))
 
 
-def creative_key(ad: vast.ResolvedAd) -> str:
-    """Conditioning key: (UniversalAdId registry, value, mezzanine URL) hashed.
+def creative_key(registry: str, value: str, content_sha256: str) -> str:
+    """Conditioning key: (UniversalAdId registry, value, hash of the mezzanine).
 
-    Registries put "unknown" where no id exists, so the media URL is part of it.
+    Registries put "unknown" where no id exists, so the mezzanine's bytes are
+    part of it: the same file served from another URL is conditioned once.
     """
-    uid = ad.universal_ad_id
-    text = f"{uid.registry}|{uid.value}|{ad.media.uri}"
+    text = f"{registry}|{value}|{content_sha256}"
     return "c" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 class CreativeLibrary:
-    """Conditioned creatives on disk, conditioned on demand, off the event loop."""
+    """Conditioned creatives on disk, conditioned on demand, off the event loop.
 
-    def __init__(self, root: Path, conditioner: Conditioner, metrics: Metrics) -> None:
+    A creative is known by its key (:func:`creative_key`); the key needs the
+    mezzanine's hash, so the first sight of a media URL downloads it (bounded)
+    in the background and conditioning follows. Until then the ad is not ready.
+    """
+
+    def __init__(self, root: Path, conditioner: Conditioner, metrics: Metrics,
+                 download: "Download | None" = None, max_bytes: int = 512 << 20) -> None:
         self.root = root
         self._conditioner = conditioner
         self._metrics = metrics
+        self._download = download
+        self._max_bytes = max_bytes
         self._ready: dict[str, ConditionedCreative] = {}
         self._tasks: dict[str, asyncio.Task[ConditionedCreative | None]] = {}
+        #: (registry, value, media URL) -> key, once the mezzanine was hashed.
+        self._keys: dict[tuple[str, str, str], str] = {}
+        self._keys_file = root / "keys.json"
+        if self._keys_file.exists():
+            try:
+                self._keys = {tuple(k): v for k, v in json.loads(self._keys_file.read_text())}
+            except (ValueError, TypeError) as exc:
+                log.error("ignoring unreadable %s: %s", self._keys_file, exc)
+        self._fetches: dict[tuple[str, str, str], asyncio.Task[str | None]] = {}
+
+    def key_for(self, ad: vast.ResolvedAd) -> str | None:
+        uid = ad.universal_ad_id
+        return self._keys.get((uid.registry, uid.value, ad.media.uri))
+
+    def prepare(self, ad: vast.ResolvedAd, specs: list[RenditionSpec]
+                ) -> asyncio.Task[str | None]:
+        """Download + hash the mezzanine, then condition it (each at most once)."""
+        uid = ad.universal_ad_id
+        ident = (uid.registry, uid.value, ad.media.uri)
+        task = self._fetches.get(ident)
+        if task is None or (task.done() and task.result() is None):
+            task = asyncio.ensure_future(self._fetch_and_condition(ident, specs))
+            self._fetches[ident] = task
+        return task
+
+    async def _fetch_and_condition(self, ident: tuple[str, str, str],
+                                   specs: list[RenditionSpec]) -> str | None:
+        registry, value, url = ident
+        incoming = self.root / "mezzanines"
+        incoming.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        tmp = incoming / f".{hashlib.sha1(url.encode()).hexdigest()}.part"
+        try:
+            if self._download is None:
+                raise OSError("no downloader configured")
+            with tmp.open("wb") as out:
+                size = 0
+                async for chunk in self._download(url):
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        raise OSError(f"mezzanine larger than {self._max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except Exception as exc:  # noqa: BLE001 - a bad creative must not hurt the stream
+            self._metrics.conditioning.labels("download_error").inc()
+            log.warning("downloading creative %s failed: %s", url, exc)
+            tmp.unlink(missing_ok=True)
+            return None
+        key = creative_key(registry, value, digest.hexdigest())
+        source = incoming / f"{key}{Path(url.split('?')[0]).suffix or '.mp4'}"
+        tmp.replace(source)
+        self._keys[ident] = key
+        tmp_keys = self._keys_file.with_suffix(".tmp")
+        tmp_keys.write_text(json.dumps([[list(k), v] for k, v in self._keys.items()]))
+        tmp_keys.replace(self._keys_file)
+        result = await self.ensure(key, str(source), specs)
+        return key if result is not None else None
 
     def get(self, key: str, renditions: list[str]) -> ConditionedCreative | None:
         cc = self._ready.get(key)
@@ -211,10 +277,11 @@ class AdDecider:
         candidates: list[Candidate] = []
         infos: dict[str, vast.ResolvedAd] = {}
         for ad in resolution.ads:
-            key = creative_key(ad)
-            cc = self._library.get(key, names) or self._library.load(key, specs)
-            if cc is None:
-                self._library.ensure(key, ad.media.uri, specs)
+            key = self._library.key_for(ad)
+            cc = None if key is None else (self._library.get(key, names)
+                                           or self._library.load(key, specs))
+            if key is None or cc is None:
+                self._library.prepare(ad, specs)
                 self._metrics.ads_not_ready.labels(channel.id).inc()
                 if self._on_error and ad.errors:
                     self._on_error(list(ad.errors), 407)
@@ -245,6 +312,29 @@ class AdDecider:
         self._metrics.avail_seconds.labels(channel.id).inc(float(available))
         self._metrics.filled_seconds.labels(channel.id).inc(float(pod.filled))
         return Decision(pod, tuple(ads), "ok" if ads else "no fill")
+
+
+    async def prefetch_creatives(self, channel: ChannelConfig, specs: list[RenditionSpec],
+                                 duration: Fraction) -> int:
+        """Ask the ad server once and condition what it answers, recording no
+        decision, no metrics and no error beacons (warm-up before an event)."""
+        if not channel.ad_server_url:
+            return 0
+        from datetime import datetime, timezone
+
+        probe = Break(id="prefetch", start=datetime.now(timezone.utc), planned_duration=duration)
+        url = ad_request_url(channel, probe, {}, duration)
+
+        async def fetch(u: str) -> bytes:
+            return await fetch_bounded(self._session, u, timeout=self._timeout)
+
+        resolution = await vast.resolve(url, fetch, max_depth=5)
+        tasks = [self._library.prepare(ad, specs) for ad in resolution.ads]
+        keys = await asyncio.gather(*tasks)
+        return sum(1 for k in keys if k is not None)
+
+
+Download = Callable[[str], AsyncIterator[bytes]]
 
 
 class ErrorSink:

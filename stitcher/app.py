@@ -289,7 +289,10 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
                                                        for c in config.channels))
         queue = BeaconQueue(beacon_http, m)
         tracker = BeaconTracker(queue)
-        library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(), m)
+        library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(), m,
+                                  download=_downloader(open_http if any(
+                                      c.allow_private_ad_hosts for c in config.channels)
+                                      else strict_http))
         app[BEACONS], app[TRACKER], app[LIBRARY] = queue, tracker, library
         the_store = store or MemoryStore(data_dir)
         app[STORE] = the_store
@@ -307,6 +310,20 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
             await s.close()
 
     return ctx
+
+
+def _downloader(session: aiohttp.ClientSession) -> Callable[[str], AsyncIterator[bytes]]:
+    """Streams a creative's bytes (the policy resolver of ``session`` applies)."""
+
+    async def download(url: str) -> AsyncIterator[bytes]:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"creative URL scheme not allowed: {url[:60]}")
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=120)) as resp:
+            resp.raise_for_status()
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                yield chunk
+
+    return download
 
 
 def nominal_of(runtime: ChannelRuntime) -> Fraction:

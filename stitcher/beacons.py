@@ -192,5 +192,6 @@ class BeaconTracker:
     def error(self, urls: list[str], code: int) -> None:
         for url in urls:
             expanded = vast.expand_macros(url, {"ERRORCODE": code,
+                                                "CACHEBUSTING": random.randrange(10**8),
                                                 "TIMESTAMP": datetime.now(timezone.utc)})
             self._queue.put(Beacon(("error", url, str(code), expanded), expanded))

@@ -80,6 +80,7 @@ class ChannelRuntime:
         self.metrics = metrics
         self.assets_base = assets_base
         self.fetcher = OriginFetcher(http, metrics, cfg.id, timeout=origin_timeout, clock=clock)
+        self._clock = clock
         self._http = http
         self._origin_timeout = origin_timeout
         self.policy = BreakPolicy(max_duration=Fraction(str(cfg.max_break)))
@@ -103,7 +104,7 @@ class ChannelRuntime:
     # ----------------------------------------------------------- multivariant
     async def multivariant(self) -> Multivariant:
         async with self._mv_lock:
-            if self._mv is not None and time.monotonic() - self._mv_at < 30:
+            if self._mv is not None and self._clock() - self._mv_at < 30:
                 return self._mv
             try:
                 async with self._http.get(self.cfg.origin_url, timeout=aiohttp.ClientTimeout(
@@ -113,7 +114,7 @@ class ChannelRuntime:
                                                 retry_after=2)
                     text = await resp.text()
                 self._mv = parse_multivariant(text, self.cfg.origin_url)
-                self._mv_at = time.monotonic()
+                self._mv_at = self._clock()
             except Exception as exc:
                 self.metrics.origin_errors.labels(self.cfg.id, "multivariant").inc()
                 if self._mv is None:
@@ -122,7 +123,7 @@ class ChannelRuntime:
                     raise OriginUnavailable(f"origin multivariant unavailable: {exc}",
                                             retry_after=2) from exc
                 log.warning("multivariant refresh failed, keeping last good: %s", exc)
-                self._mv_at = time.monotonic() - 20  # retry in ~10 s
+                self._mv_at = self._clock() - 20  # retry in ~10 s
             return self._mv
 
     def multivariant_for_session(self, mv: Multivariant) -> str:
@@ -157,16 +158,14 @@ class ChannelRuntime:
         log.info("channel %s ready: %d renditions, segment %s s", self.cfg.id, len(specs),
                  self.nominal)
 
-    async def warm_up(self) -> None:
-        """Fetch one ad decision and condition its creatives (demo and tests)."""
+    async def warm_up(self) -> int:
+        """Probe the ladder, condition the slate and the ad server's current
+        creatives before the event (demo, tests, ops). Returns creatives ready."""
         await self.prepare()
-        from datetime import datetime, timezone
-        fake = Break(id="warmup", start=datetime.now(timezone.utc), planned_duration=Fraction(
-            str(self.cfg.max_break)))
-        await self.decider.decide(self.cfg, fake, "default", {}, start=Fraction(0),
-                                  nominal=self.nominal or Fraction(2), specs=self.specs,
-                                  slate_segments=0)
+        ready = await self.decider.prefetch_creatives(self.cfg, self.specs,
+                                                      Fraction(str(self.cfg.max_break)))
         await asyncio.gather(*self.library.pending())
+        return ready
 
     # ----------------------------------------------------------- rendering
     async def render(self, rid: str, cohort: str) -> Rendered:

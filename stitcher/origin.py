@@ -81,8 +81,7 @@ class OriginFetcher:
     async def _refresh(self, url: str, e: _Entry) -> Fetched:
         try:
             fetched = await self._fetch(url, e)
-        except (UpstreamError, asyncio.TimeoutError, aiohttp.ClientError, ManifestError,
-                UnicodeDecodeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any upstream failure: serve the last good
             kind = _kind(exc)
             self._metrics.origin_errors.labels(self._channel, kind).inc()
             self._metrics.origin_fetches.labels(self._channel, "error").inc()
@@ -159,4 +158,7 @@ def _kind(exc: BaseException) -> str:
         return "malformed"
     if isinstance(exc, UpstreamError):
         return "http" if exc.reason.startswith("HTTP") else "invalid"
-    return "connect"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return "connect"
+    log.exception("unexpected error while fetching the origin")
+    return "internal"
