@@ -170,26 +170,19 @@ COHORTS = {
 STATS: Counter[str] = Counter()
 
 
-@settings(max_examples=150, deadline=None)
-@given(streams())
-def test_random_streams_pass_the_checker(stream: tuple) -> None:
-    planned, horizon, steps, edge, window = stream
+def stitch_stream(planned: list[PlannedBreak], edges: list[int], window: int
+                  ) -> tuple[dict[str, list[Snapshot]], int]:
+    """Run a stream through the splice as the service does: every rendition of
+    every cohort at every reload. Returns the snapshots per cohort and how many
+    reloads published new ad slots."""
     policy = BreakPolicy(max_duration=Fraction(60))
     known: tuple[Break, ...] = ()
     pods: dict[tuple[str, str], Pod] = {}
     ledgers: dict[tuple[str, str], Ledger] = {}
     caches: dict[tuple[str, str], SpliceCache] = {}
     snapshots: dict[str, list[Snapshot]] = {c: [] for c in COHORTS}
-    for b in planned:
-        event(f"dialect={b.dialect}")
-        event("cue-in=" + ("missing" if b.actual_end is None else
-                           "early" if b.actual_end < b.start + b.planned else "on-time"))
-        STATS[b.dialect] += 1
-    if edge - window > planned[0].start:
-        event("join mid-break")
-        STATS["join"] += 1
-    for reload, step in enumerate([0, *steps]):
-        edge += step * 2
+    ad_reloads = 0
+    for reload, edge in enumerate(edges):
         origin = {r: media_playlist(g, r, edge, window, planned) for g in GRIDS for r in g.renditions}
         parsed = {r: parse_media(text) for r, text in origin.items()}
         for text in parsed.values():
@@ -201,7 +194,7 @@ def test_random_streams_pass_the_checker(stream: tuple) -> None:
                 ledger = ledgers.get((cohort, grid.name), Ledger())
                 for r in grid.renditions:
                     for break_id, start in breaks_to_decide(parsed[r], known, ledger, policy,
-                                                                  Fraction(UNIT)).items():
+                                                            Fraction(UNIT)).items():
                         if (break_id, cohort) not in pods:
                             b = by_id[break_id]
                             available = (b.duration_hint if b.duration_hint is not None
@@ -220,10 +213,31 @@ def test_random_streams_pass_the_checker(stream: tuple) -> None:
                     ledger = ledger.append(result.new_entries, result.hwm)
                     out[r] = result.text
                     if any(e.kind.value == "ad" for e in result.new_entries):
-                        STATS["ads"] += 1
+                        ad_reloads += 1
                 ledgers[(cohort, grid.name)] = ledger
             snapshots[cohort].append(Snapshot(index=reload, time=float(edge), playlists=out,
                                               origin=origin))
+    return snapshots, ad_reloads
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams())
+def test_random_streams_pass_the_checker(stream: tuple) -> None:
+    planned, horizon, steps, edge, window = stream
+    for b in planned:
+        event(f"dialect={b.dialect}")
+        event("cue-in=" + ("missing" if b.actual_end is None else
+                           "early" if b.actual_end < b.start + b.planned else "on-time"))
+        STATS[b.dialect] += 1
+    if edge - window > planned[0].start:
+        event("join mid-break")
+        STATS["join"] += 1
+    edges = []
+    for step in [0, *steps]:
+        edge += step * 2
+        edges.append(edge)
+    snapshots, ad_reloads = stitch_stream(planned, edges, window)
+    STATS["ads"] += ad_reloads
     for cohort, snaps in snapshots.items():
         faults = [v for v in check(snaps) if v.source == "stitcher"]
         assert faults == [], (cohort, [f"{v.rule.name} r{v.reload} {v.rendition} msn={v.msn}: "
