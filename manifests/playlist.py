@@ -97,9 +97,10 @@ _SPECIAL_TAGS = AD_MARKER_TAGS | LL_HLS_TAGS | {EXT_X_KEY, EXT_X_MAP, EXT_X_DISC
                                                 EXT_X_MEDIA_SEQUENCE}
 
 # Exact-name dispatch codes for the parse loop (a dict, never a startswith chain).
-_EXTINF, _PDT, _DISC, _KEY, _MAP, _GAP, _VARIANT, _PLAYLIST = range(8)
+_EXTINF, _PDT, _DISC, _KEY, _MAP, _GAP, _VARIANT, _PLAYLIST, _BYTERANGE = range(9)
 _CODES: dict[str, int] = {
     EXTINF: _EXTINF, EXT_X_PROGRAM_DATE_TIME: _PDT, EXT_X_DISCONTINUITY: _DISC,
+    EXT_X_BYTERANGE: _BYTERANGE,
     EXT_X_KEY: _KEY, EXT_X_MAP: _MAP, EXT_X_GAP: _GAP,
     "#EXT-X-STREAM-INF": _VARIANT, "#EXT-X-I-FRAME-STREAM-INF": _VARIANT,
     **{tag: _PLAYLIST for tag in PLAYLIST_TAGS},
@@ -116,14 +117,15 @@ class Segment:
 
     __slots__ = ("msn", "duration", "uri", "raw", "discontinuity", "pdt", "pdt_explicit",
                  "discontinuity_sequence", "key", "map", "gap", "special", "markers", "step",
-                 "_lines", "memo")
+                 "byterange", "byterange_implicit", "_lines", "memo")
 
     def __init__(self, msn: int, duration: Fraction, uri: str, raw: tuple[str, ...], *,
                  discontinuity: bool = False, pdt: datetime | None = None,
                  pdt_explicit: bool = False, discontinuity_sequence: int = 0,
                  key: Line | None = None, map: Line | None = None, gap: bool = False,
                  special: bool = True, markers: bool = True,
-                 step: timedelta | None = None) -> None:
+                 step: timedelta | None = None, byterange: tuple[int, int] | None = None,
+                 byterange_implicit: bool = False) -> None:
         self.msn = msn
         self.duration = duration
         self.uri = uri
@@ -146,6 +148,10 @@ class Segment:
         #: The duration as a timedelta (microseconds), for PDT arithmetic.
         self.step = step if step is not None else timedelta(
             microseconds=round(duration * 1_000_000))
+        #: EXT-X-BYTERANGE resolved to (length, offset), the offset computed when
+        #: the tag left it implicit (it then depends on the previous segment).
+        self.byterange = byterange
+        self.byterange_implicit = byterange_implicit
         self._lines: tuple[Line, ...] | None = None
         #: Per-consumer memo (e.g. a rendered form); keyed by the consumer.
         self.memo: dict[object, object] = {}
@@ -258,6 +264,8 @@ class ParseState:
     map: Line | None = None
     prev_pdt: datetime | None = None
     prev_step: timedelta = timedelta(0)
+    #: (URI, next byte) after the previous segment's sub-range, for implicit offsets.
+    range_end: tuple[str, int] | None = None
     target: int | None = None
     endlist: bool = False
     playlist_type: str | None = None
@@ -302,6 +310,7 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
     duration: tuple[Fraction, timedelta] | None = None
     discontinuity = gap = special = markers = False
     pdt_text: str | None = None
+    range_text: str | None = None
     codes = _CODES
     for i, raw in enumerate(raw_lines):
         if not raw or raw[0] == "#":
@@ -341,6 +350,9 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
                 special = True
             elif code == _GAP:
                 gap = True
+            elif code == _BYTERANGE:
+                range_text = raw[colon + 1:]
+                special = True
             elif code == _VARIANT:
                 raise PlaylistParseError(
                     "multivariant playlist where a media playlist was expected")
@@ -373,19 +385,47 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
             explicit = pdt is not None
         if pdt is None and state.prev_pdt is not None and not discontinuity:
             pdt = state.prev_pdt + state.prev_step
+        byterange, implicit = None, False
+        uri = raw.strip()
+        if range_text is not None:
+            byterange, implicit = _byterange(range_text, uri, state)
         seg = Segment(
-            state.next_msn, duration[0], raw.strip(), tuple(raw_lines[start:i + 1]),
+            state.next_msn, duration[0], uri, tuple(raw_lines[start:i + 1]),
             discontinuity=discontinuity, pdt=pdt, pdt_explicit=explicit,
             discontinuity_sequence=state.discontinuity_sequence + state.disc_count,
             key=state.key, map=state.map, gap=gap, special=special, markers=markers,
-            step=duration[1])
+            step=duration[1], byterange=byterange, byterange_implicit=implicit)
         segments.append(seg)
         state.next_msn += 1
         state.prev_pdt, state.prev_step = pdt, duration[1]
         start = i + 1
-        duration, discontinuity, gap, special, markers, pdt_text = None, False, False, False, False, None
+        duration, discontinuity, gap, special, markers = None, False, False, False, False
+        pdt_text = range_text = None
     trailer = tuple(Line.of(text) for text in raw_lines[start:]) if not in_header else ()
     return tuple(header), segments, trailer, warnings
+
+
+def _byterange(text: str, uri: str, state: ParseState) -> tuple[tuple[int, int] | None, bool]:
+    """``<n>[@<o>]`` (RFC 8216bis 4.4.4.2); an absent offset continues the previous
+    segment's sub-range of the same resource."""
+    length_text, at, offset_text = text.strip().partition("@")
+    try:
+        length = int(length_text)
+        offset = int(offset_text) if at else None
+    except ValueError:
+        state.range_end = None
+        return None, False
+    implicit = offset is None
+    if offset is None:
+        prev = state.range_end
+        if prev is None or prev[0] != uri:
+            # Nothing before it in this playlist to continue: unknowable here, so
+            # the line is left exactly as the origin wrote it.
+            state.range_end = None
+            return None, False
+        offset = prev[1]
+    state.range_end = (uri, offset + length)
+    return (length, offset), implicit
 
 
 def _playlist_tag(name: str, value: str | None, state: ParseState) -> None:

@@ -93,6 +93,7 @@ class IncrementalParser:
             map=playlist.segments[-1].map if playlist.segments else None,
             prev_pdt=playlist.segments[-1].pdt if playlist.segments else None,
             prev_step=playlist.segments[-1].step if playlist.segments else timedelta(0),
+            range_end=_range_end(playlist.segments[-1]) if playlist.segments else None,
             target=playlist.target_duration, endlist=playlist.endlist,
             playlist_type=playlist.playlist_type, version=playlist.version)
         self._prev = _Previous(text, playlist, offsets, dropped, shift, pos, state)
@@ -104,17 +105,18 @@ class IncrementalParser:
         newline = old.newline
         # The new header ends where the first kept old segment's lines begin.
         for d, seg in enumerate(old.segments):
-            needle = newline + seg.raw[0] + newline
+            if d > 64:
+                return None  # not a slide of the previous window
+            # A whole segment (its URI included) is unique where single tag lines are not.
+            needle = newline + newline.join(seg.raw) + newline
             at = text.find(needle, 0, _MAX_HEADER + len(needle))
             if at < 0:
-                if d > 64:
-                    return None
                 continue
             hdr_end = at + len(newline)
             middle = prev.text[prev.offset(d):prev.trailer_offset]
-            if not text.startswith(middle, hdr_end):
-                return None
-            break
+            if text.startswith(middle, hdr_end):
+                break
+            return None
         else:
             return None
         header_text = text[:hdr_end]
@@ -128,6 +130,8 @@ class IncrementalParser:
         kept = old.segments[d:]
         if state.media_sequence != kept[0].msn:
             return None
+        if kept[0].byterange_implicit:
+            return None  # its offset came from a segment now gone: a full parse says so
         expected_dsn = kept[0].discontinuity_sequence - int(kept[0].discontinuity)
         if state.discontinuity_sequence != expected_dsn:
             return None
@@ -153,3 +157,10 @@ class IncrementalParser:
         shift = prev.shift + hdr_end - prev.offset(d)
         self._remember(text, playlist, (prev.offsets, prev.dropped + d, shift, len(kept)))
         return playlist
+
+
+def _range_end(seg: Segment) -> tuple[str, int] | None:
+    if seg.byterange is None:
+        return None
+    length, offset = seg.byterange
+    return seg.uri, offset + length

@@ -151,7 +151,13 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         dsn = playlist.discontinuity_sequence + ledger.delta_before(media_sequence)
 
     out = renderer.header(playlist, media_sequence, dsn)
-    out.extend(chunks[first:] if first else chunks)
+    served = chunks[first:] if first else list(chunks)
+    if kept and kept[0].byterange_implicit and served:
+        # The first served segment has no predecessor in the playlist any more.
+        served[0] = served[0].replace(
+            next(t for t in kept[0].raw if t.startswith(EXT_X_BYTERANGE + ":")),
+            _explicit_byterange(kept[0]))
+    out.extend(served)
     out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
     hwm = segments[-1].msn if segments else ledger.hwm
     text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
@@ -304,6 +310,9 @@ class _Renderer:
                 continue
             if line.tag == EXT_X_DISCONTINUITY_SEQUENCE:
                 continue  # written in the header
+            if after_break and line.tag == EXT_X_BYTERANGE and seg.byterange_implicit:
+                out.append(_explicit_byterange(seg))  # its predecessor is now an ad
+                continue
             if after_break and line.tag == EXT_X_KEY and _encrypted(line):
                 out.append(_explicit_iv(self.line(line), seg.msn))
                 continue
@@ -333,6 +342,12 @@ class _Renderer:
             out.append(self.uris.ad_segment(entry.break_id, entry.item, pod.items[entry.item],
                                             entry.segment))
         return self.newline.join(out)
+
+
+def _explicit_byterange(seg: Segment) -> str:
+    assert seg.byterange is not None
+    length, offset = seg.byterange
+    return f"{EXT_X_BYTERANGE}:{length}@{offset}"
 
 
 def _extinf_text(seg: Segment) -> str:

@@ -86,6 +86,20 @@ def main() -> None:
           [window(f, 8, {8: ["#EXT-X-CUE-OUT:0"], 9: ["#EXT-X-CUE-IN"],
                          12: ["#EXT-X-CUE-OUT:1.5"], 13: ["#EXT-X-CUE-IN"]})
            for f in range(4, 14, 3)])
+    # Byte ranges with implicit offsets: explicit after the break and at the window head.
+    def ranged(first: int) -> str:
+        text = window(first, 6, cue_out(10, 2, 4), relative=True)
+        out = []
+        for line in text.splitlines():
+            if line.startswith("seg_"):
+                msn = int(line[4:-3])
+                out.append(f"#EXT-X-BYTERANGE:1000@{msn * 1000}" if msn % 5 == 0
+                           else "#EXT-X-BYTERANGE:1000")
+                line = "all.ts"
+            out.append(line)
+        return "\n".join(out) + "\n"
+    write("byterange_after_break", {"ads": [{"id": "adE", "duration": "4"}]},
+          [ranged(f) for f in range(6, 16, 2)])
 
 
 if __name__ == "__main__":
