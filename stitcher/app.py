@@ -75,7 +75,11 @@ async def errors_middleware(request: web.Request,
     except StitcherError as exc:
         response = to_response(exc)
     except web.HTTPException as exc:
-        response = exc
+        if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
+            # aiohttp's own 404/405/413...: the same JSON shape as ours.
+            response = to_response(StitcherError(exc.reason, status=exc.status))
+        else:
+            response = exc
     metrics.requests.labels(endpoint, str(response.status)).inc()
     metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
     if isinstance(response, web.HTTPException):
@@ -199,6 +203,31 @@ async def ad_segment(request: web.Request) -> web.Response:
     raise web.HTTPFound(f"{runtime.assets_base}/{path}", headers={"Cache-Control": "no-store"})
 
 
+#: Where the MPEG-TS muxer puts the first PTS of a conditioned segment (ffmpeg's
+#: default muxing delay, 1.4 s), in 90 kHz ticks.
+_TS_START_TICKS = 126_000
+
+
+async def ad_caption(request: web.Request) -> web.Response:
+    """An empty WebVTT segment for a subtitle slot inside a break.
+
+    X-TIMESTAMP-MAP ties it to the PTS the matching ad video segment starts at
+    (RFC 8216bis 3.1.4), so players keep subtitle timing across the break;
+    it carries no cues (the ads' own captions are not conditioned yet).
+    """
+    _session(request)
+    runtime = _channel(request)
+    try:
+        segment = int(request.match_info["seg"])
+    except ValueError as exc:
+        raise BadRequest("malformed caption segment path") from exc
+    nominal = runtime.nominal or Fraction(2)
+    pts = (_TS_START_TICKS + round(segment * nominal * 90_000)) % (1 << 33)
+    body = f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{pts},LOCAL:00:00:00.000\n\n"
+    return web.Response(text=body, content_type="text/vtt",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def tracking(request: web.Request) -> web.Response:
     """Client-side tracking in the shape of MediaTailor's tracking API (avails)."""
     session = _session(request)
@@ -266,12 +295,12 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     r.add_get(base + "/master.m3u8", multivariant, name="multivariant")
     r.add_get(base + "/media/{rid}.m3u8", media, name="media")
     r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
+    r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption, name="ad_caption")
     r.add_get(base + "/tracking", tracking, name="tracking")
     r.add_get("/assets/{path:.+}", assets, name="assets")
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/readyz", readyz, name="readyz")
     r.add_get("/metrics", metrics, name="metrics")
-    r.add_route("OPTIONS", "/{tail:.*}", healthz, name="preflight")
     return app
 
 

@@ -64,6 +64,8 @@ def to_response(exc: StitcherError) -> web.Response:
     headers = {"Cache-Control": "no-store"}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    body = json.dumps({"error": exc.code, "reason": exc.reason})
+    code = exc.code if type(exc) is not StitcherError else {
+        404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, exc.code)
+    body = json.dumps({"error": code, "reason": exc.reason})
     return web.Response(status=exc.status, text=body, content_type="application/json",
                         headers=headers)

@@ -1,0 +1,56 @@
+"""Player-facing routes that are not playlists: generated WebVTT for subtitle
+slots in a break, CORS preflight, HEAD, and clear 4xx answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fixtures.clock import ManualClock
+from tests.harness import start_stack
+
+
+async def test_subtitle_slot_is_an_empty_webvtt_tied_to_the_ad_pts(tmp_path: Path) -> None:
+    async with start_stack(clock=ManualClock(), data_dir=tmp_path) as stack:
+        session = await stack.start_session()
+        status, headers, body = await stack.get(f"{session.base}/media/ad/s0/b123/1/3.vtt")
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/vtt")
+        assert headers["Access-Control-Allow-Origin"] == "*"
+        pts = 126_000 + 3 * 2 * 90_000
+        assert body.decode() == f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{pts},LOCAL:00:00:00.000\n\n"
+
+        forged = session.base.replace(session.token, session.token[:-2] + "AA")
+        status, headers, body = await stack.get(f"{forged}/media/ad/s0/b123/1/3.vtt")
+        assert status == 403
+        assert json.loads(body)["error"] == "session_invalid"
+
+
+async def test_preflight_head_and_unknown_paths(tmp_path: Path) -> None:
+    async with start_stack(clock=ManualClock(), data_dir=tmp_path) as stack:
+        session = await stack.start_session()
+        async with stack.http.options(session.manifest_url, headers={
+                "Origin": "https://player.example.com",
+                "Access-Control-Request-Method": "GET"}) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+            assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+        async with stack.http.head(session.manifest_url) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("application/vnd.apple.mpegurl")
+        for path, status in [("/v1/session/nochannel", 404),
+                             (f"{session.base}/media/v9.m3u8", 404),
+                             ("/assets/%2e%2e/%2e%2e/etc/passwd", 404),
+                             ("/no/such/path", 404)]:
+            if path.startswith("/v1/session/nochannel"):
+                async with stack.http.post(stack.base + path) as resp:
+                    assert resp.status == status
+                    assert "reason" in await resp.json()
+                continue
+            from yarl import URL
+
+            url = stack.base + path if path.startswith("/") else path
+            got, headers, body = await stack.get(str(URL(url, encoded=True)))
+            assert got == status, (path, body)
+            assert json.loads(body)["error"] == "not_found"
+            assert headers["Access-Control-Allow-Origin"] == "*"
