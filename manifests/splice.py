@@ -289,7 +289,9 @@ class _Renderer:
         return True
 
     def content(self, seg: Segment, entry: SlotEntry | None, prev: SlotEntry | None) -> str:
-        if entry is None and not seg.special and (prev is None or prev.kind is SlotKind.CONTENT):
+        undated = seg.discontinuity and not seg.pdt_explicit and seg.pdt is not None
+        if (entry is None and not seg.special and not undated
+                and (prev is None or prev.kind is SlotKind.CONTENT)):
             # The common case: a plain content segment, only its URI made absolute.
             uri = seg.raw[-1]
             return self.newline.join(seg.raw[:-1] + (self.uri(uri) if self.base else uri,))
@@ -305,6 +307,10 @@ class _Renderer:
                 out.append(self.line(seg.map))
             if not seg.pdt_explicit and seg.pdt is not None:
                 out.append(f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}")
+        elif undated:
+            # Invariant 4: every segment after a discontinuity carries a PDT (the
+            # origin's own discontinuities included, when its PDT was derived).
+            out.append(f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}")
         for line in seg.lines:
             if not self.keep(line):
                 continue

@@ -67,7 +67,8 @@ def _timed(seg: Segment, pdt: datetime | None) -> Segment:
     return Segment(seg.msn, seg.duration, seg.uri, seg.raw, discontinuity=seg.discontinuity,
                    pdt=pdt, pdt_explicit=False,
                    discontinuity_sequence=seg.discontinuity_sequence, key=seg.key, map=seg.map,
-                   gap=seg.gap, special=seg.special, markers=seg.markers, step=seg.step)
+                   gap=seg.gap, special=seg.special, markers=seg.markers, step=seg.step,
+                   byterange=seg.byterange, byterange_implicit=seg.byterange_implicit)
 
 
 def anchor_of(playlist: MediaPlaylist) -> tuple[int, datetime]:

@@ -1,0 +1,80 @@
+"""Every live playlist of the corpus, stitched, passes the checker.
+
+For each media playlist (and fragment) in ``../shared/corpus``, its breaks are
+found, a pod is planned for each (two ads and slate), and the stitched output
+is checked against the origin with :mod:`manifests.checker`: whatever the
+origin got wrong is reported as inherited, and the stitcher must add nothing.
+The number of corpus files that actually had ad slots stitched in is asserted,
+so "nothing found" is not vacuous.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from manifests.breaks import update_breaks
+from manifests.checker import Snapshot, check, format_text
+from manifests.ledger import Ledger
+from manifests.markers import observe
+from manifests.playlist import render_lines
+from manifests.pod import Candidate, plan_pod
+from manifests.splice import SpliceOptions, breaks_to_decide, splice
+from tests.manifests.test_corpus_hls import (
+    BASE_URL, DEFAULT_POLICY, MEDIA_KEYS, PLAYLISTS, needs_corpus, parse, timed,
+)
+
+ADS = [Candidate("adA", Fraction(10)), Candidate("adB", Fraction(15))]
+STITCHED: set[str] = set()
+
+
+class Uris:
+    def ad_segment(self, break_id: str, item_index: int, item: object, segment: int) -> str:
+        return f"ad/v0/{break_id}/{item_index}/{segment}.ts"
+
+    def slate_segment(self, break_id: str, item_index: int, segment: int) -> str:
+        return f"/assets/slate/v0/seg_{segment:05d}.ts"
+
+
+def _origin_text(playlist) -> str:  # type: ignore[no-untyped-def]
+    """The origin as a complete playlist (fragments get the header they lack)."""
+    lines = [line.text for line in playlist.header]
+    if not lines or not lines[0].startswith("#EXTM3U"):
+        lines = ["#EXTM3U", f"#EXT-X-TARGETDURATION:{playlist.target_duration or 10}"] + lines
+    for seg in playlist.segments:
+        lines.extend(seg.raw)
+    lines.extend(line.text for line in playlist.trailer)
+    return render_lines(lines)
+
+
+@needs_corpus
+@pytest.mark.parametrize("key", MEDIA_KEYS)
+def test_stitched_corpus_playlist_passes_the_checker(key: str) -> None:
+    playlist = timed(key, parse(key))
+    breaks = update_breaks((), observe(playlist), DEFAULT_POLICY).breaks
+    nominal = Fraction(playlist.target_duration or 2)
+    pods = {}
+    for break_id, start in breaks_to_decide(playlist, breaks, Ledger(), DEFAULT_POLICY).items():
+        b = next(x for x in breaks if x.id == break_id)
+        available = (b.duration_hint or DEFAULT_POLICY.max_duration) - start
+        pods[break_id] = plan_pod(break_id, ADS, available=available, start=start,
+                                  nominal=nominal, slate_segments=1)
+    result = splice(playlist, breaks=breaks, pods=pods, ledger=Ledger(), uris=Uris(),
+                    options=SpliceOptions(base_url=BASE_URL, break_policy=DEFAULT_POLICY))
+    if any(e.kind.value != "content" for e in result.new_entries):
+        STITCHED.add(key)
+    text = result.text
+    if not text.startswith("#EXTM3U"):
+        text = "#EXTM3U\n" + f"#EXT-X-TARGETDURATION:{playlist.target_duration or 10}\n" + text
+    snapshot = Snapshot(index=0, playlists={"v0": text}, origin={"v0": _origin_text(playlist)})
+    faults = [v for v in check([snapshot]) if v.source == "stitcher"]
+    assert faults == [], format_text(faults)
+
+
+@needs_corpus
+def test_enough_corpus_playlists_were_stitched() -> None:
+    if not STITCHED:
+        for key in MEDIA_KEYS:
+            test_stitched_corpus_playlist_passes_the_checker(key)
+    assert len(STITCHED) >= 20, sorted(STITCHED)
