@@ -35,7 +35,7 @@ from manifests.playlist import (
     Segment, render_lines,
 )
 from manifests.pod import EPS, ItemKind, Pod, PodItem
-from manifests.timing import format_pdt
+from manifests.timing import format_duration, format_pdt
 
 #: Tags of a replaced content segment that describe that content only.
 _REPLACED_ONLY = frozenset({
@@ -64,6 +64,9 @@ class SpliceOptions:
     window_cap: int | None = None
     #: This grid's segment duration, when it differs from the pod's nominal one.
     cadence: Fraction | None = None
+    #: Emit one EXT-X-DATERANGE per inserted ad (SVTA-style ad creative
+    #: signalling) for players that track ads themselves.
+    ad_dateranges: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +344,9 @@ class _Renderer:
             pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}"
         if pdt_line is not None:
             out.append(pdt_line)
+        if (self.options.ad_dateranges and pod is not None and entry.kind is SlotKind.AD
+                and entry.segment == 0 and seg.pdt is not None):
+            out.append(_ad_daterange(entry, pod.items[entry.item], seg))
         out.append(f"{EXTINF}:{_extinf_text(seg)},")
         if entry.kind is SlotKind.SLATE or pod is None:
             out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment))
@@ -348,6 +354,21 @@ class _Renderer:
             out.append(self.uris.ad_segment(entry.break_id, entry.item, pod.items[entry.item],
                                             entry.segment))
         return self.newline.join(out)
+
+
+#: DATERANGE CLASS of the per-ad metadata (SVTA ad creative signalling).
+AD_DATERANGE_CLASS = "urn:svta:advertising-wg:ad-id"
+
+
+def _ad_daterange(entry: SlotEntry, item: PodItem, seg: Segment) -> str:
+    """One DATERANGE spanning the ad as it plays (RFC 8216bis 4.4.5.1): a unique,
+    deterministic ID (break and pod position), start at the ad's first slot,
+    the creative's own duration."""
+    assert seg.pdt is not None
+    return (f'{EXT_X_DATERANGE}:ID="{entry.break_id}-{entry.item + 1}",'
+            f'CLASS="{AD_DATERANGE_CLASS}",START-DATE="{format_pdt(seg.pdt)}",'
+            f'DURATION={format_duration(item.duration)},X-AD-ID="{item.creative}",'
+            f"X-POD-POSITION={entry.item + 1}")
 
 
 def _explicit_byterange(seg: Segment) -> str:

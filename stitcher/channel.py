@@ -234,7 +234,8 @@ class ChannelRuntime:
                 rendition.id, _Uris(rendition.id, rendition.kind, self.library, self.assets_base))
             options = self._options.setdefault(rendition.id, SpliceOptions(
                 base_url=rendition.uri, passthrough_markers=self.cfg.passthrough_markers,
-                break_policy=self.policy, window_cap=self.cfg.window_cap))
+                break_policy=self.policy, window_cap=self.cfg.window_cap,
+                ad_dateranges=self.cfg.ad_dateranges))
             cache = self._splice_caches.setdefault((rendition.id, cohort), SpliceCache())
             result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=uris,
                             options=options, cache=cache)

@@ -58,6 +58,8 @@ class ChannelConfig(BaseModel):
     #: How long a render may wait for an ad decision before falling back.
     decision_budget: Seconds = 2.0
     passthrough_markers: bool = False
+    #: One EXT-X-DATERANGE per inserted ad, for players that beacon themselves.
+    ad_dateranges: bool = False
     window_cap: int | None = Field(default=None, ge=3)
     cohorts: list[CohortRule] = Field(default_factory=list, max_length=8)
 

@@ -79,7 +79,8 @@ def main() -> None:
     # Marker passthrough and LL-HLS tags stripped.
     marks = cue_out(10, 5, 10)
     ll = ["#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0", "#EXT-X-PART-INF:PART-TARGET=0.5"]
-    write("passthrough_and_llhls", {"ads": ADS, "passthrough_markers": True},
+    write("passthrough_and_llhls", {"ads": ADS, "passthrough_markers": True,
+                                     "ad_dateranges": True},
           [window(f, 6, marks, extra_header=ll) for f in range(6, 18, 3)])
     # Zero-duration and sub-slot breaks: nothing and slate-less remainder.
     write("short_breaks", {"ads": ADS},

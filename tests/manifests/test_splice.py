@@ -43,7 +43,8 @@ def run_case(folder: Path) -> list[tuple[str, str]]:
     policy = BreakPolicy(max_duration=Fraction(params.get("max_break", 120)))
     options = SpliceOptions(base_url=params.get("base_url", "https://origin.example.com/ch/v0.m3u8"),
                             passthrough_markers=params.get("passthrough_markers", False),
-                            break_policy=policy, window_cap=params.get("window_cap"))
+                            break_policy=policy, window_cap=params.get("window_cap"),
+                            ad_dateranges=params.get("ad_dateranges", False))
     breaks: tuple = ()
     pods: dict = {}
     ledger = Ledger()
