@@ -26,7 +26,7 @@ class AttributeList(Mapping[str, str]):
     for the unquoted content.
     """
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_index", "_items")
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self._items = items

@@ -75,6 +75,10 @@ class BreakPolicy:
     max_duration: Fraction = Fraction(120)
 
 
+#: The default policy, shared (it is immutable).
+DEFAULT_BREAK_POLICY = BreakPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class Break:
     """One ad break (avail) on the channel's timeline."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class SlotKind(enum.Enum):
@@ -34,15 +35,15 @@ class SlotEntry:
     #: Stitched minus origin discontinuity tags on this slot: -1, 0 or +1.
     delta: int = 0
 
-    def to_json(self) -> list[object]:
+    def to_json(self) -> list[Any]:
         return [self.msn, self.kind.value, self.break_id, self.item, self.segment,
                 int(self.discontinuity), self.delta]
 
     @staticmethod
-    def from_json(data: list[object]) -> SlotEntry:
+    def from_json(data: list[Any]) -> SlotEntry:
         msn, kind, break_id, item, segment, disc, delta = data
-        return SlotEntry(int(msn), SlotKind(kind), str(break_id), int(item),  # type: ignore[arg-type]
-                         int(segment), bool(disc), int(delta))  # type: ignore[arg-type]
+        return SlotEntry(int(msn), SlotKind(kind), str(break_id), int(item),
+                         int(segment), bool(disc), int(delta))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,14 @@ boundary at or after START-DATE.
 from __future__ import annotations
 
 import enum
-from bisect import bisect_right
 import logging
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
+from typing import cast
 
 from manifests.attributes import AttributeList
 from manifests.errors import ManifestError
@@ -513,7 +514,8 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
         if resume > 0:
             walked = playlist.segments[marked[resume - 1] - first].memo.get(memo_key)
             if walked is not None:
-                state.open, starts = walked  # type: ignore[misc]
+                was_open, starts = cast(tuple[bool, tuple[tuple[str, datetime], ...]], walked)
+                state.open = was_open
                 state.starts = dict(starts)
                 begin = resume
     for msn in marked[begin:]:

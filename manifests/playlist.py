@@ -13,11 +13,11 @@ the last URI are the :attr:`MediaPlaylist.trailer`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 from manifests.errors import PlaylistParseError
-from manifests.timing import add_seconds, parse_duration, parse_pdt
+from manifests.timing import parse_duration, parse_pdt
 
 # Tag names, literal (RFC 8216bis 4.4).
 EXTM3U = "#EXTM3U"
@@ -115,9 +115,26 @@ class Segment:
     never mutated after parsing: an incremental refresh reuses them as they are.
     """
 
-    __slots__ = ("msn", "duration", "uri", "raw", "discontinuity", "pdt", "pdt_explicit",
-                 "discontinuity_sequence", "key", "map", "gap", "special", "markers", "step",
-                 "byterange", "byterange_implicit", "_lines", "memo")
+    __slots__ = (
+        "_lines",
+        "byterange",
+        "byterange_implicit",
+        "discontinuity",
+        "discontinuity_sequence",
+        "duration",
+        "gap",
+        "key",
+        "map",
+        "markers",
+        "memo",
+        "msn",
+        "pdt",
+        "pdt_explicit",
+        "raw",
+        "special",
+        "step",
+        "uri",
+    )
 
     def __init__(self, msn: int, duration: Fraction, uri: str, raw: tuple[str, ...], *,
                  discontinuity: bool = False, pdt: datetime | None = None,
@@ -224,7 +241,7 @@ def split_lines(text: str) -> tuple[list[str], str, bool, bool]:
         text = text[1:]
     newline = "\r\n" if "\r\n" in text else "\n"
     final_newline = text.endswith("\n")
-    body = text[: -len(newline)] if text.endswith(newline) else text
+    body = text.removesuffix(newline)
     if final_newline and not text.endswith(newline):  # mixed endings: a bare final LF
         body = text[:-1]
     lines = body.split(newline) if body else []
@@ -449,7 +466,7 @@ def _fast_pdt(text: str) -> datetime | None:
         dt = datetime.fromisoformat(text)
     except ValueError:
         return parse_pdt(text)
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def render_lines(lines: list[str], *, newline: str = "\n", bom: bool = False,

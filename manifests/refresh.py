@@ -17,9 +17,13 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from manifests.playlist import (
-    MediaPlaylist, ParseState, Segment, parse_lines, parse_media, split_lines,
+    MediaPlaylist,
+    ParseState,
+    Segment,
+    parse_lines,
+    parse_media,
+    split_lines,
 )
-
 
 #: A playlist header longer than this is not a plain slide (we search only here).
 _MAX_HEADER = 8192

@@ -25,14 +25,28 @@ from typing import Protocol
 from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
-from manifests.breaks import Break, BreakIndex, BreakPolicy
+from manifests.breaks import DEFAULT_BREAK_POLICY, Break, BreakIndex, BreakPolicy
+from manifests.errors import ManifestError
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MARKER_TAGS
 from manifests.playlist import (
-    EXT_X_BITRATE, EXT_X_BYTERANGE, EXT_X_DATERANGE, EXT_X_DISCONTINUITY,
-    EXT_X_DISCONTINUITY_SEQUENCE, EXT_X_GAP, EXT_X_KEY, EXT_X_MAP, EXT_X_MEDIA_SEQUENCE,
-    EXT_X_PROGRAM_DATE_TIME, EXT_X_TARGETDURATION, EXTINF, LL_HLS_TAGS, Line, MediaPlaylist,
-    Segment, render_lines,
+    EXT_X_BITRATE,
+    EXT_X_BYTERANGE,
+    EXT_X_DATERANGE,
+    EXT_X_DISCONTINUITY,
+    EXT_X_DISCONTINUITY_SEQUENCE,
+    EXT_X_GAP,
+    EXT_X_KEY,
+    EXT_X_MAP,
+    EXT_X_MEDIA_SEQUENCE,
+    EXT_X_PROGRAM_DATE_TIME,
+    EXT_X_TARGETDURATION,
+    EXTINF,
+    LL_HLS_TAGS,
+    Line,
+    MediaPlaylist,
+    Segment,
+    render_lines,
 )
 from manifests.pod import EPS, ItemKind, Pod, PodItem
 from manifests.timing import format_duration, format_pdt
@@ -59,7 +73,7 @@ class SpliceOptions:
     #: The origin playlist's URL: relative URIs are resolved against it.
     base_url: str | None = None
     passthrough_markers: bool = False
-    break_policy: BreakPolicy = BreakPolicy()
+    break_policy: BreakPolicy = DEFAULT_BREAK_POLICY
     #: Serve at most this many segments (the newest); None: the origin's window.
     window_cap: int | None = None
     #: This grid's segment duration, when it differs from the pod's nominal one.
@@ -185,7 +199,7 @@ def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tup
 
 
 def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger: Ledger,
-                     policy: BreakPolicy = BreakPolicy(), unit: Fraction | None = None,
+                     policy: BreakPolicy = DEFAULT_BREAK_POLICY, unit: Fraction | None = None,
                      ) -> dict[str, Fraction]:
     """The breaks a render of ``playlist`` needs a pod for, each with the offset
     into the break where this cohort's pod starts.
@@ -227,11 +241,11 @@ def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
         if brk is not None and pod is not None:
             hit = pod.item_at(brk.offset(seg.pdt), cadence)
             if hit is not None:
-                index, item, segment, wrapped = hit
+                position, item, segment, wrapped = hit
                 disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
-                        or prev.item != index or wrapped)
+                        or prev.item != position or wrapped)
                 kind = SlotKind.AD if item.kind is ItemKind.AD else SlotKind.SLATE
-                return SlotEntry(seg.msn, kind, brk.id, index, segment, disc,
+                return SlotEntry(seg.msn, kind, brk.id, position, segment, disc,
                                  int(disc) - int(seg.discontinuity))
     if prev is not None and prev.kind is not SlotKind.CONTENT:
         return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
@@ -310,7 +324,7 @@ class _Renderer:
                 out.append(self.line(seg.map))
             if not seg.pdt_explicit and seg.pdt is not None:
                 out.append(f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}")
-        elif undated:
+        elif undated and seg.pdt is not None:
             # Invariant 4: every segment after a discontinuity carries a PDT (the
             # origin's own discontinuities included, when its PDT was derived).
             out.append(f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}")
@@ -388,7 +402,7 @@ def _extinf_text(seg: Segment) -> str:
 def _encrypted(key: Line) -> bool:
     try:
         method = AttributeList.parse(key.value or "").string("METHOD")
-    except Exception:  # a malformed KEY line is passed through as it is
+    except ManifestError:  # a malformed KEY line is passed through as it is
         return False
     return method is not None and method.upper() != "NONE"
 
@@ -424,7 +438,7 @@ def _absolutize_tag(text: str, base: str) -> str:
     name, _, value = text.partition(":")
     try:
         attrs = AttributeList.parse(value)
-    except Exception:
+    except ManifestError:
         return text
     changed = attrs
     for attr in _URI_ATTRIBUTES:

@@ -9,7 +9,7 @@ is taken as UTC (what players do).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from fractions import Fraction
 
 TICKS_PER_SECOND = 90_000
@@ -35,7 +35,7 @@ def parse_pdt(text: str) -> datetime | None:
         return None
     tz = m.group("tz")
     if tz is None or tz in "Zz":
-        return dt.replace(tzinfo=timezone.utc)
+        return dt.replace(tzinfo=UTC)
     sign = 1 if tz[0] == "+" else -1
     digits = tz[1:].replace(":", "")
     hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
@@ -44,7 +44,7 @@ def parse_pdt(text: str) -> datetime | None:
 
 def format_pdt(dt: datetime) -> str:
     """Render a PDT in UTC with millisecond precision, the form players expect."""
-    dt = dt.astimezone(timezone.utc)
+    dt = dt.astimezone(UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import quote
@@ -101,7 +101,7 @@ class CreativeLibrary:
     """
 
     def __init__(self, root: Path, conditioner: Conditioner, metrics: Metrics,
-                 download: "Download | None" = None, max_bytes: int = 512 << 20) -> None:
+                 download: Download | None = None, max_bytes: int = 512 << 20) -> None:
         self.root = root
         self._conditioner = conditioner
         self._metrics = metrics
@@ -224,7 +224,7 @@ def ad_request_url(channel: ChannelConfig, brk: Break, cohort_attrs: dict[str, s
     template = channel.ad_server_url or ""
     values: dict[str, vast.MacroValue] = {
         "CACHEBUSTING": random.randrange(10**8),
-        "TIMESTAMP": datetime.now(timezone.utc),
+        "TIMESTAMP": datetime.now(UTC),
         "BREAKPOSITION": 2,  # midroll
         "PODSEQUENCE": position,
         "ADCOUNT": 0,
@@ -242,7 +242,7 @@ def ad_request_url(channel: ChannelConfig, brk: Break, cohort_attrs: dict[str, s
 class AdDecider:
     def __init__(self, session: aiohttp.ClientSession, library: CreativeLibrary,
                  metrics: Metrics, *, timeout: float = 2.0,
-                 on_error: "ErrorSink | None" = None) -> None:
+                 on_error: ErrorSink | None = None) -> None:
         self._session = session
         self._library = library
         self._metrics = metrics
@@ -320,9 +320,9 @@ class AdDecider:
         decision, no metrics and no error beacons (warm-up before an event)."""
         if not channel.ad_server_url:
             return 0
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        probe = Break(id="prefetch", start=datetime.now(timezone.utc), planned_duration=duration)
+        probe = Break(id="prefetch", start=datetime.now(UTC), planned_duration=duration)
         url = ad_request_url(channel, probe, {}, duration)
 
         async def fetch(u: str) -> bytes:

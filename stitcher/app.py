@@ -36,9 +36,9 @@ from stitcher.config import StitcherConfig
 from stitcher.errors import BadRequest, NotFound, StitcherError, to_response
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import client_session
-from stitcher.tracking import avail_schedule
 from stitcher.sessions import Session, SessionSigner, cohort_for
 from stitcher.store import MemoryStore, Store
+from stitcher.tracking import avail_schedule
 
 log = logging.getLogger(__name__)
 
@@ -359,4 +359,4 @@ def nominal_of(runtime: ChannelRuntime) -> Fraction:
     return runtime.nominal or Fraction(2)
 
 
-__all__ = ["create_app", "SlotKind"]
+__all__ = ["SlotKind", "create_app"]

@@ -20,7 +20,7 @@ import logging
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fractions import Fraction
 from urllib.parse import urlsplit
 
@@ -138,7 +138,7 @@ class BeaconQueue:
                         timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
                     await resp.read()
                     return resp.status < 500 and resp.status != 429
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 log.info("beacon to %s failed: %s", host, exc)
                 return False
 
@@ -173,7 +173,7 @@ class BeaconTracker:
         headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
         macros: dict[str, vast.MacroValue] = {
             "CACHEBUSTING": random.randrange(10**8),
-            "TIMESTAMP": datetime.now(timezone.utc),
+            "TIMESTAMP": datetime.now(UTC),
             "BREAKPOSITION": 2,
             "SESSIONID": session_id,
         }
@@ -193,5 +193,5 @@ class BeaconTracker:
         for url in urls:
             expanded = vast.expand_macros(url, {"ERRORCODE": code,
                                                 "CACHEBUSTING": random.randrange(10**8),
-                                                "TIMESTAMP": datetime.now(timezone.utc)})
+                                                "TIMESTAMP": datetime.now(UTC)})
             self._queue.put(Beacon(("error", url, str(code), expanded), expanded))

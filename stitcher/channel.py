@@ -27,7 +27,11 @@ from manifests.markers import MarkerErrors, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.pod import Pod, PodItem
 from manifests.splice import (
-    SpliceCache, SpliceOptions, SpliceResult, breaks_to_decide, splice,
+    SpliceCache,
+    SpliceOptions,
+    SpliceResult,
+    breaks_to_decide,
+    splice,
 )
 from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
 from stitcher.conditioning import RenditionSpec, probe_rendition
@@ -281,7 +285,7 @@ class ChannelRuntime:
         task = self._decision_task(brk, cohort, start)
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.cfg.decision_budget)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.metrics.ad_errors.labels(self.cfg.id, "decision_timeout").inc()
             log.warning("decision for %s/%s not ready within budget: content", break_id, cohort)
             fallback = Decision(Pod(break_id, (), self.nominal or Fraction(2), False), (),
@@ -300,7 +304,7 @@ class ChannelRuntime:
         if self._prepared is not None and not self._prepared.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._prepared), 1.0)
-            except (asyncio.TimeoutError, Exception):  # decide with what is ready
+            except (TimeoutError, Exception):  # decide with what is ready
                 pass
         slate = self.library.get(SLATE_KEY, [s.name for s in self.specs])
         decision = await self.decider.decide(

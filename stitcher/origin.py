@@ -81,7 +81,7 @@ class OriginFetcher:
     async def _refresh(self, url: str, e: _Entry) -> Fetched:
         try:
             fetched = await self._fetch(url, e)
-        except Exception as exc:  # noqa: BLE001 - any upstream failure: serve the last good
+        except Exception as exc:
             kind = _kind(exc)
             self._metrics.origin_errors.labels(self._channel, kind).inc()
             self._metrics.origin_fetches.labels(self._channel, "error").inc()
