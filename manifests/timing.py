@@ -16,7 +16,7 @@ TICKS_PER_SECOND = 90_000
 PTS_MODULUS = 1 << 33
 
 _PDT = re.compile(
-    r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<h>\d{2}):?(?P<m>\d{2}):?(?P<s>\d{2})"
+    r"^(?P<y>\d{4})-?(?P<mo>\d{2})-?(?P<d>\d{2})[T ](?P<h>\d{2}):?(?P<m>\d{2}):?(?P<s>\d{2})"
     r"(?:[.,](?P<frac>\d+))?\s*(?P<tz>Z|z|[+-]\d{2}(?::?\d{2})?)?$"
 )
 
@@ -29,7 +29,8 @@ def parse_pdt(text: str) -> datetime | None:
     frac = (m.group("frac") or "0")[:6].ljust(6, "0")
     try:
         dt = datetime.fromisoformat(
-            f"{m.group('date')}T{m.group('h')}:{m.group('m')}:{m.group('s')}.{frac}"
+            f"{m.group('y')}-{m.group('mo')}-{m.group('d')}T"
+            f"{m.group('h')}:{m.group('m')}:{m.group('s')}.{frac}"
         )
     except ValueError:
         return None

@@ -1,0 +1,101 @@
+"""The lossless media playlist model: byte-exact round trips and what it interprets."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from manifests.attributes import AttributeList
+from manifests.errors import PlaylistParseError
+from manifests.playlist import parse_media, render
+from manifests.timing import parse_pdt
+
+BASE = ("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:6\n#EXT-X-MEDIA-SEQUENCE:41\n"
+        "#EXT-X-DISCONTINUITY-SEQUENCE:3\n#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:00Z\n"
+        "#EXTINF:6.006,title\nseg41.ts\n#EXT-X-FOO:BAR=1\n#EXT-X-DISCONTINUITY\n"
+        "#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:10.5+01:00\n#EXTINF:5.005,\nseg42.ts\n"
+        "#EXT-X-GAP\n#EXTINF:6,\nseg43.ts\n")
+
+
+@pytest.mark.parametrize("variant", ["lf", "crlf", "bom", "no-final-newline", "bom-crlf"])
+def test_round_trip_is_byte_exact(variant: str) -> None:
+    text = BASE
+    if "crlf" in variant:
+        text = text.replace("\n", "\r\n")
+    if "bom" in variant:
+        text = "\ufeff" + text
+    if variant == "no-final-newline":
+        text = text.rstrip("\n")
+    assert render(parse_media(text)) == text
+
+
+def test_interpreted_fields() -> None:
+    pl = parse_media(BASE)
+    assert (pl.media_sequence, pl.discontinuity_sequence, pl.target_duration) == (41, 3, 6)
+    s41, s42, s43 = pl.segments
+    assert (s41.msn, s41.duration, s41.uri) == (41, Fraction("6.006"), "seg41.ts")
+    assert s41.pdt == datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc) and s41.pdt_explicit
+    assert s42.discontinuity and s42.discontinuity_sequence == 4
+    assert s42.pdt == datetime(2026, 12, 3, 9, 0, 10, 500000, tzinfo=timezone.utc)
+    assert "#EXT-X-FOO:BAR=1" in s42.raw  # an unknown tag belongs to the next segment
+    assert s43.gap and not s43.pdt_explicit
+    assert s43.pdt == s42.pdt + timedelta(seconds=5.005)
+    assert pl.duration == Fraction("17.011")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2026-12-03T10:00:00Z", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
+    ("2026-12-03T10:00:00.123z", datetime(2026, 12, 3, 10, 0, 0, 123000, tzinfo=timezone.utc)),
+    ("2026-12-03T10:00:00", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),  # zone-less: UTC
+    ("2026-12-03T12:00:00+02:00", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
+    ("2026-12-03T12:00:00+0200", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
+    ("2026-12-03T05:00:00-05", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
+    ("20261203T100000Z", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
+    ("2026-12-03T10:00:00,5Z", datetime(2026, 12, 3, 10, 0, 0, 500000, tzinfo=timezone.utc)),
+])
+def test_program_date_time_forms(text: str, expected: datetime) -> None:
+    assert parse_pdt(text) == expected
+    pl = parse_media(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PROGRAM-DATE-TIME:{text}\n"
+                     "#EXTINF:2,\na.ts\n")
+    assert pl.segments[0].pdt == expected
+
+
+def test_not_a_media_playlist() -> None:
+    with pytest.raises(PlaylistParseError):
+        parse_media("<html>502 Bad Gateway</html>")
+    with pytest.raises(PlaylistParseError):
+        parse_media("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv.m3u8\n")
+    with pytest.raises(PlaylistParseError):
+        parse_media("#EXTM3U\n#EXT-X-TARGETDURATION:2\nseg.ts\n")  # URI without EXTINF
+
+
+def test_attribute_lists() -> None:
+    attrs = AttributeList.parse('METHOD=AES-128,URI="k,1.key", IV=0x0F,RESOLUTION=640x360,'
+                                'BANDWIDTH=800000,FRAME-RATE=29.970')
+    assert attrs.string("URI") == "k,1.key"
+    assert attrs.hex_bytes("IV") == b"\x0f"
+    assert attrs.resolution("RESOLUTION") == (640, 360)
+    assert attrs.integer("BANDWIDTH") == 800000
+    assert attrs.decimal("FRAME-RATE") == Fraction("29.970")
+    assert attrs.render() == 'METHOD=AES-128,URI="k,1.key",IV=0x0F,RESOLUTION=640x360,' \
+                            'BANDWIDTH=800000,FRAME-RATE=29.970'
+
+
+LINES = st.lists(st.one_of(
+    st.sampled_from(["#EXT-X-DISCONTINUITY", "#EXT-X-CUE-IN", "#EXT-X-FOO", "", "# comment",
+                     "#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:00Z", "#EXT-X-GAP",
+                     "#EXT-X-BYTERANGE:100@0", '#EXT-X-KEY:METHOD=NONE']),
+    st.builds(lambda d, u: f"#EXTINF:{d},\nu{u}.ts", st.decimals("0.1", "10", places=3),
+              st.integers(0, 99))), max_size=30)
+
+
+@given(LINES, st.booleans(), st.booleans())
+def test_any_line_soup_round_trips(lines: list[str], crlf: bool, final: bool) -> None:
+    text = "\n".join(["#EXTM3U", "#EXT-X-TARGETDURATION:10", *lines]) + ("\n" if final else "")
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    assert render(parse_media(text)) == text
