@@ -77,6 +77,7 @@ class Rule(enum.Enum):
     PDT_MISSING_AFTER_DISCONTINUITY = "pdt-missing-after-discontinuity"
     RENDITIONS_DISAGREE = "renditions-disagree"
     LL_HLS_TAG_PRESENT = "ll-hls-tag-present"
+    PLAYLIST_STALLED = "playlist-stalled"
     UNPARSEABLE = "unparseable"
 
 
@@ -120,6 +121,10 @@ RULES: Mapping[Rule, RuleSpec] = {
     Rule.LL_HLS_TAG_PRESENT: RuleSpec(6, True, False, (
         'DESIGN.md 6: "tags that promise what the stitcher does not serve (LL-HLS server '
         'control, parts, rendition reports: strip them until LL-HLS is supported)"')),
+    Rule.PLAYLIST_STALLED: RuleSpec(None, False, True, (
+        'RFC 8216bis 6.2.2: "the server MUST make a new version of a Playlist file available '
+        '... no later than 1.5 times the Target Duration" (unless the response announces a '
+        "stale serve)")),
     Rule.UNPARSEABLE: RuleSpec(None, False, True, (
         'RFC 8216bis 4: "Playlists that violate these rules are invalid; clients MUST fail '
         'to parse them"')),
@@ -138,6 +143,9 @@ class Snapshot:
     playlists: Mapping[str, str]
     time: float | None = None
     origin: Mapping[str, str] | None = None
+    #: Renditions whose response announced a stale serve (e.g. ``X-Stitcher-Stale``):
+    #: a playlist that does not advance then is expected, not a violation.
+    stale: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +417,9 @@ class Checker:
     _inherited: set[tuple[Rule, str, int | None, str]] = field(init=False, repr=False,
                                                                 default_factory=set)
 
+    _advanced: dict[str, tuple[int, float]] = field(init=False, repr=False,
+                                                    default_factory=dict)
+
     def __post_init__(self) -> None:
         self._stitched = _Analysis(self.tolerance, self.same_grid)
         self._origin = _Analysis(self.tolerance, self.same_grid)
@@ -418,9 +429,34 @@ class Checker:
         if snapshot.origin is not None:
             self._inherited.update(_attribution_key(v)
                                    for v in self._origin.feed(snapshot.index, snapshot.origin))
-        return [replace(v, source="origin")
-                if RULES[v.rule].inheritable and _attribution_key(v) in self._inherited else v
-                for v in self._stitched.feed(snapshot.index, snapshot.playlists)]
+        found = [replace(v, source="origin")
+                 if RULES[v.rule].inheritable and _attribution_key(v) in self._inherited else v
+                 for v in self._stitched.feed(snapshot.index, snapshot.playlists)]
+        return found + self._stalls(snapshot)
+
+    def _stalls(self, snapshot: Snapshot) -> list[Violation]:
+        """A live playlist must advance within 1.5 x its target duration (needs times)."""
+        if snapshot.time is None:
+            return []
+        out: list[Violation] = []
+        for rid, text in snapshot.playlists.items():
+            parsed = self._stitched.last.get(rid)
+            if parsed is None or parsed.playlist.endlist or not parsed.playlist.segments:
+                continue
+            last = parsed.playlist.last_msn
+            before = self._advanced.get(rid)
+            if before is None or last > before[0] or rid in snapshot.stale:
+                self._advanced[rid] = (last, snapshot.time)
+                continue
+            limit = 1.5 * (parsed.playlist.target_duration or 0)
+            waited = snapshot.time - before[1]
+            if limit and waited > limit and self._stitched._first(
+                    (Rule.PLAYLIST_STALLED, rid, last)):
+                out.append(self._stitched._v(
+                    Rule.PLAYLIST_STALLED, snapshot.index, rid, last, None,
+                    f"no new segment for {waited:.1f} s after MSN {last} "
+                    f"(1.5 x target duration = {limit:g} s)"))
+        return out
 
 
 def check(snapshots: Sequence[Snapshot], *, tolerance: Fraction = DEFAULT_TOLERANCE,

@@ -36,6 +36,7 @@ from stitcher.config import StitcherConfig
 from stitcher.errors import BadRequest, NotFound, StitcherError, to_response
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import client_session
+from stitcher.redis_store import RedisStore
 from stitcher.sessions import Session, SessionSigner, cohort_for
 from stitcher.store import MemoryStore, Store
 from stitcher.tracking import avail_schedule
@@ -287,7 +288,11 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     app[SIGNER] = SessionSigner(config.session_keys, grace=config.session_grace)
     app[CHANNELS] = {}
     app.on_response_prepare.append(_cors)
-    app.cleanup_ctx.append(_resources(store, conditioner, clock or time.monotonic))
+    # Instances sharing Redis compare fetch times: they need a clock they share
+    # (epoch seconds), not each host's monotonic one.
+    shared = config.redis_url is not None or isinstance(store, RedisStore)
+    default_clock = time.time if shared else time.monotonic
+    app.cleanup_ctx.append(_resources(store, conditioner, clock or default_clock))
     r = app.router
     r.add_post("/v1/session/{channel}", start_session, name="session")
     r.add_get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
@@ -323,8 +328,13 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
                                       c.allow_private_ad_hosts for c in config.channels)
                                       else strict_http))
         app[BEACONS], app[TRACKER], app[LIBRARY] = queue, tracker, library
-        the_store = store or MemoryStore(data_dir)
+        owned: RedisStore | None = None
+        if store is None and config.redis_url:
+            owned = RedisStore.from_url(config.redis_url, cluster=config.redis_cluster)
+        the_store: Store = store or owned or MemoryStore(data_dir)
         app[STORE] = the_store
+        # Scale-out: origin fetches and ad decisions single-flight across instances.
+        flights = the_store.flights if isinstance(the_store, RedisStore) else None
         assets_base = (config.assets_base_url or "/assets").rstrip("/")
         for cfg in config.channels:
             decider = AdDecider(open_http if cfg.allow_private_ad_hosts else strict_http,
@@ -332,9 +342,11 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
             app[CHANNELS][cfg.id] = ChannelRuntime(
                 cfg, http=origin_http, store=the_store, decider=decider, library=library,
                 metrics=m, assets_base=assets_base, origin_timeout=config.origin_timeout,
-                clock=clock)
+                clock=clock, flights=flights)
         yield
         await queue.close()
+        if owned is not None:
+            await owned.close()
         for s in (origin_http, strict_http, open_http, beacon_http):
             await s.close()
 

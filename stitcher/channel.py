@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from manifests.breaks import Break, BreakPolicy, prune, update_breaks
+from manifests.ledger import Ledger, SlotEntry
 from manifests.markers import MarkerErrors, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.pod import Pod, PodItem
@@ -37,9 +38,11 @@ from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
 from stitcher.conditioning import RenditionSpec, probe_rendition
 from stitcher.config import ChannelConfig
 from stitcher.errors import NotFound, OriginUnavailable
+from stitcher.flight import Flights
 from stitcher.metrics import Metrics
 from stitcher.origin import Fetched, OriginFetcher
 from stitcher.sessions import cohort_attributes
+from stitcher.shared_origin import SharedOrigin
 from stitcher.store import Store
 
 log = logging.getLogger(__name__)
@@ -84,14 +87,18 @@ class ChannelRuntime:
     def __init__(self, cfg: ChannelConfig, *, http: aiohttp.ClientSession, store: Store,
                  decider: AdDecider, library: CreativeLibrary, metrics: Metrics,
                  assets_base: str, origin_timeout: float = 3.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 flights: Flights | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.decider = decider
         self.library = library
         self.metrics = metrics
         self.assets_base = assets_base
-        self.fetcher = OriginFetcher(http, metrics, cfg.id, timeout=origin_timeout, clock=clock)
+        shared = (SharedOrigin(flights, cfg.id, fetch_budget=origin_timeout)
+                  if flights is not None else None)
+        self.fetcher = OriginFetcher(http, metrics, cfg.id, timeout=origin_timeout, clock=clock,
+                                     shared=shared)
         self._clock = clock
         self._http = http
         self._origin_timeout = origin_timeout
@@ -244,8 +251,17 @@ class ChannelRuntime:
             result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=uris,
                             options=options, cache=cache)
             keep_from = playlist.media_sequence - 3 * max(1, len(playlist.segments))
-            await self.store.append_ledger(self.cfg.id, cohort, rendition.grid,
-                                           result.new_entries, result.hwm, keep_from)
+            merged = await self.store.append_ledger(self.cfg.id, cohort, rendition.grid,
+                                                    result.new_entries, result.hwm, keep_from)
+            if _conflicts(ledger, result.new_entries, playlist.media_sequence, result.hwm,
+                          merged):
+                # Another instance published some of these slots first (the local lock
+                # does not span instances): its slots win, render them as published.
+                self.metrics.ledger_conflicts.labels(self.cfg.id).inc()
+                cache = self._splice_caches[(rendition.id, cohort)] = SpliceCache()
+                pods = await self._pods_for(playlist, breaks, merged, cohort)
+                result = splice(playlist, breaks=breaks, pods=pods, ledger=merged, uris=uris,
+                                options=options, cache=cache)
         body = result.text.encode("utf-8")
         rendered = Rendered(body, gzip.compress(body, 6, mtime=0),
                             '"' + hashlib.sha1(body).hexdigest()[:20] + '"',
@@ -307,11 +323,18 @@ class ChannelRuntime:
             except (TimeoutError, Exception):  # decide with what is ready
                 pass
         slate = self.library.get(SLATE_KEY, [s.name for s in self.specs])
-        decision = await self.decider.decide(
-            self.cfg, brk, cohort, cohort_attributes(self.cfg, cohort), start=start,
-            nominal=self.nominal or Fraction(2), specs=self.specs,
-            slate_segments=slate.segment_count if slate is not None and self.specs else 0)
-        return await self._freeze((brk.id, cohort), decision)
+
+        async def produce() -> str:
+            decision = await self.decider.decide(
+                self.cfg, brk, cohort, cohort_attributes(self.cfg, cohort), start=start,
+                nominal=self.nominal or Fraction(2), specs=self.specs,
+                slate_segments=slate.segment_count if slate is not None and self.specs else 0)
+            return decision.to_json()
+
+        # Across instances the store asks the ad server once per (break, cohort).
+        winner = await self.store.decide_once(self.cfg.id, brk.id, cohort, produce)
+        frozen = self._decisions[(brk.id, cohort)] = Decision.from_json(winner)
+        return frozen
 
     async def _freeze(self, key: tuple[str, str], decision: Decision) -> Decision:
         winner = await self.store.put_decision_if_absent(self.cfg.id, key[0], key[1],
@@ -325,3 +348,13 @@ class ChannelRuntime:
         for cohort, seen in list(self.active_cohorts.items()):
             if now - seen < 600:
                 self._decision_task(brk, cohort, Fraction(0))
+
+
+def _conflicts(read: Ledger, new: list[SlotEntry], first: int, hwm: int,
+               merged: Ledger) -> bool:
+    """Whether the store holds anything else than this render for the slots it
+    published (those above the ledger it read, up to its hwm): another instance's
+    entry where this render had none, none where it had one, or a different one."""
+    ours = {e.msn: e for e in new}
+    return any(merged.entries.get(m) != ours.get(m)
+               for m in range(max(read.hwm + 1, merged.floor, first), hwm + 1))

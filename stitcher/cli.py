@@ -146,8 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--first-break", type=int, default=20)
     p_demo.add_argument("--data-dir", default="var/demo")
     p_demo.add_argument("--media-cache", default=None)
+    p_check = sub.add_parser("check", help="poll a live HLS stream and report invariant "
+                                           "violations (exit 0 clean, 1 violations, 2 unreadable)")
+    p_check.add_argument("url", help="multivariant or media playlist URL")
+    p_check.add_argument("--duration", type=float, default=60.0, help="seconds to poll")
+    p_check.add_argument("--interval", type=float, default=None,
+                         help="seconds between reloads (default: half the target duration)")
+    p_check.add_argument("--json", action="store_true", help="machine-readable report")
     args = parser.parse_args(argv)
     _logging(args.verbose)
+    if args.command == "check":
+        from stitcher.check import main as check_main
+
+        return check_main(args)
     runner = {"serve": serve_main, "demo": demo_main}[args.command]
     try:
         return asyncio.run(runner(args))

@@ -84,6 +84,11 @@ class StitcherConfig(BaseModel):
     session_ttl: Seconds = 6 * 3600
     session_grace: Seconds = 3600
     admin_token: str | None = None
+    #: Shared store for scale-out (``redis://host:6379/0``); None: the embedded
+    #: in-process store (one process only). Run that Redis with ``appendonly yes``.
+    redis_url: str | None = Field(default=None, pattern=r"^(redis|rediss|redis\+cluster)://")
+    #: Connect to a Redis Cluster (also: ``redis+cluster://`` or ``?cluster=true``).
+    redis_cluster: bool = False
     origin_timeout: Seconds = 3.0
     ad_timeout: Seconds = 2.0
     channels: list[ChannelConfig] = Field(default_factory=list)

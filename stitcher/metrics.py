@@ -37,6 +37,10 @@ class Metrics:
         self.marker_errors = Counter("stitcher_marker_errors_total",
                                      "Ad markers that could not be understood", ["channel"],
                                      registry=r)
+        self.ledger_conflicts = Counter(
+            "stitcher_ledger_conflicts_total",
+            "Renders redone because another instance published the same slots first",
+            ["channel"], registry=r)
         self.beacons = Counter("stitcher_beacons_total", "Beacon deliveries", ["result"],
                                registry=r)
         self.beacon_queue = Gauge("stitcher_beacon_queue_depth", "Beacons waiting", registry=r)

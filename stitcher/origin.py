@@ -6,6 +6,13 @@ than half a target duration is reused. When the origin fails (timeout, 5xx,
 429, a body that is not a playlist, a media sequence that goes backwards) the
 last good playlist is served and marked stale; only a cold start with no good
 playlist raises :class:`OriginUnavailable` (a 503 with Retry-After upstream).
+
+With a :class:`~stitcher.shared_origin.SharedOrigin` (Redis configured) the
+same holds across instances: one instance fetches per refresh interval and
+publishes the body, the others take it (parsed through their own
+:class:`IncrementalParser`, so a refresh stays one segment's work) and fall
+back to fetching themselves only when the fetching instance went silent.
+In that mode ``clock`` must be shared by the instances (epoch seconds).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from manifests.refresh import IncrementalParser
 from manifests.timing import parse_pdt
 from stitcher.errors import OriginUnavailable, UpstreamError
 from stitcher.metrics import Metrics
+from stitcher.shared_origin import Published, SharedOrigin, published
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +61,10 @@ class _Entry:
 
 class OriginFetcher:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, channel: str, *,
-                 timeout: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 timeout: float = 3.0, clock: Callable[[], float] = time.monotonic,
+                 shared: SharedOrigin | None = None) -> None:
         self._session = session
+        self._shared = shared
         self._metrics = metrics
         self._channel = channel
         self._timeout = timeout
@@ -80,7 +90,10 @@ class OriginFetcher:
 
     async def _refresh(self, url: str, e: _Entry) -> Fetched:
         try:
-            fetched = await self._fetch(url, e)
+            if self._shared is None:
+                fetched, how = await self._fetch(url, e), "ok"
+            else:
+                fetched, how = await self._fetch_shared(url, e, self._shared)
         except Exception as exc:
             kind = _kind(exc)
             self._metrics.origin_errors.labels(self._channel, kind).inc()
@@ -98,7 +111,67 @@ class OriginFetcher:
             stale = Fetched(e.good.url, e.good.text, e.good.playlist, e.good.version,
                             e.good.fetched_at, stale=True, error=f"{kind}: {exc}")
             return stale
-        self._metrics.origin_fetches.labels(self._channel, "ok").inc()
+        self._metrics.origin_fetches.labels(self._channel, how).inc()
+        e.good = fetched
+        return fetched
+
+    async def _fetch_shared(self, url: str, e: _Entry,
+                            shared: SharedOrigin) -> tuple[Fetched, str]:
+        """One fetch across instances; returns the playlist and how it came
+        (``ok``: fetched here, ``shared``: another instance's fetch)."""
+        for _ in range(2):
+            out = await shared.acquire(url, self._clock())
+            if out.status == "fresh":
+                return self._adopt(url, e, out.record), "shared"
+            if out.status == "failed":
+                if e.good is None and published(out.record) is not None:
+                    self._adopt(url, e, out.record)  # stale beats nothing at a cold start
+                reason = out.record.get("error", b"").decode() or "origin failing"
+                raise UpstreamError(f"shared: {reason}",
+                                    retry_after=float(out.record.get("error_hold", 0)))
+            if out.status == "lock":
+                return await self._fetch_and_publish(url, e, shared, out.token), "ok"
+            status = await shared.wait(url, out.after, min(out.lease_left, shared.wait_budget))
+            if status is None:
+                continue  # the worker went silent: try for the lease again
+            record = await shared.read(url)
+            if status == "ok" and published(record) is not None:
+                return self._adopt(url, e, record), "shared"
+            if status == "error":
+                reason = record.get("error", b"").decode() or "origin failing"
+                raise UpstreamError(f"shared: {reason}")
+        log.warning("origin fetch lease held by a silent instance, fetching %s here", url)
+        return await self._fetch(url, e), "ok"
+
+    async def _fetch_and_publish(self, url: str, e: _Entry, shared: SharedOrigin,
+                                 token: int) -> Fetched:
+        try:
+            fetched = await self._fetch(url, e)
+        except Exception as exc:
+            interval = ((e.good.playlist.target_duration or 2) / 2) if e.good else 1.0
+            hold = max(float(getattr(exc, "retry_after", None) or 0), interval)
+            await shared.publish_error(url, token, at=self._clock(), hold=hold,
+                                       reason=f"{_kind(exc)}: {exc}",
+                                       ttl=max(10 * interval, 30.0))
+            raise
+        target = fetched.playlist.target_duration or 2
+        await shared.publish(url, token, Published(fetched.text.encode("utf-8"), e.etag,
+                                                   e.last_modified, fetched.fetched_at),
+                             interval=target / 2, ttl=max(4 * target, 10))
+        return fetched
+
+    def _adopt(self, url: str, e: _Entry, record: dict[str, bytes]) -> Fetched:
+        """Take another instance's fetch: same checks as a body fetched here."""
+        p = published(record)
+        if p is None:
+            raise UpstreamError("shared record without a body")
+        version = hashlib.sha1(p.body).hexdigest()[:16]
+        if e.good is not None and e.good.version == version:
+            g = e.good
+            fetched = Fetched(g.url, g.text, g.playlist, g.version, p.fetched_at)
+        else:
+            fetched = self._accept(url, e, p.body, p.fetched_at)
+        e.etag, e.last_modified = p.etag, p.last_modified
         e.good = fetched
         return fetched
 
@@ -120,6 +193,10 @@ class OriginFetcher:
             body = await resp.read()
             e.etag = resp.headers.get("ETag")
             e.last_modified = resp.headers.get("Last-Modified")
+        return self._accept(url, e, body, self._clock())
+
+    def _accept(self, url: str, e: _Entry, body: bytes, fetched_at: float) -> Fetched:
+        """Parse and check a body; raises on one that must not replace the last good."""
         text = body.decode("utf-8")
         playlist = e.parser.parse(text)
         if not playlist.segments:
@@ -134,7 +211,7 @@ class OriginFetcher:
             if edge < good_edge:  # a live playlist only ever appends: a cut body
                 raise UpstreamError(f"live edge went backwards ({good_edge} -> {edge})")
         version = hashlib.sha1(body).hexdigest()[:16]
-        return Fetched(url, text, playlist, version, self._clock())
+        return Fetched(url, text, playlist, version, fetched_at)
 
 
 def _check_complete(playlist: MediaPlaylist) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
 from fractions import Fraction
@@ -36,6 +37,12 @@ class Store(Protocol):
     async def put_decision_if_absent(self, channel: str, break_id: str, cohort: str,
                                      decision: str) -> str:
         """Freeze a decision (JSON); returns the one that won (maybe another instance's)."""
+        ...
+
+    async def decide_once(self, channel: str, break_id: str, cohort: str,
+                          produce: Callable[[], Awaitable[str]]) -> str:
+        """Run ``produce`` (ask the ad server) at most once across instances and freeze
+        its result; returns the frozen decision."""
         ...
 
     async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger: ...
@@ -151,6 +158,14 @@ class MemoryStore:
         if self._dir:
             self._write(self._path(channel, "decisions", break_id, cohort + ".json"), decision)
         return decision
+
+    async def decide_once(self, channel: str, break_id: str, cohort: str,
+                          produce: Callable[[], Awaitable[str]]) -> str:
+        """One process: the runtime already shares one task per (break, cohort)."""
+        existing = self._decisions.get((channel, break_id, cohort))
+        if existing is not None:
+            return existing
+        return await self.put_decision_if_absent(channel, break_id, cohort, await produce())
 
     async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger:
         return self._ledgers.get((channel, cohort, grid), Ledger())

@@ -5,6 +5,7 @@ The stack itself (origin + ad server + stitcher) is :func:`tests.harness.start_s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def assets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Conditioned creatives shared by every stack of the session (the slate's key is
     stable, so it is conditioned once per session)."""
     return tmp_path_factory.mktemp("assets")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server started for this test session (see ``tests/redis_server.py``).
+    Tests sharing it use distinct channel names or flush it."""
+    from tests.redis_server import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -188,6 +188,17 @@ def _bad_cases() -> list[tuple[str, list[Snapshot], list[tuple[Rule, int, str, i
         ("no-target-duration",
          reloads({"v": window(PLAIN, 0, 2).replace("#EXT-X-TARGETDURATION:2\n", "")}),
          [(r.UNPARSEABLE, 0, "v", None)]),
+        # Same window for 4 s (target 2: the limit is 3 s); then a stale-announced pause
+        # and a pause within the limit are both fine.
+        ("playlist-stalled",
+         [Snapshot(0, {"v": window(PLAIN, 0, 5)}, time=0.0),
+          Snapshot(1, {"v": window(PLAIN, 0, 5)}, time=2.0),
+          Snapshot(2, {"v": window(PLAIN, 0, 5)}, time=4.0),
+          Snapshot(3, {"v": window(PLAIN, 1, 5)}, time=5.0),
+          Snapshot(4, {"v": window(PLAIN, 1, 5)}, time=9.0, stale=frozenset({"v"})),
+          Snapshot(5, {"v": window(PLAIN, 1, 5)}, time=11.0),
+          Snapshot(6, {"v": window(PLAIN, 2, 5)}, time=12.0)],
+         [(r.PLAYLIST_STALLED, 2, "v", 4)]),
     ]
 
 

@@ -1,0 +1,199 @@
+"""The scale-out store: the :class:`~stitcher.store.Store` contract on Redis.
+
+Every instance sharing one Redis renders the same bytes because what a
+render depends on beyond the origin's body lives here, written so that no
+instance can diverge from another:
+
+* breaks per channel: a plain value (every instance computes the same breaks
+  from the same shared history, so last-writer-wins is safe);
+* decisions: ``SET NX`` in a script that returns the winner, so the first
+  decision wins on every instance; :meth:`RedisStore.decide_once` adds a
+  single-flight lease so the ad server is asked once per (break, cohort);
+* the ledger per (channel, cohort, grid): one hash (``hwm``, ``base``,
+  ``floor``, ``e:<msn>`` entries) changed only by :data:`_APPEND`, a script
+  that adds entries above the stored hwm and not yet present, raises hwm
+  monotonically, folds entries below ``keep_from`` into ``base`` and returns
+  the resulting ledger, all atomically. A slot once written never changes.
+
+Keys (prefix ``ss``): ``ss:{ch:<channel>}:breaks``, ``ss:{ch:<channel>}:dec:
+<break>:<cohort>``, ``ss:{ch:<channel>}:ledger:<cohort>:<grid>`` and the
+flight keys of :mod:`stitcher.flight`. The ``{ch:<channel>}`` hash tag puts a
+channel's coordination keys in one Redis Cluster slot, so multi-key scripts
+stay legal on a cluster; per-session keys (beacon progress, idempotency) must
+not use it, so the biggest channel is not one shard.
+
+Run the production Redis with ``appendonly yes`` (``appendfsync everysec``):
+the ledger and frozen decisions are what stop players going backwards after
+a Redis restart, and losing them is exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from manifests.breaks import Break
+from manifests.ledger import Ledger, SlotEntry
+from stitcher.flight import Flights
+from stitcher.store import break_from_json, break_to_json
+
+# KEYS[1]: decision key. ARGV[1]: the candidate decision. Returns the winner.
+_PUT_IF_ABSENT = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+
+# KEYS[1]: the ledger hash. ARGV: hwm, keep_from, then (msn, delta, entry json) triples.
+# Mirrors Ledger.append(...).compact(keep_from) exactly; returns the whole hash.
+_APPEND = """
+local old_hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
+local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
+for i = 3, #ARGV, 3 do
+  local msn = tonumber(ARGV[i])
+  if msn > old_hwm then
+    redis.call('HSETNX', KEYS[1], 'e:' .. ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+  end
+end
+local hwm = tonumber(ARGV[1])
+if hwm > old_hwm then redis.call('HSET', KEYS[1], 'hwm', ARGV[1]) end
+local keep = tonumber(ARGV[2])
+if keep > floor then
+  local base = tonumber(redis.call('HGET', KEYS[1], 'base') or '0')
+  local fields = redis.call('HKEYS', KEYS[1])
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'e:' and tonumber(string.sub(f, 3)) < keep then
+      local v = redis.call('HGET', KEYS[1], f)
+      base = base + tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
+      redis.call('HDEL', KEYS[1], f)
+    end
+  end
+  redis.call('HSET', KEYS[1], 'base', base, 'floor', keep)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+#: How long the ad-decision lease lives: well above the ad server budget.
+DECISION_LEASE = 10.0
+
+
+def connect(url: str, *, cluster: bool = False) -> Any:
+    """A ``redis.asyncio`` client; Redis Cluster when asked (``cluster=true`` in the
+    URL's query, ``redis+cluster://`` or the ``cluster`` flag)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme.endswith("+cluster"):
+        cluster = True
+        url = url.replace("+cluster://", "://", 1)
+    if query.get("cluster", [""])[0].lower() in ("1", "true", "yes"):
+        cluster = True
+        url = url.split("?", 1)[0]
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url)
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url)
+
+
+class RedisStore:
+    """:class:`~stitcher.store.Store` on Redis; ``flights`` is the single-flight helper."""
+
+    def __init__(self, client: Any, *, prefix: str = "ss") -> None:
+        self.client = client
+        self.flights = Flights(client, prefix)
+        self._put = client.register_script(_PUT_IF_ABSENT)
+        self._append = client.register_script(_APPEND)
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False) -> RedisStore:
+        return cls(connect(url, cluster=cluster))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _key(self, channel: str, *parts: str) -> str:
+        return self.flights.key(channel, *parts)
+
+    # --- breaks ---
+    async def get_breaks(self, channel: str) -> tuple[Break, ...]:
+        raw = await self.client.get(self._key(channel, "breaks"))
+        if raw is None:
+            return ()
+        return tuple(break_from_json(d) for d in json.loads(raw))
+
+    async def put_breaks(self, channel: str, breaks: tuple[Break, ...]) -> None:
+        await self.client.set(self._key(channel, "breaks"),
+                              json.dumps([break_to_json(b) for b in breaks]))
+
+    # --- decisions ---
+    def _decision_key(self, channel: str, break_id: str, cohort: str) -> str:
+        return self._key(channel, "dec", break_id, cohort)
+
+    async def get_decision(self, channel: str, break_id: str, cohort: str) -> str | None:
+        raw = await self.client.get(self._decision_key(channel, break_id, cohort))
+        return None if raw is None else raw.decode()
+
+    async def put_decision_if_absent(self, channel: str, break_id: str, cohort: str,
+                                     decision: str) -> str:
+        winner = await self._put(keys=[self._decision_key(channel, break_id, cohort)],
+                                 args=[decision])
+        return winner.decode() if isinstance(winner, bytes) else str(winner)
+
+    async def decide_once(self, channel: str, break_id: str, cohort: str,
+                          produce: Callable[[], Awaitable[str]]) -> str:
+        """Ask the ad server once across instances: the lease holder decides and
+        freezes; the others block on the flight's stream and read the frozen one."""
+        key = self._decision_key(channel, break_id, cohort)
+        job = f"dec:{break_id}:{cohort}"
+        for _ in range(3):
+            out = await self.flights.acquire(channel, job, key, mode="exists",
+                                             lease=DECISION_LEASE)
+            if out.status == "done":
+                found = await self.get_decision(channel, break_id, cohort)
+                if found is not None:
+                    return found
+                continue
+            if out.status == "lock":
+                try:
+                    return await self.put_decision_if_absent(channel, break_id, cohort,
+                                                             await produce())
+                finally:
+                    await self.flights.finish(channel, job, out.token)
+            await self.flights.wait(channel, job, out.after, out.lease_left + 0.1)
+            found = await self.get_decision(channel, break_id, cohort)
+            if found is not None:
+                return found
+        # The lease holders went silent (died): decide here; the first freeze still wins.
+        return await self.put_decision_if_absent(channel, break_id, cohort, await produce())
+
+    # --- ledger ---
+    async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger:
+        raw = await self.client.hgetall(self._key(channel, "ledger", cohort, grid))
+        return _ledger(raw)
+
+    async def append_ledger(self, channel: str, cohort: str, grid: str,
+                            entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger:
+        args: list[str | int] = [hwm, keep_from]
+        for e in entries:
+            args += [e.msn, e.delta, json.dumps(e.to_json())]
+        raw = await self._append(keys=[self._key(channel, "ledger", cohort, grid)], args=args)
+        return _ledger(dict(zip(raw[::2], raw[1::2], strict=True)))
+
+
+def _ledger(raw: dict[Any, Any]) -> Ledger:
+    if not raw:
+        return Ledger()
+    fields = {(k.decode() if isinstance(k, bytes) else k):
+              (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+    entries: dict[int, SlotEntry] = {}
+    for k, v in fields.items():
+        if k.startswith("e:"):
+            entry = SlotEntry.from_json(json.loads(v.split("|", 1)[1]))
+            entries[entry.msn] = entry
+    return Ledger(int(fields.get("hwm", -1)), dict(sorted(entries.items())),
+                  int(fields.get("base", 0)), int(fields.get("floor", 0)))
