@@ -439,7 +439,7 @@ class Checker:
         if snapshot.time is None:
             return []
         out: list[Violation] = []
-        for rid, text in snapshot.playlists.items():
+        for rid in snapshot.playlists:
             parsed = self._stitched.last.get(rid)
             if parsed is None or parsed.playlist.endlist or not parsed.playlist.segments:
                 continue
