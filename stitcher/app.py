@@ -17,6 +17,7 @@ Every player-facing response carries CORS headers and answers preflight.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from fractions import Fraction
@@ -33,11 +34,13 @@ from stitcher.beacons import BeaconQueue, BeaconTracker
 from stitcher.channel import ChannelRuntime, Rendered
 from stitcher.conditioning import Conditioner
 from stitcher.config import StitcherConfig
-from stitcher.errors import BadRequest, NotFound, StitcherError, to_response
+from stitcher.errors import (
+    BadRequest, NotFound, SessionInvalid, StitcherError, to_response,
+)
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import client_session
 from stitcher.redis_store import RedisStore
-from stitcher.sessions import Session, SessionSigner, cohort_for
+from stitcher.sessions import Session, SessionSigner, cohort_for, is_cohort
 from stitcher.store import MemoryStore, Store
 from stitcher.tracking import avail_schedule
 
@@ -81,6 +84,9 @@ async def errors_middleware(request: web.Request,
             response = to_response(StitcherError(exc.reason, status=exc.status))
         else:
             response = exc
+    except Exception:  # a bug: answered, logged with its traceback and counted
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = to_response(StitcherError("internal error (logged)"))
     metrics.requests.labels(endpoint, str(response.status)).inc()
     metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
     if isinstance(response, web.HTTPException):
@@ -104,7 +110,11 @@ def _channel(request: web.Request) -> ChannelRuntime:
 
 def _session(request: web.Request) -> Session:
     runtime = _channel(request)
-    return request.app[SIGNER].decode(request.match_info["token"], runtime.cfg.id, time.time())
+    session = request.app[SIGNER].decode(request.match_info["token"], runtime.cfg.id,
+                                         time.time())
+    if not is_cohort(runtime.cfg, session.cohort):
+        raise SessionInvalid("session token names a cohort this channel does not have")
+    return session
 
 
 def _new_session(request: web.Request, attributes: dict[str, str]) -> tuple[Session, str]:
@@ -119,7 +129,7 @@ async def start_session(request: web.Request) -> web.Response:
     if request.can_read_body:
         try:
             body = await request.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise BadRequest("session body must be a JSON object") from exc
         if not isinstance(body, dict):
             raise BadRequest("session body must be a JSON object")
@@ -251,7 +261,7 @@ def _avails(runtime: ChannelRuntime, cohort: str, rendered: Rendered) -> list[di
 async def assets(request: web.Request) -> web.FileResponse:
     library = request.app[LIBRARY]
     rel = Path(request.match_info["path"])
-    if rel.is_absolute() or ".." in rel.parts:
+    if rel.is_absolute() or ".." in rel.parts or "\x00" in str(rel):
         raise NotFound("no such asset")
     path = (library.root / rel).resolve()
     if not path.is_file() or library.root.resolve() not in path.parents:
@@ -285,7 +295,12 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app[SIGNER] = SessionSigner(config.session_keys, grace=config.session_grace)
+    keys = config.session_keys
+    if not keys:
+        log.warning("no session_keys configured: signing sessions with a random key made now "
+                    "(sessions will not survive a restart nor work across instances)")
+        keys = {"ephemeral": secrets.token_urlsafe(32)}
+    app[SIGNER] = SessionSigner(keys, grace=config.session_grace)
     app[CHANNELS] = {}
     app.on_response_prepare.append(_cors)
     # Instances sharing Redis compare fetch times: they need a clock they share

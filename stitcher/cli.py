@@ -12,7 +12,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
+import shutil
 import signal
+import tempfile
 import sys
 import time
 from fractions import Fraction
@@ -32,13 +35,22 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def _serve(config: StitcherConfig) -> web.AppRunner:
+class PortInUse(Exception):
+    pass
+
+
+async def _serve(config: StitcherConfig, store: object | None = None) -> web.AppRunner:
     from stitcher.app import create_app
 
-    runner = web.AppRunner(create_app(config), access_log=None)
+    runner = web.AppRunner(create_app(config, store=store), access_log=None)  # type: ignore[arg-type]
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise PortInUse(f"cannot listen on {config.host}:{config.port}: {exc.strerror} "
+                        f"(choose another with --port)") from exc
     return runner
 
 
@@ -99,20 +111,34 @@ async def demo_main(args: argparse.Namespace) -> int:
         id="demo", origin_url=f"http://127.0.0.1:{origin_port}/live/demo/master.m3u8",
         ad_server_url=f"http://127.0.0.1:{ad_port}/vast?duration={{duration}}&cb=[CACHEBUSTING]",
         allow_private_ad_hosts=True, slate=str(media.slate))
+    # Conditioned ads are cached across runs; the live state (ledgers, decisions) is
+    # per run, since the fixture origin starts a new timeline every time.
+    from stitcher.store import MemoryStore
+
+    state = Path(tempfile.mkdtemp(prefix="stitcher-demo-"))
     config = StitcherConfig(host=args.host, port=args.port, data_dir=Path(args.data_dir),
+                            session_keys={"demo": secrets.token_urlsafe(32)},
                             channels=[channel])
-    runner = await _serve(config)
+    try:
+        runner = await _serve(config, MemoryStore(state))
+    except PortInUse:
+        await ad_runner.cleanup()
+        await origin_runner.cleanup()
+        raise
     try:
         log.info("step 4/4: conditioning the ads and the slate to the channel's ladder")
         await runner.app[CHANNELS]["demo"].warm_up()
         url = f"http://{args.host}:{args.port}/v1/master/demo.m3u8"
+        single = await _single_variant_url(url)
         print(f"""
   Live stitched stream ready. Open it in any HLS player:
 
       {url}
 
-  e.g.  ffplay {url}
-        vlc {url}
+  e.g.  vlc {url}   (or Safari, or an hls.js page)
+        ffplay {single}
+        (ffmpeg/ffplay read every variant of a multivariant URL at once; the
+         second URL is one session's 360p media playlist)
   What you will see: a test pattern with a clock and a frame counter; every
   {args.break_every} s (first after {args.first_break} s) a {args.break_duration} s ad break:
   ad A (red, 440 Hz, 10 s), then ad B (blue, 880 Hz, 15 s) when it fits, then
@@ -128,7 +154,16 @@ async def demo_main(args: argparse.Namespace) -> int:
         await runner.cleanup()
         await ad_runner.cleanup()
         await origin_runner.cleanup()
+        shutil.rmtree(state, ignore_errors=True)
     return 0
+
+
+async def _single_variant_url(master: str) -> str:
+    """Start a session and return its first variant's media playlist URL."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(master) as resp:
+        return str(resp.url).rsplit("/", 1)[0] + "/media/v0.m3u8"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--break-every", type=int, default=60)
     p_demo.add_argument("--break-duration", type=int, default=30)
     p_demo.add_argument("--first-break", type=int, default=20)
-    p_demo.add_argument("--data-dir", default="var/demo")
+    p_demo.add_argument("--data-dir", default=str(Path.home() / ".cache" / "ssai-stitcher"
+                                                  / "demo-assets"),
+                        help="where conditioned ads are cached between runs")
     p_demo.add_argument("--media-cache", default=None)
     p_check = sub.add_parser("check", help="poll a live HLS stream and report invariant "
                                            "violations (exit 0 clean, 1 violations, 2 unreadable)")
@@ -164,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(runner(args))
     except KeyboardInterrupt:
         return 130
+    except PortInUse as exc:
+        log.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -79,8 +79,10 @@ class StitcherConfig(BaseModel):
     assets_base_url: str | None = None
     #: Working folder: conditioned ads, ledgers (embedded mode).
     data_dir: Path = Path("var")
-    #: HMAC keys by key id; the first signs new sessions, all verify.
-    session_keys: dict[str, str] = Field(default_factory=lambda: {"k1": "change-me-in-production"})
+    #: HMAC keys by key id; the first signs new sessions, all verify. When none are
+    #: configured a random key is made at start-up (logged): fine for one process,
+    #: but sessions then do not survive a restart nor work across instances.
+    session_keys: dict[str, str] = Field(default_factory=dict)
     session_ttl: Seconds = 6 * 3600
     session_grace: Seconds = 3600
     admin_token: str | None = None

@@ -148,12 +148,10 @@ class Flights:
                                     block=max(1, int(timeout * 1000)))
         if not reply:
             return None
-        # redis-py returns a list [[stream, [(id, fields)]]] (RESP2) or a dict (RESP3).
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        if entries and isinstance(entries[0], list | tuple) and len(entries[0]) == 1:
-            entries = entries[0]
+        # RESP2: [[stream, [(id, fields)]]]; RESP3: {stream: [[(id, fields)]]}.
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
         _id, fields = entries[0]
-        return _s(fields.get(b"status", fields.get("status", b"ok")))
+        return _s(fields.get(b"status") or fields.get("status") or b"ok")
 
 
 def _s(value: bytes | str | int) -> str:

@@ -74,7 +74,8 @@ class SessionSigner:
                 n = int.from_bytes(payload[i:i + 2], "big")
                 fields.append(payload[i + 2:i + 2 + n].decode())
                 i += 2 + n
-            version, kid, sid, ch, cohort, expires = fields
+            version, kid, sid, ch, cohort, expires_text = fields
+            expires = int(expires_text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise SessionInvalid("malformed session token") from exc
         if version != "v1":
@@ -87,9 +88,9 @@ class SessionSigner:
             raise SessionInvalid("session token signature does not match")
         if ch != channel:
             raise SessionInvalid("session token belongs to another channel")
-        if int(expires) + self._grace < now:
+        if expires + self._grace < now:
             raise SessionInvalid("session expired", status=410)
-        return Session(kid, sid, ch, cohort, int(expires))
+        return Session(kid, sid, ch, cohort, expires)
 
 
 def cohort_for(channel: ChannelConfig, attributes: Mapping[str, str]) -> str:
@@ -101,6 +102,16 @@ def cohort_for(channel: ChannelConfig, attributes: Mapping[str, str]) -> str:
         value = attributes.get(rule.attribute, rule.default)
         parts.append(value if value in rule.values else rule.default)
     return ".".join(parts)
+
+
+def is_cohort(channel: ChannelConfig, cohort: str) -> bool:
+    """Is ``cohort`` one the channel's rules can produce (defence in depth: a
+    validly signed token still cannot name a cohort outside the config)?"""
+    if not channel.cohorts:
+        return cohort == DEFAULT_COHORT
+    parts = cohort.split(".")
+    return len(parts) == len(channel.cohorts) and all(
+        part in rule.values for part, rule in zip(parts, channel.cohorts))
 
 
 def cohort_attributes(channel: ChannelConfig, cohort: str) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
 The embedded default (:class:`MemoryStore`) keeps everything in process and
 writes ledgers and frozen decisions to files under ``data_dir`` so a restart
-does not send players backwards. A Redis implementation (scale-out) keeps the
-same contract: ``put_pod_if_absent`` is set-if-absent (the first decision wins
+does not send players backwards. The Redis implementation
+(:mod:`stitcher.redis_store`, scale-out) keeps the same contract, checked by
+one parametrized test suite (``tests/stitcher/test_redis_store.py``): ``put_pod_if_absent`` is set-if-absent (the first decision wins
 everywhere) and ledger appends never change a published slot.
 """
 

@@ -43,9 +43,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from fixtures.adserver import AdServerConfig, BeaconHit, FixtureAd
+from fixtures.adserver import AdServerConfig, BeaconHit, FixtureAd, VastRequest
 from fixtures.adserver import create_app as create_adserver
 from fixtures.adserver import hits as adserver_hits
+from fixtures.adserver import vast_requests as adserver_vast_requests
 from fixtures.clock import Clock, SystemClock
 from fixtures.origin import (
     ORIGIN_STATE,
@@ -103,6 +104,10 @@ class Stack:
     base: str
     http: aiohttp.ClientSession
     requests: list[StitcherRequest] = field(default_factory=list)
+    #: Every stitcher instance (``instances=N``); the first is ``stitcher_runner``.
+    stitcher_runners: list[web.AppRunner] = field(default_factory=list)
+    #: Their base URLs, in the same order (``bases[0] == base``).
+    bases: list[str] = field(default_factory=list)
 
     # ---------------------------------------------------------------- handles
     @property
@@ -121,6 +126,14 @@ class Stack:
     def runtime(self) -> ChannelRuntime:
         runtime: ChannelRuntime = self.app[CHANNELS][self.channel]
         return runtime
+
+    def runtime_of(self, instance: int) -> ChannelRuntime:
+        runtime: ChannelRuntime = self.stitcher_runners[instance].app[CHANNELS][self.channel]
+        return runtime
+
+    def vast_requests(self) -> list[VastRequest]:
+        """The ad server's raw log of VAST requests (decisions and warm-up prefetches)."""
+        return adserver_vast_requests(self.adserver)
 
     @property
     def origin_master_url(self) -> str:
@@ -141,8 +154,11 @@ class Stack:
         """Wait until the channel has probed the origin and conditioned the slate."""
         await self.runtime.prepare()
 
-    async def start_session(self, **params: str) -> SessionHandle:
-        async with self.http.post(f"{self.base}/v1/session/{self.channel}",
+    async def start_session(self, instance: int = 0, **params: str) -> SessionHandle:
+        """Start a session on one instance (its URLs point at that instance; the path
+        is valid on every instance, see :meth:`on_instance`)."""
+        origin = self.bases[instance] if self.bases else self.base
+        async with self.http.post(f"{origin}/v1/session/{self.channel}",
                                   json={"adsParams": params}) as resp:
             assert resp.status == 200, await resp.text()
             data = await resp.json()
@@ -150,9 +166,16 @@ class Stack:
         parts = manifest.strip("/").split("/")  # v1 session <token> <channel> master.m3u8
         token = parts[2]
         session = self.app[SIGNER].decode(token, self.channel, time.time())
-        base = f"{self.base}/v1/session/{token}/{self.channel}"
-        return SessionHandle(f"{self.base}{manifest}", f"{self.base}{data['trackingUrl']}",
+        base = f"{origin}/v1/session/{token}/{self.channel}"
+        return SessionHandle(f"{origin}{manifest}", f"{origin}{data['trackingUrl']}",
                              token, session.session_id, data["cohort"], base)
+
+    def on_instance(self, url: str, instance: int) -> str:
+        """``url`` (on any instance) re-pointed at another instance."""
+        for b in self.bases:
+            if url.startswith(b):
+                return self.bases[instance] + url[len(b):]
+        raise ValueError(f"{url} is on no instance of this stack")
 
     async def get(self, url: str, **kw: Any) -> tuple[int, Mapping[str, str], bytes]:
         """GET ``url`` (absolute, or a path on the stitcher); no redirects followed."""
@@ -227,18 +250,28 @@ async def start_stack(
     stitcher_config: Mapping[str, Any] | None = None,
     ads: list[FixtureAd] | None = None,
     ad_query: str = "",
+    adserver: Mapping[str, Any] | None = None,
     data_dir: Path,
     assets_dir: Path | None = None,
     warm_up: bool = False,
+    instances: int = 1,
 ) -> AsyncIterator[Stack]:
     """Start origin, ad server and stitcher; stop all three on exit.
 
     ``origin``: :class:`~fixtures.origin.OriginConfig` overrides (``start_epoch``
     defaults to one full window before now, breaks default to none). ``channel_config``
     / ``stitcher_config``: overrides of the stitcher's config. ``ad_query`` is appended
-    to the VAST URL (e.g. ``fault_invalid=1``). ``data_dir`` holds the stitcher's state
-    (ledgers, decisions); ``assets_dir`` its conditioned creatives (default: under
-    ``data_dir``). ``warm_up`` conditions the slate and the ads before returning.
+    to the VAST URL (e.g. ``fault_invalid=1``); ``adserver``: its
+    :class:`~fixtures.adserver.AdServerConfig` overrides (e.g. ``rotate``).
+    ``data_dir`` holds the stitcher's state (ledgers, decisions); ``assets_dir``
+    its conditioned creatives (default: under ``data_dir``). ``warm_up`` conditions the slate and the ads before returning.
+
+    ``instances``: how many stitcher apps to run (same config, each on its own
+    port, all sharing the origin, the ad server and ``assets_dir``, as a CDN'd
+    object store would be shared). With ``stitcher_config={"redis_url": ...}``
+    each builds its own Redis connection from the config, as separate processes
+    would; without, each has its own embedded store (instance ``i > 0`` under
+    ``data_dir / f"instance{i}"``), which is what the scale-out tests prove wrong.
     """
     clock = clock or SystemClock()
     renditions = (renditions_from_media(media) if media is not None
@@ -258,7 +291,7 @@ async def start_stack(
                    if media is not None else [])
         creatives = media.ads[0].path.parent if media is not None else None
         ad_runner = web.AppRunner(create_adserver(AdServerConfig(
-            ads=ads, creatives_dir=creatives)), access_log=None)
+            ads=ads, creatives_dir=creatives, **(adserver or {}))), access_log=None)
         await ad_runner.setup()
         runners.append(ad_runner)
         await web.TCPSite(ad_runner, "127.0.0.1", 0).start()
@@ -276,22 +309,30 @@ async def start_stack(
         ch.update(channel_config or {})
         sc: dict[str, Any] = {"host": "127.0.0.1", "port": 0,
                               "data_dir": assets_dir or data_dir,
+                              # Shared by every instance and restart of a test's stack.
+                              "session_keys": {"k1": "harness-session-key"},
                               "channels": [ChannelConfig(**ch)]}
         sc.update(stitcher_config or {})
         config = StitcherConfig(**sc)
-        app = create_app(config, store=MemoryStore(data_dir), clock=clock.now)
         requests: list[StitcherRequest] = []
-        app.middlewares.insert(0, _recorder(requests))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
+        stitchers: list[web.AppRunner] = []
+        for i in range(instances):
+            store = None if config.redis_url else MemoryStore(
+                data_dir if i == 0 else data_dir / f"instance{i}")
+            app = create_app(config, store=store, clock=clock.now)
+            app.middlewares.insert(0, _recorder(requests))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            stitchers.append(runner)
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+        bases = [f"http://127.0.0.1:{r.addresses[0][1]}" for r in stitchers]
         stack = Stack(clock, media, channel, origin_runner,
-                      f"http://127.0.0.1:{origin_port}", ad_runner, ad_base, runner,
-                      f"http://127.0.0.1:{port}", http, requests)
+                      f"http://127.0.0.1:{origin_port}", ad_runner, ad_base, stitchers[0],
+                      bases[0], http, requests, stitchers, bases)
         if warm_up:
-            await stack.runtime.warm_up()
+            for i in range(instances):  # the first conditions; the others find it done
+                await stack.runtime_of(i).warm_up()
         yield stack
     finally:
         await http.close()

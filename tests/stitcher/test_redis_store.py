@@ -30,14 +30,23 @@ _channels = itertools.count()
 @pytest.fixture(params=["memory", "redis"])
 async def stores(request: pytest.FixtureRequest,
                  tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
-    """A factory of store objects over one backing state (same folder / same server)."""
-    if request.param == "memory":
-        yield lambda: MemoryStore(tmp_path)
+    """Store objects over one backing state: ``stores()`` for another instance's
+    view (a new Redis connection; the same object in memory), ``stores(reopen=True)``
+    for a new store object over the persisted state (a restart)."""
+    if request.param == "memory":  # one process: "instances" share the one store object
+        current = [MemoryStore(tmp_path)]
+
+        def memory(reopen: bool = False) -> MemoryStore:
+            if reopen:
+                current[0] = MemoryStore(tmp_path)
+            return current[0]
+
+        yield memory
         return
     url = request.getfixturevalue("redis_url")
     made: list[RedisStore] = []
 
-    def factory() -> RedisStore:
+    def factory(reopen: bool = False) -> RedisStore:
         made.append(RedisStore.from_url(url))
         return made[-1]
 
@@ -132,9 +141,9 @@ async def test_compaction_keeps_delta_before_exact(stores: Callable[[], Any]) ->
     ch = _ch()
     s = stores()
     entries = [_ad(100, 0, disc=True, delta=1), _ad(101, 1), _ad(102, 2),
-               SlotEntry(103, SlotKind.CONTENT, "b1", disc=True, delta=1),
+               SlotEntry(103, SlotKind.CONTENT, "b1", discontinuity=True, delta=1),
                _ad(110, 0, disc=True, delta=1),
-               SlotEntry(112, SlotKind.CONTENT, "b2", disc=True, delta=-1)]
+               SlotEntry(112, SlotKind.CONTENT, "b2", discontinuity=True, delta=-1)]
     full = await s.append_ledger(ch, "us", "g", entries, 115, 0)
     expected = {m: full.delta_before(m) for m in range(100, 120)}
     assert expected[104] == 2 and expected[113] == 2
@@ -173,7 +182,7 @@ async def test_state_outlives_the_store_object(stores: Callable[[], Any]) -> Non
     await s.put_breaks(ch, (Break("b1", start, Fraction(30)),))
     await s.put_decision_if_absent(ch, "b1", "us", '{"d": 1}')
     ledger = await s.append_ledger(ch, "us", "v", [_ad(7, 0, disc=True, delta=1)], 9, 0)
-    fresh = stores()
+    fresh = stores(reopen=True)
     assert fresh is not s
     assert await fresh.get_breaks(ch) == (Break("b1", start, Fraction(30)),)
     assert await fresh.get_decision(ch, "b1", "us") == '{"d": 1}'

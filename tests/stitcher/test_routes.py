@@ -54,3 +54,37 @@ async def test_preflight_head_and_unknown_paths(tmp_path: Path) -> None:
             assert got == status, (path, body)
             assert json.loads(body)["error"] == "not_found"
             assert headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_hostile_requests_get_clear_4xx(tmp_path: Path) -> None:
+    """Found by a newcomer trying to break the product: each was a 500 once."""
+    from stitcher.app import SIGNER
+    from stitcher.sessions import Session
+
+    async with start_stack(clock=ManualClock(), data_dir=tmp_path) as stack:
+        from yarl import URL
+
+        status, headers, body = await stack.get(str(URL(stack.base + "/assets/%00",
+                                                        encoded=True)))
+        assert status == 404 and json.loads(body)["error"] == "not_found"
+
+        deep = '{"a":' + "[" * 100_000 + "]" * 100_000 + "}"
+        async with stack.http.post(f"{stack.base}/v1/session/{stack.channel}", data=deep,
+                                   headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"] == "bad_request"
+
+        signer = stack.app[SIGNER]
+        # A validly signed token whose expiry is not a number: malformed, not a crash.
+        bad_expiry = signer.encode(Session("k1", "deadbeef", stack.channel, "default",
+                                           "abc"))  # type: ignore[arg-type]
+        # A validly signed token naming a cohort the channel's rules cannot produce.
+        bad_cohort = signer.encode(Session("k1", "deadbeef", stack.channel, "../../etc",
+                                           2_000_000_000))
+        for token, reason in ((bad_expiry, "malformed"), (bad_cohort, "cohort")):
+            status, headers, body = await stack.get(
+                f"/v1/session/{token}/{stack.channel}/master.m3u8")
+            assert status == 403, body
+            assert reason in json.loads(body)["reason"]
+        metrics = await stack.metrics_text()
+        assert 'status="403"' in metrics and 'status="500"' not in metrics
