@@ -58,7 +58,7 @@ LOUDNESS_I = -24.0  # LUFS (EBU R128 / ATSC A/85 style target)
 LOUDNESS_TP = -2.0  # dBTP
 LOUDNESS_LRA = 11.0
 MARKER = "done.json"
-MARKER_VERSION = 1
+MARKER_VERSION = 2  # 2: continuity counters run on across segments
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 
 
@@ -506,18 +506,19 @@ def _build(
             "force_key_frames": f"expr:eq(mod(n,{k}),0)",
             "acodec": "aac", "b:a": spec.audio_bitrate, "ar": spec.audio_rate,
             "ac": spec.audio_channels,
-            "f": "segment", "segment_format": "mpegts", "reset_timestamps": 0,
+            # The HLS muxer keeps one MPEG-TS context across segments, so continuity
+            # counters run on from one segment of an ad to the next as they do in
+            # content (the plain segment muxer restarts them in every file).
+            "f": "hls", "hls_time": float(spec.exact_segment_duration), "hls_list_size": 0,
+            "hls_playlist_type": "vod", "hls_segment_type": "mpegts",
+            "hls_segment_filename": str(plan.tmp_dir / "seg_%05d.ts"),
             "frames:v": plan.total,
         }
         if spec.video_level:
             opts["level:v"] = spec.video_level
-        if plan.segments > 1:
-            opts["segment_frames"] = ",".join(str(k * j) for j in range(1, plan.segments))
-        else:
-            opts["segment_time"] = 10**6
         if spec.video_pid is not None:
             opts["mpegts_start_pid"] = spec.video_pid  # video first, then audio
-        outputs.append(ffmpeg.output(v, a, str(plan.tmp_dir / "seg_%05d.ts"), **opts))
+        outputs.append(ffmpeg.output(v, a, str(plan.tmp_dir / "segments.m3u8"), **opts))
     args = ffmpeg.merge_outputs(*outputs).get_args()
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"] + args
 
@@ -633,6 +634,7 @@ class Conditioner:
         if names != expected:
             raise ConditioningError(
                 f"{spec.name}: expected {plan.segments} segments, ffmpeg wrote {len(names)}")
+        (plan.tmp_dir / "segments.m3u8").unlink(missing_ok=True)  # the HLS muxer's own list
         final = base / spec.name
         if final.exists():  # a stale, unmarked attempt: replace it
             stale = Path(tempfile.mkdtemp(prefix=f".stale-{spec.name}-", dir=base))

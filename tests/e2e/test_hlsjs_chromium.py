@@ -38,13 +38,13 @@ in CI a skip is a failure (``tests/conftest.py``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -331,7 +331,7 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
     assert kinds == ["content", "ad", "slate", "content"], (kinds, summary())
     # The discontinuity counter steps by one exactly where the kind of fragment changes
     # (CUE-OUT, ad to slate, CUE-IN) and nowhere else.
-    for a, b in zip(changed, changed[1:]):
+    for a, b in itertools.pairwise(changed):
         if a["sn"] != b["sn"]:
             step = 1 if _kind(a["url"]) != _kind(b["url"]) else 0
             assert b["cc"] - a["cc"] == step, (a, b, summary())
@@ -355,7 +355,7 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
     samples = report["samples"]
     assert len(samples) > 20, summary()
     cts = [s[1] for s in samples]
-    assert all(b >= a for a, b in zip(cts, cts[1:])), "currentTime went backwards"
+    assert all(b >= a for a, b in itertools.pairwise(cts)), "currentTime went backwards"
     spans = _frozen_spans(samples)
     worst = max(spans, key=lambda s: s[1])
     assert worst[1] <= MAX_STALL, (
