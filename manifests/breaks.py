@@ -272,8 +272,12 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             elif b.end is None:
                 breaks[i] = replace(b, end=obs.at)
     breaks.sort(key=lambda b: b.start)
-    result.breaks = tuple(breaks)
+    # Nothing new: hand back the same object, so what is keyed on it stays valid.
+    result.breaks = known if tuple(breaks) == known else tuple(breaks)
     return result
+
+
+_INDEX: dict[BreakPolicy, tuple[tuple[Break, ...], BreakIndex]] = {}
 
 
 class BreakIndex:
@@ -287,6 +291,17 @@ class BreakIndex:
         self.starts = [b.start - EPSILON for b in live]
         #: A slot starting before this bound is inside (the rule of :meth:`Break.covers`).
         self.ends = [_slot_bound(b, policy) for b in live]
+
+    @classmethod
+    def of(cls, breaks: tuple[Break, ...], policy: BreakPolicy) -> BreakIndex:
+        """The index of ``breaks``, reused while the same tuple comes back (a refresh
+        with no new marker keeps the known breaks object as it is)."""
+        cached = _INDEX.get(policy)
+        if cached is not None and cached[0] is breaks:
+            return cached[1]
+        index = cls(breaks, policy)
+        _INDEX[policy] = (breaks, index)
+        return index
 
     def covering(self, pdt: datetime, duration: Fraction | timedelta) -> Break | None:
         """The break replacing the slot that starts at ``pdt`` (see :meth:`Break.covers`;

@@ -331,15 +331,34 @@ def segment_signals(seg: Segment, policy: MarkerPolicy = MarkerPolicy(),
     if cached is not None:
         return cached  # type: ignore[return-value]
     errors = errors if errors is not None else MarkerErrors()
-    if not seg.markers:
-        return []  # the parser saw no ad-marker tag on this segment
     out: list[Signal] = []
     for line in seg.lines:
         handler = HANDLERS.get(line.tag) if line.tag else None
         if handler is not None:
-            out.extend(handler(line.value, seg, policy, errors))
+            out.extend(_line_signals(handler, line.tag, line.value, seg, policy, errors))
     seg.memo[memo_key] = out
     return out
+
+
+#: Handlers are pure functions of a tag's text, and live feeds repeat the same
+#: marker lines (``#EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=30`` every break):
+#: each distinct line is interpreted once, its errors replayed on every sighting.
+_LINE_CACHE: dict[tuple[str | None, str | None, MarkerPolicy],
+                  tuple[tuple[Signal, ...], tuple[str, ...]]] = {}
+
+
+def _line_signals(handler: Handler, tag: str | None, value: str | None, seg: Segment,
+                  policy: MarkerPolicy, errors: MarkerErrors) -> tuple[Signal, ...]:
+    key = (tag, value, policy)
+    hit = _LINE_CACHE.get(key)
+    if hit is None:
+        local = MarkerErrors()  # logs each message once, here
+        hit = (tuple(handler(value, seg, policy, local)), tuple(local.items))
+        if len(_LINE_CACHE) >= 8192:
+            _LINE_CACHE.clear()
+        _LINE_CACHE[key] = hit
+    errors.items.extend(hit[1])  # counted at every sighting
+    return hit[0]
 
 
 def _from_cue(cue: str | None, dialect: str, policy: MarkerPolicy,

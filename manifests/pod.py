@@ -57,25 +57,54 @@ class Pod:
         discontinuity there); the loop is a fixed span of time, so every grid
         wraps at the same instants and their discontinuity counts agree.
         """
+        return self.item_at_us(round(offset * _US),
+                               None if cadence is None else round(cadence * _US))
+
+    def item_at_us(self, offset: int, cadence: int | None = None
+                   ) -> tuple[int, PodItem, int, bool] | None:
+        """:meth:`item_at` in integer microseconds (the hot path: no Fractions)."""
         if not self.personalized:
             return None
-        step = cadence or self.nominal
-        for i, item in enumerate(self.items):
-            if item.start - EPS <= offset < item.start + item.span - EPS:
-                into = offset - item.start
-                if item.kind is ItemKind.SLATE:
-                    period = item.segments * self.nominal
-                    loops, within = divmod(into + EPS, period)
-                    wrapped = loops > 0 and within < 2 * EPS
-                    return i, item, int(within // step), wrapped
-                j = int((into + EPS) // step)
-                last = max(0, math.ceil((item.span - EPS) / step) - 1)
-                return i, item, min(j, last), False
+        step = cadence or _micros(self.nominal)
+        for i, (start, end, segments, slate_period) in enumerate(_bounds(self)):
+            if start - _EPS_US <= offset < end - _EPS_US:
+                into = offset - start
+                if slate_period:
+                    loops, within = divmod(into + _EPS_US, slate_period)
+                    wrapped = loops > 0 and within < 2 * _EPS_US
+                    return i, self.items[i], within // step, wrapped
+                j = (into + _EPS_US) // step
+                last = max(0, -(-(end - start - _EPS_US) // step) - 1)
+                return i, self.items[i], min(j, last), False
         return None
 
     @property
     def filled(self) -> Fraction:
         return sum((it.duration for it in self.items if it.kind is ItemKind.AD), Fraction(0))
+
+
+_US = 1_000_000
+_EPS_US = round(EPS * _US)
+_BOUNDS: dict[int, tuple[Pod, tuple[tuple[int, int, int, int], ...]]] = {}
+
+
+def _micros(value: Fraction) -> int:
+    return round(value * _US)
+
+
+def _bounds(pod: Pod) -> tuple[tuple[int, int, int, int], ...]:
+    """Each item's (start, end, segments, slate loop period) in microseconds, computed
+    once per pod (pods are frozen; keyed by identity, the pod kept alive with it)."""
+    hit = _BOUNDS.get(id(pod))
+    if hit is not None and hit[0] is pod:
+        return hit[1]
+    bounds = tuple((_micros(it.start), _micros(it.start + it.span), it.segments,
+                    _micros(it.segments * pod.nominal) if it.kind is ItemKind.SLATE else 0)
+                   for it in pod.items)
+    if len(_BOUNDS) >= 4096:
+        _BOUNDS.clear()
+    _BOUNDS[id(pod)] = (pod, bounds)
+    return bounds
 
 
 @dataclass(frozen=True, slots=True)

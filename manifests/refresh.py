@@ -13,6 +13,7 @@ changed line ending) falls back to a full parse: the result is always what
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -80,13 +81,13 @@ class IncrementalParser:
         else:
             offsets, dropped, shift, first_new = carried
             last = playlist.segments[first_new - 1] if first_new else None
-            pos = (offsets[-1] + shift + sum(len(t) + nl for t in last.raw)) if last else 0
+            pos = (offsets[-1] + shift + sum(map(len, last.raw)) + nl * len(last.raw)) if last else 0
             if dropped > 4096 and dropped > len(offsets) // 2:
                 offsets = offsets[dropped:]
                 dropped = 0
         for seg in playlist.segments[first_new:]:
             offsets.append(pos - shift)
-            pos += sum(len(t) for t in seg.raw) + nl * len(seg.raw)
+            pos += sum(map(len, seg.raw)) + nl * len(seg.raw)
         state = ParseState(
             media_sequence=playlist.media_sequence,
             discontinuity_sequence=playlist.discontinuity_sequence,
@@ -156,7 +157,7 @@ class IncrementalParser:
             discontinuity_sequence=state.discontinuity_sequence, endlist=cont.endlist,
             playlist_type=cont.playlist_type, version=cont.version, newline=newline,
             bom=False, final_newline=final_newline if tail_text else old.final_newline,
-            marked=tuple(m for m in old.marked if m >= kept[0].msn)
+            marked=old.marked[bisect_left(old.marked, kept[0].msn):]
             + tuple(seg.msn for seg in new_segs if seg.markers))
         shift = prev.shift + hdr_end - prev.offset(d)
         self._remember(text, playlist, (prev.offsets, prev.dropped + d, shift, len(kept)))

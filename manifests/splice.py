@@ -135,7 +135,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     renderer = _Renderer(options, uris, playlist.newline)
     reuse, entries, chunks = _reusable(segments, cache, (options, uris))
     new_entries: list[SlotEntry] = []
-    index = BreakIndex(breaks, options.break_policy)
+    index = BreakIndex.of(breaks, options.break_policy)
     prev: SlotEntry | None = entries[-1] if reuse else (
         ledger.entries.get(segments[0].msn - 1) if segments else None)
     for seg in segments[reuse:]:
@@ -239,7 +239,10 @@ def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
         brk = index.covering(seg.pdt, seg.step)
         pod = pods.get(brk.id) if brk is not None else None
         if brk is not None and pod is not None:
-            hit = pod.item_at(brk.offset(seg.pdt), cadence)
+            since = seg.pdt - brk.start
+            hit = pod.item_at_us(
+                (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds,
+                None if cadence is None else round(cadence * 1_000_000))
             if hit is not None:
                 position, item, segment, wrapped = hit
                 disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
