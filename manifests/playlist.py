@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
-from manifests.errors import PlaylistParseError
+from manifests.errors import ManifestError, PlaylistParseError
 from manifests.timing import parse_duration, parse_pdt
 
 # Tag names, literal (RFC 8216bis 4.4).
@@ -97,10 +97,10 @@ _SPECIAL_TAGS = AD_MARKER_TAGS | LL_HLS_TAGS | {EXT_X_KEY, EXT_X_MAP, EXT_X_DISC
                                                 EXT_X_MEDIA_SEQUENCE}
 
 # Exact-name dispatch codes for the parse loop (a dict, never a startswith chain).
-_EXTINF, _PDT, _DISC, _KEY, _MAP, _GAP, _VARIANT, _PLAYLIST, _BYTERANGE = range(9)
+_EXTINF, _PDT, _DISC, _KEY, _MAP, _GAP, _VARIANT, _PLAYLIST, _BYTERANGE, _SKIP = range(10)
 _CODES: dict[str, int] = {
     EXTINF: _EXTINF, EXT_X_PROGRAM_DATE_TIME: _PDT, EXT_X_DISCONTINUITY: _DISC,
-    EXT_X_BYTERANGE: _BYTERANGE,
+    EXT_X_BYTERANGE: _BYTERANGE, EXT_X_SKIP: _SKIP,
     EXT_X_KEY: _KEY, EXT_X_MAP: _MAP, EXT_X_GAP: _GAP,
     "#EXT-X-STREAM-INF": _VARIANT, "#EXT-X-I-FRAME-STREAM-INF": _VARIANT,
     **{tag: _PLAYLIST for tag in PLAYLIST_TAGS},
@@ -226,12 +226,15 @@ class MediaPlaylist:
         return sum((s.duration for s in self.segments), Fraction(0))
 
     def segment(self, msn: int) -> Segment | None:
-        i = msn - self.media_sequence
+        # Not media_sequence: in a delta update the first listed segment comes later.
+        i = msn - (self.segments[0].msn if self.segments else self.media_sequence)
         return self.segments[i] if 0 <= i < len(self.segments) else None
 
     @property
     def last_msn(self) -> int:
-        return self.media_sequence + len(self.segments) - 1
+        if self.segments:
+            return self.segments[-1].msn
+        return self.media_sequence - 1
 
 
 def split_lines(text: str) -> tuple[list[str], str, bool, bool]:
@@ -350,6 +353,10 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
                 continue
             in_header = False
             if code == _EXTINF:
+                if duration is not None:
+                    # The previous EXTINF never got its URI (a truncated or doctored
+                    # playlist): say so rather than give its segment this duration.
+                    warnings.append(f"EXTINF without a URI before {raw!r}")
                 text = raw[colon + 1:]
                 comma = text.find(",")
                 duration = _duration(text if comma < 0 else text[:comma])
@@ -369,6 +376,12 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
                 gap = True
             elif code == _BYTERANGE:
                 range_text = raw[colon + 1:]
+                special = True
+            elif code == _SKIP:
+                # A delta update (RFC 8216bis 4.4.5.2): the listed segments start
+                # SKIPPED-SEGMENTS after EXT-X-MEDIA-SEQUENCE.
+                skipped = _skipped(raw[colon + 1:])
+                state.next_msn += skipped
                 special = True
             elif code == _VARIANT:
                 raise PlaylistParseError(
@@ -418,8 +431,19 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
         start = i + 1
         duration, discontinuity, gap, special, markers = None, False, False, False, False
         pdt_text = range_text = None
+    if duration is not None:
+        warnings.append("EXTINF without a URI at the end of the playlist")
     trailer = tuple(Line.of(text) for text in raw_lines[start:]) if not in_header else ()
     return tuple(header), segments, trailer, warnings
+
+
+def _skipped(value: str) -> int:
+    from manifests.attributes import AttributeList
+
+    try:
+        return max(0, AttributeList.parse(value).integer("SKIPPED-SEGMENTS") or 0)
+    except ManifestError:
+        return 0
 
 
 def _byterange(text: str, uri: str, state: ParseState) -> tuple[tuple[int, int] | None, bool]:

@@ -91,7 +91,7 @@ class IncrementalParser:
         state = ParseState(
             media_sequence=playlist.media_sequence,
             discontinuity_sequence=playlist.discontinuity_sequence,
-            next_msn=playlist.media_sequence + len(playlist.segments),
+            next_msn=playlist.last_msn + 1,
             disc_count=(playlist.segments[-1].discontinuity_sequence
                         - playlist.discontinuity_sequence) if playlist.segments else 0,
             key=playlist.segments[-1].key if playlist.segments else None,

@@ -41,7 +41,7 @@ def with_pdt(playlist: MediaPlaylist, anchor_msn: int, anchor_pdt: datetime) -> 
         return playlist
     times: list[datetime | None] = [s.pdt for s in segments]
     if all(t is None for t in times):
-        i = anchor_msn - playlist.media_sequence
+        i = anchor_msn - segments[0].msn
         if i == len(segments):
             times[-1] = add_seconds(anchor_pdt, -segments[-1].duration)
         elif 0 <= i < len(segments):
@@ -49,7 +49,7 @@ def with_pdt(playlist: MediaPlaylist, anchor_msn: int, anchor_pdt: datetime) -> 
         else:
             raise TimelineError(
                 f"anchor MSN {anchor_msn} is outside the window "
-                f"{playlist.media_sequence}..{playlist.last_msn + 1}")
+                f"{segments[0].msn}..{playlist.last_msn + 1}")
     for i in range(1, len(times)):
         prev = times[i - 1]
         if times[i] is None and prev is not None:

@@ -93,6 +93,11 @@ class StitcherConfig(BaseModel):
     redis_cluster: bool = False
     origin_timeout: Seconds = 3.0
     ad_timeout: Seconds = 2.0
+    #: Worker processes sharing the port (SO_REUSEPORT); more than one needs
+    #: ``redis_url``, since the embedded store lives in one process.
+    workers: int = Field(default=1, ge=1, le=256)
+    #: On SIGTERM: stop accepting, then give in-flight requests this long to finish.
+    shutdown_timeout: Seconds = 30.0
     channels: list[ChannelConfig] = Field(default_factory=list)
 
     def channel(self, channel_id: str) -> ChannelConfig | None:

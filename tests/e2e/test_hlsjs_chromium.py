@@ -147,11 +147,16 @@ async def _poll_playlists(stack: Stack, session: SessionHandle, renditions: list
             pass
 
 
-async def _wait_for_browser(stack: Stack, method: str, path: str, timeout: float) -> None:
+async def _wait_for_browser(stack: Stack, player: asyncio.subprocess.Process, method: str,
+                            path: str, timeout: float) -> None:
     """Wait until Chromium (not the test's own client) sent ``method path``."""
     deadline = time.monotonic() + timeout
     while not any(r.method == method and r.path == path and "HeadlessChrome" in r.user_agent
                   for r in stack.requests):
+        if player.returncode is not None:  # the driver gave up before the page got going
+            out, err = await player.communicate()
+            raise AssertionError(f"the player exited ({player.returncode}) before {method} "
+                                 f"{path}: {out.decode()[:4000]} {err.decode()[-4000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"the page never sent {method} {path} "
                                  f"(requests: {[(r.method, r.path) for r in stack.requests]})")
@@ -239,7 +244,7 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
         # Chromium is up once its session POST arrives: signal the break two segments
         # ahead of the live edge; hls.js plays ~3 segments behind it, so it joins before.
         session_path = f"/v1/session/{stack.channel}"
-        await _wait_for_browser(stack, "POST", session_path, 30)
+        await _wait_for_browser(stack, player, "POST", session_path, 30)
         launched = time.monotonic()
         edge = stack.origin.live_edge_msn()
         assert edge is not None

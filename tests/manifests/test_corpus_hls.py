@@ -86,7 +86,9 @@ def parse(key: str) -> MediaPlaylist:
 def timed(key: str, playlist: MediaPlaylist) -> MediaPlaylist:
     anchor = EXPECTED[key].get("anchor")
     if anchor is None:
-        return with_pdt(playlist, playlist.media_sequence, DEFAULT_EPOCH)
+        # The first listed segment (after any EXT-X-SKIP of a delta update) starts the epoch.
+        first = playlist.segments[0].msn if playlist.segments else playlist.media_sequence
+        return with_pdt(playlist, first, DEFAULT_EPOCH)
     pdt = parse_pdt(anchor["pdt"])
     assert pdt is not None
     return with_pdt(playlist, anchor["msn"], pdt)

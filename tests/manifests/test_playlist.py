@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -99,3 +100,28 @@ def test_any_line_soup_round_trips(lines: list[str], crlf: bool, final: bool) ->
     if crlf:
         text = text.replace("\n", "\r\n")
     assert render(parse_media(text)) == text
+
+
+CORPUS_HLS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "public" / "hls"
+
+
+@pytest.mark.skipif(not CORPUS_HLS.is_dir(), reason="shared corpus not found")
+@pytest.mark.parametrize("name,first_msn,first_uri", [
+    ("globo_ll_hls_delta_skip_dateranges.m3u8", 17, "segment16.mp4"),
+    ("hlsjs_daterange_delta_skip.m3u8", 9, "9.m4s"),
+])
+def test_delta_update_numbers_the_listed_segments_after_the_skipped(
+        name: str, first_msn: int, first_uri: str) -> None:
+    pl = parse_media((CORPUS_HLS / name).read_text())
+    assert (pl.segments[0].msn, pl.segments[0].uri) == (first_msn, first_uri)
+    assert pl.segment(first_msn) is pl.segments[0]
+    assert pl.last_msn == first_msn + len(pl.segments) - 1
+
+
+@pytest.mark.skipif(not CORPUS_HLS.is_dir(), reason="shared corpus not found")
+def test_extinf_without_uri_is_warned_not_attached_silently() -> None:
+    pl = parse_media((CORPUS_HLS / "x9k3_readme_x_cue.txt").read_text(), strict_header=False)
+    assert any("EXTINF without a URI" in w for w in pl.warnings)
+    truncated = parse_media("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\na.ts\n#EXTINF:2,\n")
+    assert [s.uri for s in truncated.segments] == ["a.ts"]
+    assert truncated.warnings == ("EXTINF without a URI at the end of the playlist",)
