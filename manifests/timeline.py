@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from fractions import Fraction
 
 from manifests.errors import ManifestError
 from manifests.playlist import MediaPlaylist, Segment
@@ -81,3 +82,22 @@ def anchor_of(playlist: MediaPlaylist) -> tuple[int, datetime]:
     if last is None or last.pdt is None:
         raise TimelineError("a playlist without timed segments has no anchor")
     return playlist.last_msn + 1, add_seconds(last.pdt, last.duration)
+
+
+def choose_anchor(anchors: dict[int, datetime], first_msn: int, end_msn: int,
+                  target_duration: int) -> tuple[int, datetime, bool]:
+    """Pick the anchor to time a window ``[first_msn, end_msn)`` with.
+
+    ``anchors`` are (MSN -> PDT) points recorded by earlier reloads (on any
+    instance). One inside the window or at its end times it exactly; with none
+    (the window moved on further than a whole window since the last reload),
+    the nearest is extrapolated at the target duration per segment, and the
+    third value is False so the caller can count the estimate.
+    """
+    inside = [m for m in anchors if first_msn <= m <= end_msn]
+    if inside:
+        m = max(inside)
+        return m, anchors[m], True
+    nearest = min(anchors, key=lambda m: abs(m - first_msn))
+    return first_msn, add_seconds(anchors[nearest],
+                                  Fraction(target_duration) * (first_msn - nearest)), False

@@ -17,6 +17,7 @@ Every player-facing response carries CORS headers and answers preflight.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -98,6 +99,16 @@ async def errors_middleware(request: web.Request,
 async def _cors(request: web.Request, response: web.StreamResponse) -> None:
     for k, v in CORS_HEADERS.items():
         response.headers.setdefault(k, v)
+
+
+def _worker_header() -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Which worker process answered (``stitcher serve --workers N``)."""
+    pid = str(os.getpid())  # at app creation, in the worker process
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Stitcher-Worker"] = pid
+
+    return stamp
 
 
 def _channel(request: web.Request) -> ChannelRuntime:
@@ -271,7 +282,7 @@ async def assets(request: web.Request) -> web.FileResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -303,6 +314,8 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     app[SIGNER] = SessionSigner(keys, grace=config.session_grace)
     app[CHANNELS] = {}
     app.on_response_prepare.append(_cors)
+    if config.workers > 1:
+        app.on_response_prepare.append(_worker_header())
     # Instances sharing Redis compare fetch times: they need a clock they share
     # (epoch seconds), not each host's monotonic one.
     shared = config.redis_url is not None or isinstance(store, RedisStore)

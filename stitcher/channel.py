@@ -16,7 +16,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
@@ -26,6 +27,7 @@ from manifests.breaks import Break, BreakPolicy, prune, update_breaks
 from manifests.ledger import Ledger, SlotEntry
 from manifests.markers import MarkerErrors, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
+from manifests.playlist import MediaPlaylist
 from manifests.pod import Pod, PodItem
 from manifests.splice import (
     SpliceCache,
@@ -34,6 +36,7 @@ from manifests.splice import (
     breaks_to_decide,
     splice,
 )
+from manifests.timeline import choose_anchor, with_pdt
 from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
 from stitcher.conditioning import RenditionSpec, probe_rendition
 from stitcher.config import ChannelConfig
@@ -113,6 +116,8 @@ class ChannelRuntime:
         self._render_tasks: dict[tuple[str, str, str], asyncio.Task[Rendered]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._splice_caches: dict[tuple[str, str], SpliceCache] = {}
+        self._observed: dict[str, int] = {}
+        self._timed_segments: dict[str, dict[int, Any]] = {}
         self._uris: dict[str, _Uris] = {}
         self._options: dict[str, SpliceOptions] = {}
         self._decisions: dict[tuple[str, str], Decision] = {}
@@ -221,8 +226,13 @@ class ChannelRuntime:
     async def _render(self, rendition: Rendition, cohort: str, fetched: Fetched) -> Rendered:
         started = time.perf_counter()
         playlist = fetched.playlist
+        if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
+            playlist = await self._timed(rendition, playlist)
         errors = MarkerErrors()
-        observations = observe(playlist, errors=errors)
+        seen = self._observed.get(rendition.id)
+        observations = observe(playlist, errors=errors, since_msn=seen)
+        if playlist.segments:
+            self._observed[rendition.id] = max(seen or -1, playlist.last_msn)
         if errors.items:
             self.metrics.marker_errors.labels(self.cfg.id).inc(len(errors.items))
         lock = self._locks.setdefault((cohort, rendition.grid), asyncio.Lock())
@@ -268,6 +278,36 @@ class ChannelRuntime:
                             playlist.target_duration or 2, fetched.stale, fetched.error, result)
         self.metrics.render_seconds.observe(time.perf_counter() - started)
         return rendered
+
+    async def _timed(self, rendition: Rendition, playlist: MediaPlaylist) -> MediaPlaylist:
+        """Give an origin without PDT a shared timeline (DESIGN.md: "Origins without
+        PDT get one synthesised from an anchor kept in the shared store")."""
+        segments = playlist.segments
+        first, end = segments[0].msn, segments[-1].msn + 1
+        stored = await self.store.anchors(self.cfg.id, rendition.grid, {})
+        if not stored:  # the first sight of this grid, on any instance: now is the epoch
+            stored = await self.store.anchors(self.cfg.id, rendition.grid, {
+                first: datetime.now(UTC).isoformat()})
+        known = {msn: datetime.fromisoformat(pdt) for msn, pdt in stored.items()}
+        msn, pdt, exact = choose_anchor(known, first, end, playlist.target_duration or 2)
+        if not exact:
+            self.metrics.origin_errors.labels(self.cfg.id, "timeline_estimated").inc()
+            log.warning("no timeline anchor in the window %d..%d of %s: estimated",
+                        first, end, rendition.id)
+        timed = with_pdt(playlist, msn, pdt)
+        # Keep the segment objects of earlier reloads where nothing changed, so the
+        # caches keyed on them (rendered slots, marker walks) stay warm.
+        memo = self._timed_segments.setdefault(rendition.id, {})
+        kept = []
+        for seg in timed.segments:
+            old = memo.get(seg.msn)
+            kept.append(old if old is not None and old.pdt == seg.pdt and old.raw == seg.raw
+                        else seg)
+        self._timed_segments[rendition.id] = {seg.msn: seg for seg in kept}
+        last = kept[-1]
+        await self.store.anchors(self.cfg.id, rendition.grid,
+                                 {end: (last.pdt + last.step).isoformat()} if last.pdt else {})
+        return replace(timed, segments=tuple(kept))
 
     async def _pods_for(self, playlist: Any, breaks: tuple[Break, ...], ledger: Any,
                         cohort: str) -> dict[str, Pod]:

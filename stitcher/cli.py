@@ -12,12 +12,18 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 import sys
 import time
+from collections.abc import Coroutine
+from multiprocessing import connection as mp_connection
+from typing import Any
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,12 +45,15 @@ class PortInUse(Exception):
     pass
 
 
-async def _serve(config: StitcherConfig, store: object | None = None) -> web.AppRunner:
+async def _serve(config: StitcherConfig, store: object | None = None, *,
+                 reuse_port: bool = False) -> web.AppRunner:
     from stitcher.app import create_app
 
-    runner = web.AppRunner(create_app(config, store=store), access_log=None)  # type: ignore[arg-type]
+    # No access log: a line per request costs more than serving a cached playlist.
+    runner = web.AppRunner(create_app(config, store=store), access_log=None,  # type: ignore[arg-type]
+                           shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -52,6 +61,19 @@ async def _serve(config: StitcherConfig, store: object | None = None) -> web.App
         raise PortInUse(f"cannot listen on {config.host}:{config.port}: {exc.strerror} "
                         f"(choose another with --port)") from exc
     return runner
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed (the ``fast`` extra), else asyncio;
+    ``STITCHER_EVENT_LOOP=asyncio`` forces asyncio's own loop."""
+    if os.environ.get("STITCHER_EVENT_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 async def _until_interrupted() -> None:
@@ -63,18 +85,183 @@ async def _until_interrupted() -> None:
     await stop.wait()
 
 
-async def serve_main(args: argparse.Namespace) -> int:
+def _load_serve_config(args: argparse.Namespace) -> StitcherConfig:
     config = load_config(Path(args.config)) if args.config else StitcherConfig()
+    update: dict[str, Any] = {}
     if args.port is not None:
-        config = config.model_copy(update={"port": args.port})
+        update["port"] = args.port
+    if args.workers is not None:
+        update["workers"] = args.workers
+    return config.model_copy(update=update) if update else config
+
+
+async def serve_main(config: StitcherConfig) -> int:
+    """One process: serve until SIGTERM / SIGINT, then drain (stop accepting, let
+    in-flight requests finish within ``shutdown_timeout``) and return 0."""
     runner = await _serve(config)
     log.info("stitcher listening on http://%s:%s (%d channels)", config.host, config.port,
              len(config.channels))
     try:
         await _until_interrupted()
     finally:
+        log.info("draining (up to %s s for in-flight requests)", config.shutdown_timeout)
         await runner.cleanup()
     return 0
+
+
+# ------------------------------------------------------------------ worker processes
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+#: A worker that dies this soon after starting counts towards giving up.
+_FAST_FAILURE = 5.0
+_MAX_FAST_FAILURES = 3
+
+
+class WorkersRefused(Exception):
+    pass
+
+
+def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Bind (never listen on) ``host:port`` with SO_REUSEPORT in the parent: a port in
+    use fails here with a clear error, port 0 becomes one concrete port every worker
+    binds, and the port stays ours while workers restart."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock, int(sock.getsockname()[1])
+
+
+def _worker(payload: str, verbose: bool) -> None:
+    """A worker process (spawned): serve on the shared port until told to stop."""
+    _logging(verbose)
+    config = StitcherConfig.model_validate_json(payload)
+    try:
+        code = _run(_worker_main(config))
+    except PortInUse as exc:
+        log.error("%s", exc)
+        code = 2
+    sys.exit(code)
+
+
+async def _worker_main(config: StitcherConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    # The parent started us with the stop signals blocked, so one sent while we were
+    # starting up is pending rather than fatal: it is handled (drain) from here on.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    runner = await _serve(config, reuse_port=True)
+    log.info("worker %d serving on http://%s:%s", os.getpid(), config.host, config.port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("worker %d draining (up to %s s for in-flight requests)", os.getpid(),
+                 config.shutdown_timeout)
+        await runner.cleanup()
+    log.info("worker %d stopped", os.getpid())
+    return 0
+
+
+def serve_workers(config: StitcherConfig, verbose: bool = False) -> int:
+    """``config.workers`` processes sharing the port (SO_REUSEPORT, the kernel spreads
+    connections over them). SIGTERM / SIGINT are forwarded to every worker, which
+    drains; returns 0 once all have exited cleanly. A worker that dies is restarted
+    (unless it keeps dying at start-up, then everything stops and this returns 1)."""
+    n = config.workers
+    if not config.redis_url:
+        raise WorkersRefused(
+            f"--workers {n} needs a shared store: set redis_url in the config (the "
+            f"embedded in-memory store is per process, so workers would serve different "
+            f"ledgers and decisions)")
+    if not config.session_keys:
+        log.warning("no session_keys configured: %d workers share a random key made now "
+                    "(sessions will not survive a restart nor work across hosts)", n)
+        config = config.model_copy(
+            update={"session_keys": {"ephemeral": secrets.token_urlsafe(32)}})
+    try:
+        reservation, port = _reserve_port(config.host, config.port)
+    except OSError as exc:
+        raise PortInUse(f"cannot listen on {config.host}:{config.port}: {exc.strerror} "
+                        f"(choose another with --port)") from exc
+    config = config.model_copy(update={"port": port})
+    payload = config.model_dump_json()
+    ctx = multiprocessing.get_context("spawn")
+    workers: dict[int, Any] = {}
+    started: dict[int, float] = {}
+    state = {"stopping": False, "deadline": 0.0, "failed": False}
+
+    def forward(signum: int, _frame: object = None) -> None:
+        if not state["stopping"]:
+            state["stopping"] = True
+            state["deadline"] = time.monotonic() + config.shutdown_timeout + 10
+            log.info("signal %s: draining %d workers", signal.Signals(signum).name,
+                     len(workers))
+        for p in list(workers.values()):
+            if p.exitcode is None and p.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
+
+    def start(i: int) -> None:
+        # Children inherit the blocked mask: a stop signal during their start-up waits
+        # until their event loop handles it (drain) instead of killing them half-made.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            p = ctx.Process(target=_worker, args=(payload, verbose), name=f"stitcher-worker-{i}")
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        workers[i], started[i] = p, time.monotonic()
+
+    previous = {sig: signal.signal(sig, forward) for sig in _STOP_SIGNALS}
+    fast_failures = 0
+    codes: list[int | None] = []
+    try:
+        for i in range(n):
+            start(i)
+        log.info("stitcher listening on http://%s:%s with %d workers (pids %s)", config.host,
+                 port, n, " ".join(str(p.pid) for p in workers.values()))
+        while workers:
+            by_sentinel = {p.sentinel: i for i, p in workers.items()}
+            for s in mp_connection.wait(list(by_sentinel), timeout=0.5):
+                i = by_sentinel[s]
+                p = workers.pop(i)
+                p.join()
+                codes.append(p.exitcode)
+                if state["stopping"]:
+                    continue
+                lived = time.monotonic() - started[i]
+                fast_failures = fast_failures + 1 if lived < _FAST_FAILURE else 0
+                if fast_failures >= _MAX_FAST_FAILURES:
+                    log.error("worker %d (pid %s) exited with %s; workers keep dying at "
+                              "start-up: stopping", i, p.pid, p.exitcode)
+                    state["failed"] = True
+                    forward(signal.SIGTERM)
+                else:
+                    log.error("worker %d (pid %s) exited with %s after %.0f s: restarting",
+                              i, p.pid, p.exitcode, lived)
+                    start(i)
+            if state["stopping"] and workers and time.monotonic() > state["deadline"]:
+                log.error("workers %s did not drain in time: killing them",
+                          " ".join(str(p.pid) for p in workers.values()))
+                state["failed"] = True
+                for p in workers.values():
+                    p.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        reservation.close()
+    clean = not state["failed"] and all(c == 0 for c in codes)
+    log.info("all workers stopped%s", "" if clean else f" (exit codes {codes})")
+    return 0 if clean else 1
 
 
 async def demo_main(args: argparse.Namespace) -> int:
@@ -173,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the stitcher service")
     p_serve.add_argument("--config", help="YAML or JSON config file")
     p_serve.add_argument("--port", type=int)
+    p_serve.add_argument("--workers", type=int, default=None,
+                         help="worker processes sharing the port (needs redis_url); "
+                              "default: the config's workers (1)")
     p_demo = sub.add_parser("demo", help="run fixture origin + ad server + stitcher")
     p_demo.add_argument("--host", default="127.0.0.1")
     p_demo.add_argument("--port", type=int, default=8080)
@@ -196,12 +386,18 @@ def main(argv: list[str] | None = None) -> int:
         from stitcher.check import main as check_main
 
         return check_main(args)
-    runner = {"serve": serve_main, "demo": demo_main}[args.command]
     try:
-        return asyncio.run(runner(args))
+        if args.command == "serve":
+            if args.workers is not None and args.workers < 1:
+                parser.error("--workers must be at least 1")
+            config = _load_serve_config(args)
+            if config.workers > 1:
+                return serve_workers(config, args.verbose)
+            return _run(serve_main(config))
+        return asyncio.run(demo_main(args))
     except KeyboardInterrupt:
         return 130
-    except PortInUse as exc:
+    except (PortInUse, WorkersRefused) as exc:
         log.error("%s", exc)
         return 2
 

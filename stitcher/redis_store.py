@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 from manifests.breaks import Break
 from manifests.ledger import Ledger, SlotEntry
 from stitcher.flight import Flights
-from stitcher.store import break_from_json, break_to_json
+from stitcher.store import ANCHORS_KEPT, break_from_json, break_to_json
 
 # KEYS[1]: decision key. ARGV[1]: the candidate decision. Returns the winner.
 _PUT_IF_ABSENT = """
@@ -76,6 +76,20 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
+#: Timeline anchors: HSETNX each MSN (first writer wins), trim to the newest ARGV[1].
+_ANCHORS = """
+for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local fields = redis.call('HKEYS', KEYS[1])
+local keep = tonumber(ARGV[1])
+if #fields > keep then
+  local msns = {}
+  for _, f in ipairs(fields) do table.insert(msns, tonumber(f)) end
+  table.sort(msns)
+  for i = 1, #msns - keep do redis.call('HDEL', KEYS[1], tostring(msns[i])) end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 #: How long the ad-decision lease lives: well above the ad server budget.
 DECISION_LEASE = 10.0
 
@@ -108,6 +122,7 @@ class RedisStore:
         self.flights = Flights(client, prefix)
         self._put = client.register_script(_PUT_IF_ABSENT)
         self._append = client.register_script(_APPEND)
+        self._anchors = client.register_script(_ANCHORS)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False) -> RedisStore:
@@ -118,6 +133,15 @@ class RedisStore:
 
     def _key(self, channel: str, *parts: str) -> str:
         return self.flights.key(channel, *parts)
+
+    # --- timeline anchors (origins without PDT) ---
+    async def anchors(self, channel: str, grid: str, record: dict[int, str]) -> dict[int, str]:
+        args: list[object] = [ANCHORS_KEPT]
+        for msn, pdt in record.items():
+            args += [str(msn), pdt]
+        flat = await self._anchors(keys=[self._key(channel, "anchors", grid)], args=args)
+        return {int(flat[i]): (flat[i + 1].decode() if isinstance(flat[i + 1], bytes)
+                               else str(flat[i + 1])) for i in range(0, len(flat), 2)}
 
     # --- breaks ---
     async def get_breaks(self, channel: str) -> tuple[Break, ...]:

@@ -27,6 +27,9 @@ from manifests.pod import ItemKind, Pod, PodItem
 
 log = logging.getLogger(__name__)
 
+#: Timeline anchors kept per grid (a window's worth of reloads is plenty).
+ANCHORS_KEPT = 16
+
 
 class Store(Protocol):
     async def get_breaks(self, channel: str) -> tuple[Break, ...]: ...
@@ -50,6 +53,14 @@ class Store(Protocol):
 
     async def append_ledger(self, channel: str, cohort: str, grid: str,
                             entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger: ...
+
+    async def anchors(self, channel: str, grid: str, record: dict[int, str]) -> dict[int, str]:
+        """Timeline anchors (MSN -> ISO PDT) of a grid whose origin sends no PDT.
+
+        Records ``record`` first, set-if-absent per MSN (the first instance to time
+        an MSN fixes it for all), keeps the newest few, returns them all.
+        """
+        ...
 
 
 def pod_to_json(pod: Pod) -> str:
@@ -99,6 +110,7 @@ class MemoryStore:
         self._dir = data_dir / "state" if data_dir else None
         self._breaks: dict[str, tuple[Break, ...]] = {}
         self._decisions: dict[tuple[str, str, str], str] = {}
+        self._anchors: dict[tuple[str, str], dict[int, str]] = {}
         self._ledgers: dict[tuple[str, str, str], Ledger] = {}
         self._lock = asyncio.Lock()
         if self._dir:
@@ -170,6 +182,14 @@ class MemoryStore:
 
     async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger:
         return self._ledgers.get((channel, cohort, grid), Ledger())
+
+    async def anchors(self, channel: str, grid: str, record: dict[int, str]) -> dict[int, str]:
+        found = self._anchors.setdefault((channel, grid), {})
+        for msn, pdt in record.items():
+            found.setdefault(msn, pdt)
+        for msn in sorted(found)[:-ANCHORS_KEPT]:
+            del found[msn]
+        return dict(found)
 
     async def append_ledger(self, channel: str, cohort: str, grid: str,
                             entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger:

@@ -213,3 +213,19 @@ def _const(value: str) -> Callable[[], Any]:
         return value
 
     return produce
+
+
+async def test_timeline_anchors_first_writer_wins_and_trims(stores: Callable[[], Any]) -> None:
+    from stitcher.store import ANCHORS_KEPT
+
+    ch = _ch()
+    a, b = stores(), stores()
+    first = await a.anchors(ch, "main", {100: "2026-12-03T20:00:00+00:00"})
+    # A second instance timing the same MSN differently does not move it.
+    second = await b.anchors(ch, "main", {100: "2026-12-03T20:00:05+00:00"})
+    assert first == second == {100: "2026-12-03T20:00:00+00:00"}
+    for msn in range(101, 101 + 2 * ANCHORS_KEPT):
+        await a.anchors(ch, "main", {msn: f"2026-12-03T20:01:{msn % 60:02d}+00:00"})
+    kept = await b.anchors(ch, "main", {})
+    assert sorted(kept) == list(range(101 + ANCHORS_KEPT, 101 + 2 * ANCHORS_KEPT))
+    assert await a.anchors(ch, "audio", {}) == {}

@@ -32,18 +32,20 @@ def _stitched(uri: str) -> bool:
     return uri.startswith("ad/") or "/assets/slate/" in uri
 
 
-def _breaks(snapshots: list[Snapshot], rid: str) -> list[tuple[str, list[int], Fraction, Fraction]]:
+def _breaks(snapshots: list[Snapshot], rid: str
+            ) -> list[tuple[str | None, list[int], Fraction, Fraction]]:
     """Each stitched run over the whole session: (first PDT, MSNs, stitched EXTINF sum,
     EXTINF sum of the origin content at those MSNs)."""
-    served: dict[int, tuple[str, Fraction, str]] = {}
+    served: dict[int, tuple[str, Fraction, str | None]] = {}
     origin: dict[int, Fraction] = {}
     for snap in snapshots:
         for seg in parse_media(snap.playlists[rid]).segments:
-            served.setdefault(seg.msn, (seg.uri, seg.duration, seg.pdt.isoformat()))
+            served.setdefault(seg.msn, (seg.uri, seg.duration,
+                                        seg.pdt.isoformat() if seg.pdt else None))
         assert snap.origin is not None
         for seg in parse_media(snap.origin[rid]).segments:
             origin.setdefault(seg.msn, seg.duration)
-    runs: list[tuple[str, list[int], Fraction, Fraction]] = []
+    runs: list[tuple[str | None, list[int], Fraction, Fraction]] = []
     current: list[int] = []
     for msn in sorted(served):
         if _stitched(served[msn][0]):
@@ -103,3 +105,40 @@ async def test_reloads_keep_every_invariant(dialect: str, media: object, assets_
     assert last_pl.discontinuity_sequence > first_pl.discontinuity_sequence
     assert {parse_media(s.playlists[r]).target_duration
             for s in snapshots for r in renditions} == {2}
+
+
+async def test_origin_without_pdt_gets_a_shared_timeline(media: object, assets_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """An origin that sends no EXT-X-PROGRAM-DATE-TIME: the stitcher times it from an
+    anchor in the store, places the breaks on that timeline in every rendition, and
+    its output carries PDT after every discontinuity (invariant 4)."""
+    clock = ManualClock(start=1_820_000_000.0)
+    origin = {"break_interval": 60, "break_duration": BREAK, "first_break_at": 20,
+              "program_date_time": False}
+    async with start_stack(clock=clock, media=media, origin=origin, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True) as stack:
+        session = await stack.start_session()
+        renditions = await stack.stitcher_renditions()
+        snapshots: list[Snapshot] = []
+        for step in range(50):
+            playlists = {}
+            for rid in renditions:
+                status, _headers, body = await stack.get(session.media_url(rid))
+                assert status == 200, body
+                playlists[rid] = body.decode()
+            origin_texts = {rid: stack.origin.media_playlist(await stack.origin_rendition(rid))
+                            for rid in renditions}
+            assert "PROGRAM-DATE-TIME" not in next(iter(origin_texts.values()))
+            snapshots.append(Snapshot(index=step, time=clock.now(), playlists=playlists,
+                                      origin=origin_texts))
+            clock.advance(2)
+            await asyncio.sleep(0)
+    faults = [v for v in check(snapshots) if v.source == "stitcher"]
+    assert faults == [], format_text(faults)
+    runs = {rid: _breaks(snapshots, rid) for rid in renditions}
+    assert runs[renditions[0]], "the break was stitched"
+    assert len({tuple(r[0] for r in found) for found in runs.values()}) == 1, runs
+    for rid, found in runs.items():
+        for pdt, msns, stitched, replaced in found:
+            if len(msns) == BREAK // 2:
+                assert stitched == replaced == BREAK
