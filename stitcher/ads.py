@@ -265,7 +265,7 @@ class AdDecider:
 
         try:
             resolution = await vast.resolve(url, fetch, max_depth=5)
-        except Exception as exc:  # the ad server must never take the stream down
+        except Exception as exc:  # noqa: BLE001 - the ad server must never take the stream down
             self._metrics.ad_errors.labels(channel.id, "resolve").inc()
             log.warning("ad decision failed for %s/%s: %s", brk.id, cohort, exc)
             return Decision(Pod(brk.id, (), nominal, personalized=False), (), f"error: {exc}")

@@ -36,7 +36,11 @@ from stitcher.channel import ChannelRuntime, Rendered
 from stitcher.conditioning import Conditioner
 from stitcher.config import StitcherConfig
 from stitcher.errors import (
-    BadRequest, NotFound, SessionInvalid, StitcherError, to_response,
+    BadRequest,
+    NotFound,
+    SessionInvalid,
+    StitcherError,
+    to_response,
 )
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import client_session

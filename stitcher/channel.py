@@ -360,8 +360,11 @@ class ChannelRuntime:
         if self._prepared is not None and not self._prepared.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._prepared), 1.0)
-            except (TimeoutError, Exception):  # decide with what is ready
-                pass
+            except TimeoutError:
+                log.info("channel %s still preparing: deciding with what is ready", self.cfg.id)
+            except Exception as exc:  # noqa: BLE001 - preparation failing must not stop decisions
+                log.warning("channel %s preparation failed (%s): deciding with what is ready",
+                            self.cfg.id, exc)
         slate = self.library.get(SLATE_KEY, [s.name for s in self.specs])
 
         async def produce() -> str:

@@ -76,7 +76,7 @@ async def renditions_of(session: aiohttp.ClientSession, url: str, timeout: float
     """rendition id -> media playlist URL (a media playlist URL is its own rendition)."""
     try:
         text, _ = await _get(session, url, timeout)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise StreamUnreadable(f"{url}: {exc}") from exc
     if not is_playlist_text(text):
         raise StreamUnreadable(f"{url} did not answer with an HLS playlist")
@@ -106,7 +106,7 @@ async def run_check(url: str, duration: float, *, interval: float | None = None,
             for rid, media_url in report.renditions.items():
                 try:
                     text, was_stale = await _get(session, media_url, timeout)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     report.fetch_errors.append({"rendition": rid, "reload": report.reloads,
                                                 "error": str(exc) or type(exc).__name__})
                     continue

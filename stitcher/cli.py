@@ -18,14 +18,14 @@ import secrets
 import shutil
 import signal
 import socket
-import tempfile
 import sys
+import tempfile
 import time
 from collections.abc import Coroutine
-from multiprocessing import connection as mp_connection
-from typing import Any
 from fractions import Fraction
+from multiprocessing import connection as mp_connection
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
