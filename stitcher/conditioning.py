@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 import ffmpeg  # type: ignore[import-untyped]
 
-from fixtures.media import ffmpeg_exe, ffprobe_exe
+from stitcher.ffmpeg import ffmpeg_exe, ffprobe_exe
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from stitcher.conditioning import (
     condition,
     probe_rendition,
 )
+from stitcher.ffmpeg import ffprobe_exe
 
 FRAME = Fraction(1, 30)
 
@@ -49,7 +50,7 @@ def ad_b(media_set, specs, tmp_path_factory) -> tuple[ConditionedCreative, Path,
 
 
 def _ffprobe(path: Path, *args: str) -> dict:
-    exe = media.ffprobe_exe()
+    exe = ffprobe_exe()
     if exe is None:
         pytest.skip("no ffprobe available")
     out = subprocess.run([exe, "-v", "error", *args, "-of", "json", str(path)],
