@@ -8,6 +8,11 @@ Routes (players):
   GET  /v1/session/{token}/{channel}/media/ad/{rid}/{brk}/{item}/{seg}.ts
                                                     beacons, then 302 to the conditioned segment
   GET  /v1/session/{token}/{channel}/tracking       client-side tracking JSON
+Cohort-URL mode (channels with ``cohort_urls``), CDN-cacheable, no session:
+  GET  /v1/cohort/{channel}/{cohort}/master.m3u8    multivariant
+  GET  /v1/cohort/{channel}/{cohort}/media/{rid}.m3u8             cohort media playlist
+                                                    (ad segments straight at /assets)
+  GET  /v1/cohort/{channel}/{cohort}/tracking       the cohort's tracking JSON (players beacon)
   GET  /assets/...                                  conditioned ad and slate segments
 Operations: /healthz, /readyz, /metrics.
 
@@ -16,6 +21,7 @@ Every player-facing response carries CORS headers and answers preflight.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -30,9 +36,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from manifests.ledger import SlotKind
-from stitcher.ads import AdDecider, CreativeLibrary
+from stitcher.ads import AdDecider, CreativeLibrary, Decision
 from stitcher.beacons import BeaconQueue, BeaconTracker
-from stitcher.channel import ChannelRuntime, Rendered
+from stitcher.channel import COHORT, ChannelRuntime, Rendered
 from stitcher.conditioning import Conditioner
 from stitcher.config import StitcherConfig
 from stitcher.errors import (
@@ -61,6 +67,7 @@ TRACKER = web.AppKey("tracker", BeaconTracker)
 BEACONS = web.AppKey("beacons", BeaconQueue)
 LIBRARY = web.AppKey("library", CreativeLibrary)
 STORE = web.AppKey("store", object)
+TRUSTED = web.AppKey("trusted", tuple)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -176,9 +183,14 @@ async def multivariant(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
-def _playlist_response(request: web.Request, rendered: Rendered) -> web.Response:
+def _playlist_response(request: web.Request, rendered: Rendered, *,
+                       public: bool = False) -> web.Response:
+    """A render as it is: ETag (304 on If-None-Match), the once-compressed body when
+    the client takes gzip; cacheable for half a target duration, by anyone
+    (``public``: cohort-URL mode) or by the player only (per-session paths)."""
+    scope = "public" if public else "private"
     headers = {"ETag": rendered.etag, "Vary": "Accept-Encoding",
-               "Cache-Control": f"private, max-age={max(1, rendered.target_duration // 2)}"}
+               "Cache-Control": f"{scope}, max-age={max(1, rendered.target_duration // 2)}"}
     if rendered.stale:
         headers["X-Stitcher-Stale"] = f"origin: {rendered.stale_reason or 'unavailable'}"
     if rendered.etag in request.headers.get("If-None-Match", ""):
@@ -197,19 +209,40 @@ async def media(request: web.Request) -> web.Response:
 
 
 def _client_ip(request: web.Request) -> str:
-    return request.remote or ""
+    """The viewer's address: behind configured trusted proxies, the right-most
+    X-Forwarded-For entry that is not one of them (the left part is client-set)."""
+    return client_ip(request.remote or "", request.headers.getall("X-Forwarded-For", []),
+                     request.app[TRUSTED])
 
 
-async def ad_segment(request: web.Request) -> web.Response:
-    session = _session(request)
-    runtime = _channel(request)
+def client_ip(remote: str, forwarded: list[str],
+              trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted)
+
+    if not trusted or not is_trusted(remote):
+        return remote
+    hops = [h.strip() for value in forwarded for h in value.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            return hop
+    return hops[0] if hops else remote
+
+
+async def _ad_target(request: web.Request, runtime: ChannelRuntime, cohort: str
+                     ) -> tuple[Decision, int, int, str]:
+    """(decision, pod position, segment, asset URL) of an ad segment path."""
     break_id = request.match_info["brk"]
     try:
         item, segment = int(request.match_info["item"]), int(request.match_info["seg"])
     except ValueError as exc:
         raise BadRequest("malformed ad segment path") from exc
     rid = request.match_info["rid"]
-    decision = await runtime.decision(break_id, session.cohort, None)
+    decision = await runtime.decision(break_id, cohort, None)
     if decision is None or not 0 <= item < len(decision.pod.items):
         raise NotFound("no such ad in this session's break")
     creative = decision.pod.items[item].creative
@@ -220,13 +253,20 @@ async def ad_segment(request: web.Request) -> web.Response:
         path = library.segment_path(creative, rid, segment)
     if path is None:
         raise NotFound("ad segment not available")
+    return decision, item, segment, f"{runtime.assets_base}/{path}"
+
+
+async def ad_segment(request: web.Request) -> web.Response:
+    session = _session(request)
+    runtime = _channel(request)
+    decision, item, segment, url = await _ad_target(request, runtime, session.cohort)
     ad = decision.ad(item)
     if ad is not None and request.method == "GET":
         request.app[TRACKER].on_ad_segment(
-            session_id=session.session_id, break_id=break_id, ad=ad, segment=segment,
-            nominal=decision.pod.nominal, client_ip=_client_ip(request),
+            session_id=session.session_id, break_id=request.match_info["brk"], ad=ad,
+            segment=segment, nominal=decision.pod.nominal, client_ip=_client_ip(request),
             user_agent=request.headers.get("User-Agent", ""))
-    raise web.HTTPFound(f"{runtime.assets_base}/{path}", headers={"Cache-Control": "no-store"})
+    raise web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 
 
 #: Where the MPEG-TS muxer puts the first PTS of a conditioned segment (ffmpeg's
@@ -241,8 +281,11 @@ async def ad_caption(request: web.Request) -> web.Response:
     (RFC 8216bis 3.1.4), so players keep subtitle timing across the break;
     it carries no cues (the ads' own captions are not conditioned yet).
     """
-    _session(request)
-    runtime = _channel(request)
+    if "token" in request.match_info:
+        _session(request)
+        runtime = _channel(request)
+    else:
+        runtime, _cohort_name = _cohort(request)
     try:
         segment = int(request.match_info["seg"])
     except ValueError as exc:
@@ -262,15 +305,74 @@ async def tracking(request: web.Request) -> web.Response:
     video = next((r for r in mv.renditions if r.kind == "video"), None)
     avails: list[dict[str, Any]] = []
     if video is not None:
-        rendered = await runtime.render(video.id, session.cohort)
-        avails = _avails(runtime, session.cohort, rendered)
+        rendered = await runtime.render(video.id, session.cohort, with_result=True)
+        avails = await _avails(runtime, session.cohort, rendered)
     return web.json_response({"avails": avails, "nextToken": "", "nonLinearAvails": []},
                              headers={"Cache-Control": "no-store"})
 
 
-def _avails(runtime: ChannelRuntime, cohort: str, rendered: Rendered) -> list[dict[str, Any]]:
-    return avail_schedule(rendered.result.slots, {b: d for (b, c), d in
-                                                   runtime._decisions.items() if c == cohort})
+async def _avails(runtime: ChannelRuntime, cohort: str,
+                  rendered: Rendered) -> list[dict[str, Any]]:
+    """The avail schedule of a render, with the cohort's frozen decisions (from the
+    store when this instance did not make them)."""
+    assert rendered.result is not None  # rendered with_result
+    slots = rendered.result.slots
+    decisions: dict[str, Decision] = {}
+    for break_id in {s.entry.break_id for s in slots
+                     if s.entry is not None and s.entry.kind is not SlotKind.CONTENT}:
+        decision = await runtime.decision(break_id, cohort, None)
+        if decision is not None:
+            decisions[break_id] = decision
+    return avail_schedule(slots, decisions)
+
+
+# ----------------------------------------------------------- cohort-URL mode
+def _cohort(request: web.Request) -> tuple[ChannelRuntime, str]:
+    """The channel and cohort of a cohort URL: the channel must offer cohort URLs and
+    the cohort be one its rules can produce (so clients cannot mint cohorts)."""
+    runtime = _channel(request)
+    if not runtime.cfg.cohort_urls:
+        raise NotFound(f"channel {runtime.cfg.id!r} does not offer cohort URLs")
+    cohort = request.match_info["cohort"]
+    if not is_cohort(runtime.cfg, cohort):
+        raise NotFound(f"channel {runtime.cfg.id!r} has no cohort {cohort[:64]!r}")
+    return runtime, cohort
+
+
+async def cohort_multivariant(request: web.Request) -> web.Response:
+    runtime, _cohort_name = _cohort(request)
+    mv = await runtime.multivariant()
+    runtime.prepare()
+    return _playlist_response(request, runtime.multivariant_rendered(mv), public=True)
+
+
+async def cohort_media(request: web.Request) -> web.Response:
+    runtime, cohort = _cohort(request)
+    rendered = await runtime.render(request.match_info["rid"], cohort, COHORT)
+    return _playlist_response(request, rendered, public=True)
+
+
+async def cohort_ad_segment(request: web.Request) -> web.Response:
+    """Only for an ad whose assets were not on disk when the playlist was rendered
+    (cohort playlists normally point at /assets): the same redirect, no beacons."""
+    runtime, cohort = _cohort(request)
+    _decision, _item, _segment, url = await _ad_target(request, runtime, cohort)
+    raise web.HTTPFound(url, headers={"Cache-Control": "public, max-age=86400"})
+
+
+async def cohort_tracking(request: web.Request) -> web.Response:
+    """The cohort's avails and beacon URLs: in cohort-URL mode players beacon."""
+    runtime, cohort = _cohort(request)
+    mv = await runtime.multivariant()
+    video = next((r for r in mv.renditions if r.kind == "video"), None)
+    avails: list[dict[str, Any]] = []
+    max_age = 1
+    if video is not None:
+        rendered = await runtime.render(video.id, cohort, COHORT, with_result=True)
+        avails = await _avails(runtime, cohort, rendered)
+        max_age = max(1, rendered.target_duration // 2)
+    return web.json_response({"avails": avails, "nextToken": "", "nonLinearAvails": []},
+                             headers={"Cache-Control": f"public, max-age={max_age}"})
 
 
 async def assets(request: web.Request) -> web.FileResponse:
@@ -309,6 +411,7 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     fixture origin's virtual clock so an accelerated stream is refetched in step."""
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG] = config
+    app[TRUSTED] = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
     app[METRICS] = Metrics()
     keys = config.session_keys
     if not keys:
@@ -334,6 +437,14 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
     r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption, name="ad_caption")
     r.add_get(base + "/tracking", tracking, name="tracking")
+    cohort = "/v1/cohort/{channel}/{cohort}"
+    r.add_get(cohort + "/master.m3u8", cohort_multivariant, name="cohort_multivariant")
+    r.add_get(cohort + "/media/{rid}.m3u8", cohort_media, name="cohort_media")
+    r.add_get(cohort + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", cohort_ad_segment,
+              name="cohort_ad_segment")
+    r.add_get(cohort + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption,
+              name="cohort_ad_caption")
+    r.add_get(cohort + "/tracking", cohort_tracking, name="cohort_tracking")
     r.add_get("/assets/{path:.+}", assets, name="assets")
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/readyz", readyz, name="readyz")

@@ -36,6 +36,19 @@ class CohortRule(BaseModel):
         return v
 
 
+class LadderEntry(BaseModel):
+    """One video rendition of an explicit ladder (``ChannelConfig.ladder``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: The stitcher's rendition id (``v0``, ``v1`` ...: video renditions in
+    #: multivariant order).
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    bandwidth: int = Field(gt=0)
+    frame_rate: float = Field(default=30.0, gt=0)
+
+
 class ChannelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,8 +73,16 @@ class ChannelConfig(BaseModel):
     passthrough_markers: bool = False
     #: One EXT-X-DATERANGE per inserted ad, for players that beacon themselves.
     ad_dateranges: bool = False
+    #: Serve at most this many segments (the newest) in every stitched playlist.
     window_cap: int | None = Field(default=None, ge=3)
+    #: Cohort-URL mode for the largest events: ``/v1/cohort/{channel}/{cohort}/...``
+    #: playlists a CDN can cache (public, about half a target duration), ad segments
+    #: straight at the conditioned assets and client-side tracking (no session).
+    cohort_urls: bool = False
     cohorts: list[CohortRule] = Field(default_factory=list, max_length=8)
+    #: The content ladder ads are conditioned to, given instead of probed: when set,
+    #: preparing the channel runs no ffprobe (replay, or a ladder known up front).
+    ladder: list[LadderEntry] | None = None
 
     @property
     def nominal(self) -> Fraction | None:
@@ -86,6 +107,21 @@ class StitcherConfig(BaseModel):
     session_ttl: Seconds = 6 * 3600
     session_grace: Seconds = 3600
     admin_token: str | None = None
+    #: Proxies/CDN edges (IPs or CIDRs) whose X-Forwarded-For is believed: the
+    #: viewer's IP for beacons is the right-most address not among them.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or CIDR") from exc
+        return v
     #: Shared store for scale-out (``redis://host:6379/0``); None: the embedded
     #: in-process store (one process only). Run that Redis with ``appendonly yes``.
     redis_url: str | None = Field(default=None, pattern=r"^(redis|rediss|redis\+cluster)://")

@@ -88,3 +88,18 @@ async def test_hostile_requests_get_clear_4xx(tmp_path: Path) -> None:
             assert reason in json.loads(body)["reason"]
         metrics = await stack.metrics_text()
         assert 'status="403"' in metrics and 'status="500"' not in metrics
+
+
+def test_client_ip_behind_trusted_proxies() -> None:
+    import ipaddress
+
+    from stitcher.app import client_ip
+
+    cdn = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
+    # Not behind a trusted proxy: the peer is the viewer, X-Forwarded-For is ignored.
+    assert client_ip("203.0.113.7", ["1.2.3.4"], cdn) == "203.0.113.7"
+    assert client_ip("10.1.1.1", ["1.2.3.4"], ()) == "10.1.1.1"
+    # Behind the CDN: the right-most untrusted hop (the left part is client-controlled).
+    assert client_ip("10.1.1.1", ["6.6.6.6, 198.51.100.9, 10.2.2.2"], cdn) == "198.51.100.9"
+    assert client_ip("2001:db8::1", ["198.51.100.9", "2001:db8::2"], cdn) == "198.51.100.9"
+    assert client_ip("10.1.1.1", [], cdn) == "10.1.1.1"
