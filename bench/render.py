@@ -62,7 +62,7 @@ class Uris:
     def ad_segment(self, break_id: str, item_index: int, item: object, segment: int) -> str:
         return f"ad/v0/{break_id}/{item_index}/{segment}.ts"
 
-    def slate_segment(self, break_id: str, item_index: int, segment: int) -> str:
+    def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
         return f"/assets/slate/v0/seg_{segment:05d}.ts"
 
 

@@ -65,7 +65,10 @@ class UriBuilder(Protocol):
 
     def ad_segment(self, break_id: str, item_index: int, item: PodItem, segment: int) -> str: ...
 
-    def slate_segment(self, break_id: str, item_index: int, segment: int) -> str: ...
+    def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
+        """``msn``: slate loops, so its segment index repeats; a builder whose URIs
+        must be unique per slot (generated subtitles) can use the slot's MSN."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +369,8 @@ class _Renderer:
             out.append(_ad_daterange(entry, pod.items[entry.item], seg))
         out.append(f"{EXTINF}:{_extinf_text(seg)},")
         if entry.kind is SlotKind.SLATE or pod is None:
-            out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment))
+            out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment,
+                                               entry.msn))
         else:
             out.append(self.uris.ad_segment(entry.break_id, entry.item, pod.items[entry.item],
                                             entry.segment))

@@ -118,6 +118,8 @@ class CreativeLibrary:
             except (ValueError, TypeError) as exc:
                 log.error("ignoring unreadable %s: %s", self._keys_file, exc)
         self._fetches: dict[tuple[str, str, str], asyncio.Task[str | None]] = {}
+        #: (key, rendition, index) -> (the creative it was computed for, asset path).
+        self._paths: dict[tuple[str, str, int], tuple[ConditionedCreative, str]] = {}
 
     def key_for(self, ad: vast.ResolvedAd) -> str | None:
         uid = ad.universal_ad_id
@@ -212,10 +214,15 @@ class CreativeLibrary:
         cc = self._ready.get(key)
         if cc is None or rendition not in cc.renditions:
             return None
+        cached = self._paths.get((key, rendition, index))
+        if cached is not None and cached[0] is cc:  # every ad segment request asks
+            return cached[1]
         segs = cc.renditions[rendition].segments
         if not 0 <= index < len(segs):
             return None
-        return str(Path(segs[index].path).resolve().relative_to(self.root.resolve()))
+        path = str(Path(segs[index].path).resolve().relative_to(self.root.resolve()))
+        self._paths[(key, rendition, index)] = (cc, path)
+        return path
 
 
 def ad_request_url(channel: ChannelConfig, brk: Break, cohort_attrs: dict[str, str],

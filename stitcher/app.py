@@ -99,8 +99,8 @@ async def errors_middleware(request: web.Request,
     except Exception:  # a bug: answered, logged with its traceback and counted
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = to_response(StitcherError("internal error (logged)"))
-    metrics.requests.labels(endpoint, str(response.status)).inc()
-    metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+    metrics.request_counter(endpoint, response.status).inc()
+    metrics.latency_histogram(endpoint).observe(time.perf_counter() - started)
     if isinstance(response, web.HTTPException):
         response.headers.update(CORS_HEADERS)
         raise response
@@ -264,7 +264,9 @@ async def ad_segment(request: web.Request) -> web.Response:
     if ad is not None and request.method == "GET":
         request.app[TRACKER].on_ad_segment(
             session_id=session.session_id, break_id=request.match_info["brk"], ad=ad,
-            segment=segment, nominal=decision.pod.nominal, client_ip=_client_ip(request),
+            # Segment indexes count in this (video) grid's cadence, not the pod's unit.
+            segment=segment, nominal=runtime.nominal or decision.pod.nominal,
+            client_ip=_client_ip(request),
             user_agent=request.headers.get("User-Agent", ""))
     raise web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 

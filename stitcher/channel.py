@@ -1,8 +1,11 @@
 """One live channel at run time: origin -> breaks -> decisions -> stitched renders.
 
-Renders are per (rendition, cohort, origin version), never per viewer: every
-session of a cohort gets the same bytes, rendered once and compressed once.
-Concurrent requests for the same render share one task. The ledger of a
+Renders are per (rendition, cohort, mode, origin version), never per viewer:
+every session of a cohort gets the same bytes, rendered once and compressed
+once. Concurrent requests for the same render share one task; with a shared
+store (Redis) an instance that did not render serves another's render. The
+mode is ``session`` (ad segments through the session path, for server-side
+beacons) or ``cohort`` (cohort-URL mode: ad segments straight at the assets). The ledger of a
 (cohort, grid) is read, extended and written under one lock, so two renditions
 of the same grid rendering at once cannot publish a slot differently.
 """
@@ -17,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -46,9 +49,16 @@ from stitcher.metrics import Metrics
 from stitcher.origin import Fetched, OriginFetcher
 from stitcher.sessions import cohort_attributes
 from stitcher.shared_origin import SharedOrigin
-from stitcher.store import Store
+from stitcher.store import RenderBlob, Store
 
 log = logging.getLogger(__name__)
+
+#: Render modes: per-session playlists, and cohort-URL mode (CDN-cacheable).
+SESSION = "session"
+COHORT = "cohort"
+
+#: How long a shared render is kept, in target durations.
+SHARED_RENDER_TTL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,8 @@ class Rendered:
     target_duration: int
     stale: bool
     stale_reason: str | None
-    result: SpliceResult
+    #: The splice behind the body; None when the render came from another instance.
+    result: SpliceResult | None
 
 
 class _Uris:
@@ -79,11 +90,33 @@ class _Uris:
         ext = "vtt" if self.subtitles else "ts"
         return f"ad/{self.rid}/{break_id}/{item_index}/{segment}.{ext}"
 
-    def slate_segment(self, break_id: str, item_index: int, segment: int) -> str:
+    def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
         if self.subtitles:
-            return f"ad/{self.rid}/{break_id}/{item_index}/{segment}.vtt"
+            # The slate loops: the slot's MSN keeps each looped segment's URI unique.
+            return f"ad/{self.rid}/{break_id}/{item_index}/{segment}.vtt?msn={msn}"
         path = self.library.segment_path(SLATE_KEY, self.rid, segment)
         return f"{self.assets_base}/{path}" if path else f"slate/{self.rid}/{segment}.ts"
+
+
+class _CohortUris(_Uris):
+    """Cohort-URL mode: no session in the path, so ad segments point straight at the
+    conditioned assets (players beacon from the tracking JSON). A creative not on
+    disk yet falls back to the cohort's redirect route (no beacons there either)."""
+
+    def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str,
+                 specs: Callable[[], list[RenditionSpec]]) -> None:
+        super().__init__(rid, kind, library, assets_base)
+        self.specs = specs
+
+    def ad_segment(self, break_id: str, item_index: int, item: PodItem, segment: int) -> str:
+        if self.subtitles:
+            return super().ad_segment(break_id, item_index, item, segment)
+        path = self.library.segment_path(item.creative, self.rid, segment)
+        if path is None and self.library.load(item.creative, self.specs()) is not None:
+            path = self.library.segment_path(item.creative, self.rid, segment)
+        if path is None:
+            return super().ad_segment(break_id, item_index, item, segment)
+        return f"{self.assets_base}/{path}"
 
 
 class ChannelRuntime:
@@ -109,17 +142,23 @@ class ChannelRuntime:
         self._mv: Multivariant | None = None
         self._mv_at = 0.0
         self._mv_lock = asyncio.Lock()
+        self._mv_rendered: tuple[Multivariant, Rendered] | None = None
         self.specs: list[RenditionSpec] = []
         self.nominal: Fraction | None = cfg.nominal
+        #: The pod layout unit: the coarsest cadence of any grid (6 s subtitles over
+        #: 2 s video make it 6), so ad boundaries fall on every grid's boundaries.
+        self.unit: Fraction | None = None
+        #: Segment cadence per grid, once seen.
+        self.cadences: dict[str, Fraction] = {}
         self._prepared: asyncio.Task[None] | None = None
-        self._renders: OrderedDict[tuple[str, str, str], Rendered] = OrderedDict()
-        self._render_tasks: dict[tuple[str, str, str], asyncio.Task[Rendered]] = {}
+        self._renders: OrderedDict[tuple[str, str, str, str], Rendered] = OrderedDict()
+        self._render_tasks: dict[tuple[str, str, str, str, bool], asyncio.Task[Rendered]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._splice_caches: dict[tuple[str, str], SpliceCache] = {}
+        self._splice_caches: dict[tuple[str, str, str], SpliceCache] = {}
         self._observed: dict[str, int] = {}
         self._timed_segments: dict[str, dict[int, Any]] = {}
-        self._uris: dict[str, _Uris] = {}
-        self._options: dict[str, SpliceOptions] = {}
+        self._uris: dict[tuple[str, str], _Uris] = {}
+        self._options: dict[tuple[str, Fraction | None], SpliceOptions] = {}
         self._decisions: dict[tuple[str, str], Decision] = {}
         self._decision_tasks: dict[tuple[str, str], asyncio.Task[Decision]] = {}
         self.active_cohorts: dict[str, float] = {}
@@ -153,6 +192,16 @@ class ChannelRuntime:
     def multivariant_for_session(self, mv: Multivariant) -> str:
         return rewrite_multivariant(mv, self.cfg.origin_url, lambda r: f"media/{r.id}.m3u8")
 
+    def multivariant_rendered(self, mv: Multivariant) -> Rendered:
+        """The multivariant as a cacheable render (cohort-URL mode; its URIs are
+        relative, so one body serves every cohort), compressed once per origin one."""
+        if self._mv_rendered is None or self._mv_rendered[0] is not mv:
+            body = self.multivariant_for_session(mv).encode("utf-8")
+            self._mv_rendered = (mv, Rendered(
+                body, gzip.compress(body, 6, mtime=0), _etag(body), int(self.nominal or 2),
+                False, None, None))
+        return self._mv_rendered[1]
+
     # ----------------------------------------------------------- preparation
     def prepare(self) -> asyncio.Task[None]:
         """Probe the content ladder and condition the slate (once, in the background)."""
@@ -170,17 +219,33 @@ class ChannelRuntime:
             seg = fetched.playlist.segments[-1]
             nominal = self.nominal or Fraction(fetched.playlist.target_duration or 2)
             self.nominal = nominal
+            if self.cfg.ladder is not None:  # given, not probed (replay: no ffprobe)
+                specs.append(_ladder_spec(self.cfg, r.id, nominal))
+                continue
             from urllib.parse import urljoin
             spec = await probe_rendition(urljoin(r.uri, seg.uri), r.id, segment_duration=nominal)
             if r.bandwidth:
                 from dataclasses import replace
                 spec = replace(spec, video_bitrate=int(r.bandwidth * 0.85))
             specs.append(spec)
+        for r in mv.renditions:
+            if r.grid not in self.cadences and r.kind != "video":
+                try:
+                    other = await self.fetcher.get(r.uri)
+                except Exception as exc:  # noqa: BLE001 - an alternate rendition down: later
+                    log.warning("cannot read %s to learn its cadence: %s", r.id, exc)
+                    continue
+                self.cadences[r.grid] = Fraction(other.playlist.target_duration or 2)
+        self.cadences["main"] = self.nominal or Fraction(2)
+        self.unit = max(self.cadences.values())
+        if self.unit != self.cadences["main"]:
+            from dataclasses import replace as with_
+            specs = [with_(spec, pad_to=self.unit) for spec in specs]
         self.specs = specs
         if self.cfg.slate:
             await self.library.ensure(SLATE_KEY, self.cfg.slate, specs)
-        log.info("channel %s ready: %d renditions, segment %s s", self.cfg.id, len(specs),
-                 self.nominal)
+        log.info("channel %s ready: %d renditions, segment %s s, pod layout unit %s s",
+                 self.cfg.id, len(specs), self.nominal, self.unit)
 
     async def warm_up(self) -> int:
         """Probe the ladder, condition the slate and the ad server's current
@@ -192,7 +257,15 @@ class ChannelRuntime:
         return ready
 
     # ----------------------------------------------------------- rendering
-    async def render(self, rid: str, cohort: str) -> Rendered:
+    async def render(self, rid: str, cohort: str, mode: str = SESSION, *,
+                     with_result: bool = False) -> Rendered:
+        """The render of (rendition, cohort, mode) for the origin's current version.
+
+        Reads the in-process cache first, then joins an in-flight render of the same
+        key, then (shared store) another instance's render, and only then renders.
+        ``with_result``: the caller needs the splice's slots (tracking), which a
+        render taken from another instance does not carry: render here if so.
+        """
         mv = await self.multivariant()
         rendition = mv.rendition(rid)
         if rendition is None:
@@ -201,20 +274,22 @@ class ChannelRuntime:
         if self._prepared is None:
             self.prepare()
         fetched = await self.fetcher.get(rendition.uri)
-        key = (rid, cohort, fetched.version)
+        key = (rid, cohort, mode, fetched.version)
         cached = self._renders.get(key)
-        if cached is not None:
+        if cached is not None and (cached.result is not None or not with_result):
             self.metrics.render_cache.labels(self.cfg.id, cohort, "hit").inc()
             if cached.stale != fetched.stale:
                 return Rendered(cached.body, cached.gzipped, cached.etag, cached.target_duration,
                                 fetched.stale, fetched.error, cached.result)
             return cached
-        task = self._render_tasks.get(key)
+        task_key = (*key, with_result)
+        task = self._render_tasks.get(task_key)
         if task is None:
             self.metrics.render_cache.labels(self.cfg.id, cohort, "miss").inc()
-            task = asyncio.ensure_future(self._render(rendition, cohort, fetched))
-            self._render_tasks[key] = task
-            task.add_done_callback(lambda _t: self._render_tasks.pop(key, None))
+            task = asyncio.ensure_future(self._shared_or_render(
+                rendition, cohort, mode, fetched, key, with_result))
+            self._render_tasks[task_key] = task
+            task.add_done_callback(lambda _t: self._render_tasks.pop(task_key, None))
         else:
             self.metrics.render_cache.labels(self.cfg.id, cohort, "coalesced").inc()
         rendered = await asyncio.shield(task)
@@ -223,16 +298,39 @@ class ChannelRuntime:
             self._renders.popitem(last=False)
         return rendered
 
-    async def _render(self, rendition: Rendition, cohort: str, fetched: Fetched) -> Rendered:
+    async def _shared_or_render(self, rendition: Rendition, cohort: str, mode: str,
+                                fetched: Fetched, key: tuple[str, str, str, str],
+                                with_result: bool) -> Rendered:
+        if not with_result:
+            shared = await self.store.get_render(self.cfg.id, key)
+            if shared is not None:
+                self.metrics.render_cache.labels(self.cfg.id, cohort, "shared").inc()
+                return Rendered(shared.body, shared.gzipped, shared.etag,
+                                shared.target_duration, fetched.stale, fetched.error, None)
+        rendered = await self._render(rendition, cohort, fetched, mode)
+        await self.store.put_render(
+            self.cfg.id, key, RenderBlob(rendered.body, rendered.gzipped, rendered.etag,
+                                         rendered.target_duration),
+            ttl=SHARED_RENDER_TTL * rendered.target_duration)
+        return rendered
+
+    async def _render(self, rendition: Rendition, cohort: str, fetched: Fetched,
+                      mode: str = SESSION) -> Rendered:
         started = time.perf_counter()
         playlist = fetched.playlist
         if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
             playlist = await self._timed(rendition, playlist)
         errors = MarkerErrors()
-        seen = self._observed.get(rendition.id)
-        observations = observe(playlist, errors=errors, since_msn=seen)
-        if playlist.segments:
-            self._observed[rendition.id] = max(seen or -1, playlist.last_msn)
+        observations = self._observe(rendition, playlist, errors)
+        if rendition.grid != "main":
+            # Audio and subtitle playlists rarely carry the markers: read the main
+            # video playlist first, and publish no slot beyond its live edge, so a
+            # break cannot be missed in this grid because its markers came later.
+            primary = await self._primary_playlist()
+            if primary is not None:
+                main_rendition, main_playlist = primary
+                observations = self._observe(main_rendition, main_playlist, errors) + observations
+                playlist = _until(playlist, main_playlist)
         if errors.items:
             self.metrics.marker_errors.labels(self.cfg.id).inc(len(errors.items))
         lock = self._locks.setdefault((cohort, rendition.grid), asyncio.Lock())
@@ -242,22 +340,28 @@ class ChannelRuntime:
             breaks = update.breaks
             if playlist.segments and playlist.segments[0].pdt is not None:
                 horizon = playlist.segments[0].pdt
-                from datetime import timedelta
                 breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
             if breaks != known:
                 await self.store.put_breaks(self.cfg.id, breaks)
             self.breaks = breaks
             for b in update.new:
-                self._prefetch(b)
+                self._prefetch(b, playlist)
             ledger = await self.store.get_ledger(self.cfg.id, cohort, rendition.grid)
             pods = await self._pods_for(playlist, breaks, ledger, cohort)
-            uris = self._uris.setdefault(
-                rendition.id, _Uris(rendition.id, rendition.kind, self.library, self.assets_base))
-            options = self._options.setdefault(rendition.id, SpliceOptions(
+            uris = self._uris.get((rendition.id, mode))
+            if uris is None:
+                uris = self._uris[(rendition.id, mode)] = (
+                    _CohortUris(rendition.id, rendition.kind, self.library, self.assets_base,
+                                lambda: self.specs) if mode == COHORT
+                    else _Uris(rendition.id, rendition.kind, self.library, self.assets_base))
+            cadence = self.cadences.get(rendition.grid)
+            # Keyed by the unit too: renders before the ladder is known must not pin it.
+            options = self._options.setdefault((rendition.id, self.unit), SpliceOptions(
                 base_url=rendition.uri, passthrough_markers=self.cfg.passthrough_markers,
                 break_policy=self.policy, window_cap=self.cfg.window_cap,
-                ad_dateranges=self.cfg.ad_dateranges))
-            cache = self._splice_caches.setdefault((rendition.id, cohort), SpliceCache())
+                ad_dateranges=self.cfg.ad_dateranges,
+                cadence=cadence if cadence is not None and cadence != self.unit else None))
+            cache = self._splice_caches.setdefault((rendition.id, cohort, mode), SpliceCache())
             result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=uris,
                             options=options, cache=cache)
             keep_from = playlist.media_sequence - 3 * max(1, len(playlist.segments))
@@ -268,13 +372,12 @@ class ChannelRuntime:
                 # Another instance published some of these slots first (the local lock
                 # does not span instances): its slots win, render them as published.
                 self.metrics.ledger_conflicts.labels(self.cfg.id).inc()
-                cache = self._splice_caches[(rendition.id, cohort)] = SpliceCache()
+                cache = self._splice_caches[(rendition.id, cohort, mode)] = SpliceCache()
                 pods = await self._pods_for(playlist, breaks, merged, cohort)
                 result = splice(playlist, breaks=breaks, pods=pods, ledger=merged, uris=uris,
                                 options=options, cache=cache)
         body = result.text.encode("utf-8")
-        rendered = Rendered(body, gzip.compress(body, 6, mtime=0),
-                            '"' + hashlib.sha1(body).hexdigest()[:20] + '"',
+        rendered = Rendered(body, gzip.compress(body, 6, mtime=0), _etag(body),
                             playlist.target_duration or 2, fetched.stale, fetched.error, result)
         self.metrics.render_seconds.observe(time.perf_counter() - started)
         return rendered
@@ -312,7 +415,7 @@ class ChannelRuntime:
     async def _pods_for(self, playlist: Any, breaks: tuple[Break, ...], ledger: Any,
                         cohort: str) -> dict[str, Pod]:
         """Decisions needed by this render: breaks with published or new slots in it."""
-        needed = breaks_to_decide(playlist, breaks, ledger, self.policy, self.nominal)
+        needed = breaks_to_decide(playlist, breaks, ledger, self.policy, self.unit or self.nominal)
         pods: dict[str, Pod] = {}
         by_id = {b.id: b for b in breaks}
         for break_id, start in needed.items():
@@ -344,7 +447,7 @@ class ChannelRuntime:
         except TimeoutError:
             self.metrics.ad_errors.labels(self.cfg.id, "decision_timeout").inc()
             log.warning("decision for %s/%s not ready within budget: content", break_id, cohort)
-            fallback = Decision(Pod(break_id, (), self.nominal or Fraction(2), False), (),
+            fallback = Decision(Pod(break_id, (), self.unit or self.nominal or Fraction(2), False), (),
                                 "decision timeout")
             return await self._freeze(key, fallback)
 
@@ -367,11 +470,17 @@ class ChannelRuntime:
                             self.cfg.id, exc)
         slate = self.library.get(SLATE_KEY, [s.name for s in self.specs])
 
+        unit = self.unit or self.nominal or Fraction(2)
+        slate_loop = 0
+        if slate is not None and self.specs:
+            # The slate loops in whole layout units, the same instants in every grid.
+            slate_seconds = slate.segment_count * (self.nominal or unit)
+            slate_loop = max(1, int(slate_seconds // unit))
+
         async def produce() -> str:
             decision = await self.decider.decide(
                 self.cfg, brk, cohort, cohort_attributes(self.cfg, cohort), start=start,
-                nominal=self.nominal or Fraction(2), specs=self.specs,
-                slate_segments=slate.segment_count if slate is not None and self.specs else 0)
+                nominal=unit, specs=self.specs, slate_segments=slate_loop)
             return decision.to_json()
 
         # Across instances the store asks the ad server once per (break, cohort).
@@ -385,12 +494,73 @@ class ChannelRuntime:
         frozen = self._decisions[key] = Decision.from_json(winner)
         return frozen
 
-    def _prefetch(self, brk: Break) -> None:
-        """Decide for every recently active cohort as soon as a break is seen."""
+    def _observe(self, rendition: Rendition, playlist: MediaPlaylist,
+                 errors: MarkerErrors) -> list[Any]:
+        """What this rendition's new segments say about breaks (since the last look)."""
+        seen = self._observed.get(rendition.id)
+        observations = observe(playlist, errors=errors, since_msn=seen)
+        if playlist.segments:
+            self._observed[rendition.id] = max(seen if seen is not None else -1,
+                                               playlist.last_msn)
+        return observations
+
+    async def _primary_playlist(self) -> tuple[Rendition, MediaPlaylist] | None:
+        """The first video variant's current playlist (coalesced, cached fetch)."""
+        mv = await self.multivariant()
+        main = next((r for r in mv.renditions if r.grid == "main"), None)
+        if main is None:
+            return None
+        try:
+            fetched = await self.fetcher.get(main.uri)
+        except Exception as exc:  # noqa: BLE001 - without it, serve this grid as is
+            log.warning("main rendition unavailable for %s: %s", self.cfg.id, exc)
+            return None
+        playlist = fetched.playlist
+        if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
+            playlist = await self._timed(main, playlist)
+        return main, playlist
+
+    def _prefetch(self, brk: Break, playlist: MediaPlaylist) -> None:
+        """Decide for every recently active cohort as soon as a break is seen at the
+        live edge. A break first seen deep in the window (a join) is decided by the
+        render that needs it, from the first unpublished slot, not from its start."""
+        newest = playlist.segments[-1].pdt if playlist.segments else None
+        if brk.joined or newest is None or brk.start < newest - timedelta(
+                seconds=float(playlist.target_duration or 2)):
+            return
         now = time.monotonic()
         for cohort, seen in list(self.active_cohorts.items()):
             if now - seen < 600:
                 self._decision_task(brk, cohort, Fraction(0))
+
+
+def _until(playlist: MediaPlaylist, main: MediaPlaylist) -> MediaPlaylist:
+    """``playlist`` without the segments that start at or after ``main``'s live edge."""
+    last = main.segments[-1] if main.segments else None
+    if last is None or last.pdt is None:
+        return playlist
+    edge = last.pdt + last.step - timedelta(milliseconds=20)
+    kept = tuple(seg for seg in playlist.segments if seg.pdt is None or seg.pdt < edge)
+    if not kept or len(kept) == len(playlist.segments):
+        return playlist
+    cut = kept[-1].msn
+    return replace(playlist, segments=kept, trailer=(),
+                   marked=tuple(m for m in playlist.marked if m <= cut))
+
+
+def _ladder_spec(cfg: ChannelConfig, rid: str, nominal: Fraction) -> RenditionSpec:
+    """The conditioning spec of video rendition ``rid`` from the channel's explicit
+    ladder (``ChannelConfig.ladder``), in place of probing the content."""
+    entry = next((e for e in cfg.ladder or () if e.name == rid), None)
+    if entry is None:
+        raise ValueError(f"channel {cfg.id}: ladder has no entry for rendition {rid!r}")
+    return RenditionSpec(name=rid, width=entry.width, height=entry.height,
+                         video_bitrate=int(entry.bandwidth * 0.85),
+                         fps=Fraction(str(entry.frame_rate)), segment_duration=nominal)
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
 
 
 def _conflicts(read: Ledger, new: list[SlotEntry], first: int, hwm: int,

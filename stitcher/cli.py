@@ -380,8 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--interval", type=float, default=None,
                          help="seconds between reloads (default: half the target duration)")
     p_check.add_argument("--json", action="store_true", help="machine-readable report")
+    from stitcher.replay import add_parser as add_replay_parser
+
+    add_replay_parser(sub)  # stitcher replay PATH [--update] [--out DIR] [--json]
     args = parser.parse_args(argv)
     _logging(args.verbose)
+    if args.command == "replay":
+        from stitcher.replay import main as replay_main
+
+        return replay_main(args)
     if args.command == "check":
         from stitcher.check import main as check_main
 

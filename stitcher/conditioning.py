@@ -93,6 +93,10 @@ class RenditionSpec:
     audio_bitrate: int = 128000
     video_pid: int | None = None  # MPEG-TS PIDs; None = ffmpeg's defaults (0x100, 0x101)
     audio_pid: int | None = None
+    #: Pad the creative to a whole multiple of this many seconds (the channel's
+    #: pod layout unit: its coarsest rendition cadence, e.g. 6 s subtitles over
+    #: 2 s video), so every grid sees an ad end at the same instant.
+    pad_to: Fraction | None = None
 
     @property
     def frames_per_segment(self) -> int:
@@ -114,6 +118,7 @@ class RenditionSpec:
         d = asdict(self)
         d["fps"] = str(self.fps)
         d["segment_duration"] = str(self.segment_duration)
+        d["pad_to"] = None if self.pad_to is None else str(self.pad_to)
         return d
 
     @classmethod
@@ -121,6 +126,7 @@ class RenditionSpec:
         d = dict(d)
         d["fps"] = Fraction(d["fps"])
         d["segment_duration"] = Fraction(d["segment_duration"])
+        d["pad_to"] = None if d.get("pad_to") is None else Fraction(d["pad_to"])
         return cls(**d)
 
 
@@ -418,6 +424,9 @@ def _plan(spec: RenditionSpec, duration: Fraction, trim_tolerance: Fraction,
     if rest and frames > k and Fraction(rest) / spec.fps <= trim_tolerance:
         frames -= rest  # a few stray frames: trim rather than pad a whole segment
     segments = math.ceil(frames / k)
+    if spec.pad_to:
+        per_unit = max(1, round(spec.pad_to / spec.exact_segment_duration))
+        segments = math.ceil(segments / per_unit) * per_unit
     return _Plan(spec, frames, segments * k, segments, tmp_dir)
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # Label children of the per-request metrics, looked up once: ``labels()``
+        # takes a lock and validates on every call, a visible cost per request.
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
         self.requests = Counter("stitcher_requests_total", "Player-facing requests",
                                 ["endpoint", "status"], registry=r)
         self.latency = Histogram("stitcher_request_seconds", "Request latency", ["endpoint"],
@@ -46,3 +52,16 @@ class Metrics:
         self.beacon_queue = Gauge("stitcher_beacon_queue_depth", "Beacons waiting", registry=r)
         self.conditioning = Counter("stitcher_conditioning_total", "Creative conditioning jobs",
                                     ["result"], registry=r)
+
+    def request_counter(self, endpoint: str, status: int) -> Any:
+        child = self._request_children.get((endpoint, status))
+        if child is None:
+            child = self._request_children[(endpoint, status)] = self.requests.labels(
+                endpoint, str(status))
+        return child
+
+    def latency_histogram(self, endpoint: str) -> Any:
+        child = self._latency_children.get(endpoint)
+        if child is None:
+            child = self._latency_children[endpoint] = self.latency.labels(endpoint)
+        return child

@@ -17,7 +17,9 @@ instance can diverge from another:
 
 Keys (prefix ``ss``): ``ss:{ch:<channel>}:breaks``, ``ss:{ch:<channel>}:dec:
 <break>:<cohort>``, ``ss:{ch:<channel>}:ledger:<cohort>:<grid>`` and the
-flight keys of :mod:`stitcher.flight`. The ``{ch:<channel>}`` hash tag puts a
+flight keys of :mod:`stitcher.flight`; rendered playlists (body, gzipped body,
+ETag; TTL a few target durations) under ``ss:render:<channel>:<rendition>:
+<cohort>:<mode>:<origin version>``, outside the channel's slot. The ``{ch:<channel>}`` hash tag puts a
 channel's coordination keys in one Redis Cluster slot, so multi-key scripts
 stay legal on a cluster; per-session keys (beacon progress, idempotency) must
 not use it, so the biggest channel is not one shard.
@@ -37,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 from manifests.breaks import Break
 from manifests.ledger import Ledger, SlotEntry
 from stitcher.flight import Flights
-from stitcher.store import ANCHORS_KEPT, break_from_json, break_to_json
+from stitcher.store import ANCHORS_KEPT, RenderBlob, RenderKey, break_from_json, break_to_json
 
 # KEYS[1]: decision key. ARGV[1]: the candidate decision. Returns the winner.
 _PUT_IF_ABSENT = """
@@ -119,6 +121,7 @@ class RedisStore:
 
     def __init__(self, client: Any, *, prefix: str = "ss") -> None:
         self.client = client
+        self.prefix = prefix
         self.flights = Flights(client, prefix)
         self._put = client.register_script(_PUT_IF_ABSENT)
         self._append = client.register_script(_APPEND)
@@ -194,6 +197,21 @@ class RedisStore:
                 return found
         # The lease holders went silent (died): decide here; the first freeze still wins.
         return await self.put_decision_if_absent(channel, break_id, cohort, await produce())
+
+    # --- rendered playlists ---
+    def _render_key(self, channel: str, key: RenderKey) -> str:
+        # No channel hash tag: renders are the hottest reads, spread them over slots.
+        return ":".join((self.prefix, "render", channel, *key))
+
+    async def get_render(self, channel: str, key: RenderKey) -> RenderBlob | None:
+        raw = await self.client.get(self._render_key(channel, key))
+        return None if raw is None else RenderBlob.from_bytes(raw)
+
+    async def put_render(self, channel: str, key: RenderKey, blob: RenderBlob,
+                         ttl: float) -> None:
+        # Set-if-absent: every instance renders the same bytes, the first copy serves.
+        await self.client.set(self._render_key(channel, key), blob.to_bytes(),
+                              px=max(1, int(ttl * 1000)), nx=True)
 
     # --- ledger ---
     async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +29,30 @@ log = logging.getLogger(__name__)
 
 #: Timeline anchors kept per grid (a window's worth of reloads is plenty).
 ANCHORS_KEPT = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RenderBlob:
+    """A rendered playlist as instances share it: the body, compressed once, and its ETag."""
+
+    body: bytes
+    gzipped: bytes
+    etag: str
+    target_duration: int
+
+    def to_bytes(self) -> bytes:
+        head = f"{self.etag}\n{self.target_duration}\n{len(self.body)}\n".encode()
+        return head + self.body + self.gzipped
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> RenderBlob:
+        etag, td, size, rest = raw.split(b"\n", 3)
+        n = int(size)
+        return RenderBlob(rest[:n], rest[n:], etag.decode(), int(td))
+
+
+#: A render's identity: (rendition, cohort, mode, origin version).
+RenderKey = tuple[str, str, str, str]
 
 
 class Store(Protocol):
@@ -60,6 +84,15 @@ class Store(Protocol):
         Records ``record`` first, set-if-absent per MSN (the first instance to time
         an MSN fixes it for all), keeps the newest few, returns them all.
         """
+        ...
+
+    async def get_render(self, channel: str, key: RenderKey) -> RenderBlob | None:
+        """Another instance's render of ``key``, if it is still cached."""
+        ...
+
+    async def put_render(self, channel: str, key: RenderKey, blob: RenderBlob,
+                         ttl: float) -> None:
+        """Share a render for ``ttl`` seconds (a few target durations)."""
         ...
 
 
@@ -190,6 +223,14 @@ class MemoryStore:
         for msn in sorted(found)[:-ANCHORS_KEPT]:
             del found[msn]
         return dict(found)
+
+    async def get_render(self, channel: str, key: RenderKey) -> RenderBlob | None:
+        """One process: the runtime's own render cache is the only one there is."""
+        return None
+
+    async def put_render(self, channel: str, key: RenderKey, blob: RenderBlob,
+                         ttl: float) -> None:
+        return None
 
     async def append_ledger(self, channel: str, cohort: str, grid: str,
                             entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger:

@@ -10,6 +10,7 @@ store object (files for the embedded store, the server for Redis).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ import pytest
 from manifests.breaks import Break
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from stitcher.redis_store import RedisStore
-from stitcher.store import MemoryStore
+from stitcher.store import MemoryStore, RenderBlob
 
 _channels = itertools.count()
 
@@ -94,6 +95,31 @@ async def test_decide_once_runs_producer_once(stores: Callable[[], Any]) -> None
     assert len(set(winners)) == 1
     if isinstance(objects[0], RedisStore):  # across instances: one ad request
         assert len(calls) == 1, calls
+
+
+async def test_rendered_playlists_are_shared_for_a_while(stores: Callable[[], Any]) -> None:
+    """Redis shares a render (body, gzipped body, ETag) across instances with a TTL;
+    the embedded store shares nothing (the runtime's own cache is the one there is)."""
+    ch = _ch()
+    blob = RenderBlob(b"#EXTM3U\n\n", gzip.compress(b"#EXTM3U\n\n"), '"abc"', 2)
+    key = ("v0", "us", "cohort", "0123abcd")
+    writer, reader = stores(), stores()
+    await writer.put_render(ch, key, blob, ttl=6)
+    got = await reader.get_render(ch, key)
+    if not isinstance(writer, RedisStore):
+        assert got is None
+        return
+    assert got == blob
+    other = RenderBlob(b"other", b"", '"x"', 2)
+    await reader.put_render(ch, key, other, ttl=6)  # set-if-absent: the first copy stays
+    assert await writer.get_render(ch, key) == blob
+    for other_key in (("v0", "us", "session", "0123abcd"), ("v0", "fr", "cohort", "0123abcd"),
+                      ("v1", "us", "cohort", "0123abcd"), ("v0", "us", "cohort", "ffff")):
+        assert await reader.get_render(ch, other_key) is None
+    assert 5000 < await writer.client.pttl(writer._render_key(ch, key)) <= 6000
+    await writer.put_render(ch, ("v9", "us", "cohort", "1"), blob, ttl=0.05)
+    await asyncio.sleep(0.1)
+    assert await reader.get_render(ch, ("v9", "us", "cohort", "1")) is None
 
 
 async def test_ledger_append_only(stores: Callable[[], Any]) -> None:
