@@ -433,6 +433,12 @@ class Bench:
         edge = origin.live_edge_msn()
         origin.insert_break(edge + 2, 30)
         ad_uris = await self._ad_uris(base, sessions[0], aiohttp)
+        if not ad_uris:
+            for r in (a, b, c):
+                report(r.line())
+            report(f"serve_vs_bare={a.rps / b.rps:.2f} serve_vs_nginx={a.rps / c.rps:.2f} "
+                   f"adseg_vs_bare=n/a")
+            return lines
         ad_sessions = session_paths(ADSEG_SESSIONS)
         # Every session asks segment 0 of the ad, then 1, then 2 ...: as players do, and
         # each request is that session's first for its segment (progress and beacons).
@@ -487,7 +493,15 @@ class Bench:
                 if len(found) >= 3:
                     return found[:3]
                 await asyncio.sleep(0.5)
-        sys.exit(f"no ads in the break (ad URIs seen: {found}); last playlist:\n{text}")
+        log = (self.tmp / "stitcher.log").read_text(errors="replace")[-4000:]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/metrics") as resp:
+                metrics = [ln for ln in (await resp.text()).splitlines()
+                           if ln.startswith(("stitcher_ad", "stitcher_marker", "stitcher_cond"))]
+        log += "\n".join(metrics)
+        print(f"(d) skipped: no ads in the break (ad URIs seen: {found}); last playlist:\n"
+              f"{text}\nstitcher log:\n{log}", flush=True)
+        return []
 
     async def _beacon_hits(self, ad_port: int, aiohttp: Any) -> list[Any]:
         async with aiohttp.ClientSession() as http:

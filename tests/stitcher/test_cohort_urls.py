@@ -171,6 +171,13 @@ async def test_unknown_cohorts_and_channels_without_cohort_urls_are_404(tmp_path
         assert status == 404 and "nochannel" in json.loads(body)["reason"]
         status, _, _ = await stack.get(_cohort_url(stack, "us", "master.m3u8"))
         assert status == 200
+        # Subtitle slots inside a break: the same generated WebVTT as for sessions.
+        status, headers, body = await stack.get(_cohort_url(stack, "us",
+                                                            "media/ad/v0/b1/0/3.vtt"))
+        assert status == 200 and body.startswith(b"WEBVTT\n")
+        assert headers["Cache-Control"].startswith("public")
+        status, _, body = await stack.get(_cohort_url(stack, "us", "media/ad/v0/b1/0/3.ts"))
+        assert status == 404 and json.loads(body)["error"] == "not_found"
     async with start_stack(clock=ManualClock(), data_dir=tmp_path / "b") as stack:
         status, _, body = await stack.get(_cohort_url(stack, "default", "master.m3u8"))
         assert status == 404
