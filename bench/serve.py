@@ -281,7 +281,7 @@ class Bench:
         out, _ = await proc.communicate()
         text = out.decode(errors="replace")
         m = re.search(r"^RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", text,
-                      re.M)
+                      re.MULTILINE)
         if m is None:
             sys.exit(f"wrk failed for {name}:\n{text}")
         n, dur, p50, p99, *errs = (int(x) for x in m.groups())
@@ -339,6 +339,8 @@ class Bench:
         port = _free_port()
         config = {
             "host": "127.0.0.1", "port": port, "data_dir": str(ASSETS),
+            # Live state per run: the fixture origin starts a new timeline every time.
+            "state_dir": str(self.tmp / "state"),
             "session_keys": {"k1": SESSION_KEY},
             "channels": [{
                 "id": CHANNEL,
@@ -494,10 +496,9 @@ class Bench:
                     return found[:3]
                 await asyncio.sleep(0.5)
         log = (self.tmp / "stitcher.log").read_text(errors="replace")[-4000:]
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/metrics") as resp:
-                metrics = [ln for ln in (await resp.text()).splitlines()
-                           if ln.startswith(("stitcher_ad", "stitcher_marker", "stitcher_cond"))]
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+            metrics = [ln for ln in (await resp.text()).splitlines()
+                       if ln.startswith(("stitcher_ad", "stitcher_marker", "stitcher_cond"))]
         log += "\n".join(metrics)
         print(f"(d) skipped: no ads in the break (ad URIs seen: {found}); last playlist:\n"
               f"{text}\nstitcher log:\n{log}", flush=True)

@@ -476,7 +476,8 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         owned: RedisStore | None = None
         if store is None and config.redis_url:
             owned = RedisStore.from_url(config.redis_url, cluster=config.redis_cluster)
-        the_store: Store = store or owned or MemoryStore(data_dir)
+        the_store: Store = store or owned or MemoryStore(
+            Path(config.state_dir) if config.state_dir else data_dir)
         app[STORE] = the_store
         # Scale-out: origin fetches and ad decisions single-flight across instances.
         flights = the_store.flights if isinstance(the_store, RedisStore) else None

@@ -100,6 +100,10 @@ class StitcherConfig(BaseModel):
     assets_base_url: str | None = None
     #: Working folder: conditioned ads, ledgers (embedded mode).
     data_dir: Path = Path("var")
+    #: Where the embedded store keeps ledgers and decisions (default: ``data_dir``).
+    #: Keep it apart from the conditioned assets when they are shared or cached:
+    #: live state belongs to one origin timeline, assets do not.
+    state_dir: Path | None = None
     #: HMAC keys by key id; the first signs new sessions, all verify. When none are
     #: configured a random key is made at start-up (logged): fine for one process,
     #: but sessions then do not survive a restart nor work across instances.
