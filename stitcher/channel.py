@@ -166,6 +166,8 @@ class ChannelRuntime:
 
     # ----------------------------------------------------------- multivariant
     async def multivariant(self) -> Multivariant:
+        if self._mv is not None and self._clock() - self._mv_at < 30:
+            return self._mv  # every playlist request asks: no lock on the fresh path
         async with self._mv_lock:
             if self._mv is not None and self._clock() - self._mv_at < 30:
                 return self._mv
