@@ -1,0 +1,31 @@
+"""The pure manifest library: no IO, no clock, no network.
+
+Parse and render HLS media playlists losslessly, find ad breaks in every
+marker dialect, decode SCTE-35, plan pods, splice, keep the sequence ledger,
+and check the invariants of ``DESIGN.md``. The service (``stitcher``), the
+replay and the live checker all build on these names.
+"""
+
+from manifests.breaks import Break, BreakIndex, BreakPolicy, update_breaks
+from manifests.checker import Checker, Rule, Snapshot, Violation, check
+from manifests.errors import (
+    AttributeListError, ManifestError, PlaylistParseError, Scte35Error, SpliceError,
+)
+from manifests.ledger import Ledger, SlotEntry, SlotKind
+from manifests.markers import MarkerPolicy, Observation, Signal, SignalKind, observe
+from manifests.multivariant import Multivariant, Rendition, parse_multivariant
+from manifests.playlist import MediaPlaylist, Segment, parse_media, render
+from manifests.pod import Candidate, Pod, PodItem, plan_pod
+from manifests.refresh import IncrementalParser
+from manifests.splice import SpliceCache, SpliceOptions, SpliceResult, breaks_to_decide, splice
+from manifests.timeline import with_pdt
+
+__all__ = [
+    "AttributeListError", "Break", "BreakIndex", "BreakPolicy", "Candidate", "Checker",
+    "IncrementalParser", "Ledger", "ManifestError", "MarkerPolicy", "MediaPlaylist",
+    "Multivariant", "Observation", "PlaylistParseError", "Pod", "PodItem", "Rendition", "Rule",
+    "Scte35Error", "Segment", "Signal", "SignalKind", "SlotEntry", "SlotKind", "Snapshot",
+    "SpliceCache", "SpliceError", "SpliceOptions", "SpliceResult", "Violation",
+    "breaks_to_decide", "check", "observe", "parse_media", "parse_multivariant", "plan_pod",
+    "render", "splice", "update_breaks", "with_pdt",
+]
