@@ -9,7 +9,11 @@ replay and the live checker all build on these names.
 from manifests.breaks import Break, BreakIndex, BreakPolicy, update_breaks
 from manifests.checker import Checker, Rule, Snapshot, Violation, check
 from manifests.errors import (
-    AttributeListError, ManifestError, PlaylistParseError, Scte35Error, SpliceError,
+    AttributeListError,
+    ManifestError,
+    PlaylistParseError,
+    Scte35Error,
+    SpliceError,
 )
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MarkerPolicy, Observation, Signal, SignalKind, observe
