@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +55,10 @@ class CheckReport:
                 f"reloads, {self.stale_serves} stale serves announced\n")
         errors = "".join(f"FETCH {e['rendition']} reload {e['reload']}: {e['error']}\n"
                          for e in self.fetch_errors)
-        return head + errors + format_text(self.violations)
+        verdict = ("OK\n" if self.ok else
+                   f"FAILED: {len(self.violations)} violation(s), "
+                   f"{len(self.fetch_errors)} failed fetch(es)\n")
+        return head + errors + format_text(self.violations) + verdict
 
 
 class StreamUnreadable(Exception):
@@ -62,31 +66,33 @@ class StreamUnreadable(Exception):
 
 
 async def _get(session: aiohttp.ClientSession, url: str, timeout: float
-               ) -> tuple[str, bool]:
+               ) -> tuple[str, bool, str]:
+    """(body, announced stale, final URL): relative URIs resolve against the URL
+    after redirects, as players do (RFC 8216bis 4.1; hls.js uses responseURL)."""
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
         body = await resp.text()
         if resp.status != 200:
             raise aiohttp.ClientResponseError(resp.request_info, resp.history,
                                               status=resp.status, message=body[:200])
-        return body, STALE_HEADER in resp.headers
+        return body, STALE_HEADER in resp.headers, str(resp.url)
 
 
 async def renditions_of(session: aiohttp.ClientSession, url: str, timeout: float
                         ) -> dict[str, str]:
     """rendition id -> media playlist URL (a media playlist URL is its own rendition)."""
     try:
-        text, _ = await _get(session, url, timeout)
+        text, _, final_url = await _get(session, url, timeout)
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise StreamUnreadable(f"{url}: {exc}") from exc
     if not is_playlist_text(text):
         raise StreamUnreadable(f"{url} did not answer with an HLS playlist")
     if "#EXT-X-STREAM-INF" in text or "#EXT-X-MEDIA:" in text:
         try:
-            mv = parse_multivariant(text, url)
+            mv = parse_multivariant(text, final_url)
         except ManifestError as exc:
             raise StreamUnreadable(f"{url}: {exc}") from exc
         return {r.id: r.uri for r in mv.renditions}
-    return {"media": url}
+    return {"media": final_url}
 
 
 async def run_check(url: str, duration: float, *, interval: float | None = None,
@@ -105,7 +111,7 @@ async def run_check(url: str, duration: float, *, interval: float | None = None,
             target = 0
             for rid, media_url in report.renditions.items():
                 try:
-                    text, was_stale = await _get(session, media_url, timeout)
+                    text, was_stale, _ = await _get(session, media_url, timeout)
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     report.fetch_errors.append({"rendition": rid, "reload": report.reloads,
                                                 "error": str(exc) or type(exc).__name__})
@@ -133,8 +139,10 @@ async def run_check(url: str, duration: float, *, interval: float | None = None,
 
 
 def main(args: Any) -> int:
+    live = sys.stdout.isatty() and not args.json
+
     def show(report: CheckReport) -> None:
-        if not args.json:
+        if live:  # a progress line for a person watching, not for logs or pipes
             print(f"\rreload {report.reloads}: {len(report.violations)} violation(s), "
                   f"{len(report.fetch_errors)} fetch error(s)", end="", flush=True)
 
@@ -148,5 +156,5 @@ def main(args: Any) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print("\n" + report.to_text(), end="")
+        print(("\n" if live else "") + report.to_text(), end="")
     return 0 if report.ok else 1

@@ -64,13 +64,19 @@ def make_app(faulty: bool) -> web.Application:
         return web.Response(text=media(first, **kwargs),
                             content_type="application/vnd.apple.mpegurl")
 
+    async def start(request: web.Request) -> web.Response:
+        # An implicit session start, as the stitcher's /v1/master/{channel}.m3u8:
+        # the playlists live under the redirect's path, not the first URL's.
+        raise web.HTTPFound("/session/s1/master.m3u8")
+
     app = web.Application()
-    app.router.add_get("/master.m3u8", master)
-    app.router.add_get("/{rid}.m3u8", playlist)
+    app.router.add_get("/start.m3u8", start)
+    app.router.add_get("/session/s1/master.m3u8", master)
+    app.router.add_get("/session/s1/{rid}.m3u8", playlist)
     return app
 
 
-async def _run(faulty: bool) -> object:
+async def _run(faulty: bool, path: str = "/session/s1/master.m3u8") -> object:
     server = TestServer(make_app(faulty))
     await server.start_server()
     try:
@@ -80,7 +86,7 @@ async def _run(faulty: bool) -> object:
             t[0] += 1.0  # two renditions per reload: 2 s per reload
             return t[0]
 
-        return await run_check(str(server.make_url("/master.m3u8")), duration=56,
+        return await run_check(str(server.make_url(path)), duration=56,
                                interval=0, clock=clock)
     finally:
         await server.close()
@@ -90,6 +96,16 @@ async def test_check_is_clean_on_a_correct_server() -> None:
     report = await _run(faulty=False)
     assert report.ok, report.to_text()  # type: ignore[attr-defined]
     assert report.reloads >= 25  # type: ignore[attr-defined]
+
+
+async def test_check_follows_a_redirect_as_players_do() -> None:
+    """Variant URIs resolve against the URL after the redirect (the stitcher's
+    implicit session start), not the URL asked for: else every fetch is a 404."""
+    report = await _run(faulty=False, path="/start.m3u8")
+    assert report.ok, report.to_text()  # type: ignore[attr-defined]
+    paths = {r: u.split("/", 3)[3] for r, u in report.renditions.items()}  # type: ignore[attr-defined]
+    assert paths == {"v0": "session/s1/v0.m3u8", "v1": "session/s1/v1.m3u8"}
+    assert report.to_text().endswith("OK\n")  # type: ignore[attr-defined]
 
 
 async def test_check_finds_exactly_the_injected_faults() -> None:
@@ -104,6 +120,7 @@ async def test_check_finds_exactly_the_injected_faults() -> None:
                      (Rule.DISCONTINUITY_SEQUENCE, 21, "v0")], found
     data = report.to_json()  # type: ignore[attr-defined]
     assert data["ok"] is False and json.dumps(data)
+    assert report.to_text().endswith("FAILED: 4 violation(s), 0 failed fetch(es)\n")  # type: ignore[attr-defined]
 
 
 async def test_cli_exit_status_and_json() -> None:
@@ -116,7 +133,7 @@ async def test_cli_exit_status_and_json() -> None:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "stitcher.cli", "check",
-                str(server.make_url("/master.m3u8")), "--duration", "1.5", "--interval", "0",
+                str(server.make_url("/start.m3u8")), "--duration", "1.5", "--interval", "0",
                 "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await asyncio.wait_for(proc.communicate(), 60)
         finally:
