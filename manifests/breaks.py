@@ -13,7 +13,13 @@ Defined behaviour for feeds that break the rules (each has a test in
 * Slots are whole segments. A break starts at the first boundary at or after its
   start and content resumes at the first boundary at or after its end (gpac#3906):
   a segment that starts before the splice is never replaced, and one the break
-  ends inside is replaced whole. A *planned* end (no CUE-IN yet) overshooting a
+  ends inside is replaced whole. The end is the *event's*: a DATERANGE starting
+  inside a segment ends at START-DATE + (PLANNED-)DURATION (``event_start``),
+  not at the snapped start + duration.
+* A range's own end (a DATERANGE END-DATE, or DURATION on the OUT or on the
+  closing tag: RFC 8216bis 4.4.5.1, the actual duration) ends the break there,
+  even past the planned duration (``end_declared``) and past the window (it is
+  known before the boundary it lands on is listed). A *planned* end (no CUE-IN yet) overshooting a
   boundary by less than ``PLANNED_SLACK`` is that boundary: signalled durations
   are rounded (30 vs 30.03, 59.993 vs 60).
 * A break shorter than one segment replaces the one segment it starts on; a
@@ -99,19 +105,32 @@ class Break:
     #: False when the break was joined from a bare CONT (no elapsed time): its real
     #: start is unknown, so it cannot be laid out the same way in every rendition.
     start_known: bool = True
+    #: The signalled start when ``start`` is the boundary it snapped to (a
+    #: DATERANGE START-DATE inside a segment): the planned end counts from it.
+    event_start: datetime | None = None
+    #: ``end`` is the range's own (END-DATE / DURATION): the actual end, which
+    #: overrides the planned duration instead of only shortening it.
+    end_declared: bool = False
+
+    def planned_end(self, policy: BreakPolicy = BreakPolicy()) -> datetime:
+        """The event's start + its planned duration (the policy's maximum if none)."""
+        planned = self.planned_duration if self.planned_duration is not None else policy.max_duration
+        return add_seconds(self.event_start or self.start, planned)
 
     def effective_end(self, policy: BreakPolicy = BreakPolicy()) -> datetime:
-        planned = self.planned_duration if self.planned_duration is not None else policy.max_duration
-        limit = add_seconds(self.start, planned)
-        return limit if self.end is None else min(self.end, limit)
+        limit = self.planned_end(policy)
+        if self.end is None:
+            return limit
+        return self.end if self.end_declared else min(self.end, limit)
 
     @property
     def duration_hint(self) -> Fraction | None:
-        """The duration to plan ads for: planned, else what CUE-IN already told."""
-        if self.planned_duration is not None:
-            return self.planned_duration
-        if self.end is not None:
+        """The duration to plan ads for, from the break's first slot: a declared end,
+        else the planned end, else what CUE-IN already told."""
+        if self.end is not None and (self.end_declared or self.planned_duration is None):
             return seconds_between(self.start, self.end)
+        if self.planned_duration is not None:
+            return seconds_between(self.start, self.planned_end())
         return None
 
     def covers(self, pdt: datetime, duration: Fraction,
@@ -124,14 +143,9 @@ class Break:
         ``PLANNED_SLACK`` for rounded durations. ``duration`` is unused: whole
         slots are replaced, whatever their length.
         """
-        if self.cancelled:
+        if self.cancelled or pdt + EPSILON < self.start:
             return False
-        if pdt + EPSILON < self.start:
-            return False
-        if self.end is not None and pdt + EPSILON >= self.end:
-            return False
-        planned = self.planned_duration if self.planned_duration is not None else policy.max_duration
-        return pdt + PLANNED_SLACK < add_seconds(self.start, planned)
+        return pdt < _slot_bound(self, policy)
 
     def offset(self, pdt: datetime) -> Fraction:
         return seconds_between(self.start, pdt)
@@ -158,7 +172,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
 
     def open_at(at: datetime) -> int | None:
         for i, b in enumerate(breaks):
-            if not b.cancelled and b.start - SAME_BOUNDARY <= at < b.effective_end(policy):
+            if not b.cancelled and _earliest(b) - SAME_BOUNDARY <= at < b.effective_end(policy):
                 return i
         return None
 
@@ -166,7 +180,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
         if event_id is None:
             return None
         for i, b in enumerate(breaks):
-            if b.event_id == event_id and b.start - SAME_BOUNDARY <= at <= (
+            if b.event_id == event_id and _earliest(b) - SAME_BOUNDARY <= at <= (
                     b.effective_end(policy) + SAME_BOUNDARY):
                 return i
         return None
@@ -196,10 +210,15 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
         return None
 
     def closes(b: Break, obs: Observation) -> bool:
-        if b.cancelled or b.end is not None or obs.at < b.start:
+        if b.cancelled or obs.at < b.start:
             return False
+        if b.end is not None:
+            # Only the range's own end may follow a CUE-IN-style end (it is the actual one).
+            return obs.declared and not b.end_declared and b.event_id == obs.event_id
         limit = b.effective_end(policy)
-        if obs.previous is not None and obs.previous > b.start:
+        if obs.declared:
+            pass  # the range's actual end: never late, it may outlast the plan
+        elif obs.previous is not None and obs.previous > b.start:
             if obs.previous + PLANNED_SLACK >= limit:
                 return False  # a late IN: the slot before it was already content
         elif obs.at > limit + SAME_BOUNDARY:
@@ -231,7 +250,8 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             new = Break(id=break_id(obs.event_id, obs.at), start=obs.at,
                         planned_duration=obs.planned_duration, dialect=obs.dialect,
                         event_id=obs.event_id, segmentation_type_id=obs.segmentation_type_id,
-                        upid=obs.upid, params=obs.params, pts=obs.pts)
+                        upid=obs.upid, params=obs.params, pts=obs.pts,
+                        event_start=_event_start(obs.at, obs.event_at))
             breaks.append(new)
             result.new.append(new)
         elif obs.kind is SignalKind.CONT:
@@ -246,7 +266,8 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             new = Break(id=break_id(obs.event_id, start), start=start,
                         planned_duration=obs.planned_duration, joined=True,
                         dialect=obs.dialect, event_id=obs.event_id,
-                        start_known=obs.elapsed is not None)
+                        start_known=obs.elapsed is not None or obs.event_at is not None,
+                        event_start=_event_start(start, obs.event_at))
             breaks.append(new)
             result.new.append(new)
         elif obs.kind is SignalKind.IN:
@@ -261,7 +282,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                         i = j
             if i is None:
                 continue  # a stray IN, or one for a break that already ended
-            breaks[i] = replace(breaks[i], end=obs.at)
+            breaks[i] = replace(breaks[i], end=obs.at, end_declared=obs.declared)
         elif obs.kind is SignalKind.CANCEL:
             i = by_event(obs.event_id, obs.at)
             if i is None:
@@ -318,10 +339,25 @@ class BreakIndex:
 
 
 def _slot_bound(b: Break, policy: BreakPolicy) -> datetime:
-    """Slots starting before this instant are in ``b`` (given they start after it)."""
-    planned = b.planned_duration if b.planned_duration is not None else policy.max_duration
-    bound = add_seconds(b.start, planned) - PLANNED_SLACK
+    """Slots starting before this instant are in ``b`` (given they start after it).
+
+    A known end (CUE-IN) is a boundary already, or for a range's own end the
+    instant content resumes at the first boundary at or after; the planned end
+    gets ``PLANNED_SLACK`` for rounded durations."""
+    if b.end is not None and b.end_declared:
+        return b.end - EPSILON
+    bound = b.planned_end(policy) - PLANNED_SLACK
     return bound if b.end is None else min(bound, b.end - EPSILON)
+
+
+def _earliest(b: Break) -> datetime:
+    """The break's first instant: its signalled start, when it snapped later."""
+    return b.start if b.event_start is None else min(b.start, b.event_start)
+
+
+def _event_start(at: datetime, event_at: datetime | None) -> datetime | None:
+    """Kept only when it differs from the boundary (so other breaks compare as before)."""
+    return None if event_at is None or event_at == at else event_at
 
 
 def pts_distance(a: int, b: int) -> int:
@@ -342,6 +378,7 @@ def _completed(b: Break, obs: Observation) -> Break:
         upid=b.upid or obs.upid,
         pts=b.pts if b.pts is not None else obs.pts,
         params=b.params or obs.params,
+        event_start=b.event_start or _event_start(b.start, obs.event_at),
     )
 
 

@@ -491,6 +491,15 @@ class Observation:
     #: For an IN: the start of the slot just before ``at`` (None at the window's
     #: start), so a late CUE-IN can be told from one at the planned end's boundary.
     previous: datetime | None = None
+    #: For a DATERANGE OUT (or the CONT a closing tag implies): the signalled
+    #: START-DATE itself, which ``at`` snaps to the next boundary. The planned end
+    #: counts from it (gpac#3906: content resumes at the first boundary at or
+    #: after start time + duration, not snapped start + duration).
+    event_at: datetime | None = None
+    #: For an IN: ``at`` is the range's own end (END-DATE, or START-DATE +
+    #: DURATION), the break's actual length, which overrides the planned one. Such
+    #: an end past the window is observed at that time itself, like a time before it.
+    declared: bool = False
 
 
 #: PDT is written to the millisecond: times this close are the same instant.
@@ -639,14 +648,12 @@ class _WindowState:
             self.open = True
             out = [Observation(SignalKind.OUT, placed[0], placed[1], sig.dialect, sig.event_id,
                                sig.planned_duration, None, sig.segmentation_type_id, sig.upid,
-                               (), sig.pts, nestable)]
+                               (), sig.pts, nestable, event_at=begin)]
             end = sig.end or (add_seconds(begin, sig.duration) if sig.duration is not None
                               else None)
-            closed = self.place(end) if end is not None else None
-            if closed is not None:
-                out.append(Observation(SignalKind.IN, closed[0], closed[1], sig.dialect,
-                                       sig.event_id, previous=self.previous(closed[1])))
-                self.open = False
+            if end is not None:
+                closed = self.place(end)
+                out.append(self.declared_end(sig, end, closed))
             return out
         if sig.kind is SignalKind.IN:
             opened: datetime | None = self.starts.get(key)
@@ -664,26 +671,38 @@ class _WindowState:
             if opened is None and end is not None and sig.duration is not None:
                 # The opening tag has left the window (Elemental's closing tag has
                 # END-DATE and DURATION only): the break is known from the close.
-                joined = self.place(add_seconds(end, -sig.duration))
+                begin = add_seconds(end, -sig.duration)
+                joined = self.place(begin)
                 if joined is not None:
                     out.append(Observation(SignalKind.CONT, joined[0], joined[1], sig.dialect,
-                                           sig.event_id, sig.duration))
+                                           sig.event_id, sig.duration, event_at=begin))
             if end is None:
-                at, msn = seg.pdt, seg.msn  # the tag's position is the splice point
-            else:
-                placed = self.place(end)
-                if placed is None:
-                    return []  # content resumes after this window
-                at, msn = placed
-            self.open = False
-            out.append(Observation(SignalKind.IN, at, msn, sig.dialect, sig.event_id,
-                                   segmentation_type_id=sig.segmentation_type_id,
-                                   pts=sig.pts, nestable=nestable,
-                                   previous=self.previous(msn)))
+                self.open = False  # the tag's position is the splice point
+                out.append(Observation(SignalKind.IN, seg.pdt, seg.msn, sig.dialect,
+                                       sig.event_id, segmentation_type_id=sig.segmentation_type_id,
+                                       pts=sig.pts, nestable=nestable,
+                                       previous=self.previous(seg.msn)))
+                return out
+            closing = self.declared_end(sig, end, self.place(end))
+            out.append(replace(closing, segmentation_type_id=sig.segmentation_type_id,
+                               pts=sig.pts, nestable=nestable))
             return out
         if sig.kind is SignalKind.CANCEL:
             return [Observation(SignalKind.CANCEL, seg.pdt, seg.msn, sig.dialect, sig.event_id)]
         return []  # a DATERANGE CONT does not exist
+
+    def declared_end(self, sig: Signal, end: datetime,
+                     placed: tuple[datetime, int] | None) -> Observation:
+        """The IN a range's own end implies: at its boundary in this window, else (past
+        the window's last segment) at the end time itself, so it is known now: content
+        resumes at the first boundary at or after it, whichever reload lists that."""
+        if placed is None:
+            last = self.timed[-1]
+            return Observation(SignalKind.IN, end, last.msn + 1, sig.dialect, sig.event_id,
+                               previous=last.pdt, declared=True)
+        self.open = False
+        return Observation(SignalKind.IN, placed[0], placed[1], sig.dialect, sig.event_id,
+                           previous=self.previous(placed[1]), declared=True)
 
 
 def _coalesce(observations: list[Observation], seg: Segment,

@@ -117,6 +117,7 @@ def break_to_json(b: Break) -> dict[str, object]:
     d = asdict(b)
     d["start"] = b.start.isoformat()
     d["end"] = b.end.isoformat() if b.end else None
+    d["event_start"] = b.event_start.isoformat() if b.event_start else None
     d["planned_duration"] = str(b.planned_duration) if b.planned_duration is not None else None
     d["params"] = [list(p) for p in b.params]
     return d
@@ -126,6 +127,8 @@ def break_from_json(d: dict[str, object]) -> Break:
     d = dict(d)
     d["start"] = datetime.fromisoformat(str(d["start"]))
     d["end"] = datetime.fromisoformat(str(d["end"])) if d.get("end") else None
+    d["event_start"] = (datetime.fromisoformat(str(d["event_start"]))
+                        if d.get("event_start") else None)
     d["planned_duration"] = Fraction(str(d["planned_duration"])) if d.get(
         "planned_duration") is not None else None
     d["params"] = tuple(tuple(p) for p in d.get("params") or ())  # type: ignore[union-attr]

@@ -15,6 +15,8 @@ entry per playlist, written from the INDEX rows (not from the code's output):
 * ``anchor``: for playlists without PDT, the MSN and time the timeline is
   synthesised from (:func:`manifests.timeline.with_pdt`); default: the first
   segment at ``DEFAULT_EPOCH``;
+* ``ends``: optionally, each break's effective end (UTC, ms): the instant
+  content resumes at the first boundary at or after, known even past the window;
 * ``marker_errors``: how many markers were logged as not understood.
 
 Entries of kind ``reloads`` merge successive reloads of one URL and give the
@@ -38,7 +40,7 @@ from manifests.markers import MarkerErrors, Signal, observe, segment_signals
 from manifests.multivariant import parse_multivariant
 from manifests.playlist import MediaPlaylist, Segment, parse_media, render, render_lines
 from manifests.timeline import anchor_of, with_pdt
-from manifests.timing import parse_pdt, seconds_between
+from manifests.timing import format_pdt, parse_pdt, seconds_between
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 EXPECTATIONS = Path(__file__).with_name("corpus_expectations.json")
@@ -194,6 +196,8 @@ def test_breaks(key: str) -> None:
         update = update_breaks((), observe(playlist, errors=errors))
         assert summarise(playlist, update.breaks) == expected_rows(expected["breaks"])
         assert update.ignored == []
+        if "ends" in expected:
+            assert [format_pdt(b.effective_end()) for b in update.breaks] == expected["ends"]
     assert len(errors.items) == expected.get("marker_errors", 0), errors.items
 
 

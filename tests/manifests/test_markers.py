@@ -11,6 +11,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, event, given, settings
+from hypothesis import strategies as st
 
 from manifests import scte35
 from manifests.breaks import Break, BreakPolicy, pts_distance, update_breaks
@@ -454,3 +456,143 @@ def test_with_pdt_keeps_the_origin_pdt() -> None:
 def test_segment_signals_of_a_plain_segment_is_empty() -> None:
     seg = Segment(0, Fraction(6), "s.ts", ("#EXTINF:6,", "s.ts"), markers=False)
     assert segment_signals(seg) == []
+
+
+# --- the event's end, not the snapped start's (gpac#3906, B09) ------------------------
+
+FOUR = 4.0
+
+
+def _grid(tags: dict[int, list[str]], n: int = 12) -> MediaPlaylist:
+    """``n`` 4 s segments from T0, ``tags[i]`` before segment ``i``."""
+    return window(*((tags.get(i, []), FOUR) for i in range(n)), msn=900)
+
+
+def _ms(seconds: Fraction) -> str:
+    return format_pdt(T0 + timedelta(microseconds=round(seconds * 1_000_000)))
+
+
+def _cmd(duration: Fraction) -> str:
+    ticks = round(duration * 90_000)
+    desc = scte35.SegmentationDescriptor(7, segmentation_duration_flag=True,
+                                         segmentation_duration=ticks, segmentation_type_id=0x34)
+    return "0x" + scte35.encode(scte35.SpliceInfoSection.build(
+        scte35.TimeSignal(scte35.SpliceTime(True, 900_000)), (desc,))).hex()
+
+
+#: Every dialect whose end is derived from the event's start and a duration or
+#: END-DATE: (name, tags on the opening segment, tags on the last segment, end is
+#: declared (the range's own) rather than planned).
+def _dialects(start: Fraction, duration: Fraction) -> list[tuple[str, list[str], list[str], bool]]:
+    s, e = _ms(start), _ms(start + duration)
+    opening = f'#EXT-X-DATERANGE:ID="e",START-DATE="{s}"'
+    return [
+        ("planned", [f"{opening},PLANNED-DURATION={float(duration)},SCTE35-OUT=0xFC"], [], False),
+        ("duration-on-out", [f"{opening},DURATION={float(duration)},SCTE35-OUT=0xFC"], [], True),
+        ("end-date-on-out", [f'{opening},END-DATE="{e}",SCTE35-OUT=0xFC'], [], True),
+        ("duration-on-in", [f"{opening},PLANNED-DURATION={float(duration) + 7},SCTE35-OUT=0xFC"],
+         [f'#EXT-X-DATERANGE:ID="e",DURATION={float(duration)},SCTE35-IN=0xFC'], True),
+        ("end-date-on-in", [f"{opening},PLANNED-DURATION={float(duration) + 7},SCTE35-OUT=0xFC"],
+         [f'#EXT-X-DATERANGE:ID="e",END-DATE="{e}",SCTE35-IN=0xFC'], True),
+        ("scte35-cmd", [f'{opening},SCTE35-CMD={_cmd(duration)}'], [], False),
+    ]
+
+
+def _covered_by(start: Fraction, duration: Fraction, dialect: int, n: int = 12) -> list[int]:
+    name, opening, closing, _ = _dialects(start, duration)[dialect]
+    tags = {int(start // 4): opening, n - 1: closing}
+    playlist = _grid(tags, n)
+    return covered(playlist, breaks_of(playlist))
+
+
+def _first_boundary_rule(start: Fraction, duration: Fraction, n: int = 12) -> list[int]:
+    """INDEX B09: from the first boundary at or after the start, up to (not including)
+    the first boundary at or after start + duration."""
+    return [900 + i for i in range(n) if start <= 4 * i < start + duration]
+
+
+def _snapped_rule(start: Fraction, duration: Fraction, n: int = 12) -> list[int]:
+    """The reported fault: the end counted from the snapped start."""
+    snapped = -(-start // 4) * 4
+    return [900 + i for i in range(n) if snapped <= 4 * i < snapped + duration]
+
+
+DIALECTS = [d[0] for d in _dialects(Fraction(1), Fraction(1))]
+
+
+@pytest.mark.parametrize("dialect", range(len(DIALECTS)), ids=DIALECTS)
+@pytest.mark.parametrize("start, duration", [
+    (Fraction("10.3"), Fraction(20)),    # B09 as published: both rules agree
+    (Fraction("10.3"), Fraction(21)),    # B09 with 21 s: ends 31.3, seg908 (32 s) is content
+    (Fraction("5.5"), Fraction("25.0")),  # ends 30.5: snapped (8 + 25 = 33) would take seg908
+    (Fraction("9.9"), Fraction("13.9")),  # ends 23.8: snapped (12 + 13.9) would take seg906
+    (Fraction("4.3"), Fraction("26")),    # ends 30.3: snapped (8 + 26) would take seg908
+])
+def test_daterange_break_ends_at_the_first_boundary_after_the_events_end(
+        dialect: int, start: Fraction, duration: Fraction) -> None:
+    assert _covered_by(start, duration, dialect) == _first_boundary_rule(start, duration)
+
+
+def test_the_offset_cases_tell_the_two_rules_apart() -> None:
+    """The parametrised cases are not vacuous: all but B09 as published separate the rules."""
+    cases = [(Fraction("10.3"), Fraction(20)), (Fraction("10.3"), Fraction(21)),
+             (Fraction("5.5"), Fraction(25)), (Fraction("9.9"), Fraction("13.9")),
+             (Fraction("4.3"), Fraction(26))]
+    assert [_snapped_rule(s, d) != _first_boundary_rule(s, d) for s, d in cases] == [
+        False, True, True, True, True]
+
+
+@given(start_ms=st.integers(4_050, 11_950), duration_ms=st.integers(1_000, 30_000),
+       dialect=st.integers(0, len(DIALECTS) - 1))
+@settings(max_examples=150, deadline=None)
+def test_any_offset_ends_at_the_first_boundary_at_or_after_the_event(
+        start_ms: int, duration_ms: int, dialect: int) -> None:
+    start, duration = Fraction(start_ms, 1000), Fraction(duration_ms, 1000)
+    end = start + duration
+    # Clear of the documented tolerances: a start within PDT rounding of a boundary,
+    # a planned end within PLANNED_SLACK past one (rounded durations end there).
+    assume(start % 4 > Fraction(1, 20) and not 0 <= end % 4 <= Fraction(3, 10))
+    if _snapped_rule(start, duration) != _first_boundary_rule(start, duration):
+        event("the rules differ")
+    assert _covered_by(start, duration, dialect) == _first_boundary_rule(start, duration)
+
+
+def test_b09_with_a_longer_planned_duration_keeps_seg908() -> None:
+    if not CORPUS.is_dir():
+        pytest.skip("corpus not found")
+    text = (CORPUS / "bugs" / "B09.m3u8").read_text()
+    for planned, last in (("20.0", 907), ("21.0", 907), ("22.0", 908)):
+        playlist = parse_media(text.replace("PLANNED-DURATION=20.0", f"PLANNED-DURATION={planned}"))
+        [brk] = breaks_of(playlist)
+        assert brk.start == at(12) and brk.event_start == at(10.3)
+        assert brk.effective_end() == at(10.3 + float(planned))
+        assert covered(playlist, (brk,)) == list(range(903, last + 1)), planned
+
+
+def test_a_range_end_past_the_window_is_known_and_outlasts_the_plan() -> None:
+    """hls.js' sample: the IN's DURATION=30 (from the first START-DATE) closes the break
+    past the last segment and past PLANNED-DURATION=20; a later reload resumes content
+    at the first boundary at or after it."""
+    opening = (f'#EXT-X-DATERANGE:ID="s",START-DATE="{format_pdt(at(2))}",'
+               'PLANNED-DURATION=20.0,SCTE35-OUT=0xFC')
+    closing = '#EXT-X-DATERANGE:ID="s",DURATION=30.0,SCTE35-IN=0xFC'
+    first = window(([], FOUR), ([opening], FOUR), ([closing], FOUR))
+    [brk] = breaks_of(first)
+    assert (brk.start, brk.end, brk.end_declared) == (at(4), at(32), True)
+    assert brk.effective_end() == at(32) and brk.duration_hint == 28
+    later = window(*(([], FOUR) for _ in range(10)), msn=0)
+    assert covered(later, breaks_of(later, known=(brk,))) == [1, 2, 3, 4, 5, 6, 7]
+    # The same close seen again once its boundary is listed changes nothing.
+    again = window(([], FOUR), ([opening], FOUR), ([closing], FOUR),
+                   *(([], FOUR) for _ in range(7)))
+    assert breaks_of(again, known=(brk,)) == (brk,)
+
+
+def test_a_repeated_daterange_whose_start_left_the_window_is_the_same_break() -> None:
+    """An origin re-sending the OUT after its START-DATE's segment left: one break."""
+    opening = (f'#EXT-X-DATERANGE:ID="r",START-DATE="{format_pdt(at(5))}",'
+               'PLANNED-DURATION=20.0,SCTE35-OUT=0xFC')
+    first = window(([], FOUR), ([opening], FOUR), ([], FOUR), ([], FOUR))
+    second = window(([opening], FOUR), ([], FOUR), ([], FOUR), msn=2, start=8)
+    known = breaks_of(first, second)
+    assert [(b.start, b.event_start) for b in known] == [(at(8), at(5))]
