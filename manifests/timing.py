@@ -44,8 +44,12 @@ def parse_pdt(text: str) -> datetime | None:
 
 
 def format_pdt(dt: datetime) -> str:
-    """Render a PDT in UTC with millisecond precision, the form players expect."""
-    dt = dt.astimezone(UTC)
+    """Render a PDT in UTC with millisecond precision, the form players expect.
+
+    A naive datetime is UTC, like a zone-less PDT (``astimezone`` would read it
+    in the process's local zone: hls.js#7268's fault, the other way round).
+    """
+    dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

@@ -499,7 +499,7 @@ def _dialects(start: Fraction, duration: Fraction) -> list[tuple[str, list[str],
 
 
 def _covered_by(start: Fraction, duration: Fraction, dialect: int, n: int = 12) -> list[int]:
-    name, opening, closing, _ = _dialects(start, duration)[dialect]
+    _name, opening, closing, _declared = _dialects(start, duration)[dialect]
     tags = {int(start // 4): opening, n - 1: closing}
     playlist = _grid(tags, n)
     return covered(playlist, breaks_of(playlist))
