@@ -7,7 +7,9 @@ media playlist text, as served, at one reload) and read back :class:`Violation` 
 Rules, by DESIGN.md invariant number:
 
 1. ``MEDIA_SEQUENCE_DECREASED``, ``SEGMENT_CHANGED``: a media sequence number
-   always names the same segment (URI, EXTINF, discontinuity before it).
+   always names the same segment (URI, EXTINF, discontinuity before it);
+   ``SEGMENT_MOVED``: the converse, a segment keeps its number (channel-engine#79:
+   a URI listed at one MSN reappears at another, so the count was recomputed).
 2. ``DISCONTINUITY_SEQUENCE``: grows by exactly the discontinuities that left
    the window; never decreases.
 3. ``TARGET_DURATION_EXCEEDED``, ``TARGET_DURATION_CHANGED``.
@@ -70,6 +72,7 @@ class Rule(enum.Enum):
 
     MEDIA_SEQUENCE_DECREASED = "media-sequence-decreased"
     SEGMENT_CHANGED = "segment-changed"
+    SEGMENT_MOVED = "segment-moved"
     DISCONTINUITY_SEQUENCE = "discontinuity-sequence"
     TARGET_DURATION_EXCEEDED = "target-duration-exceeded"
     TARGET_DURATION_CHANGED = "target-duration-changed"
@@ -98,6 +101,10 @@ RULES: Mapping[Rule, RuleSpec] = {
     Rule.SEGMENT_CHANGED: RuleSpec(1, True, True, (
         'DESIGN.md 1: "a given media sequence number always names the same segment (same '
         'URI, same duration, same discontinuity before it) in every reload that contains it"')),
+    Rule.SEGMENT_MOVED: RuleSpec(1, True, True, (
+        'DESIGN.md 1: "a given media sequence number always names the same segment ... in '
+        'every reload that contains it"; RFC 8216bis 6.2.2: "each Media Segment ... MUST '
+        'retain its Media Sequence Number"')),
     Rule.DISCONTINUITY_SEQUENCE: RuleSpec(2, False, True, (
         'DESIGN.md 2: "EXT-X-DISCONTINUITY-SEQUENCE grows between two reloads by exactly the '
         'number of EXT-X-DISCONTINUITY tags that left the window between them ... and never '
@@ -292,6 +299,7 @@ class _Analysis:
                           now.line(EXT_X_TARGETDURATION),
                           f"EXT-X-TARGETDURATION went from {a.target_duration} "
                           f"to {b.target_duration}")
+        yield from self._moved(reload, rid, a, now)
         dsn_line = now.line(EXT_X_DISCONTINUITY_SEQUENCE)
         if b.discontinuity_sequence < a.discontinuity_sequence:
             yield self._v(Rule.DISCONTINUITY_SEQUENCE, reload, rid, None, dsn_line,
@@ -308,6 +316,28 @@ class _Analysis:
                               f"EXT-X-DISCONTINUITY-SEQUENCE is {b.discontinuity_sequence}, "
                               f"expected {expected}: {left} discontinuities left the window "
                               f"since the previous reload")
+
+    def _moved(self, reload: int, rid: str, a: MediaPlaylist, now: _Parsed
+               ) -> Iterator[Violation]:
+        """Rule 1 the other way: a segment listed once in both reloads under two MSNs.
+
+        Only URIs listed once in each window count (a looping slate repeats its
+        URIs on purpose), and only a move to a lower number or one whose old
+        number is still in the new window: a URI coming back after its first
+        listing left the window is a replay, not a renumbering."""
+        b = now.playlist
+        if not a.segments or not b.segments:
+            return
+        before = Counter(s.uri for s in a.segments)
+        after = Counter(s.uri for s in b.segments)
+        was = {s.uri: s.msn for s in a.segments if before[s.uri] == 1}
+        for seg in b.segments:
+            old = was.get(seg.uri)
+            if old is None or old == seg.msn or after[seg.uri] != 1:
+                continue
+            if seg.msn < old or b.media_sequence <= old <= b.last_msn:
+                yield self._v(Rule.SEGMENT_MOVED, reload, rid, seg.msn, now.line(None, seg.msn),
+                              f"{seg.uri} was MSN {old} in the previous reload, is MSN {seg.msn}")
 
     def _history(self, reload: int, rid: str, now: _Parsed) -> Iterator[Violation]:
         """Rule 1 (same MSN, same segment) and rule 4 (same MSN, same PDT) across reloads."""

@@ -32,6 +32,7 @@ from manifests.checker import (
     summary,
 )
 from manifests.timing import add_seconds, format_duration, format_pdt
+from tests.manifests.test_corpus_hls import PLAYLISTS, needs_corpus
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -134,6 +135,16 @@ def _bad_cases() -> list[tuple[str, list[Snapshot], list[tuple[Rule, int, str, i
          reloads({"v": window(PLAIN, 0, 5)},
                  {"v": window(PLAIN, 1, 5, uris={3: "v/other3.ts"})}),
          [(r.SEGMENT_CHANGED, 1, "v", 3)]),
+        ("segment-moved-to-a-lower-msn",  # channel-engine#79: the count recomputed short
+         reloads({"v": window(PLAIN, 10, 3)},
+                 {"v": window(PLAIN, 11, 2).replace("SEQUENCE:11\n", "SEQUENCE:7\n")}),
+         [(r.MEDIA_SEQUENCE_DECREASED, 1, "v", None), (r.SEGMENT_MOVED, 1, "v", 7),
+          (r.SEGMENT_MOVED, 1, "v", 8)]),
+        ("segment-moved-within-the-window",  # MSN 11 is still listed, c11 moved past it
+         reloads({"v": window(PLAIN, 10, 3)},
+                 {"v": window(PLAIN, 10, 3, uris={11: "v/x.ts", 12: "v/c11.ts"})}),
+         [(r.SEGMENT_MOVED, 1, "v", 12), (r.SEGMENT_CHANGED, 1, "v", 11),
+          (r.SEGMENT_CHANGED, 1, "v", 12)]),
         ("segment-changed-discontinuity-dropped",
          reloads({"v": window(V, 5, 4)}, {"v": window(v_no_disc, 5, 4)}),
          [(r.SEGMENT_CHANGED, 1, "v", 8)]),
@@ -217,6 +228,14 @@ def test_bad_sequence_yields_exactly_its_violations(
 
 def test_every_rule_has_a_bad_case() -> None:
     assert {rule for _, _, expected in BAD_CASES for rule, *_ in expected} == set(Rule)
+
+
+def test_a_uri_replayed_after_it_left_or_looping_is_not_a_move() -> None:
+    """Slate loops and replays repeat URIs on purpose: only a renumbering is flagged."""
+    loop = [Slot(f"v/c{i}.ts") for i in range(4)] + [Slot("v/slate0.ts", disc=True)] + [
+        Slot("v/slate0.ts") for _ in range(3)] + [Slot("v/c0.ts", disc=True)] + [
+        Slot(f"v/c{i}.ts") for i in range(1, 8)]
+    assert check(reloads(*({"v": window(loop, f, 4)} for f in range(0, 12)))) == []
 
 
 def test_line_numbers_point_at_the_offending_line() -> None:
@@ -424,3 +443,42 @@ def test_one_mutation_always_trips_its_rule(live: Live, kind: str, data: st.Data
         snapshots = live.snapshots(i, target=live.target + 1)
         rule = Rule.TARGET_DURATION_CHANGED
     assert rule in {v.rule for v in check(snapshots)}
+
+
+# --- bug cases of the corpus --------------------------------------------------------
+
+
+@needs_corpus
+def test_b04_ad_segments_above_the_target_are_flagged_on_the_origin() -> None:
+    """INDEX B04: flag MSN 502 and 503 (round(6.006) = 6 > TD 4), and nothing else;
+    as the origin's own output it is inherited, as the stitcher's it is its own."""
+    text = PLAYLISTS["bugs/B04.m3u8"]
+    inherited = check([Snapshot(0, {"v": text}, origin={"v": text})])
+    assert [(v.rule, v.msn, v.source) for v in inherited] == [
+        (Rule.TARGET_DURATION_EXCEEDED, 502, "origin"),
+        (Rule.TARGET_DURATION_EXCEEDED, 503, "origin")]
+    assert [v.line for v in inherited] == [line_of(text, "#EXTINF:6.006,") + i * 2
+                                          for i in range(2)]
+    assert "rounds to 6 > EXT-X-TARGETDURATION 4" in inherited[0].message
+    own = check([Snapshot(0, {"v": text})])
+    assert [(v.rule, v.msn, v.source) for v in own] == [
+        (Rule.TARGET_DURATION_EXCEEDED, 502, "stitcher"),
+        (Rule.TARGET_DURATION_EXCEEDED, 503, "stitcher")]
+
+
+@needs_corpus
+def test_b02_reload_2_is_flagged_on_both_counts() -> None:
+    """INDEX B02: MSN 196 < 200, and assetA/seg47.ts moved from MSN 201 to 196."""
+    first, second = (PLAYLISTS[f"bugs/B02.txt#reload-{i}.m3u8"] for i in (1, 2))
+    violations = check(reloads({"v": first}, {"v": second}))
+    assert found(violations) == [(Rule.MEDIA_SEQUENCE_DECREASED, 1, "v", None),
+                                 (Rule.SEGMENT_MOVED, 1, "v", 196),
+                                 (Rule.SEGMENT_MOVED, 1, "v", 197),
+                                 (Rule.SEGMENT_MOVED, 1, "v", 198)]
+    assert "from 200 to 196" in violations[0].message
+    assert "assetA/seg47.ts was MSN 201 in the previous reload, is MSN 196" in (
+        violations[1].message)
+    # The origin's own fault, when it is the origin's.
+    attributed = check([Snapshot(i, {"v": t}, origin={"v": t})
+                        for i, t in enumerate((first, second))])
+    assert {v.source for v in attributed} == {"origin"} and len(attributed) == 4
