@@ -235,7 +235,7 @@ def test_a_uri_replayed_after_it_left_or_looping_is_not_a_move() -> None:
     loop = [Slot(f"v/c{i}.ts") for i in range(4)] + [Slot("v/slate0.ts", disc=True)] + [
         Slot("v/slate0.ts") for _ in range(3)] + [Slot("v/c0.ts", disc=True)] + [
         Slot(f"v/c{i}.ts") for i in range(1, 8)]
-    assert check(reloads(*({"v": window(loop, f, 4)} for f in range(0, 12)))) == []
+    assert check(reloads(*({"v": window(loop, f, 4)} for f in range(12)))) == []
 
 
 def test_line_numbers_point_at_the_offending_line() -> None:

@@ -86,3 +86,29 @@ def test_golden(folder: Path) -> None:
                  for i, (_name, text) in enumerate(outputs)]
     stitcher_faults = [v for v in check(snapshots) if v.source == "stitcher"]
     assert stitcher_faults == []
+
+
+def test_b02_regressed_window_against_the_previous_anchor_is_a_timeline_error() -> None:
+    """INDEX B02, pure side: reload-2 (MSN 196..199) cannot be timed from reload-1's
+    end anchor (MSN 204): ``with_pdt`` raises its documented TimelineError (a
+    ManifestError), never anything else, and the service's anchor choice
+    (``choose_anchor``) times it without raising. The service rejects that body
+    before it reaches the splice (tests/stitcher/test_faults.py)."""
+    from datetime import UTC, datetime
+
+    from manifests.errors import ManifestError
+    from manifests.timeline import TimelineError, anchor_of, choose_anchor, with_pdt
+    from tests.manifests.test_corpus_hls import PLAYLISTS
+
+    if not PLAYLISTS:
+        pytest.skip("shared corpus not found")
+    first, second = (parse_media(PLAYLISTS[f"bugs/B02.txt#reload-{i}.m3u8"]) for i in (1, 2))
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    msn, end = anchor_of(with_pdt(first, 200, t0))
+    assert msn == 204
+    with pytest.raises(TimelineError) as raised:
+        with_pdt(second, msn, end)
+    assert isinstance(raised.value, ManifestError) and "outside the window" in str(raised.value)
+    at, pdt, exact = choose_anchor({200: t0, 204: end}, 196, 200, 6)
+    assert (at, exact) == (200, True)
+    assert len(with_pdt(second, at, pdt).segments) == 4

@@ -317,3 +317,49 @@ async def test_a_playlist_cut_between_segments_is_not_taken_as_good() -> None:
                 "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
     finally:
         await runner.cleanup()
+
+
+# ------------------------------------- B02: an origin whose media sequence regresses
+
+async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
+    """INDEX B02 (channel-engine#79): reload-2 says MSN 196 after 200 and renumbers
+    assetA/seg47.ts. The service never passes that on: the fetcher keeps the last
+    good playlist (reload-1), serves it marked stale and counts the fault, so the
+    splice is never fed the regressed numbering and no player sees MSN go back."""
+    import aiohttp
+    from aiohttp import web
+
+    from stitcher.metrics import Metrics
+    from stitcher.origin import OriginFetcher
+    from tests.manifests.test_corpus_hls import PLAYLISTS
+
+    if not PLAYLISTS:
+        pytest.skip("shared corpus not found")
+    first, second = (PLAYLISTS[f"bugs/B02.txt#reload-{i}.m3u8"] for i in (1, 2))
+    serving = {"body": first}
+
+    async def playlist(_request: web.Request) -> web.Response:
+        return web.Response(text=serving["body"])
+
+    app = web.Application()
+    app.router.add_get("/p.m3u8", playlist)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
+    now = [0.0]
+    metrics = Metrics()
+    try:
+        async with aiohttp.ClientSession() as http:
+            fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0])
+            good = await fetcher.get(url)
+            assert not good.stale and good.playlist.media_sequence == 200
+            serving["body"] = second
+            now[0] += 6
+            again = await fetcher.get(url)
+            assert again.stale and again.text == first
+            assert again.error is not None and "200 -> 196" in again.error
+            assert metrics.registry.get_sample_value(
+                "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
+    finally:
+        await runner.cleanup()
