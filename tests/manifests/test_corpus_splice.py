@@ -4,8 +4,12 @@ For each media playlist (and fragment) in ``../shared/corpus``, its breaks are
 found, a pod is planned for each (two ads and slate), and the stitched output
 is checked against the origin with :mod:`manifests.checker`: whatever the
 origin got wrong is reported as inherited, and the stitcher must add nothing.
-The number of corpus files that actually had ad slots stitched in is asserted,
-so "nothing found" is not vacuous.
+The ads include short ones (4, 2 and 1 s next to 10 and 15 s), so every break
+the INDEX expects gets a non-empty pod: the replaced slots must be exactly the
+expected ones (first replaced slot, and so MSN, PDT and replaced duration), and
+the set of stitched files is asserted exactly, so "nothing found" is not vacuous.
+A break whose start is unknown (joined from a bare CONT, ``start_unknown``) is
+left to the content underneath, by design.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from manifests.playlist import render_lines
 from manifests.pod import Candidate, plan_pod
 from manifests.splice import SpliceOptions, breaks_to_decide, splice
 from tests.manifests.test_corpus_hls import (
-    BASE_URL, DEFAULT_POLICY, MEDIA_KEYS, PLAYLISTS, needs_corpus, parse, timed,
+    BASE_URL, DEFAULT_POLICY, EXPECTED, MEDIA_KEYS, PLAYLISTS, needs_corpus, parse, timed,
 )
 
-ADS = [Candidate("adA", Fraction(10)), Candidate("adB", Fraction(15))]
+ADS = [Candidate("adA", Fraction(10)), Candidate("adB", Fraction(15)),
+       Candidate("adC", Fraction(4)), Candidate("adD", Fraction(2)), Candidate("adE", Fraction(1))]
 STITCHED: set[str] = set()
 
 
@@ -64,6 +69,16 @@ def test_stitched_corpus_playlist_passes_the_checker(key: str) -> None:
                     options=SpliceOptions(base_url=BASE_URL, break_policy=DEFAULT_POLICY))
     if any(e.kind.value != "content" for e in result.new_entries):
         STITCHED.add(key)
+    if EXPECTED[key]["kind"] == "media":
+        replaced = [i for i, slot in enumerate(result.slots) if slot.kind.value != "content"]
+        want = _expected_slots(key, len(playlist.segments))
+        assert replaced == want
+        segs = playlist.segments
+        assert sum((segs[i].duration for i in replaced), Fraction(0)) == sum(
+            (segs[i].duration for i in want), Fraction(0))
+        if want:
+            assert result.slots[want[0]].segment.msn == segs[want[0]].msn
+            assert result.slots[want[0]].segment.pdt == segs[want[0]].pdt
     text = result.text
     if not text.startswith("#EXTM3U"):
         text = "#EXTM3U\n" + f"#EXT-X-TARGETDURATION:{playlist.target_duration or 10}\n" + text
@@ -72,9 +87,22 @@ def test_stitched_corpus_playlist_passes_the_checker(key: str) -> None:
     assert faults == [], format_text(faults)
 
 
+def _expected_slots(key: str, count: int) -> list[int]:
+    """Indices the INDEX expects replaced: each break's ``start_index`` up to the
+    slot content resumes at (the window's end if none)."""
+    expected = EXPECTED[key]
+    if expected.get("start_unknown"):
+        return []
+    return sorted(i for start, _, end, *_ in expected["breaks"] if start is not None
+                  for i in range(start, end if end is not None else count))
+
+
 @needs_corpus
-def test_enough_corpus_playlists_were_stitched() -> None:
+def test_every_expected_break_was_stitched() -> None:
     if not STITCHED:
         for key in MEDIA_KEYS:
             test_stitched_corpus_playlist_passes_the_checker(key)
-    assert len(STITCHED) >= 20, sorted(STITCHED)
+    want = {key for key in MEDIA_KEYS if EXPECTED[key]["kind"] == "media"
+            and _expected_slots(key, len(parse(key).segments))}
+    assert sorted(STITCHED) == sorted(want)
+    assert len(STITCHED) == 33
