@@ -17,7 +17,22 @@ Rules, by DESIGN.md invariant number:
    across discontinuities and across reloads), ``PDT_MISSING_AFTER_DISCONTINUITY``.
 5. ``RENDITIONS_DISAGREE``: break boundaries at the same PDT with the same
    discontinuity counter in every rendition covering that instant.
+   ``RENDITION_SPAN_UNCOVERED``: complete (ENDLIST) renditions cover the same
+   presentation time (B23: subtitles missing for the ad span). Playlists with no
+   PDT at all are compared on the time from their first segment when complete
+   (a VOD's renditions all start at presentation time 0), so B05-style splits
+   are caught without a wall clock.
 6. ``LL_HLS_TAG_PRESENT``: the stitcher does not serve LL-HLS yet.
+
+Plus, from the bugs corpus:
+
+* ``INIT_INHERITED_ACROSS_DISCONTINUITY`` (B19): an EXT-X-MAP applies across a
+  discontinuity (RFC 8216bis 4.4.4.5), so a segment after one that restates no
+  MAP is parsed with the previous span's init; an ad's own init (or the content's,
+  on return) must be declared after each discontinuity.
+* ``SEGMENT_URI_REPEATED`` (B23): WebVTT segments (URI path ending ``.vtt`` or
+  ``.webvtt``) of one playlist each have their own URI, so fillers can be told
+  apart downstream (video slate loops are allowed to repeat theirs).
 
 Plus ``UNPARSEABLE``: a text that is not a usable media playlist.
 
@@ -42,7 +57,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Literal
 
@@ -50,6 +65,7 @@ from manifests.errors import PlaylistParseError
 from manifests.playlist import (
     EXT_X_DISCONTINUITY,
     EXT_X_DISCONTINUITY_SEQUENCE,
+    EXT_X_MAP,
     EXT_X_MEDIA_SEQUENCE,
     EXT_X_PROGRAM_DATE_TIME,
     EXT_X_TARGETDURATION,
@@ -60,9 +76,13 @@ from manifests.playlist import (
     Segment,
     parse_media,
 )
+from manifests.timeline import with_pdt
 from manifests.timing import add_seconds, seconds_between
 
 Severity = Literal["error", "warning"]
+#: Where complete playlists without any PDT are placed to compare them (rule 5).
+_PRESENTATION_ZERO = datetime(2000, 1, 1, tzinfo=UTC)
+_SUBTITLE_SUFFIXES = (".vtt", ".webvtt")
 Source = Literal["stitcher", "origin"]
 DEFAULT_TOLERANCE = Fraction(1, 20)
 
@@ -80,6 +100,9 @@ class Rule(enum.Enum):
     PDT_MISSING_AFTER_DISCONTINUITY = "pdt-missing-after-discontinuity"
     RENDITIONS_DISAGREE = "renditions-disagree"
     LL_HLS_TAG_PRESENT = "ll-hls-tag-present"
+    RENDITION_SPAN_UNCOVERED = "rendition-span-uncovered"
+    INIT_INHERITED_ACROSS_DISCONTINUITY = "init-inherited-across-discontinuity"
+    SEGMENT_URI_REPEATED = "segment-uri-repeated"
     PLAYLIST_STALLED = "playlist-stalled"
     UNPARSEABLE = "unparseable"
 
@@ -128,6 +151,18 @@ RULES: Mapping[Rule, RuleSpec] = {
     Rule.LL_HLS_TAG_PRESENT: RuleSpec(6, True, False, (
         'DESIGN.md 6: "tags that promise what the stitcher does not serve (LL-HLS server '
         'control, parts, rendition reports: strip them until LL-HLS is supported)"')),
+    Rule.RENDITION_SPAN_UNCOVERED: RuleSpec(5, False, True, (
+        'bugs/INDEX.md B23: "the ad span is never left uncovered"; DESIGN.md 5: "All '
+        'renditions of a cohort (video variants, audio, subtitles) have their break '
+        'boundaries at the same PDT"')),
+    Rule.INIT_INHERITED_ACROSS_DISCONTINUITY: RuleSpec(None, True, True, (
+        'RFC 8216bis 4.4.4.5: "It applies to every Media Segment that appears after it in '
+        'the Playlist until the next EXT-X-MAP tag"; bugs/INDEX.md B19: "Emit EXT-X-MAP '
+        'after every discontinuity where the init changes, and again on return to '
+        'content"')),
+    Rule.SEGMENT_URI_REPEATED: RuleSpec(None, True, True, (
+        'bugs/INDEX.md B23: "Fillers match the video in count, duration and '
+        'discontinuities, each filler has a unique URI"')),
     Rule.PLAYLIST_STALLED: RuleSpec(None, False, True, (
         'RFC 8216bis 6.2.2: "the server MUST make a new version of a Playlist file available '
         '... no later than 1.5 times the Target Duration" (unless the response announces a '
@@ -279,11 +314,32 @@ class _Analysis:
                                   now.line(EXT_X_PROGRAM_DATE_TIME, seg.msn),
                                   f"PDT is {float(off):+.3f} s off the previous segment's PDT "
                                   f"+ EXTINF (tolerance {float(self.tolerance):g} s)")
+            if (prev is not None and seg.discontinuity and prev.map is not None
+                    and not seg.has(EXT_X_MAP)
+                    and self._first((Rule.INIT_INHERITED_ACROSS_DISCONTINUITY, rid, seg.msn))):
+                yield self._v(Rule.INIT_INHERITED_ACROSS_DISCONTINUITY, reload, rid, seg.msn,
+                              now.line(EXT_X_DISCONTINUITY, seg.msn),
+                              f"segment after EXT-X-DISCONTINUITY declares no EXT-X-MAP: it "
+                              f"inherits {prev.map.text!r} from before the discontinuity")
             prev = seg
+        yield from self._repeated_uris(reload, rid, now)
         for number, line, owner in now.numbered:
             if line.tag in LL_HLS_TAGS and self._first((Rule.LL_HLS_TAG_PRESENT, rid, line.tag)):
                 yield self._v(Rule.LL_HLS_TAG_PRESENT, reload, rid, owner, number,
                               f"{line.tag} in the output")
+
+    def _repeated_uris(self, reload: int, rid: str, now: _Parsed) -> Iterator[Violation]:
+        """WebVTT segments with the same URI at two MSNs (byte ranges excepted)."""
+        first_at: dict[str, int] = {}
+        for seg in now.playlist.segments:
+            path = seg.uri.partition("?")[0].partition("#")[0].lower()
+            if seg.byterange is not None or not path.endswith(_SUBTITLE_SUFFIXES):
+                continue
+            earlier = first_at.setdefault(seg.uri, seg.msn)
+            if earlier != seg.msn and self._first((Rule.SEGMENT_URI_REPEATED, rid, seg.msn)):
+                yield self._v(Rule.SEGMENT_URI_REPEATED, reload, rid, seg.msn,
+                              now.line(None, seg.msn),
+                              f"URI {seg.uri!r} already names MSN {earlier}")
 
     def _between(self, reload: int, rid: str, old: _Parsed, now: _Parsed) -> Iterator[Violation]:
         """Rules 1 (media sequence), 2 and 3 (target constant) between consecutive reloads."""
@@ -375,10 +431,25 @@ class _Analysis:
             for i, first in enumerate(members):
                 for second in members[i + 1:]:
                     yield from self._pair(reload, first, parsed[first], second, parsed[second])
+        # Complete renditions cover the same presentation, whatever their grid.
+        complete = [(rid, p.playlist) for rid, p in parsed.items()
+                    if p.playlist.endlist and p.playlist.segments]
+        if complete:
+            ref, longest = complete[0]
+            total = sum((s.duration for s in longest.segments), Fraction(0))
+            for rid, pl in complete[1:]:
+                mine = sum((s.duration for s in pl.segments), Fraction(0))
+                if abs(mine - total) > self.tolerance and self._first(
+                        (Rule.RENDITION_SPAN_UNCOVERED, rid, reload)):
+                    yield self._v(Rule.RENDITION_SPAN_UNCOVERED, reload, rid, None,
+                                  parsed[rid].line(None, pl.last_msn),
+                                  f"the complete playlist covers {float(mine):g} s, "
+                                  f"{ref!r} covers {float(total):g} s")
 
-    def _pair(self, reload: int, ref: str, a: _Parsed, rid: str, b: _Parsed
+    def _pair(self, reload: int, ref: str, pa: _Parsed, rid: str, pb: _Parsed
               ) -> Iterator[Violation]:
         tol = self.tolerance
+        a, b = _on_a_clock(pa), _on_a_clock(pb)
         for theirs in _boundaries(a.playlist):
             t, counter = theirs.pdt, theirs.discontinuity_sequence
             seg = None if t is None else _covering(b.playlist, t, tol)
@@ -406,6 +477,15 @@ class _Analysis:
                               b.line(EXT_X_DISCONTINUITY, mine.msn),
                               f"discontinuity at {t.isoformat()} (counter "
                               f"{mine.discontinuity_sequence}) that {ref!r} does not have")
+
+
+def _on_a_clock(parsed: _Parsed) -> _Parsed:
+    """A complete playlist with no PDT at all, placed on a presentation clock from its
+    first segment (every rendition of a VOD starts at presentation time 0)."""
+    pl = parsed.playlist
+    if not pl.endlist or not pl.segments or any(s.pdt is not None for s in pl.segments):
+        return parsed
+    return replace(parsed, playlist=with_pdt(pl, pl.segments[0].msn, _PRESENTATION_ZERO))
 
 
 def _boundaries(pl: MediaPlaylist) -> Iterator[Segment]:

@@ -32,7 +32,7 @@ from manifests.checker import (
     summary,
 )
 from manifests.timing import add_seconds, format_duration, format_pdt
-from tests.manifests.test_corpus_hls import PLAYLISTS, needs_corpus
+from tests.manifests.test_corpus_hls import PLAYLISTS, bundle_files, needs_corpus
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -189,6 +189,17 @@ def _bad_cases() -> list[tuple[str, list[Snapshot], list[tuple[Rule, int, str, i
                  {"v": window(PLAIN, 1, 3, header_extra=ll_header, seg_extra=ll_part)}),
          [(r.LL_HLS_TAG_PRESENT, 0, "v", None), (r.LL_HLS_TAG_PRESENT, 0, "v", None),
           (r.LL_HLS_TAG_PRESENT, 0, "v", 2)]),
+        ("init-inherited-across-discontinuity",  # fMP4 content, ads under its init (B19)
+         reloads({"v": window(V, 5, 8, seg_extra={5: ('#EXT-X-MAP:URI="v/init.mp4"',)})}),
+         [(r.INIT_INHERITED_ACROSS_DISCONTINUITY, 0, "v", 8),
+          (r.INIT_INHERITED_ACROSS_DISCONTINUITY, 0, "v", 11)]),
+        ("segment-uri-repeated",  # two subtitle fillers at one URI (B23)
+         reloads({"s": window(content(20, "s"), 4, 5, uris={6: "s/f.vtt", 7: "s/f.vtt"})}),
+         [(r.SEGMENT_URI_REPEATED, 0, "s", 7)]),
+        ("rendition-span-uncovered",  # a complete rendition 2 s short (B23)
+         reloads({"v": window(PLAIN, 0, 5) + "#EXT-X-ENDLIST\n",
+                  "s": window(content(20, "s"), 0, 4) + "#EXT-X-ENDLIST\n"}),
+         [(r.RENDITION_SPAN_UNCOVERED, 0, "s", None)]),
         ("unparseable",
          reloads({"v": window(PLAIN, 0, 5)}, {"v": "<html>502 Bad Gateway</html>\n"},
                  {"v": window(PLAIN, 1, 5)}),
@@ -482,3 +493,77 @@ def test_b02_reload_2_is_flagged_on_both_counts() -> None:
     attributed = check([Snapshot(i, {"v": t}, origin={"v": t})
                         for i, t in enumerate((first, second))])
     assert {v.source for v in attributed} == {"origin"} and len(attributed) == 4
+
+def _corpus_check(playlists: Mapping[str, str]) -> list[tuple[Rule, str, int | None]]:
+    return [(v.rule, v.rendition, v.msn) for v in check([Snapshot(0, playlists)])]
+
+
+def test_b19_ads_inheriting_the_content_init_are_flagged() -> None:
+    """B19: after each stitcher discontinuity of the faulty output, the segment
+    inherits content/v1/init.mp4 (RFC 8216bis 4.4.4.5: a MAP spans discontinuities)."""
+    files = bundle_files("B19.txt")
+    assert _corpus_check({"v1": files["stitched-faulty.m3u8"]}) == [
+        (Rule.INIT_INHERITED_ACROSS_DISCONTINUITY, "v1", 1902),
+        (Rule.INIT_INHERITED_ACROSS_DISCONTINUITY, "v1", 1904)]
+    assert _corpus_check({"v1": files["content.m3u8"]}) == []
+    assert _corpus_check({"ad": files["ad.m3u8"]}) == []
+
+
+def test_b19_each_span_declaring_its_init_is_clean() -> None:
+    faulty = bundle_files("B19.txt")["stitched-faulty.m3u8"]
+    fixed = faulty.replace("#EXT-X-DISCONTINUITY\n#EXTINF:4.000,\nads/",
+                           '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="ads/c42/v1/init.mp4"\n'
+                           "#EXTINF:4.000,\nads/")
+    fixed = fixed.replace("#EXT-X-DISCONTINUITY\n#EXTINF:4.000,\ncontent/",
+                          '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="content/v1/init.mp4"\n'
+                          "#EXTINF:4.000,\ncontent/")
+    assert fixed.count("#EXT-X-MAP") == 3
+    assert _corpus_check({"v1": fixed}) == []
+
+
+def _b23_correct() -> str:
+    """B23's subtitles done right: fillers like the video's ad segments, one URI each."""
+    video = bundle_files("B23.txt")["video.m3u8"]
+    fillers = iter(range(3))
+    lines = []
+    for line in video.splitlines():
+        if line.startswith("ads/"):
+            line = f"subs/filler-a4-{next(fillers)}.vtt"
+        elif line.startswith("content/v/"):
+            line = line.replace("content/v/", "subs/").replace(".ts", ".vtt")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_b23_shared_filler_uri_is_flagged() -> None:
+    files = bundle_files("B23.txt")
+    assert _corpus_check({"video": files["video.m3u8"],
+                          "subs": files["subs-faulty-shared-uri.m3u8"]}) == [
+        (Rule.SEGMENT_URI_REPEATED, "subs", 3), (Rule.SEGMENT_URI_REPEATED, "subs", 4)]
+
+
+def test_b23_missing_filler_span_is_flagged() -> None:
+    """20 s of subtitles against 35 s of video, and no discontinuities where the
+    video has them (compared on the presentation clock: no PDT in these VODs)."""
+    files = bundle_files("B23.txt")
+    found_rules = _corpus_check({"video": files["video.m3u8"],
+                                 "subs": files["subs-faulty-missing.m3u8"]})
+    assert (Rule.RENDITION_SPAN_UNCOVERED, "subs", None) in found_rules
+    assert {rule for rule, _, _ in found_rules} == {Rule.RENDITION_SPAN_UNCOVERED,
+                                                    Rule.RENDITIONS_DISAGREE}
+    assert all(rid == "subs" for _, rid, _ in found_rules)
+
+
+def test_b23_correct_fillers_are_clean() -> None:
+    files = bundle_files("B23.txt")
+    assert _corpus_check({"video": files["video.m3u8"], "subs": _b23_correct()}) == []
+
+
+def test_b05_splices_at_different_content_times_are_flagged() -> None:
+    """B05: video spliced at 12 s, audio at 15 s (and back at 22 s vs 25 s)."""
+    files = bundle_files("B05.txt")
+    found_rules = _corpus_check({"video": files["video.m3u8"], "audio": files["audio.m3u8"]})
+    assert found_rules and {r for r, _, _ in found_rules} == {Rule.RENDITIONS_DISAGREE}
+    # Audio has no boundary at 12 s (seg2 covers it) nor 22 s (seg4) and two the video
+    # lacks (seg3 at 15 s, seg5 at 25 s).
+    assert sorted(msn for _, rid, msn in found_rules if rid == "audio") == [2, 3, 4, 5]

@@ -67,6 +67,18 @@ def corpus_playlists() -> dict[str, str]:
     return found
 
 
+def bundle_files(name: str) -> dict[str, str]:
+    """Every file of one ``bugs/`` bundle (``#-- name --`` lines), by name; skips
+    (fails under CI) when the corpus is absent."""
+    path = CORPUS / "bugs" / name
+    if not path.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared corpus file missing: {path}")
+        pytest.skip(f"shared corpus not found at {CORPUS}")
+    parts = _MEMBER.split(path.read_bytes().decode("utf-8"))
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
 def _load() -> tuple[dict[str, str], dict[str, Any]]:
     if not CORPUS.is_dir():
         return {}, {}
