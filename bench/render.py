@@ -65,6 +65,12 @@ class Uris:
     def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
         return f"/assets/slate/v0/seg_{segment:05d}.ts"
 
+    def ad_map(self, break_id: str, item_index: int, item: object) -> str | None:
+        return None
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        return None
+
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:
     times = []

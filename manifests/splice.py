@@ -70,6 +70,15 @@ class UriBuilder(Protocol):
         must be unique per slot (generated subtitles) can use the slot's MSN."""
         ...
 
+    def ad_map(self, break_id: str, item_index: int, item: PodItem) -> str | None:
+        """The ad's Media Initialization Section (an fMP4 init segment), None for
+        MPEG-TS segments, which carry their own PAT/PMT (RFC 8216bis 4.4.4.5)."""
+        ...
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        """The slate's Media Initialization Section, None for MPEG-TS."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SpliceOptions:
@@ -146,6 +155,13 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
             entry = ledger.entries.get(seg.msn)
         else:
             entry = classify(seg, prev, index, pods, options.cadence)
+            if (entry is not None and entry.kind is not SlotKind.CONTENT and seg.map is not None
+                    and _init_of(uris, entry, pods.get(entry.break_id)) is None):
+                # RFC 8216bis 4.4.4.5: an EXT-X-MAP applies to every later segment
+                # until the next EXT-X-MAP, across discontinuities, and nothing can
+                # unset it: MPEG-TS ads under fMP4 content would be parsed with the
+                # content's init. Such a slot shows the content underneath.
+                entry = _content_entry(seg, prev)
             if entry is not None:
                 new_entries.append(entry)
         if entry is None or entry.kind is SlotKind.CONTENT:
@@ -177,6 +193,12 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         served[0] = served[0].replace(
             next(t for t in kept[0].raw if t.startswith(EXT_X_BYTERANGE + ":")),
             _explicit_byterange(kept[0]))
+    head = entries[first] if served else None
+    if head is not None and head.kind is not SlotKind.CONTENT and EXT_X_MAP not in served[0]:
+        # A window that opens inside an ad: its init must still be declared.
+        init = _init_of(uris, head, pods.get(head.break_id))
+        if init is not None:
+            served[0] = _before_extinf(served[0], f'{EXT_X_MAP}:URI="{init}"', playlist.newline)
     out.extend(served)
     out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
     hwm = segments[-1].msn if segments else ledger.hwm
@@ -253,10 +275,22 @@ def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
                 kind = SlotKind.AD if item.kind is ItemKind.AD else SlotKind.SLATE
                 return SlotEntry(seg.msn, kind, brk.id, position, segment, disc,
                                  int(disc) - int(seg.discontinuity))
+    return _content_entry(seg, prev)
+
+
+def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
+    """A content slot: after a replaced one it starts with a discontinuity."""
     if prev is not None and prev.kind is not SlotKind.CONTENT:
         return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
                          delta=1 - int(seg.discontinuity))
     return None
+
+
+def _init_of(uris: UriBuilder, entry: SlotEntry, pod: Pod | None) -> str | None:
+    """The init section URI of a replaced slot's ad or slate (None: MPEG-TS)."""
+    if entry.kind is SlotKind.SLATE or pod is None:
+        return uris.slate_map(entry.break_id, entry.item)
+    return uris.ad_map(entry.break_id, entry.item, pod.items[entry.item])
 
 
 class _Renderer:
@@ -355,6 +389,11 @@ class _Renderer:
                and not line.is_uri and self.keep(line)]
         if entry.discontinuity:
             out.append(EXT_X_DISCONTINUITY)
+            init = _init_of(self.uris, entry, pod)
+            if init is not None:
+                # B19 (grafov/m3u8#153, hls.js#1990): the ad's own init after the
+                # discontinuity; the content's is restated on return (content()).
+                out.append(f'{EXT_X_MAP}:URI="{init}"')
         entering = prev is None or prev.kind is SlotKind.CONTENT
         if entering and seg.key is not None and _encrypted(seg.key):
             out.append(f"{EXT_X_KEY}:METHOD=NONE")
@@ -390,6 +429,12 @@ def _ad_daterange(entry: SlotEntry, item: PodItem, seg: Segment) -> str:
             f'CLASS="{AD_DATERANGE_CLASS}",START-DATE="{format_pdt(seg.pdt)}",'
             f'DURATION={format_duration(item.duration)},X-AD-ID="{item.creative}",'
             f"X-POD-POSITION={entry.item + 1}")
+
+
+def _before_extinf(chunk: str, line: str, newline: str) -> str:
+    lines = chunk.split(newline)
+    at = next(i for i, text in enumerate(lines) if text.startswith(EXTINF + ":"))
+    return newline.join(lines[:at] + [line] + lines[at:])
 
 
 def _explicit_byterange(seg: Segment) -> str:

@@ -66,11 +66,13 @@ def main() -> None:
     # Joining mid-break: the first window starts inside the break (CONT only).
     marks = cue_out(4, 15, 30)
     write("join_mid_break", {"ads": ADS}, [window(f, 6, marks) for f in range(9, 24, 2)])
-    # Encrypted content: ads under METHOD=NONE, key restored with an explicit IV; fMP4 MAP re-emitted.
+    # Encrypted fMP4 content: ads under METHOD=NONE, key restored with an explicit IV; each
+    # fMP4 ad declares its own EXT-X-MAP after the discontinuity, the content's is restated
+    # on return (B19).
     marks = cue_out(10, 5, 10)
     key = '#EXT-X-KEY:METHOD=AES-128,URI="keys/k1.key"'
     mp = '#EXT-X-MAP:URI="init.mp4"'
-    write("key_and_map", {"ads": ADS}, [window(f, 6, {**marks, f: [key, mp] + marks.get(f, [])})
+    write("key_and_map", {"ads": ADS, "fmp4_ads": True}, [window(f, 6, {**marks, f: [key, mp] + marks.get(f, [])})
                                          for f in range(6, 20, 2)])
     # Origin discontinuities and a served-window cap; origin DSN carried.
     marks = cue_out(12, 5, 10)

@@ -41,6 +41,12 @@ class Uris:
     def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
         return f"/assets/slate/v0/seg_{segment:05d}.ts"
 
+    def ad_map(self, break_id: str, item_index: int, item: object) -> str | None:
+        return None
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        return None
+
 
 def _origin_text(playlist) -> str:  # type: ignore[no-untyped-def]
     """The origin as a complete playlist (fragments get the header they lack)."""

@@ -13,28 +13,42 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from manifests.breaks import BreakPolicy, update_breaks
+from manifests.breaks import Break, BreakPolicy, update_breaks
 from manifests.checker import Snapshot, check
 from manifests.ledger import Ledger
 from manifests.markers import observe
 from manifests.playlist import parse_media
 from manifests.pod import Candidate, plan_pod
 from manifests.splice import SpliceOptions, breaks_to_decide, splice
+from manifests.timeline import with_pdt
+from tests.manifests.test_corpus_hls import bundle_files
 
 CASES = Path(__file__).parent / "splice_cases"
 
 
 class Uris:
+    """``fmp4``: ads and slate are fMP4 with their own init (params ``"fmp4_ads"``)."""
+
+    def __init__(self, fmp4: bool = False) -> None:
+        self.fmp4 = fmp4
+
     def ad_segment(self, break_id: str, item_index: int, item: object, segment: int) -> str:
         return f"ad/v0/{break_id}/{item_index}/{segment}.ts"
 
     def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
         return f"/assets/slate/v0/seg_{segment:05d}.ts"
+
+    def ad_map(self, break_id: str, item_index: int, item: object) -> str | None:
+        return f"ad/v0/{break_id}/{item_index}/init.mp4" if self.fmp4 else None
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        return "/assets/slate/v0/init.mp4" if self.fmp4 else None
 
 
 def run_case(folder: Path) -> list[tuple[str, str]]:
@@ -61,7 +75,7 @@ def run_case(folder: Path) -> list[tuple[str, str]]:
                                       nominal=Fraction(params.get("nominal", 2)),
                                       slate_segments=params.get("slate_segments", 3),
                                       min_slate=Fraction(params.get("min_slate", 2)))
-        result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=Uris(),
+        result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=Uris(params.get("fmp4_ads", False)),
                         options=options)
         ledger = ledger.append(result.new_entries, result.hwm)
         outputs.append((origin.name.replace("origin-", "expected-"), result.text))
@@ -112,3 +126,77 @@ def test_b02_regressed_window_against_the_previous_anchor_is_a_timeline_error() 
     at, pdt, exact = choose_anchor({200: t0, 204: end}, 196, 200, 6)
     assert (at, exact) == (200, True)
     assert len(with_pdt(second, at, pdt).segments) == 4
+
+
+class B19Uris:
+    """The fMP4 ad of B19's ad.m3u8 (creative c42, its own init segment)."""
+
+    def ad_segment(self, break_id: str, item_index: int, item: object, segment: int) -> str:
+        return f"ads/c42/v1/seg{segment}.m4s"
+
+    def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
+        return f"slate/v1/seg{segment}.m4s"
+
+    def ad_map(self, break_id: str, item_index: int, item: object) -> str | None:
+        return "ads/c42/v1/init.mp4"
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        return "slate/v1/init.mp4"
+
+
+B19_EXPECTED = """\
+#EXTM3U
+#EXT-X-VERSION:7
+#EXT-X-TARGETDURATION:4
+#EXT-X-MEDIA-SEQUENCE:1900
+#EXT-X-MAP:URI="content/v1/init.mp4"
+#EXTINF:4.000,
+content/v1/seg1900.m4s
+#EXTINF:4.000,
+content/v1/seg1901.m4s
+#EXT-X-DISCONTINUITY
+#EXT-X-MAP:URI="ads/c42/v1/init.mp4"
+#EXT-X-PROGRAM-DATE-TIME:2020-01-01T00:00:08.000Z
+#EXTINF:4.000,
+ads/c42/v1/seg0.m4s
+#EXT-X-PROGRAM-DATE-TIME:2020-01-01T00:00:12.000Z
+#EXTINF:4.000,
+ads/c42/v1/seg1.m4s
+#EXT-X-DISCONTINUITY
+#EXT-X-MAP:URI="content/v1/init.mp4"
+#EXT-X-PROGRAM-DATE-TIME:2020-01-01T00:00:16.000Z
+#EXTINF:4.000,
+content/v1/seg1904.m4s
+#EXTINF:4.000,
+content/v1/seg1905.m4s
+"""
+
+
+def _b19_splice(uris: object) -> str:
+    files = bundle_files("B19.txt")
+    epoch = datetime(2020, 1, 1, tzinfo=UTC)
+    content = with_pdt(parse_media(files["content.m3u8"]), 1900, epoch)
+    # The ad (ad.m3u8: 2 x 4 s) replaces content 1902-1903, as in stitched-faulty.m3u8.
+    brk = Break("b19", epoch + timedelta(seconds=8), Fraction(8), epoch + timedelta(seconds=16))
+    pod = plan_pod("b19", [Candidate("c42", Fraction(8))], available=Fraction(8),
+                   nominal=Fraction(4))
+    result = splice(content, breaks=(brk,), pods={"b19": pod}, ledger=Ledger(),
+                    uris=uris)  # type: ignore[arg-type]
+    return result.text
+
+
+def test_b19_fmp4_ad_declares_its_init_and_content_restates_its_own() -> None:
+    """B19 (grafov/m3u8#153, hls.js#1990): EXT-X-MAP after every discontinuity where
+    the init changes: the ad's after the first, the content's after the second."""
+    text = _b19_splice(B19Uris())
+    assert text == B19_EXPECTED
+    assert [v for v in check([Snapshot(0, {"v1": text})])] == []
+
+
+def test_mpeg_ts_ads_never_play_under_an_fmp4_content_init() -> None:
+    """An EXT-X-MAP cannot be unset (RFC 8216bis 4.4.4.5): TS ads (no init) under
+    fMP4 content would be parsed with the content's init, so the content shows."""
+    files = bundle_files("B19.txt")
+    text = _b19_splice(Uris())
+    assert "ad/" not in text and "#EXT-X-DISCONTINUITY" not in text
+    assert text == files["content.m3u8"]
