@@ -153,14 +153,27 @@ def media_playlist(grid: Grid, rendition: str, edge: int, window: int,
 
 
 class Uris:
-    def __init__(self, rendition: str) -> None:
+    """Like the service's: subtitle renditions get generated WebVTT fillers, which
+    must be unique per slot (B23); the checker flags a repeated WebVTT URI, so a
+    filler named from a looping index (not the slot's MSN) would be caught."""
+
+    def __init__(self, rendition: str, subtitles: bool = False) -> None:
         self.rendition = rendition
+        self.ext = "vtt" if subtitles else "ts"
 
     def ad_segment(self, break_id: str, item_index: int, item: object, segment: int) -> str:
-        return f"ad/{self.rendition}/{break_id}/{item_index}/{segment}.ts"
+        return f"ad/{self.rendition}/{break_id}/{item_index}/{segment}.{self.ext}"
 
     def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
+        if self.ext == "vtt":
+            return f"ad/{self.rendition}/{break_id}/{item_index}/{segment}.vtt?msn={msn}"
         return f"/assets/slate/{self.rendition}/seg_{segment:05d}.ts"
+
+    def ad_map(self, break_id: str, item_index: int, item: object) -> str | None:
+        return None
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        return None
 
 
 COHORTS = {
@@ -205,7 +218,7 @@ def stitch_stream(planned: list[PlannedBreak], edges: list[int], window: int
                     result = splice(
                         parsed[r], breaks=known,
                         pods={b: p for (b, c), p in pods.items() if c == cohort},
-                        ledger=ledger, uris=Uris(r),
+                        ledger=ledger, uris=Uris(r, grid.name == "subs"),
                         options=SpliceOptions(base_url=f"https://origin.example.com/{r}.m3u8",
                                               break_policy=policy,
                                               cadence=Fraction(grid.cadence)),
