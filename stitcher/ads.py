@@ -209,6 +209,15 @@ class CreativeLibrary:
     def pending(self) -> list[asyncio.Task[ConditionedCreative | None]]:
         return [t for t in self._tasks.values() if not t.done()]
 
+    def init_path(self, key: str, rendition: str) -> str | None:
+        """The asset path (relative to ``root``) of a conditioned fMP4 rendition's init
+        segment; None for MPEG-TS or when not ready."""
+        cc = self._ready.get(key)
+        r = None if cc is None else cc.renditions.get(rendition)
+        if r is None or r.init is None:
+            return None
+        return str(Path(r.init).resolve().relative_to(self.root.resolve()))
+
     def segment_path(self, key: str, rendition: str, index: int) -> str | None:
         """The asset path (relative to ``root``) of one conditioned segment."""
         cc = self._ready.get(key)

@@ -97,6 +97,21 @@ class _Uris:
         path = self.library.segment_path(SLATE_KEY, self.rid, segment)
         return f"{self.assets_base}/{path}" if path else f"slate/{self.rid}/{segment}.ts"
 
+    def ad_map(self, break_id: str, item_index: int, item: PodItem) -> str | None:
+        # Ads are conditioned to the content's container: fMP4 ones carry an init
+        # (declared after the discontinuity, B19), MPEG-TS ones none; the splice
+        # never plays a TS ad under fMP4 content (the content shows).
+        return self._init(item.creative)
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        return self._init(SLATE_KEY)
+
+    def _init(self, key: str) -> str | None:
+        if self.subtitles:
+            return None
+        path = self.library.init_path(key, self.rid)
+        return f"{self.assets_base}/{path}" if path else None
+
 
 class _CohortUris(_Uris):
     """Cohort-URL mode: no session in the path, so ad segments point straight at the
@@ -222,7 +237,8 @@ class ChannelRuntime:
             nominal = self.nominal or Fraction(fetched.playlist.target_duration or 2)
             self.nominal = nominal
             if self.cfg.ladder is not None:  # given, not probed (replay: no ffprobe)
-                specs.append(_ladder_spec(self.cfg, r.id, nominal))
+                specs.append(_ladder_spec(self.cfg, r.id, nominal,
+                                          "fmp4" if seg.map is not None else "ts"))
                 continue
             from urllib.parse import urljoin
             spec = await probe_rendition(urljoin(r.uri, seg.uri), r.id, segment_duration=nominal)
@@ -550,7 +566,8 @@ def _until(playlist: MediaPlaylist, main: MediaPlaylist) -> MediaPlaylist:
                    marked=tuple(m for m in playlist.marked if m <= cut))
 
 
-def _ladder_spec(cfg: ChannelConfig, rid: str, nominal: Fraction) -> RenditionSpec:
+def _ladder_spec(cfg: ChannelConfig, rid: str, nominal: Fraction,
+                 container: str = "ts") -> RenditionSpec:
     """The conditioning spec of video rendition ``rid`` from the channel's explicit
     ladder (``ChannelConfig.ladder``), in place of probing the content."""
     entry = next((e for e in cfg.ladder or () if e.name == rid), None)
@@ -558,7 +575,8 @@ def _ladder_spec(cfg: ChannelConfig, rid: str, nominal: Fraction) -> RenditionSp
         raise ValueError(f"channel {cfg.id}: ladder has no entry for rendition {rid!r}")
     return RenditionSpec(name=rid, width=entry.width, height=entry.height,
                          video_bitrate=int(entry.bandwidth * 0.85),
-                         fps=Fraction(str(entry.frame_rate)), segment_duration=nominal)
+                         fps=Fraction(str(entry.frame_rate)), segment_duration=nominal,
+                         container=container)
 
 
 def _etag(body: bytes) -> str:

@@ -140,6 +140,8 @@ class ConditionedRendition:
     spec: RenditionSpec
     segments: tuple[ConditionedSegment, ...]
     duration: Fraction  # the creative's real (unpadded) duration in this rendition
+    #: The fMP4 init segment (EXT-X-MAP) when ``spec.container`` is "fmp4".
+    init: Path | None = None
 
     @property
     def padded_duration(self) -> Fraction:
@@ -391,7 +393,8 @@ def _load_marker(rdir: Path, spec: RenditionSpec) -> ConditionedRendition | None
     segs = tuple(ConditionedSegment(rdir / name, Fraction(d)) for name, d in marker["segments"])
     if not all(s.path.is_file() for s in segs):
         return None
-    return ConditionedRendition(spec, segs, Fraction(marker["duration"]))
+    init = rdir / marker["init"] if marker.get("init") else None
+    return ConditionedRendition(spec, segs, Fraction(marker["duration"]), init)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -315,11 +315,16 @@ class StubConditioner:
             folder = Path(out_dir) / key / spec.name
             folder.mkdir(parents=True, exist_ok=True)
             segments = []
+            fmp4 = spec.container == "fmp4"  # ads follow the content's container (B19)
+            init = folder / "init.mp4" if fmp4 else None
+            if init is not None:
+                init.write_bytes(b"\x00\x00\x00\x08ftyp")
             for i in range(count):
-                path = folder / f"seg_{i:05d}.ts"
-                path.write_bytes(b"\x47\x1f\xff\x10" + b"\xff" * 184)
+                path = folder / f"seg_{i:05d}.{'m4s' if fmp4 else 'ts'}"
+                path.write_bytes(b"\x00\x00\x00\x08moof" if fmp4
+                                 else b"\x47\x1f\xff\x10" + b"\xff" * 184)
                 segments.append(ConditionedSegment(path, step))
-            renditions[spec.name] = ConditionedRendition(spec, tuple(segments), duration)
+            renditions[spec.name] = ConditionedRendition(spec, tuple(segments), duration, init)
         cc = self._done[key] = ConditionedCreative(key, duration, renditions)
         return cc
 
