@@ -23,13 +23,14 @@ from manifests.pod import Candidate, Pod, PodItem, plan_pod
 from manifests.refresh import IncrementalParser
 from manifests.splice import SpliceCache, SpliceOptions, SpliceResult, breaks_to_decide, splice
 from manifests.timeline import with_pdt
+from manifests.webvtt import MapCheck, MapStatus, check_timestamp_map
 
 __all__ = [
     "AttributeListError", "Break", "BreakIndex", "BreakPolicy", "Candidate", "Checker",
-    "IncrementalParser", "Ledger", "ManifestError", "MarkerPolicy", "MediaPlaylist",
+    "IncrementalParser", "Ledger", "ManifestError", "MapCheck", "MapStatus", "MarkerPolicy", "MediaPlaylist",
     "Multivariant", "Observation", "PlaylistParseError", "Pod", "PodItem", "Rendition", "Rule",
     "Scte35Error", "Segment", "Signal", "SignalKind", "SlotEntry", "SlotKind", "Snapshot",
     "SpliceCache", "SpliceError", "SpliceOptions", "SpliceResult", "Violation",
-    "breaks_to_decide", "check", "observe", "parse_media", "parse_multivariant", "plan_pod",
+    "breaks_to_decide", "check", "check_timestamp_map", "observe", "parse_media", "parse_multivariant", "plan_pod",
     "render", "splice", "update_breaks", "with_pdt",
 ]
