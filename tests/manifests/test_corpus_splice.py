@@ -35,17 +35,24 @@ STITCHED: set[str] = set()
 
 
 class Uris:
+    """Ads follow the content's container, as the service conditions them: fMP4
+    (with their own init, declared after each discontinuity) under fMP4 content."""
+
+    def __init__(self, fmp4: bool = False) -> None:
+        self.ext = "m4s" if fmp4 else "ts"
+        self.fmp4 = fmp4
+
     def ad_segment(self, break_id: str, item_index: int, item: object, segment: int) -> str:
-        return f"ad/v0/{break_id}/{item_index}/{segment}.ts"
+        return f"ad/v0/{break_id}/{item_index}/{segment}.{self.ext}"
 
     def slate_segment(self, break_id: str, item_index: int, segment: int, msn: int) -> str:
-        return f"/assets/slate/v0/seg_{segment:05d}.ts"
+        return f"/assets/slate/v0/seg_{segment:05d}.{self.ext}"
 
     def ad_map(self, break_id: str, item_index: int, item: object) -> str | None:
-        return None
+        return f"ad/v0/{break_id}/{item_index}/init.mp4" if self.fmp4 else None
 
     def slate_map(self, break_id: str, item_index: int) -> str | None:
-        return None
+        return "/assets/slate/v0/init.mp4" if self.fmp4 else None
 
 
 def _origin_text(playlist) -> str:  # type: ignore[no-untyped-def]
@@ -71,7 +78,8 @@ def test_stitched_corpus_playlist_passes_the_checker(key: str) -> None:
         available = (b.duration_hint or DEFAULT_POLICY.max_duration) - start
         pods[break_id] = plan_pod(break_id, ADS, available=available, start=start,
                                   nominal=nominal, slate_segments=1)
-    result = splice(playlist, breaks=breaks, pods=pods, ledger=Ledger(), uris=Uris(),
+    result = splice(playlist, breaks=breaks, pods=pods, ledger=Ledger(),
+                    uris=Uris(any(seg.map is not None for seg in playlist.segments)),
                     options=SpliceOptions(base_url=BASE_URL, break_policy=DEFAULT_POLICY))
     if any(e.kind.value != "content" for e in result.new_entries):
         STITCHED.add(key)
