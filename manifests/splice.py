@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
@@ -69,6 +69,12 @@ class UriBuilder(Protocol):
         """``msn``: slate loops, so its segment index repeats; a builder whose URIs
         must be unique per slot (generated subtitles) can use the slot's MSN."""
         ...
+
+
+@runtime_checkable
+class InitUriBuilder(UriBuilder, Protocol):
+    """A :class:`UriBuilder` whose ads or slate may be fMP4 (B19). A builder without
+    these methods makes MPEG-TS segments only."""
 
     def ad_map(self, break_id: str, item_index: int, item: PodItem) -> str | None:
         """The ad's Media Initialization Section (an fMP4 init segment), None for
@@ -288,6 +294,8 @@ def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
 
 def _init_of(uris: UriBuilder, entry: SlotEntry, pod: Pod | None) -> str | None:
     """The init section URI of a replaced slot's ad or slate (None: MPEG-TS)."""
+    if not isinstance(uris, InitUriBuilder):
+        return None
     if entry.kind is SlotKind.SLATE or pod is None:
         return uris.slate_map(entry.break_id, entry.item)
     return uris.ad_map(entry.break_id, entry.item, pod.items[entry.item])
