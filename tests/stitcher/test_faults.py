@@ -10,8 +10,10 @@ each fault must be counted in ``/metrics``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +281,6 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
 async def test_a_playlist_cut_between_segments_is_not_taken_as_good() -> None:
     """A cut that leaves no dangling tag still shows: the live edge went backwards."""
     import aiohttp
-    from aiohttp import web
 
     from stitcher.metrics import Metrics
     from stitcher.origin import OriginFetcher
@@ -292,31 +293,19 @@ async def test_a_playlist_cut_between_segments_is_not_taken_as_good() -> None:
     cut = "\n".join(lines[:-4]) + "\n"  # the last two segments lost in transit
     serving = {"body": full}
 
-    async def playlist(_request: web.Request) -> web.Response:
-        return web.Response(text=serving["body"])
-
-    app = web.Application()
-    app.router.add_get("/p.m3u8", playlist)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
     now = [0.0]
     metrics = Metrics()
-    try:
-        async with aiohttp.ClientSession() as http:
-            fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0])
-            good = await fetcher.get(url)
-            assert not good.stale and good.playlist.segments[-1].msn == 15
-            serving["body"] = cut
-            now[0] += 2
-            again = await fetcher.get(url)
-            assert again.stale, "a shorter live window than the last good one is a cut body"
-            assert again.text == full
-            assert metrics.registry.get_sample_value(
-                "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
-    finally:
-        await runner.cleanup()
+    async with _serving(serving) as url, aiohttp.ClientSession() as http:
+        fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0])
+        good = await fetcher.get(url)
+        assert not good.stale and good.playlist.segments[-1].msn == 15
+        serving["body"] = cut
+        now[0] += 2
+        again = await fetcher.get(url)
+        assert again.stale, "a shorter live window than the last good one is a cut body"
+        assert again.text == full
+        assert metrics.registry.get_sample_value(
+            "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
 
 
 # ------------------------------------- B02: an origin whose media sequence regresses
@@ -327,7 +316,6 @@ async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
     good playlist (reload-1), serves it marked stale and counts the fault, so the
     splice is never fed the regressed numbering and no player sees MSN go back."""
     import aiohttp
-    from aiohttp import web
 
     from stitcher.metrics import Metrics
     from stitcher.origin import OriginFetcher
@@ -338,6 +326,26 @@ async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
     first, second = (PLAYLISTS[f"bugs/B02.txt#reload-{i}.m3u8"] for i in (1, 2))
     serving = {"body": first}
 
+    now = [0.0]
+    metrics = Metrics()
+    async with _serving(serving) as url, aiohttp.ClientSession() as http:
+        fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0])
+        good = await fetcher.get(url)
+        assert not good.stale and good.playlist.media_sequence == 200
+        serving["body"] = second
+        now[0] += 6
+        again = await fetcher.get(url)
+        assert again.stale and again.text == first
+        assert again.error is not None and "200 -> 196" in again.error
+        assert metrics.registry.get_sample_value(
+            "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
+
+
+@contextlib.asynccontextmanager
+async def _serving(serving: dict[str, str]) -> AsyncIterator[str]:
+    """A one-playlist origin on a loopback port answering ``serving["body"]``."""
+    from aiohttp import web
+
     async def playlist(_request: web.Request) -> web.Response:
         return web.Response(text=serving["body"])
 
@@ -346,20 +354,7 @@ async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
-    now = [0.0]
-    metrics = Metrics()
     try:
-        async with aiohttp.ClientSession() as http:
-            fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0])
-            good = await fetcher.get(url)
-            assert not good.stale and good.playlist.media_sequence == 200
-            serving["body"] = second
-            now[0] += 6
-            again = await fetcher.get(url)
-            assert again.stale and again.text == first
-            assert again.error is not None and "200 -> 196" in again.error
-            assert metrics.registry.get_sample_value(
-                "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
     finally:
         await runner.cleanup()
