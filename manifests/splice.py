@@ -17,11 +17,15 @@ the source's ad markers are dropped unless ``passthrough_markers``.
 
 from __future__ import annotations
 
+import operator
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from fractions import Fraction
 from functools import lru_cache
-from typing import Protocol
+from itertools import islice
+from typing import Protocol, cast
 from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
@@ -56,6 +60,7 @@ _REPLACED_ONLY = frozenset({
     EXTINF, EXT_X_BYTERANGE, EXT_X_PROGRAM_DATE_TIME, EXT_X_DISCONTINUITY, EXT_X_GAP,
     EXT_X_BITRATE, EXT_X_KEY, EXT_X_MAP,
 }) | LL_HLS_TAGS
+_EXTINF_PREFIX = EXTINF + ":"
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
 _URI_ATTRIBUTES = ("URI", "X-ASSET-URI", "X-ASSET-LIST")
 
@@ -141,14 +146,28 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     index = BreakIndex.of(breaks, options.break_policy)
     prev: SlotEntry | None = entries[-1] if reuse else (
         ledger.entries.get(segments[0].msn - 1) if segments else None)
-    for seg in segments[reuse:]:
-        if seg.msn <= ledger.hwm:
-            entry = ledger.entries.get(seg.msn)
-        else:
+    todo = segments[reuse:]
+    candidate = _candidates(todo, index)
+    hwm = ledger.hwm
+    published = ledger.entries
+    plain = renderer.plain
+    for i, seg in enumerate(todo):
+        if seg.msn <= hwm:
+            entry = published.get(seg.msn)
+        elif candidate is None or candidate[i]:
             entry = classify(seg, prev, index, pods, options.cadence)
             if entry is not None:
                 new_entries.append(entry)
-        if entry is None or entry.kind is SlotKind.CONTENT:
+        elif prev is not None and prev.kind is not SlotKind.CONTENT:
+            # What classify gives a slot no break covers, right after a break.
+            entry = SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
+                              delta=1 - int(seg.discontinuity))
+            new_entries.append(entry)
+        else:
+            entry = None
+        if entry is None and (prev is None or prev.kind is SlotKind.CONTENT):
+            chunks.append(plain(seg))
+        elif entry is None or entry.kind is SlotKind.CONTENT:
             chunks.append(renderer.content(seg, entry, prev))
         else:
             chunks.append(renderer.replaced(seg, entry, prev, pods.get(entry.break_id)))
@@ -235,6 +254,32 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     return needed
 
 
+def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[bool] | None:
+    """Which slots a break may cover (None: all may), found by bisection per break.
+
+    A 2-hour window has thousands of slots and a few dozen breaks: asking the
+    index about every slot costs more than the rest of the splice. With the
+    window's PDTs in order, a break covers only slots whose PDT lies in its
+    [start, bound) span (the rule of :meth:`BreakIndex.covering`), so only those
+    are classified; every other slot is what :func:`classify` gives a slot no
+    break covers. Without PDT everywhere, or out of order, every slot is asked.
+    """
+    if not index.breaks or not segments:
+        return [False] * len(segments)
+    timed = [seg.pdt for seg in segments]
+    if None in timed:
+        return None
+    pdts = cast(list[datetime], timed)
+    if not all(map(operator.le, pdts, islice(pdts, 1, None))):
+        return None
+    flags = [False] * len(segments)
+    for start, end in zip(index.starts, index.ends):
+        lo = bisect_left(pdts, start)
+        hi = bisect_left(pdts, end, lo)
+        flags[lo:hi] = [True] * (hi - lo)
+    return flags
+
+
 def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
              pods: Mapping[str, Pod], cadence: Fraction | None = None) -> SlotEntry | None:
     """What a slot published for the first time becomes; None for plain content."""
@@ -311,6 +356,17 @@ class _Renderer:
                 return False
         return True
 
+    def plain(self, seg: Segment) -> str:
+        """A content slot with no entry after a content slot: the common case."""
+        if seg.special or (seg.discontinuity and not seg.pdt_explicit and seg.pdt is not None):
+            return self.content(seg, None, None)
+        raw = seg.raw
+        if self.base:
+            uri = _join(self.base, raw[-1].strip())
+            if uri != raw[-1]:
+                return self.newline.join(raw[:-1] + (uri,))
+        return self.newline.join(raw)
+
     def content(self, seg: Segment, entry: SlotEntry | None, prev: SlotEntry | None) -> str:
         undated = seg.discontinuity and not seg.pdt_explicit and seg.pdt is not None
         if (entry is None and not seg.special and not undated
@@ -350,16 +406,31 @@ class _Renderer:
 
     def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
                  pod: Pod | None) -> str:
-        out = [self.line(line) for line in seg.lines
-               if line.tag not in _REPLACED_ONLY and line.tag != EXT_X_DISCONTINUITY_SEQUENCE
-               and not line.is_uri and self.keep(line)]
+        # Read from the raw text (the segment's Line objects are not built for
+        # this): the tags that outlive the content, its PDT and its EXTINF.
+        out: list[str] = []
+        pdt_line: str | None = None
+        extinf: str | None = None
+        for text in seg.raw:
+            if not text.startswith("#EXT"):
+                if not text or text[0] == "#" or text.isspace():
+                    out.append(text)  # a comment or a blank line stays
+                continue  # a URI: the content's own
+            name, colon, value = text.partition(":")
+            if name == EXT_X_PROGRAM_DATE_TIME:
+                pdt_line = pdt_line or text
+            elif name == EXTINF:
+                extinf = extinf or text
+            if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
+                continue
+            line = Line(text, name, value if colon else None)
+            if self.keep(line):
+                out.append(self.line(line))
         if entry.discontinuity:
             out.append(EXT_X_DISCONTINUITY)
         entering = prev is None or prev.kind is SlotKind.CONTENT
         if entering and seg.key is not None and _encrypted(seg.key):
             out.append(f"{EXT_X_KEY}:METHOD=NONE")
-        pdt_line = next((line.text for line in seg.lines
-                         if line.tag == EXT_X_PROGRAM_DATE_TIME), None)
         if pdt_line is None and seg.pdt is not None:
             pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}"
         if pdt_line is not None:
@@ -367,7 +438,9 @@ class _Renderer:
         if (self.options.ad_dateranges and pod is not None and entry.kind is SlotKind.AD
                 and entry.segment == 0 and seg.pdt is not None):
             out.append(_ad_daterange(entry, pod.items[entry.item], seg))
-        out.append(f"{EXTINF}:{_extinf_text(seg)},")
+        if extinf is None:
+            raise AssertionError("a parsed segment always has EXTINF")
+        out.append(f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
         if entry.kind is SlotKind.SLATE or pod is None:
             out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment,
                                                entry.msn))
@@ -396,14 +469,6 @@ def _explicit_byterange(seg: Segment) -> str:
     assert seg.byterange is not None
     length, offset = seg.byterange
     return f"{EXT_X_BYTERANGE}:{length}@{offset}"
-
-
-def _extinf_text(seg: Segment) -> str:
-    """The slot's duration exactly as the origin wrote it (no re-rounding)."""
-    for text in seg.raw:
-        if text.startswith(EXTINF + ":"):
-            return text[len(EXTINF) + 1:].partition(",")[0]
-    raise AssertionError("a parsed segment always has EXTINF")
 
 
 def _encrypted(key: Line) -> bool:
