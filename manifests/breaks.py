@@ -155,10 +155,19 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
     """Merge one playlist's observations into the known breaks (pure)."""
     breaks = list(known)
     result = BreakUpdate(breaks=())
+    ends: dict[int, tuple[Break, datetime]] = {}
+
+    def end_of(b: Break) -> datetime:
+        """``b.effective_end``, computed once per Break object in this merge (every
+        observation asks it of every break; the Fraction arithmetic adds up)."""
+        hit = ends.get(id(b))
+        if hit is None or hit[0] is not b:  # the entry keeps b alive: ids stay unique
+            hit = ends[id(b)] = (b, b.effective_end(policy))
+        return hit[1]
 
     def open_at(at: datetime) -> int | None:
         for i, b in enumerate(breaks):
-            if not b.cancelled and b.start - SAME_BOUNDARY <= at < b.effective_end(policy):
+            if not b.cancelled and b.start - SAME_BOUNDARY <= at < end_of(b):
                 return i
         return None
 
@@ -167,7 +176,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             return None
         for i, b in enumerate(breaks):
             if b.event_id == event_id and b.start - SAME_BOUNDARY <= at <= (
-                    b.effective_end(policy) + SAME_BOUNDARY):
+                    end_of(b) + SAME_BOUNDARY):
                 return i
         return None
 
@@ -198,7 +207,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
     def closes(b: Break, obs: Observation) -> bool:
         if b.cancelled or b.end is not None or obs.at < b.start:
             return False
-        limit = b.effective_end(policy)
+        limit = end_of(b)
         if obs.previous is not None and obs.previous > b.start:
             if obs.previous + PLANNED_SLACK >= limit:
                 return False  # a late IN: the slot before it was already content
