@@ -12,6 +12,7 @@ the last URI are the :attr:`MediaPlaylist.trailer`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -339,12 +340,18 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
     segment URI without a usable EXTINF. Fragments from documentation (no
     header) parse with ``strict_header=False``.
     """
-    raw_lines, newline, bom, final_newline = split_lines(text)
-    if strict_header and (not raw_lines or not raw_lines[0].startswith(EXTM3U)):
+    bom = text.startswith("\ufeff")
+    body = text[1:] if bom else text
+    if strict_header and not body.startswith(EXTM3U):
         raise PlaylistParseError("not an HLS playlist: first line is not #EXTM3U")
     state = ParseState()
-    header, segments, trailer, warnings = parse_lines(raw_lines, state, in_header=True,
-                                                      strict=strict_header)
+    if "\r\n" in body:
+        raw_lines, newline, bom, final_newline = split_lines(text)
+        header, segments, trailer, warnings = parse_lines(raw_lines, state, in_header=True,
+                                                          strict=strict_header)
+    else:
+        newline, final_newline = "\n", body.endswith("\n")
+        header, segments, trailer, warnings = _parse_text(body, state, strict=strict_header)
     return MediaPlaylist(
         header=header, segments=tuple(segments), trailer=trailer,
         target_duration=state.target, media_sequence=state.media_sequence,
@@ -353,6 +360,115 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
         final_newline=final_newline, warnings=tuple(warnings),
         marked=tuple(seg.msn for seg in segments if seg.markers),
     )
+
+
+#: A plain segment, LF-terminated lines: an optional PDT, at most one other tag,
+#: EXTINF, a URI with no surrounding blanks. Splitting the text on it runs in C;
+#: whatever lies between two matches goes through :func:`parse_lines`.
+_PLAIN_SEGMENT = re.compile(
+    r"^(?:(#EXT-X-PROGRAM-DATE-TIME:[^\n]*)\n)?"
+    r"(?:(#EXT(?!INF[:\n]|-X-PROGRAM-DATE-TIME)[^\n]*)\n)?"
+    r"(#EXTINF:[^\n]*)\n"
+    r"([^#\s](?:[^\n]*\S)?)\n", re.MULTILINE)
+_GROUPS = 4
+
+
+def _parse_text(body: str, state: ParseState, *, strict: bool,
+                ) -> tuple[tuple[Line, ...], list[Segment], tuple[Line, ...], list[str]]:
+    """:func:`parse_lines` over LF text, with plain segments taken whole.
+
+    The result is exactly what ``parse_lines`` gives for the same lines: a
+    plain segment sets no parse state but the PDT chain, and every other line
+    (header, trailer, segments with state tags, anything unusual) is parsed
+    by ``parse_lines`` itself, together with the match that follows it, so it
+    always starts and ends on a segment boundary.
+    """
+    parts = _PLAIN_SEGMENT.split(body)
+    matches = len(parts) // (_GROUPS + 1)
+    if not matches:
+        return parse_lines(split_lines(body)[0], state, in_header=True, strict=strict)
+    header: tuple[Line, ...] = ()
+    segments: list[Segment] = []
+    warnings: list[str] = []
+    in_header = True
+    codes = _CODES
+    special_tags = _SPECIAL_TAGS
+    durations = _DURATIONS
+    fromisoformat = datetime.fromisoformat
+    new_segment = Segment._parsed
+    append = segments.append
+    next_msn = state.next_msn
+    prev_pdt, prev_step = state.prev_pdt, state.prev_step
+    for k in range(0, matches * (_GROUPS + 1), _GROUPS + 1):
+        gap = parts[k]
+        pdt_line, tag_line, extinf, uri = parts[k + 1:k + 1 + _GROUPS]
+        special = markers = False
+        duration = None
+        if not gap:
+            if tag_line is not None:
+                colon = tag_line.find(":")
+                name = tag_line if colon < 0 else tag_line[:colon]
+                if name not in codes:
+                    if name in special_tags:
+                        special = True
+                        markers = name in AD_MARKER_TAGS
+                    elif "URI=" in tag_line:
+                        special = True
+                    gap = None  # plain so far
+            else:
+                gap = None
+            if gap is None:
+                comma = extinf.find(",", 8)
+                text = extinf[8:] if comma < 0 else extinf[8:comma]
+                duration = durations.get(text) or _duration(text)
+        if duration is None:
+            # Not plain (or an invalid EXTINF, which parse_lines reports).
+            lines = (gap or "").split("\n")[:-1]
+            lines.extend(line for line in (pdt_line, tag_line, extinf, uri) if line is not None)
+            state.next_msn, state.prev_pdt, state.prev_step = next_msn, prev_pdt, prev_step
+            head, more, _trailer, notes = parse_lines(lines, state, in_header=in_header,
+                                                      strict=strict)
+            if in_header:
+                header = head
+            in_header = False
+            segments.extend(more)
+            warnings.extend(notes)
+            next_msn, prev_pdt, prev_step = state.next_msn, state.prev_pdt, state.prev_step
+            continue
+        in_header = False
+        pdt: datetime | None = None
+        if pdt_line is not None:
+            value = pdt_line[25:]
+            try:
+                pdt = fromisoformat(value)
+            except ValueError:
+                pdt = parse_pdt(value)
+            else:
+                if pdt.tzinfo is None:
+                    pdt = pdt.replace(tzinfo=UTC)
+        explicit = pdt is not None
+        if pdt is None and prev_pdt is not None:
+            pdt = prev_pdt + prev_step
+        raw: tuple[str, ...]
+        if pdt_line is None:
+            raw = (extinf, uri) if tag_line is None else (tag_line, extinf, uri)
+        else:
+            raw = (pdt_line, extinf, uri) if tag_line is None else (pdt_line, tag_line, extinf, uri)
+        append(new_segment(
+            next_msn, duration, uri, raw, False, pdt, explicit,
+            state.discontinuity_sequence + state.disc_count, state.key, state.map, False,
+            special, markers, None, False))
+        next_msn += 1
+        prev_pdt, prev_step = pdt, duration[1]
+    state.next_msn, state.prev_pdt, state.prev_step = next_msn, prev_pdt, prev_step
+    rest = parts[-1]
+    lines = rest[:-1].split("\n") if rest.endswith("\n") else rest.split("\n") if rest else []
+    head, more, trailer, notes = parse_lines(lines, state, in_header=in_header, strict=strict)
+    if in_header:
+        header = head
+    segments.extend(more)
+    warnings.extend(notes)
+    return header, segments, trailer, warnings
 
 
 def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, strict: bool = True,
