@@ -399,9 +399,10 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
     append = segments.append
     next_msn = state.next_msn
     prev_pdt, prev_step = state.prev_pdt, state.prev_step
-    for k in range(0, matches * (_GROUPS + 1), _GROUPS + 1):
-        gap = parts[k]
-        pdt_line, tag_line, extinf, uri = parts[k + 1:k + 1 + _GROUPS]
+    dsn, key, map_line = state.discontinuity_sequence + state.disc_count, state.key, state.map
+    step = _GROUPS + 1
+    for gap, pdt_line, tag_line, extinf, uri in zip(
+            parts[0:-1:step], parts[1::step], parts[2::step], parts[3::step], parts[4::step]):
         special = markers = False
         duration = None
         if not gap:
@@ -434,6 +435,8 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
             segments.extend(more)
             warnings.extend(notes)
             next_msn, prev_pdt, prev_step = state.next_msn, state.prev_pdt, state.prev_step
+            dsn, key = state.discontinuity_sequence + state.disc_count, state.key
+            map_line = state.map
             continue
         in_header = False
         pdt: datetime | None = None
@@ -454,10 +457,8 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
             raw = (extinf, uri) if tag_line is None else (tag_line, extinf, uri)
         else:
             raw = (pdt_line, extinf, uri) if tag_line is None else (pdt_line, tag_line, extinf, uri)
-        append(new_segment(
-            next_msn, duration, uri, raw, False, pdt, explicit,
-            state.discontinuity_sequence + state.disc_count, state.key, state.map, False,
-            special, markers, None, False))
+        append(new_segment(next_msn, duration, uri, raw, False, pdt, explicit, dsn, key,
+                           map_line, False, special, markers, None, False))
         next_msn += 1
         prev_pdt, prev_step = pdt, duration[1]
     state.next_msn, state.prev_pdt, state.prev_step = next_msn, prev_pdt, prev_step

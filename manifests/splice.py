@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 from functools import lru_cache
-from itertools import islice
+from itertools import islice, repeat
 from typing import Protocol, cast
 from urllib.parse import urljoin
 
@@ -147,32 +147,41 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     prev: SlotEntry | None = entries[-1] if reuse else (
         ledger.entries.get(segments[0].msn - 1) if segments else None)
     todo = segments[reuse:]
-    candidate = _candidates(todo, index)
+    spans = _candidates(todo, index)
     hwm = ledger.hwm
     published = ledger.entries
-    plain = renderer.plain
-    for i, seg in enumerate(todo):
-        if seg.msn <= hwm:
-            entry = published.get(seg.msn)
-        elif candidate is None or candidate[i]:
-            entry = classify(seg, prev, index, pods, options.cadence)
-            if entry is not None:
+    i, n = 0, len(todo)
+    for lo, hi in [*spans, (n, n)]:
+        while i < hi:
+            seg = todo[i]
+            if i < lo and seg.msn > hwm and (prev is None or prev.kind is SlotKind.CONTENT):
+                # Up to the next break's slots: plain content, rendered as one run.
+                chunks.extend(renderer.plain_run(todo[i:lo]))
+                entries.extend(repeat(None, lo - i))
+                prev, i = None, lo
+                continue
+            if seg.msn <= hwm:
+                entry = published.get(seg.msn)
+            elif i >= lo:
+                entry = classify(seg, prev, index, pods, options.cadence)
+                if entry is not None:
+                    new_entries.append(entry)
+            elif prev is not None and prev.kind is not SlotKind.CONTENT:
+                # What classify gives a slot no break covers, right after a break.
+                entry = SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
+                                  delta=1 - int(seg.discontinuity))
                 new_entries.append(entry)
-        elif prev is not None and prev.kind is not SlotKind.CONTENT:
-            # What classify gives a slot no break covers, right after a break.
-            entry = SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
-                              delta=1 - int(seg.discontinuity))
-            new_entries.append(entry)
-        else:
-            entry = None
-        if entry is None and (prev is None or prev.kind is SlotKind.CONTENT):
-            chunks.append(plain(seg))
-        elif entry is None or entry.kind is SlotKind.CONTENT:
-            chunks.append(renderer.content(seg, entry, prev))
-        else:
-            chunks.append(renderer.replaced(seg, entry, prev, pods.get(entry.break_id)))
-        entries.append(entry)
-        prev = entry
+            else:
+                entry = None
+            if entry is None and (prev is None or prev.kind is SlotKind.CONTENT):
+                chunks.append(renderer.plain(seg))
+            elif entry is None or entry.kind is SlotKind.CONTENT:
+                chunks.append(renderer.content(seg, entry, prev))
+            else:
+                chunks.append(renderer.replaced(seg, entry, prev, pods.get(entry.break_id)))
+            entries.append(entry)
+            prev = entry
+            i += 1
     if cache is not None:
         cache.key, cache.segments = (options, uris), segments
         cache.entries, cache.chunks = entries, chunks
@@ -254,30 +263,35 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     return needed
 
 
-def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[bool] | None:
-    """Which slots a break may cover (None: all may), found by bisection per break.
+def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[int, int]]:
+    """The index spans [lo, hi) of the slots a break may cover, in order, disjoint.
 
     A 2-hour window has thousands of slots and a few dozen breaks: asking the
     index about every slot costs more than the rest of the splice. With the
     window's PDTs in order, a break covers only slots whose PDT lies in its
-    [start, bound) span (the rule of :meth:`BreakIndex.covering`), so only those
-    are classified; every other slot is what :func:`classify` gives a slot no
-    break covers. Without PDT everywhere, or out of order, every slot is asked.
+    [start, bound) span (the rule of :meth:`BreakIndex.covering`), found by
+    bisection; only those are classified, every other slot is what
+    :func:`classify` gives a slot no break covers. Without PDT everywhere, or
+    out of order, the one span is the whole window.
     """
     if not index.breaks or not segments:
-        return [False] * len(segments)
+        return []
     timed = [seg.pdt for seg in segments]
     if None in timed:
-        return None
+        return [(0, len(segments))]
     pdts = cast(list[datetime], timed)
     if not all(map(operator.le, pdts, islice(pdts, 1, None))):
-        return None
-    flags = [False] * len(segments)
-    for start, end in zip(index.starts, index.ends):
-        lo = bisect_left(pdts, start)
-        hi = bisect_left(pdts, end, lo)
-        flags[lo:hi] = [True] * (hi - lo)
-    return flags
+        return [(0, len(segments))]
+    spans: list[tuple[int, int]] = []
+    for lo, hi in sorted((bisect_left(pdts, start), bisect_left(pdts, end))
+                         for start, end in zip(index.starts, index.ends)):
+        if lo >= hi:
+            continue
+        if spans and lo <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(hi, spans[-1][1]))
+        else:
+            spans.append((lo, hi))
+    return spans
 
 
 def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
@@ -347,14 +361,26 @@ class _Renderer:
         return _join(self.base, uri.strip()) if self.base else uri
 
     def keep(self, line: Line) -> bool:
-        if line.tag in LL_HLS_TAGS:
+        return self.keep_tag(line.tag, line.value)
+
+    def keep_tag(self, tag: str | None, value: str | None) -> bool:
+        if tag in LL_HLS_TAGS:
             return False
         if not self.options.passthrough_markers:
-            if line.tag in MARKER_TAGS:
+            if tag in MARKER_TAGS:
                 return False
-            if line.tag == EXT_X_DATERANGE and line.value and "SCTE35-" in line.value:
+            if tag == EXT_X_DATERANGE and value and "SCTE35-" in value:
                 return False
         return True
+
+    def plain_run(self, run: tuple[Segment, ...]) -> list[str]:
+        """:meth:`plain` over consecutive slots, at C speed where the run has no
+        special or discontinuous segment and every URI is already absolute."""
+        raws = [seg.raw for seg in run]
+        if any(seg.special or seg.discontinuity for seg in run) or (
+                self.base and not _all_absolute([raw[-1] for raw in raws])):
+            return [self.plain(seg) for seg in run]
+        return list(map(self.newline.join, raws))
 
     def plain(self, seg: Segment) -> str:
         """A content slot with no entry after a content slot: the common case."""
@@ -423,9 +449,9 @@ class _Renderer:
                 extinf = extinf or text
             if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
                 continue
-            line = Line(text, name, value if colon else None)
-            if self.keep(line):
-                out.append(self.line(line))
+            if self.keep_tag(name, value if colon else None):
+                out.append(_absolutize_tag(text, self.base)
+                           if self.base and colon and "URI=" in value else text)
         if entry.discontinuity:
             out.append(EXT_X_DISCONTINUITY)
         entering = prev is None or prev.kind is SlotKind.CONTENT
@@ -484,6 +510,17 @@ def _explicit_iv(text: str, msn: int) -> str:
     if "IV=" in text:
         return text
     return f"{text},IV=0x{msn:032X}"
+
+
+def _all_absolute(uris: list[str]) -> bool:
+    """Does :func:`_join` leave every one of ``uris`` as it is? (Absolute HTTP(S),
+    no dot segment, no blank anywhere.) Counted over the joined text, in C."""
+    joined = "\n" + "\n".join(uris)
+    n = len(uris)
+    if "/." in joined or joined.count("\nhttps://") + joined.count("\nhttp://") != n:
+        return False
+    words = joined.split()
+    return len(words) == n and sum(map(len, words)) == len(joined) - n
 
 
 def _join(base: str, uri: str) -> str:
