@@ -21,10 +21,11 @@ import operator
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from fractions import Fraction
 from functools import lru_cache
 from itertools import islice, repeat
+from operator import attrgetter
 from typing import Protocol, cast
 from urllib.parse import urljoin
 
@@ -61,6 +62,9 @@ _REPLACED_ONLY = frozenset({
     EXT_X_BITRATE, EXT_X_KEY, EXT_X_MAP,
 }) | LL_HLS_TAGS
 _EXTINF_PREFIX = EXTINF + ":"
+_MICROSECOND = timedelta(microseconds=1)
+_special = attrgetter("special")
+_discontinuity = attrgetter("discontinuity")
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
 _URI_ATTRIBUTES = ("URI", "X-ASSET-URI", "X-ASSET-LIST")
 
@@ -301,10 +305,8 @@ def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
         brk = index.covering(seg.pdt, seg.step)
         pod = pods.get(brk.id) if brk is not None else None
         if brk is not None and pod is not None:
-            since = seg.pdt - brk.start
-            hit = pod.item_at_us(
-                (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds,
-                None if cadence is None else round(cadence * 1_000_000))
+            hit = pod.item_at_us((seg.pdt - brk.start) // _MICROSECOND,
+                                 None if cadence is None else round(cadence * 1_000_000))
             if hit is not None:
                 position, item, segment, wrapped = hit
                 disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
@@ -377,7 +379,7 @@ class _Renderer:
         """:meth:`plain` over consecutive slots, at C speed where the run has no
         special or discontinuous segment and every URI is already absolute."""
         raws = [seg.raw for seg in run]
-        if any(seg.special or seg.discontinuity for seg in run) or (
+        if any(map(_special, run)) or any(map(_discontinuity, run)) or (
                 self.base and not _all_absolute([raw[-1] for raw in raws])):
             return [self.plain(seg) for seg in run]
         return list(map(self.newline.join, raws))
@@ -514,13 +516,12 @@ def _explicit_iv(text: str, msn: int) -> str:
 
 def _all_absolute(uris: list[str]) -> bool:
     """Does :func:`_join` leave every one of ``uris`` as it is? (Absolute HTTP(S),
-    no dot segment, no blank anywhere.) Counted over the joined text, in C."""
+    no dot segment, nothing to strip: every blank but the space is unprintable.)
+    Counted over the joined text, in C; False only means "ask each one"."""
     joined = "\n" + "\n".join(uris)
-    n = len(uris)
-    if "/." in joined or joined.count("\nhttps://") + joined.count("\nhttp://") != n:
-        return False
-    words = joined.split()
-    return len(words) == n and sum(map(len, words)) == len(joined) - n
+    return ("/." not in joined and " " not in joined
+            and joined.count("\nhttps://") + joined.count("\nhttp://") == len(uris)
+            and all(map(str.isprintable, uris)))
 
 
 def _join(base: str, uri: str) -> str:
