@@ -362,7 +362,7 @@ def _segment_signals(seg: Segment, policy: MarkerPolicy, errors: MarkerErrors,
             handler = HANDLERS.get(tag)
             if handler is not None:
                 out.extend(_line_signals(handler, tag, value if colon else None, seg, policy,
-                                         errors))
+                                         errors, memo_key))
     memo[memo_key] = out
     return out
 
@@ -370,13 +370,15 @@ def _segment_signals(seg: Segment, policy: MarkerPolicy, errors: MarkerErrors,
 #: Handlers are pure functions of a tag's text, and live feeds repeat the same
 #: marker lines (``#EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=30`` every break):
 #: each distinct line is interpreted once, its errors replayed on every sighting.
-_LINE_CACHE: dict[tuple[str | None, str | None, MarkerPolicy],
+#: Keyed by the policy's memo key (hashed by identity, see :class:`_MemoKey`).
+_LINE_CACHE: dict[tuple[str | None, str | None, _MemoKey],
                   tuple[tuple[Signal, ...], tuple[str, ...]]] = {}
 
 
 def _line_signals(handler: Handler, tag: str | None, value: str | None, seg: Segment,
-                  policy: MarkerPolicy, errors: MarkerErrors) -> tuple[Signal, ...]:
-    key = (tag, value, policy)
+                  policy: MarkerPolicy, errors: MarkerErrors, policy_key: _MemoKey,
+                  ) -> tuple[Signal, ...]:
+    key = (tag, value, policy_key)
     hit = _LINE_CACHE.get(key)
     if hit is None:
         local = MarkerErrors()  # logs each message once, here

@@ -312,6 +312,19 @@ def _duration(text: str) -> tuple[Fraction, timedelta] | None:
     return value
 
 
+#: Whole EXTINF lines (``#EXTINF:2.000,``) repeat even more than their durations.
+_EXTINF_LINES: dict[str, tuple[Fraction, timedelta]] = {}
+
+
+def _extinf_duration(line: str) -> tuple[Fraction, timedelta] | None:
+    """The duration of an ``#EXTINF:`` line (text before the first comma)."""
+    comma = line.find(",", 8)
+    value = _duration(line[8:] if comma < 0 else line[8:comma])
+    if value is not None and len(_EXTINF_LINES) < 4096:
+        _EXTINF_LINES[line] = value
+    return value
+
+
 @dataclass
 class ParseState:
     """Where a parse stands after its last segment: lets a refresh parse only the tail."""
@@ -393,7 +406,7 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
     in_header = True
     codes = _CODES
     special_tags = _SPECIAL_TAGS
-    durations = _DURATIONS
+    extinf_lines = _EXTINF_LINES
     fromisoformat = datetime.fromisoformat
     new_segment = Segment._parsed
     append = segments.append
@@ -419,9 +432,7 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
             else:
                 gap = None
             if gap is None:
-                comma = extinf.find(",", 8)
-                text = extinf[8:] if comma < 0 else extinf[8:comma]
-                duration = durations.get(text) or _duration(text)
+                duration = extinf_lines.get(extinf) or _extinf_duration(extinf)
         if duration is None:
             # Not plain (or an invalid EXTINF, which parse_lines reports).
             lines = (gap or "").split("\n")[:-1]
