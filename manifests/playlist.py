@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
+from itertools import compress
+from operator import attrgetter
 
 from manifests.errors import ManifestError, PlaylistParseError
 from manifests.timing import parse_duration, parse_pdt
@@ -97,6 +99,8 @@ AD_MARKER_TAGS = frozenset({
 _SPECIAL_TAGS = AD_MARKER_TAGS | LL_HLS_TAGS | {EXT_X_KEY, EXT_X_MAP, EXT_X_DISCONTINUITY_SEQUENCE,
                                                 EXT_X_MEDIA_SEQUENCE}
 
+_MSN = attrgetter("msn")
+_MARKERS = attrgetter("markers")
 _EXTINF_PREFIX = EXTINF + ":"
 _PDT_PREFIX = EXT_X_PROGRAM_DATE_TIME + ":"
 
@@ -371,7 +375,7 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
         discontinuity_sequence=state.discontinuity_sequence, endlist=state.endlist,
         playlist_type=state.playlist_type, version=state.version, newline=newline, bom=bom,
         final_newline=final_newline, warnings=tuple(warnings),
-        marked=tuple(seg.msn for seg in segments if seg.markers),
+        marked=tuple(compress(map(_MSN, segments), map(_MARKERS, segments))),
     )
 
 

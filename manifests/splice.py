@@ -63,6 +63,7 @@ _REPLACED_ONLY = frozenset({
 }) | LL_HLS_TAGS
 _EXTINF_PREFIX = EXTINF + ":"
 _MICROSECOND = timedelta(microseconds=1)
+_pdt = attrgetter("pdt")
 _special = attrgetter("special")
 _discontinuity = attrgetter("discontinuity")
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
@@ -280,7 +281,7 @@ def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[
     """
     if not index.breaks or not segments:
         return []
-    timed = [seg.pdt for seg in segments]
+    timed = list(map(_pdt, segments))
     if None in timed:
         return [(0, len(segments))]
     pdts = cast(list[datetime], timed)
@@ -521,7 +522,7 @@ def _all_absolute(uris: list[str]) -> bool:
     joined = "\n" + "\n".join(uris)
     return ("/." not in joined and " " not in joined
             and joined.count("\nhttps://") + joined.count("\nhttp://") == len(uris)
-            and all(map(str.isprintable, uris)))
+            and "".join(uris).isprintable())
 
 
 def _join(base: str, uri: str) -> str:
