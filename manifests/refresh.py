@@ -14,7 +14,7 @@ changed line ending) falls back to a full parse: the result is always what
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 
 from manifests.playlist import (
@@ -140,12 +140,14 @@ class IncrementalParser:
         tail_text = text[hdr_end + len(middle):]
         tail_lines, _nl, _b, final_newline = split_lines(tail_text) if tail_text else (
             [], newline, False, text.endswith("\n"))
-        cont = replace(prev.state, media_sequence=state.media_sequence,
-                       discontinuity_sequence=state.discontinuity_sequence,
-                       target=state.target, endlist=state.endlist,
-                       playlist_type=state.playlist_type, version=state.version,
-                       next_msn=kept[-1].msn + 1,
-                       disc_count=kept[-1].discontinuity_sequence - state.discontinuity_sequence)
+        last = prev.state
+        cont = ParseState(
+            media_sequence=state.media_sequence, discontinuity_sequence=state.discontinuity_sequence,
+            next_msn=kept[-1].msn + 1,
+            disc_count=kept[-1].discontinuity_sequence - state.discontinuity_sequence,
+            key=last.key, map=last.map, prev_pdt=last.prev_pdt, prev_step=last.prev_step,
+            range_end=last.range_end, target=state.target, endlist=state.endlist,
+            playlist_type=state.playlist_type, version=state.version)
         _h, new_segs, new_trailer, _w2 = parse_lines(tail_lines, cont, in_header=False)
         segments: tuple[Segment, ...] = kept + tuple(new_segs)
         playlist = MediaPlaylist(

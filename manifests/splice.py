@@ -18,7 +18,7 @@ the source's ad markers are dropped unless ``passthrough_markers``.
 from __future__ import annotations
 
 import operator
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,6 +64,8 @@ _REPLACED_ONLY = frozenset({
 _EXTINF_PREFIX = EXTINF + ":"
 _MICROSECOND = timedelta(microseconds=1)
 _pdt = attrgetter("pdt")
+#: Up to this many new slots, each is simply classified (see :func:`_candidates`).
+_FEW = 16
 _special = attrgetter("special")
 _discontinuity = attrgetter("discontinuity")
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
@@ -204,19 +206,20 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         dsn = playlist.discontinuity_sequence + ledger.delta_before(media_sequence)
 
     out = renderer.header(playlist, media_sequence, dsn)
-    served = chunks[first:] if first else list(chunks)
-    if kept and kept[0].byterange_implicit and served:
+    start = len(out)
+    out.extend(islice(chunks, first, None) if first else chunks)  # one copy of the list
+    if kept and kept[0].byterange_implicit and len(out) > start:
         # The first served segment has no predecessor in the playlist any more.
-        served[0] = served[0].replace(
+        out[start] = out[start].replace(
             next(t for t in kept[0].raw if t.startswith(EXT_X_BYTERANGE + ":")),
             _explicit_byterange(kept[0]))
-    out.extend(served)
-    out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
+    if playlist.trailer:
+        out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
     hwm = segments[-1].msn if segments else ledger.hwm
     text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
                         final_newline=playlist.final_newline)
     return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, kept,
-                        tuple(entries[first:]))
+                        tuple(islice(entries, first, None) if first else entries))
 
 
 def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
@@ -281,6 +284,8 @@ def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[
     """
     if not index.breaks or not segments:
         return []
+    if len(segments) <= _FEW:
+        return [(0, len(segments))]  # a refresh's tail: asking is cheaper than bisecting
     timed = list(map(_pdt, segments))
     if None in timed:
         return [(0, len(segments))]
@@ -288,8 +293,13 @@ def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[
     if not all(map(operator.le, pdts, islice(pdts, 1, None))):
         return [(0, len(segments))]
     spans: list[tuple[int, int]] = []
-    for lo, hi in sorted((bisect_left(pdts, start), bisect_left(pdts, end))
-                         for start, end in zip(index.starts, index.ends)):
+    # Breaks starting after the last slot cannot cover any (a refresh's tail is
+    # one slot: most of the channel's breaks are behind it).
+    first, last = pdts[0], pdts[-1]
+    starts, ends = index.starts, index.ends
+    near = [j for j in range(bisect_right(starts, last)) if ends[j] > first]
+    for lo, hi in sorted((bisect_left(pdts, starts[j]), bisect_left(pdts, ends[j]))
+                         for j in near):
         if lo >= hi:
             continue
         if spans and lo <= spans[-1][1]:
