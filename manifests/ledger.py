@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -63,10 +64,13 @@ class Ledger:
     floor: int = 0
 
     def delta_before(self, msn: int) -> int:
-        # The MSNs are filtered in C: a refresh asks this of a ledger holding every
-        # slot the breaks of a 2-hour window touched, and wants the few before.
+        # Sorted and cut in C: a refresh asks this of a ledger holding every slot the
+        # breaks of a 2-hour window touched, and wants the few before (entries are
+        # appended in MSN order, so the sort only checks that).
         entries = self.entries
-        return self.base + sum(map(_DELTA, map(entries.__getitem__, filter(msn.__gt__, entries))))
+        keys = sorted(entries)
+        before = keys[:bisect_left(keys, msn)]
+        return self.base + sum(map(_DELTA, map(entries.__getitem__, before)))
 
     def append(self, new: list[SlotEntry], hwm: int) -> Ledger:
         entries = dict(self.entries)
