@@ -169,10 +169,19 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
     """Merge one playlist's observations into the known breaks (pure)."""
     breaks = list(known)
     result = BreakUpdate(breaks=())
+    ends: dict[int, tuple[Break, datetime]] = {}
+
+    def end_of(b: Break) -> datetime:
+        """``b.effective_end``, computed once per Break object in this merge (every
+        observation asks it of every break; the Fraction arithmetic adds up)."""
+        hit = ends.get(id(b))
+        if hit is None or hit[0] is not b:  # the entry keeps b alive: ids stay unique
+            hit = ends[id(b)] = (b, b.effective_end(policy))
+        return hit[1]
 
     def open_at(at: datetime) -> int | None:
         for i, b in enumerate(breaks):
-            if not b.cancelled and _earliest(b) - SAME_BOUNDARY <= at < b.effective_end(policy):
+            if not b.cancelled and _earliest(b) - SAME_BOUNDARY <= at < end_of(b):
                 return i
         return None
 
@@ -181,7 +190,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             return None
         for i, b in enumerate(breaks):
             if b.event_id == event_id and _earliest(b) - SAME_BOUNDARY <= at <= (
-                    b.effective_end(policy) + SAME_BOUNDARY):
+                    end_of(b) + SAME_BOUNDARY):
                 return i
         return None
 
@@ -215,7 +224,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
         if b.end is not None:
             # Only the range's own end may follow a CUE-IN-style end (it is the actual one).
             return obs.declared and not b.end_declared and b.event_id == obs.event_id
-        limit = b.effective_end(policy)
+        limit = end_of(b)
         if obs.declared:
             pass  # the range's actual end: never late, it may outlast the plan
         elif obs.previous is not None and obs.previous > b.start:

@@ -321,35 +321,64 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+class _MemoKey:
+    """A segment memo key per (consumer, policy): hashed by identity, since a
+    policy's dataclass hash costs more than the lookup it keys."""
+
+    __slots__ = ()
+
+
+_MEMO_KEYS: dict[tuple[str, MarkerPolicy], _MemoKey] = {}
+
+
+def _memo_key(consumer: str, policy: MarkerPolicy) -> _MemoKey:
+    key = _MEMO_KEYS.get((consumer, policy))
+    if key is None:
+        if len(_MEMO_KEYS) >= 256:
+            _MEMO_KEYS.clear()
+        key = _MEMO_KEYS[(consumer, policy)] = _MemoKey()
+    return key
+
+
 def segment_signals(seg: Segment, policy: MarkerPolicy = MarkerPolicy(),
                     errors: MarkerErrors | None = None) -> list[Signal]:
     """All signals attached to one segment, in line order."""
     if not seg.markers:
         return []  # flagged at parse time: most segments carry no marker at all
-    memo_key = ("signals", policy)
-    cached = seg.memo.get(memo_key)
+    return _segment_signals(seg, policy, errors if errors is not None else MarkerErrors(),
+                            _memo_key("signals", policy))
+
+
+def _segment_signals(seg: Segment, policy: MarkerPolicy, errors: MarkerErrors,
+                     memo_key: _MemoKey) -> list[Signal]:
+    memo = seg.memo
+    cached = memo.get(memo_key)
     if cached is not None:
         return cached  # type: ignore[return-value]
-    errors = errors if errors is not None else MarkerErrors()
     out: list[Signal] = []
-    for line in seg.lines:
-        handler = HANDLERS.get(line.tag) if line.tag else None
-        if handler is not None:
-            out.extend(_line_signals(handler, line.tag, line.value, seg, policy, errors))
-    seg.memo[memo_key] = out
+    for text in seg.raw:  # the raw text: no Line objects for this
+        if text.startswith("#EXT"):
+            tag, colon, value = text.partition(":")
+            handler = HANDLERS.get(tag)
+            if handler is not None:
+                out.extend(_line_signals(handler, tag, value if colon else None, seg, policy,
+                                         errors, memo_key))
+    memo[memo_key] = out
     return out
 
 
 #: Handlers are pure functions of a tag's text, and live feeds repeat the same
 #: marker lines (``#EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=30`` every break):
 #: each distinct line is interpreted once, its errors replayed on every sighting.
-_LINE_CACHE: dict[tuple[str | None, str | None, MarkerPolicy],
+#: Keyed by the policy's memo key (hashed by identity, see :class:`_MemoKey`).
+_LINE_CACHE: dict[tuple[str | None, str | None, _MemoKey],
                   tuple[tuple[Signal, ...], tuple[str, ...]]] = {}
 
 
 def _line_signals(handler: Handler, tag: str | None, value: str | None, seg: Segment,
-                  policy: MarkerPolicy, errors: MarkerErrors) -> tuple[Signal, ...]:
-    key = (tag, value, policy)
+                  policy: MarkerPolicy, errors: MarkerErrors, policy_key: _MemoKey,
+                  ) -> tuple[Signal, ...]:
+    key = (tag, value, policy_key)
     hit = _LINE_CACHE.get(key)
     if hit is None:
         local = MarkerErrors()  # logs each message once, here
@@ -531,69 +560,75 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
     """
     errors = errors if errors is not None else MarkerErrors()
     nested_ends = {END_OF[t] for t in policy.nested_types if t in END_OF}
+    nested = policy.nested_types | nested_ends
     state = _WindowState(playlist.segments, errors)
     out: list[Observation] = []
-    first = playlist.segments[0].msn if playlist.segments else playlist.media_sequence
+    segments = playlist.segments
+    first = segments[0].msn if segments else playlist.media_sequence
     marked = playlist.marked
     begin = 0
-    memo_key = ("walk", policy)
+    memo_key = _memo_key("walk", policy)
+    signals_key = _memo_key("signals", policy)
     if since_msn is not None:
         resume = bisect_right(marked, since_msn)
         if resume > 0:
-            walked = playlist.segments[marked[resume - 1] - first].memo.get(memo_key)
+            walked = segments[marked[resume - 1] - first].memo.get(memo_key)
             if walked is not None:
                 was_open, starts = cast(tuple[bool, tuple[tuple[str, datetime], ...]], walked)
                 state.open = was_open
                 state.starts = dict(starts)
                 begin = resume
+    OUT, CONT, IN, POINT = SignalKind.OUT, SignalKind.CONT, SignalKind.IN, SignalKind.POINT
+    last: Segment | None = None
     for msn in marked[begin:]:
-        seg = playlist.segments[msn - first]
+        seg = segments[msn - first]
         if seg.pdt is None:
             continue
+        last = seg
         quiet = since_msn is not None and msn <= since_msn
-        signals = segment_signals(seg, policy, errors)
+        signals = (_segment_signals(seg, policy, errors, signals_key) if seg.markers else [])
         if quiet and not any(sig.dialect == EXT_X_DATERANGE for sig in signals):
             # Observed on an earlier reload: only the open/closed state matters here.
             for sig in signals:
-                nestable = (sig.segmentation_type_id in policy.nested_types
-                            or sig.segmentation_type_id in nested_ends)
-                if sig.kind is SignalKind.POINT or (nestable and state.open):
+                kind = sig.kind
+                if kind is POINT or (state.open and sig.segmentation_type_id in nested):
                     continue
-                if sig.kind is SignalKind.CONT or sig.kind is SignalKind.OUT:
+                if kind is CONT or kind is OUT:
                     state.open = True
-                elif sig.kind is SignalKind.IN:
+                elif kind is IN:
                     state.open = False
-            seg.memo[memo_key] = (state.open, tuple(state.starts.items()))
             continue
-        params = tuple(p for sig in signals if sig.kind is SignalKind.POINT for p in sig.params)
         here: list[Observation] = []
         for sig in signals:
-            nestable = (sig.segmentation_type_id in policy.nested_types
-                        or sig.segmentation_type_id in nested_ends)
-            if sig.kind is SignalKind.POINT:
+            kind = sig.kind
+            if kind is POINT:
                 continue
+            nestable = sig.segmentation_type_id in nested
             if nestable and state.open:
                 continue  # an ad inside the open break: an event of it, not a boundary
             if sig.dialect == EXT_X_DATERANGE:
                 here.extend(state.daterange(sig, seg, nestable))
                 continue
-            assert seg.pdt is not None
-            obs = Observation(sig.kind, seg.pdt, seg.msn, sig.dialect, sig.event_id,
-                              sig.planned_duration, sig.elapsed, sig.segmentation_type_id,
-                              sig.upid, (), sig.pts, nestable)
-            if sig.kind is SignalKind.CONT:
+            if kind is CONT:
                 if state.open:
-                    continue
+                    continue  # inside the break this window already opened
                 state.open = True
-            elif sig.kind is SignalKind.OUT:
+            elif kind is OUT:
                 state.open = True
-            elif sig.kind is SignalKind.IN:
+            previous = None
+            if kind is IN:
                 state.open = False
-                obs = replace(obs, previous=state.previous(seg.msn))
-            here.append(obs)
-        seg.memo[memo_key] = (state.open, tuple(state.starts.items()))
-        if not quiet:
+                previous = state.previous(seg.msn)
+            here.append(Observation(kind, seg.pdt, seg.msn, sig.dialect, sig.event_id,
+                                    sig.planned_duration, sig.elapsed, sig.segmentation_type_id,
+                                    sig.upid, (), sig.pts, nestable, previous))
+        if not quiet and here:
+            params = tuple(p for sig in signals if sig.kind is POINT for p in sig.params)
             out.extend(_coalesce(here, seg, params))
+    if last is not None:
+        # The walk state after the last segment read: the next reload resumes there
+        # (its ``since_msn`` is this window's end, so the walk stops at this segment).
+        last.memo[memo_key] = (state.open, tuple(state.starts.items()))
     out.sort(key=lambda o: o.at)  # stable: same-instant observations keep tag order
     return out
 

@@ -65,8 +65,9 @@ class Pod:
         """:meth:`item_at` in integer microseconds (the hot path: no Fractions)."""
         if not self.personalized:
             return None
-        step = cadence or _micros(self.nominal)
-        for i, (start, end, segments, slate_period) in enumerate(_bounds(self)):
+        nominal, bounds = _bounds(self)
+        step = cadence or nominal
+        for i, (start, end, segments, slate_period) in enumerate(bounds):
             if start - _EPS_US <= offset < end - _EPS_US:
                 into = offset - start
                 if slate_period:
@@ -85,22 +86,24 @@ class Pod:
 
 _US = 1_000_000
 _EPS_US = round(EPS * _US)
-_BOUNDS: dict[int, tuple[Pod, tuple[tuple[int, int, int, int], ...]]] = {}
+_BOUNDS: dict[int, tuple[Pod, tuple[int, tuple[tuple[int, int, int, int], ...]]]] = {}
 
 
 def _micros(value: Fraction) -> int:
     return round(value * _US)
 
 
-def _bounds(pod: Pod) -> tuple[tuple[int, int, int, int], ...]:
-    """Each item's (start, end, segments, slate loop period) in microseconds, computed
-    once per pod (pods are frozen; keyed by identity, the pod kept alive with it)."""
+def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
+    """The nominal segment duration and each item's (start, end, segments, slate
+    loop period), in microseconds, computed once per pod (pods are frozen; keyed
+    by identity, the pod kept alive with it)."""
     hit = _BOUNDS.get(id(pod))
     if hit is not None and hit[0] is pod:
         return hit[1]
-    bounds = tuple((_micros(it.start), _micros(it.start + it.span), it.segments,
-                    _micros(it.segments * pod.nominal) if it.kind is ItemKind.SLATE else 0)
-                   for it in pod.items)
+    items = tuple((_micros(it.start), _micros(it.start + it.span), it.segments,
+                   _micros(it.segments * pod.nominal) if it.kind is ItemKind.SLATE else 0)
+                  for it in pod.items)
+    bounds = _micros(pod.nominal), items
     if len(_BOUNDS) >= 4096:
         _BOUNDS.clear()
     _BOUNDS[id(pod)] = (pod, bounds)

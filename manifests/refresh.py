@@ -14,7 +14,7 @@ changed line ending) falls back to a full parse: the result is always what
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 
 from manifests.playlist import (
@@ -34,16 +34,20 @@ _MAX_HEADER = 8192
 class _Previous:
     text: str
     playlist: MediaPlaylist
-    #: Character offset where each segment's lines start, stored lazily:
-    #: segment i starts at ``offsets[dropped + i] + shift`` (amortised O(1) slides).
-    offsets: list[int]
-    dropped: int
-    shift: int
+    #: Character offset where segment i's lines start, for the first few segments
+    #: only (extended on demand): a refresh looks at most 64 segments in.
+    starts: list[int]
     trailer_offset: int
     state: ParseState
 
     def offset(self, i: int) -> int:
-        return self.offsets[self.dropped + i] + self.shift
+        starts = self.starts
+        segments = self.playlist.segments
+        nl = len(self.playlist.newline)
+        while len(starts) <= i:
+            raw = segments[len(starts) - 1].raw
+            starts.append(starts[-1] + sum(map(len, raw)) + nl * len(raw))
+        return starts[i]
 
 
 class IncrementalParser:
@@ -65,43 +69,36 @@ class IncrementalParser:
                 return result
         self.full_parses += 1
         playlist = parse_media(text)
-        self._remember(text, playlist)
+        nl = len(playlist.newline)
+        first = len("\ufeff") if playlist.bom else 0
+        first += sum(len(line.text) + nl for line in playlist.header)
+        self._remember(text, playlist, first)
         return playlist
 
-    def _remember(self, text: str, playlist: MediaPlaylist,
-                  carried: tuple[list[int], int, int, int] | None = None) -> None:
-        """Record offsets; ``carried`` = (offsets, dropped, shift, first new segment index)."""
+    def _remember(self, text: str, playlist: MediaPlaylist, first: int) -> None:
+        """Record where the first segment starts (``first``) and the trailer begins.
+
+        Counted back from the end, so the work does not grow with the window: a
+        cold parse of a 2-hour window need not measure 3,600 segments.
+        """
         nl = len(playlist.newline)
-        if carried is None:
-            pos = len("\ufeff") if playlist.bom else 0
-            for line in playlist.header:
-                pos += len(line.text) + nl
-            offsets: list[int] = []
-            dropped, shift, first_new = 0, 0, 0
-        else:
-            offsets, dropped, shift, first_new = carried
-            last = playlist.segments[first_new - 1] if first_new else None
-            pos = (offsets[-1] + shift + sum(map(len, last.raw)) + nl * len(last.raw)) if last else 0
-            if dropped > 4096 and dropped > len(offsets) // 2:
-                offsets = offsets[dropped:]
-                dropped = 0
-        for seg in playlist.segments[first_new:]:
-            offsets.append(pos - shift)
-            pos += sum(map(len, seg.raw)) + nl * len(seg.raw)
+        trailer_offset = len(text) + (0 if playlist.final_newline else nl) - sum(
+            len(line.text) + nl for line in playlist.trailer)
+        last = playlist.segments[-1] if playlist.segments else None
         state = ParseState(
             media_sequence=playlist.media_sequence,
             discontinuity_sequence=playlist.discontinuity_sequence,
             next_msn=playlist.last_msn + 1,
-            disc_count=(playlist.segments[-1].discontinuity_sequence
-                        - playlist.discontinuity_sequence) if playlist.segments else 0,
-            key=playlist.segments[-1].key if playlist.segments else None,
-            map=playlist.segments[-1].map if playlist.segments else None,
-            prev_pdt=playlist.segments[-1].pdt if playlist.segments else None,
-            prev_step=playlist.segments[-1].step if playlist.segments else timedelta(0),
-            range_end=_range_end(playlist.segments[-1]) if playlist.segments else None,
+            disc_count=(last.discontinuity_sequence - playlist.discontinuity_sequence)
+            if last else 0,
+            key=last.key if last else None,
+            map=last.map if last else None,
+            prev_pdt=last.pdt if last else None,
+            prev_step=last.step if last else timedelta(0),
+            range_end=_range_end(last) if last else None,
             target=playlist.target_duration, endlist=playlist.endlist,
             playlist_type=playlist.playlist_type, version=playlist.version)
-        self._prev = _Previous(text, playlist, offsets, dropped, shift, pos, state)
+        self._prev = _Previous(text, playlist, [first], trailer_offset, state)
 
     def _incremental(self, prev: _Previous, text: str) -> MediaPlaylist | None:
         old = prev.playlist
@@ -143,12 +140,14 @@ class IncrementalParser:
         tail_text = text[hdr_end + len(middle):]
         tail_lines, _nl, _b, final_newline = split_lines(tail_text) if tail_text else (
             [], newline, False, text.endswith("\n"))
-        cont = replace(prev.state, media_sequence=state.media_sequence,
-                       discontinuity_sequence=state.discontinuity_sequence,
-                       target=state.target, endlist=state.endlist,
-                       playlist_type=state.playlist_type, version=state.version,
-                       next_msn=kept[-1].msn + 1,
-                       disc_count=kept[-1].discontinuity_sequence - state.discontinuity_sequence)
+        last = prev.state
+        cont = ParseState(
+            media_sequence=state.media_sequence, discontinuity_sequence=state.discontinuity_sequence,
+            next_msn=kept[-1].msn + 1,
+            disc_count=kept[-1].discontinuity_sequence - state.discontinuity_sequence,
+            key=last.key, map=last.map, prev_pdt=last.prev_pdt, prev_step=last.prev_step,
+            range_end=last.range_end, target=state.target, endlist=state.endlist,
+            playlist_type=state.playlist_type, version=state.version)
         _h, new_segs, new_trailer, _w2 = parse_lines(tail_lines, cont, in_header=False)
         segments: tuple[Segment, ...] = kept + tuple(new_segs)
         playlist = MediaPlaylist(
@@ -159,8 +158,7 @@ class IncrementalParser:
             bom=False, final_newline=final_newline if tail_text else old.final_newline,
             marked=old.marked[bisect_left(old.marked, kept[0].msn):]
             + tuple(seg.msn for seg in new_segs if seg.markers))
-        shift = prev.shift + hdr_end - prev.offset(d)
-        self._remember(text, playlist, (prev.offsets, prev.dropped + d, shift, len(kept)))
+        self._remember(text, playlist, hdr_end)
         return playlist
 
 

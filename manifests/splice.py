@@ -17,11 +17,16 @@ the source's ad markers are dropped unless ``passthrough_markers``.
 
 from __future__ import annotations
 
+import operator
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from fractions import Fraction
 from functools import lru_cache
-from typing import Protocol, runtime_checkable
+from itertools import islice, repeat
+from operator import attrgetter
+from typing import Protocol, cast, runtime_checkable
 from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
@@ -56,6 +61,13 @@ _REPLACED_ONLY = frozenset({
     EXTINF, EXT_X_BYTERANGE, EXT_X_PROGRAM_DATE_TIME, EXT_X_DISCONTINUITY, EXT_X_GAP,
     EXT_X_BITRATE, EXT_X_KEY, EXT_X_MAP,
 }) | LL_HLS_TAGS
+_EXTINF_PREFIX = EXTINF + ":"
+_MICROSECOND = timedelta(microseconds=1)
+_pdt = attrgetter("pdt")
+#: Up to this many new slots, each is simply classified (see :func:`_candidates`).
+_FEW = 16
+_special = attrgetter("special")
+_discontinuity = attrgetter("discontinuity")
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
 _URI_ATTRIBUTES = ("URI", "X-ASSET-URI", "X-ASSET-LIST")
 
@@ -156,26 +168,50 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     index = BreakIndex.of(breaks, options.break_policy)
     prev: SlotEntry | None = entries[-1] if reuse else (
         ledger.entries.get(segments[0].msn - 1) if segments else None)
-    for seg in segments[reuse:]:
-        if seg.msn <= ledger.hwm:
-            entry = ledger.entries.get(seg.msn)
-        else:
-            entry = classify(seg, prev, index, pods, options.cadence)
-            if (entry is not None and entry.kind is not SlotKind.CONTENT and seg.map is not None
-                    and _init_of(uris, entry, pods.get(entry.break_id)) is None):
-                # RFC 8216bis 4.4.4.5: an EXT-X-MAP applies to every later segment
-                # until the next EXT-X-MAP, across discontinuities, and nothing can
-                # unset it: MPEG-TS ads under fMP4 content would be parsed with the
-                # content's init. Such a slot shows the content underneath.
-                entry = _content_entry(seg, prev)
-            if entry is not None:
+    todo = segments[reuse:]
+    spans = _candidates(todo, index)
+    hwm = ledger.hwm
+    published = ledger.entries
+    i, n = 0, len(todo)
+    for lo, hi in [*spans, (n, n)]:
+        while i < hi:
+            seg = todo[i]
+            if i < lo and seg.msn > hwm and (prev is None or prev.kind is SlotKind.CONTENT):
+                # Up to the next break's slots: plain content, rendered as one run.
+                chunks.extend(renderer.plain_run(todo[i:lo]))
+                entries.extend(repeat(None, lo - i))
+                prev, i = None, lo
+                continue
+            if seg.msn <= hwm:
+                entry = published.get(seg.msn)
+            elif i >= lo:
+                entry = classify(seg, prev, index, pods, options.cadence)
+                if (entry is not None and entry.kind is not SlotKind.CONTENT
+                        and seg.map is not None
+                        and _init_of(uris, entry, pods.get(entry.break_id)) is None):
+                    # RFC 8216bis 4.4.4.5: an EXT-X-MAP applies to every later segment
+                    # until the next EXT-X-MAP, across discontinuities, and nothing can
+                    # unset it: MPEG-TS ads under fMP4 content would be parsed with the
+                    # content's init. Such a slot shows the content underneath.
+                    entry = _content_entry(seg, prev)
+                if entry is not None:
+                    new_entries.append(entry)
+            elif prev is not None and prev.kind is not SlotKind.CONTENT:
+                # What classify gives a slot no break covers, right after a break.
+                entry = SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
+                                  delta=1 - int(seg.discontinuity))
                 new_entries.append(entry)
-        if entry is None or entry.kind is SlotKind.CONTENT:
-            chunks.append(renderer.content(seg, entry, prev))
-        else:
-            chunks.append(renderer.replaced(seg, entry, prev, pods.get(entry.break_id)))
-        entries.append(entry)
-        prev = entry
+            else:
+                entry = None
+            if entry is None and (prev is None or prev.kind is SlotKind.CONTENT):
+                chunks.append(renderer.plain(seg))
+            elif entry is None or entry.kind is SlotKind.CONTENT:
+                chunks.append(renderer.content(seg, entry, prev))
+            else:
+                chunks.append(renderer.replaced(seg, entry, prev, pods.get(entry.break_id)))
+            entries.append(entry)
+            prev = entry
+            i += 1
     if cache is not None:
         cache.key, cache.segments = (options, uris), segments
         cache.entries, cache.chunks = entries, chunks
@@ -193,25 +229,26 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         dsn = playlist.discontinuity_sequence + ledger.delta_before(media_sequence)
 
     out = renderer.header(playlist, media_sequence, dsn)
-    served = chunks[first:] if first else list(chunks)
-    if kept and kept[0].byterange_implicit and served:
+    start = len(out)
+    out.extend(islice(chunks, first, None) if first else chunks)  # one copy of the list
+    if kept and kept[0].byterange_implicit and len(out) > start:
         # The first served segment has no predecessor in the playlist any more.
-        served[0] = served[0].replace(
+        out[start] = out[start].replace(
             next(t for t in kept[0].raw if t.startswith(EXT_X_BYTERANGE + ":")),
             _explicit_byterange(kept[0]))
-    head = entries[first] if served else None
-    if head is not None and head.kind is not SlotKind.CONTENT and EXT_X_MAP not in served[0]:
+    head = entries[first] if len(out) > start else None
+    if head is not None and head.kind is not SlotKind.CONTENT and EXT_X_MAP not in out[start]:
         # A window that opens inside an ad: its init must still be declared.
         init = _init_of(uris, head, pods.get(head.break_id))
         if init is not None:
-            served[0] = _before_extinf(served[0], f'{EXT_X_MAP}:URI="{init}"', playlist.newline)
-    out.extend(served)
-    out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
+            out[start] = _before_extinf(out[start], f'{EXT_X_MAP}:URI="{init}"', playlist.newline)
+    if playlist.trailer:
+        out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
     hwm = segments[-1].msn if segments else ledger.hwm
     text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
                         final_newline=playlist.final_newline)
     return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, kept,
-                        tuple(entries[first:]))
+                        tuple(islice(entries, first, None) if first else entries))
 
 
 def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
@@ -263,6 +300,44 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     return needed
 
 
+def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[int, int]]:
+    """The index spans [lo, hi) of the slots a break may cover, in order, disjoint.
+
+    A 2-hour window has thousands of slots and a few dozen breaks: asking the
+    index about every slot costs more than the rest of the splice. With the
+    window's PDTs in order, a break covers only slots whose PDT lies in its
+    [start, bound) span (the rule of :meth:`BreakIndex.covering`), found by
+    bisection; only those are classified, every other slot is what
+    :func:`classify` gives a slot no break covers. Without PDT everywhere, or
+    out of order, the one span is the whole window.
+    """
+    if not index.breaks or not segments:
+        return []
+    if len(segments) <= _FEW:
+        return [(0, len(segments))]  # a refresh's tail: asking is cheaper than bisecting
+    timed = list(map(_pdt, segments))
+    if None in timed:
+        return [(0, len(segments))]
+    pdts = cast(list[datetime], timed)
+    if not all(map(operator.le, pdts, islice(pdts, 1, None))):
+        return [(0, len(segments))]
+    spans: list[tuple[int, int]] = []
+    # Breaks starting after the last slot cannot cover any (a refresh's tail is
+    # one slot: most of the channel's breaks are behind it).
+    first, last = pdts[0], pdts[-1]
+    starts, ends = index.starts, index.ends
+    near = [j for j in range(bisect_right(starts, last)) if ends[j] > first]
+    for lo, hi in sorted((bisect_left(pdts, starts[j]), bisect_left(pdts, ends[j]))
+                         for j in near):
+        if lo >= hi:
+            continue
+        if spans and lo <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(hi, spans[-1][1]))
+        else:
+            spans.append((lo, hi))
+    return spans
+
+
 def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
              pods: Mapping[str, Pod], cadence: Fraction | None = None) -> SlotEntry | None:
     """What a slot published for the first time becomes; None for plain content."""
@@ -270,10 +345,8 @@ def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
         brk = index.covering(seg.pdt, seg.step)
         pod = pods.get(brk.id) if brk is not None else None
         if brk is not None and pod is not None:
-            since = seg.pdt - brk.start
-            hit = pod.item_at_us(
-                (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds,
-                None if cadence is None else round(cadence * 1_000_000))
+            hit = pod.item_at_us((seg.pdt - brk.start) // _MICROSECOND,
+                                 None if cadence is None else round(cadence * 1_000_000))
             if hit is not None:
                 position, item, segment, wrapped = hit
                 disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
@@ -344,14 +417,37 @@ class _Renderer:
         return _join(self.base, uri.strip()) if self.base else uri
 
     def keep(self, line: Line) -> bool:
-        if line.tag in LL_HLS_TAGS:
+        return self.keep_tag(line.tag, line.value)
+
+    def keep_tag(self, tag: str | None, value: str | None) -> bool:
+        if tag in LL_HLS_TAGS:
             return False
         if not self.options.passthrough_markers:
-            if line.tag in MARKER_TAGS:
+            if tag in MARKER_TAGS:
                 return False
-            if line.tag == EXT_X_DATERANGE and line.value and "SCTE35-" in line.value:
+            if tag == EXT_X_DATERANGE and value and "SCTE35-" in value:
                 return False
         return True
+
+    def plain_run(self, run: tuple[Segment, ...]) -> list[str]:
+        """:meth:`plain` over consecutive slots, at C speed where the run has no
+        special or discontinuous segment and every URI is already absolute."""
+        raws = [seg.raw for seg in run]
+        if any(map(_special, run)) or any(map(_discontinuity, run)) or (
+                self.base and not _all_absolute([raw[-1] for raw in raws])):
+            return [self.plain(seg) for seg in run]
+        return list(map(self.newline.join, raws))
+
+    def plain(self, seg: Segment) -> str:
+        """A content slot with no entry after a content slot: the common case."""
+        if seg.special or (seg.discontinuity and not seg.pdt_explicit and seg.pdt is not None):
+            return self.content(seg, None, None)
+        raw = seg.raw
+        if self.base:
+            uri = _join(self.base, raw[-1].strip())
+            if uri != raw[-1]:
+                return self.newline.join(raw[:-1] + (uri,))
+        return self.newline.join(raw)
 
     def content(self, seg: Segment, entry: SlotEntry | None, prev: SlotEntry | None) -> str:
         undated = seg.discontinuity and not seg.pdt_explicit and seg.pdt is not None
@@ -392,9 +488,26 @@ class _Renderer:
 
     def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
                  pod: Pod | None) -> str:
-        out = [self.line(line) for line in seg.lines
-               if line.tag not in _REPLACED_ONLY and line.tag != EXT_X_DISCONTINUITY_SEQUENCE
-               and not line.is_uri and self.keep(line)]
+        # Read from the raw text (the segment's Line objects are not built for
+        # this): the tags that outlive the content, its PDT and its EXTINF.
+        out: list[str] = []
+        pdt_line: str | None = None
+        extinf: str | None = None
+        for text in seg.raw:
+            if not text.startswith("#EXT"):
+                if not text or text[0] == "#" or text.isspace():
+                    out.append(text)  # a comment or a blank line stays
+                continue  # a URI: the content's own
+            name, colon, value = text.partition(":")
+            if name == EXT_X_PROGRAM_DATE_TIME:
+                pdt_line = pdt_line or text
+            elif name == EXTINF:
+                extinf = extinf or text
+            if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
+                continue
+            if self.keep_tag(name, value if colon else None):
+                out.append(_absolutize_tag(text, self.base)
+                           if self.base and colon and "URI=" in value else text)
         if entry.discontinuity:
             out.append(EXT_X_DISCONTINUITY)
             init = _init_of(self.uris, entry, pod)
@@ -405,8 +518,6 @@ class _Renderer:
         entering = prev is None or prev.kind is SlotKind.CONTENT
         if entering and seg.key is not None and _encrypted(seg.key):
             out.append(f"{EXT_X_KEY}:METHOD=NONE")
-        pdt_line = next((line.text for line in seg.lines
-                         if line.tag == EXT_X_PROGRAM_DATE_TIME), None)
         if pdt_line is None and seg.pdt is not None:
             pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}"
         if pdt_line is not None:
@@ -414,7 +525,9 @@ class _Renderer:
         if (self.options.ad_dateranges and pod is not None and entry.kind is SlotKind.AD
                 and entry.segment == 0 and seg.pdt is not None):
             out.append(_ad_daterange(entry, pod.items[entry.item], seg))
-        out.append(f"{EXTINF}:{_extinf_text(seg)},")
+        if extinf is None:
+            raise AssertionError("a parsed segment always has EXTINF")
+        out.append(f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
         if entry.kind is SlotKind.SLATE or pod is None:
             out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment,
                                                entry.msn))
@@ -451,14 +564,6 @@ def _explicit_byterange(seg: Segment) -> str:
     return f"{EXT_X_BYTERANGE}:{length}@{offset}"
 
 
-def _extinf_text(seg: Segment) -> str:
-    """The slot's duration exactly as the origin wrote it (no re-rounding)."""
-    for text in seg.raw:
-        if text.startswith(EXTINF + ":"):
-            return text[len(EXTINF) + 1:].partition(",")[0]
-    raise AssertionError("a parsed segment always has EXTINF")
-
-
 def _encrypted(key: Line) -> bool:
     try:
         method = AttributeList.parse(key.value or "").string("METHOD")
@@ -472,6 +577,16 @@ def _explicit_iv(text: str, msn: int) -> str:
     if "IV=" in text:
         return text
     return f"{text},IV=0x{msn:032X}"
+
+
+def _all_absolute(uris: list[str]) -> bool:
+    """Does :func:`_join` leave every one of ``uris`` as it is? (Absolute HTTP(S),
+    no dot segment, nothing to strip: every blank but the space is unprintable.)
+    Counted over the joined text, in C; False only means "ask each one"."""
+    joined = "\n" + "\n".join(uris)
+    return ("/." not in joined and " " not in joined
+            and joined.count("\nhttps://") + joined.count("\nhttp://") == len(uris)
+            and "".join(uris).isprintable())
 
 
 def _join(base: str, uri: str) -> str:

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from manifests.attributes import AttributeList
 from manifests.errors import PlaylistParseError
-from manifests.playlist import parse_media, render
+from manifests.playlist import (
+    MediaPlaylist,
+    ParseState,
+    parse_lines,
+    parse_media,
+    render,
+    split_lines,
+)
 from manifests.timing import parse_pdt
 
 BASE = ("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:6\n#EXT-X-MEDIA-SEQUENCE:41\n"
@@ -100,6 +107,59 @@ def test_any_line_soup_round_trips(lines: list[str], crlf: bool, final: bool) ->
     if crlf:
         text = text.replace("\n", "\r\n")
     assert render(parse_media(text)) == text
+
+
+SOUP = st.lists(st.one_of(
+    st.sampled_from(["#EXT-X-DISCONTINUITY", "#EXT-X-CUE-IN", "#EXT-X-CUE-OUT:30", "#EXT-X-FOO",
+                     "", " ", "# comment", "#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:00Z",
+                     "#EXT-X-PROGRAM-DATE-TIME:not a date", "#EXT-X-PROGRAM-DATE-TIME",
+                     "#EXT-X-GAP", "#EXT-X-BYTERANGE:100", "#EXT-X-BYTERANGE:100@0",
+                     '#EXT-X-KEY:METHOD=NONE', '#EXT-X-MAP:URI="init.mp4"',
+                     '#EXT-X-DATERANGE:ID="a",START-DATE="2026-12-03T10:00:04Z"',
+                     "#EXT-X-MEDIA-SEQUENCE:7", "#EXT-X-DISCONTINUITY-SEQUENCE:2",
+                     "#EXT-X-ENDLIST", "#EXTINF:2.000,", "u.ts ", " u.ts", "u\r.ts", "u.ts\xa0",
+                     "#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:00#EXTINF:2,"]),
+    st.builds(lambda d, u: f"#EXTINF:{d},\nu{u}.ts", st.decimals("0.1", "10", places=3),
+              st.integers(0, 99))), max_size=30)
+
+
+def _fields(playlist: MediaPlaylist) -> object:
+    return ([line.text for line in playlist.header], [line.text for line in playlist.trailer],
+            playlist.warnings, playlist.marked, playlist.media_sequence,
+            playlist.discontinuity_sequence, playlist.target_duration, playlist.endlist,
+            [(s.msn, s.duration, s.step, s.uri, s.raw, s.discontinuity, s.pdt, s.pdt_explicit,
+              s.discontinuity_sequence, s.key, s.map, s.gap, s.special, s.markers,
+              s.byterange, s.byterange_implicit) for s in playlist.segments])
+
+
+def _line_by_line(text: str) -> MediaPlaylist:
+    """The reference: every line through the parse loop, none taken whole."""
+    lines, newline, bom, final_newline = split_lines(text)
+    state = ParseState()
+    header, segments, trailer, warnings = parse_lines(lines, state, in_header=True,
+                                                      strict=False)
+    return MediaPlaylist(header, tuple(segments), trailer, state.target, state.media_sequence,
+                         state.discontinuity_sequence, state.endlist, newline=newline, bom=bom,
+                         final_newline=final_newline, warnings=tuple(warnings),
+                         marked=tuple(s.msn for s in segments if s.markers))
+
+
+@given(SOUP, st.booleans(), st.booleans())
+def test_plain_segment_fast_path_agrees_with_the_line_parser(
+        lines: list[str], header: bool, final: bool) -> None:
+    """LF text takes plain segments whole (one regex split): the playlist must be
+    the one the line-by-line loop gives, field by field."""
+    body = "\n".join((["#EXTM3U", "#EXT-X-TARGETDURATION:10"] if header else []) + lines)
+    text = body + ("\n" if final else "")
+    try:
+        expected = _fields(_line_by_line(text))
+    except PlaylistParseError:
+        with pytest.raises(PlaylistParseError):
+            parse_media(text, strict_header=False)
+        return
+    playlist = parse_media(text, strict_header=False)
+    assert _fields(playlist) == expected
+    assert render(playlist) == text
 
 
 CORPUS_HLS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "public" / "hls"

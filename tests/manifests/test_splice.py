@@ -200,3 +200,33 @@ def test_mpeg_ts_ads_never_play_under_an_fmp4_content_init() -> None:
     text = _b19_splice(Uris())
     assert "ad/" not in text and "#EXT-X-DISCONTINUITY" not in text
     assert text == files["content.m3u8"]
+
+
+@pytest.mark.parametrize("uri", [
+    "https://cdn.example.com/live/seg.ts", "http://cdn.example.com/seg.ts", "seg.ts",
+    "/abs/seg.ts", "../up/seg.ts", "https://cdn.example.com/a/./seg.ts", "seg.ts?token=1",
+    "https://cdn.example.com/seg.ts\xa0", "https://cdn.example.com/se g.ts", "//cdn/seg.ts",
+    "HTTPS://cdn.example.com/seg.ts",
+])
+@pytest.mark.parametrize("base", [None, "https://origin.example.com/live/720p.m3u8"])
+def test_plain_runs_render_as_each_segment_would(uri: str, base: str | None) -> None:
+    """Content between breaks is rendered as a run (raw text joined in one go when
+    no URI needs resolving): the same text as rendering each segment on its own."""
+    from manifests.splice import _Renderer
+
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2"]
+    for i in range(4):
+        lines += [f"#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:0{2 * i}.000Z", "#EXTINF:2.000,",
+                  uri.replace("seg", f"seg{i}")]
+    playlist = parse_media("\n".join(lines) + "\n")
+
+    class Uris:
+        def ad_segment(self, *args: object) -> str:
+            return "ad.ts"
+
+        def slate_segment(self, *args: object) -> str:
+            return "slate.ts"
+
+    renderer = _Renderer(SpliceOptions(base_url=base), Uris())
+    assert renderer.plain_run(playlist.segments) == [
+        renderer.content(seg, None, None) for seg in playlist.segments]
