@@ -216,9 +216,12 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
         media: Any, assets_dir: Path, tmp_path: Path, fault: str) -> None:
     switches, stitcher_cfg, kind = AD_FAULTS[fault]
     budget = 1.0
+    # Warmed up (slate conditioned before the faults start), so the decision's
+    # only wait is the ad server: run alone, a cold assets folder spent the whole
+    # budget conditioning the slate and no ad request was made.
     async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
                            data_dir=tmp_path / "state", assets_dir=assets_dir,
-                           stitcher_config=stitcher_cfg,
+                           stitcher_config=stitcher_cfg, warm_up=True,
                            channel_config={"decision_budget": budget}) as stack:
         for name, value in switches.items():
             setattr(adserver_faults(stack.adserver), name, value)
