@@ -13,6 +13,7 @@ from manifests.errors import (
     ManifestError,
     PlaylistParseError,
     Scte35Error,
+    SequenceRegressionError,
     SpliceError,
 )
 from manifests.ledger import Ledger, SlotEntry, SlotKind
@@ -29,8 +30,9 @@ __all__ = [
     "AttributeListError", "Break", "BreakIndex", "BreakPolicy", "Candidate", "Checker",
     "IncrementalParser", "Ledger", "ManifestError", "MapCheck", "MapStatus", "MarkerPolicy", "MediaPlaylist",
     "Multivariant", "Observation", "PlaylistParseError", "Pod", "PodItem", "Rendition", "Rule",
-    "Scte35Error", "Segment", "Signal", "SignalKind", "SlotEntry", "SlotKind", "Snapshot",
-    "SpliceCache", "SpliceError", "SpliceOptions", "SpliceResult", "Violation",
-    "breaks_to_decide", "check", "check_timestamp_map", "observe", "parse_media", "parse_multivariant", "plan_pod",
+    "Scte35Error", "Segment", "SequenceRegressionError", "Signal", "SignalKind", "SlotEntry",
+    "SlotKind", "Snapshot", "SpliceCache", "SpliceError", "SpliceOptions", "SpliceResult",
+    "Violation", "breaks_to_decide", "check", "check_timestamp_map", "observe", "parse_media",
+    "parse_multivariant", "plan_pod",
     "render", "splice", "update_breaks", "with_pdt",
 ]

@@ -34,3 +34,23 @@ class Scte35Error(ManifestError):
 
 class SpliceError(ManifestError):
     """The splice cannot be planned from its inputs (a programming or config error)."""
+
+
+class SequenceRegressionError(SpliceError):
+    """The origin's window ends below what the ledger already published.
+
+    Its last media sequence number is below the ledger's high-water mark, so
+    the window is either older than what players were already given or
+    renumbered (Eyevinn/channel-engine#79, corpus B02: MSN 196 after 200, the
+    same segment moved from 201 to 196). Serving it would decrease
+    EXT-X-MEDIA-SEQUENCE or give a published MSN another segment (invariant 1),
+    and the ledger keeps no content URIs, so the splice cannot tell which of the
+    two it is nor renumber the window back: it refuses, and the service serves
+    its last good playlist (a cold start: 503 with Retry-After).
+    """
+
+    def __init__(self, last: int, hwm: int) -> None:
+        super().__init__(f"the window ends at media sequence {last}, below the {hwm} "
+                         "already published")
+        self.last = last
+        self.hwm = hwm

@@ -31,7 +31,7 @@ from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
 from manifests.breaks import DEFAULT_BREAK_POLICY, Break, BreakIndex, BreakPolicy
-from manifests.errors import ManifestError
+from manifests.errors import ManifestError, SequenceRegressionError
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MARKER_TAGS
 from manifests.playlist import (
@@ -135,6 +135,9 @@ class SpliceResult:
     discontinuity_sequence: int
     kept: tuple[Segment, ...] = ()
     entries: tuple[SlotEntry | None, ...] = ()
+    #: The discontinuity anchor (msn, dsn) this render proposes to the ledger
+    #: (:meth:`Ledger.append`), when the ledger has none it could count from.
+    anchor: tuple[int, int] | None = None
 
     @property
     def slots(self) -> list[Slot]:
@@ -160,8 +163,15 @@ class SpliceCache:
 def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[str, Pod],
            ledger: Ledger, uris: UriBuilder, options: SpliceOptions = SpliceOptions(),
            cache: SpliceCache | None = None) -> SpliceResult:
-    """Render the stitched playlist for one rendition of one cohort."""
+    """Render the stitched playlist for one rendition of one cohort.
+
+    Raises :class:`~manifests.errors.SequenceRegressionError` for a window that
+    ends below the ledger's high-water mark (older or renumbered: serving it
+    would move players backwards); the service serves its last good playlist.
+    """
     segments = playlist.segments
+    if segments and segments[-1].msn < ledger.hwm:
+        raise SequenceRegressionError(segments[-1].msn, ledger.hwm)
     renderer = _Renderer(options, uris, playlist.newline)
     reuse, entries, chunks = _reusable(segments, cache, (options, uris))
     new_entries: list[SlotEntry] = []
@@ -177,9 +187,16 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         while i < hi:
             seg = todo[i]
             if i < lo and seg.msn > hwm and (prev is None or prev.kind is SlotKind.CONTENT):
-                # Up to the next break's slots: plain content, rendered as one run.
-                chunks.extend(renderer.plain_run(todo[i:lo]))
-                entries.extend(repeat(None, lo - i))
+                # Up to the next break's slots: plain content, rendered as one run;
+                # the origin's own discontinuities in it are recorded (B01).
+                run = todo[i:lo]
+                chunks.extend(renderer.plain_run(run))
+                if any(map(_DISCONTINUITY, run)):
+                    own = [_content_entry(s, None) for s in run]
+                    new_entries.extend(e for e in own if e is not None)
+                    entries.extend(own)
+                else:
+                    entries.extend(repeat(None, lo - i))
                 prev, i = None, lo
                 continue
             if seg.msn <= hwm:
@@ -196,13 +213,11 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
                     entry = _content_entry(seg, prev)
                 if entry is not None:
                     new_entries.append(entry)
-            elif prev is not None and prev.kind is not SlotKind.CONTENT:
-                # What classify gives a slot no break covers, right after a break.
-                entry = SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
-                                  delta=1 - int(seg.discontinuity))
-                new_entries.append(entry)
             else:
-                entry = None
+                # What classify gives a slot no break covers.
+                entry = _content_entry(seg, prev)
+                if entry is not None:
+                    new_entries.append(entry)
             if entry is None and (prev is None or prev.kind is SlotKind.CONTENT):
                 chunks.append(renderer.plain(seg))
             elif entry is None or entry.kind is SlotKind.CONTENT:
@@ -221,12 +236,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         first = len(segments) - options.window_cap
     kept = segments[first:]
     media_sequence = kept[0].msn if kept else playlist.media_sequence + len(segments)
-    if kept:
-        origin_dsn = kept[0].discontinuity_sequence - int(kept[0].discontinuity)
-        dsn = origin_dsn + ledger.delta_before(kept[0].msn) + sum(
-            e.delta for e in new_entries if e.msn < kept[0].msn)
-    else:
-        dsn = playlist.discontinuity_sequence + ledger.delta_before(media_sequence)
+    dsn, anchor = _discontinuity_sequence(playlist, entries, first, ledger)
 
     out = renderer.header(playlist, media_sequence, dsn)
     start = len(out)
@@ -248,7 +258,50 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
                         final_newline=playlist.final_newline)
     return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, kept,
-                        tuple(islice(entries, first, None) if first else entries))
+                        tuple(islice(entries, first, None) if first else entries), anchor)
+
+
+def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | None],
+                            first: int, ledger: Ledger) -> tuple[int, tuple[int, int] | None]:
+    """The stitched EXT-X-DISCONTINUITY-SEQUENCE of the served window (its first
+    slot is ``segments[first]``), and the anchor to propose to the ledger, if any.
+
+    Counted from the ledger's anchor (``manifests/ledger.py``): the discontinuities
+    that left the window are the ledger's entries, the ones still in it are this
+    render's slots, so the origin's own tag is read only to set an anchor (the
+    first window ever, a ledger written before anchors existed, or a window after
+    a gap nobody published). After a gap the anchor never goes below what the
+    ledger already counted, whatever the origin says (invariant 2: never decreases).
+    """
+    segments = playlist.segments
+    if not segments:
+        known = ledger.dsn_before(playlist.media_sequence)
+        return (known if known is not None else
+                playlist.discontinuity_sequence + ledger.delta_before(playlist.media_sequence)), None
+    start = segments[0].msn
+    # Whether the stitched output has EXT-X-DISCONTINUITY before each slot.
+    flags = [seg.discontinuity if e is None else e.discontinuity
+             for seg, e in zip(segments, entries)]
+    anchor: tuple[int, int] | None = None
+    if ledger.dsn_msn >= 0 and start <= ledger.hwm + 1:
+        at, value = ledger.dsn_msn, ledger.dsn
+    else:
+        at = max(start, ledger.hwm + 1)
+        i = at - start
+        origin = (segments[i].discontinuity_sequence - int(segments[i].discontinuity)
+                  if i < len(segments) else segments[-1].discontinuity_sequence)
+        value = origin + ledger.delta_before(at)
+        counted = ledger.dsn_before(ledger.hwm + 1)
+        if counted is not None:
+            value = max(value, counted)
+        anchor = (at, value)
+    if at <= start:
+        counted = value if at == start else ledger.dsn_before(start)
+        assert counted is not None  # anchored at or before start, start <= hwm + 1
+        dsn_start = counted
+    else:
+        dsn_start = value - sum(flags[:at - start])
+    return dsn_start + sum(flags[:first]), anchor
 
 
 def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
@@ -300,6 +353,9 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     return needed
 
 
+_DISCONTINUITY = operator.attrgetter("discontinuity")
+
+
 def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[int, int]]:
     """The index spans [lo, hi) of the slots a break may cover, in order, disjoint.
 
@@ -340,7 +396,8 @@ def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[
 
 def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
              pods: Mapping[str, Pod], cadence: Fraction | None = None) -> SlotEntry | None:
-    """What a slot published for the first time becomes; None for plain content."""
+    """What a slot published for the first time becomes; None for plain content
+    (content with no discontinuity before it)."""
     if seg.pdt is not None:
         brk = index.covering(seg.pdt, seg.step)
         pod = pods.get(brk.id) if brk is not None else None
@@ -362,6 +419,10 @@ def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
     if prev is not None and prev.kind is not SlotKind.CONTENT:
         return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
                          delta=1 - int(seg.discontinuity))
+    if seg.discontinuity:
+        # The origin's own discontinuity, recorded so the stitched DSN counts it
+        # once it has left the window, whatever the origin's tag says (B01).
+        return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True)
     return None
 
 

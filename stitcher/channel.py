@@ -27,7 +27,8 @@ from typing import Any
 import aiohttp
 
 from manifests.breaks import Break, BreakPolicy, prune, update_breaks
-from manifests.ledger import Ledger, SlotEntry
+from manifests.errors import SequenceRegressionError
+from manifests.ledger import Ledger
 from manifests.markers import MarkerErrors, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.playlist import MediaPlaylist
@@ -167,6 +168,8 @@ class ChannelRuntime:
         self.cadences: dict[str, Fraction] = {}
         self._prepared: asyncio.Task[None] | None = None
         self._renders: OrderedDict[tuple[str, str, str, str], Rendered] = OrderedDict()
+        #: The last render per (rendition, cohort, mode) that the splice accepted.
+        self._last_good: dict[tuple[str, str, str], Rendered] = {}
         self._render_tasks: dict[tuple[str, str, str, str, bool], asyncio.Task[Rendered]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._splice_caches: dict[tuple[str, str, str], SpliceCache] = {}
@@ -352,53 +355,70 @@ class ChannelRuntime:
         if errors.items:
             self.metrics.marker_errors.labels(self.cfg.id).inc(len(errors.items))
         lock = self._locks.setdefault((cohort, rendition.grid), asyncio.Lock())
-        async with lock:
-            known = await self.store.get_breaks(self.cfg.id)
-            update = update_breaks(known, observations, self.policy)
-            breaks = update.breaks
-            if playlist.segments and playlist.segments[0].pdt is not None:
-                horizon = playlist.segments[0].pdt
-                breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
-            if breaks != known:
-                await self.store.put_breaks(self.cfg.id, breaks)
-            self.breaks = breaks
-            for b in update.new:
-                self._prefetch(b, playlist)
-            ledger = await self.store.get_ledger(self.cfg.id, cohort, rendition.grid)
-            pods = await self._pods_for(playlist, breaks, ledger, cohort)
-            uris = self._uris.get((rendition.id, mode))
-            if uris is None:
-                uris = self._uris[(rendition.id, mode)] = (
-                    _CohortUris(rendition.id, rendition.kind, self.library, self.assets_base,
-                                lambda: self.specs) if mode == COHORT
-                    else _Uris(rendition.id, rendition.kind, self.library, self.assets_base))
-            cadence = self.cadences.get(rendition.grid)
-            # Keyed by the unit too: renders before the ladder is known must not pin it.
-            options = self._options.setdefault((rendition.id, self.unit), SpliceOptions(
-                base_url=rendition.uri, passthrough_markers=self.cfg.passthrough_markers,
-                break_policy=self.policy, window_cap=self.cfg.window_cap,
-                ad_dateranges=self.cfg.ad_dateranges,
-                cadence=cadence if cadence is not None and cadence != self.unit else None))
-            cache = self._splice_caches.setdefault((rendition.id, cohort, mode), SpliceCache())
-            result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=uris,
-                            options=options, cache=cache)
-            keep_from = playlist.media_sequence - 3 * max(1, len(playlist.segments))
-            merged = await self.store.append_ledger(self.cfg.id, cohort, rendition.grid,
-                                                    result.new_entries, result.hwm, keep_from)
-            if _conflicts(ledger, result.new_entries, playlist.media_sequence, result.hwm,
-                          merged):
-                # Another instance published some of these slots first (the local lock
-                # does not span instances): its slots win, render them as published.
-                self.metrics.ledger_conflicts.labels(self.cfg.id).inc()
-                cache = self._splice_caches[(rendition.id, cohort, mode)] = SpliceCache()
-                pods = await self._pods_for(playlist, breaks, merged, cohort)
-                result = splice(playlist, breaks=breaks, pods=pods, ledger=merged, uris=uris,
+        try:
+            async with lock:
+                known = await self.store.get_breaks(self.cfg.id)
+                update = update_breaks(known, observations, self.policy)
+                breaks = update.breaks
+                if playlist.segments and playlist.segments[0].pdt is not None:
+                    horizon = playlist.segments[0].pdt
+                    breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
+                if breaks != known:
+                    await self.store.put_breaks(self.cfg.id, breaks)
+                self.breaks = breaks
+                for b in update.new:
+                    self._prefetch(b, playlist)
+                ledger = await self.store.get_ledger(self.cfg.id, cohort, rendition.grid)
+                pods = await self._pods_for(playlist, breaks, ledger, cohort)
+                uris = self._uris.get((rendition.id, mode))
+                if uris is None:
+                    uris = self._uris[(rendition.id, mode)] = (
+                        _CohortUris(rendition.id, rendition.kind, self.library, self.assets_base,
+                                    lambda: self.specs) if mode == COHORT
+                        else _Uris(rendition.id, rendition.kind, self.library, self.assets_base))
+                cadence = self.cadences.get(rendition.grid)
+                # Keyed by the unit too: renders before the ladder is known must not pin it.
+                options = self._options.setdefault((rendition.id, self.unit), SpliceOptions(
+                    base_url=rendition.uri, passthrough_markers=self.cfg.passthrough_markers,
+                    break_policy=self.policy, window_cap=self.cfg.window_cap,
+                    ad_dateranges=self.cfg.ad_dateranges,
+                    cadence=cadence if cadence is not None and cadence != self.unit else None))
+                cache = self._splice_caches.setdefault((rendition.id, cohort, mode), SpliceCache())
+                result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=uris,
                                 options=options, cache=cache)
+                keep_from = playlist.media_sequence - 3 * max(1, len(playlist.segments))
+                merged = await self.store.append_ledger(self.cfg.id, cohort, rendition.grid,
+                                                        result.new_entries, result.hwm, keep_from,
+                                                        result.anchor)
+                if _conflicts(ledger, result, playlist.media_sequence, merged):
+                    # Another instance published some of these slots first (the local lock
+                    # does not span instances): its slots win, render them as published.
+                    self.metrics.ledger_conflicts.labels(self.cfg.id).inc()
+                    cache = self._splice_caches[(rendition.id, cohort, mode)] = SpliceCache()
+                    pods = await self._pods_for(playlist, breaks, merged, cohort)
+                    result = splice(playlist, breaks=breaks, pods=pods, ledger=merged, uris=uris,
+                                    options=options, cache=cache)
+        except SequenceRegressionError as exc:
+            return self._behind(rendition, cohort, mode, fetched, exc)
         body = result.text.encode("utf-8")
         rendered = Rendered(body, gzip.compress(body, 6, mtime=0), _etag(body),
                             playlist.target_duration or 2, fetched.stale, fetched.error, result)
         self.metrics.render_seconds.observe(time.perf_counter() - started)
+        self._last_good[(rendition.id, cohort, mode)] = rendered
         return rendered
+
+    def _behind(self, rendition: Rendition, cohort: str, mode: str, fetched: Fetched,
+                exc: SequenceRegressionError) -> Rendered:
+        """The origin's window ends below what was already published (older or
+        renumbered, B02): never serve it. Serve the last good render, stale, or
+        ask the player to retry when there is none yet (a cold start)."""
+        self.metrics.origin_errors.labels(self.cfg.id, "sequence_regressed").inc()
+        log.warning("%s/%s: %s: serving the last good playlist", self.cfg.id, rendition.id, exc)
+        last = self._last_good.get((rendition.id, cohort, mode))
+        if last is None:
+            raise OriginUnavailable(f"origin playlist behind what was published: {exc}",
+                                    retry_after=(fetched.playlist.target_duration or 2) / 2)
+        return replace(last, stale=True, stale_reason=str(exc))
 
     async def _timed(self, rendition: Rendition, playlist: MediaPlaylist) -> MediaPlaylist:
         """Give an origin without PDT a shared timeline (DESIGN.md: "Origins without
@@ -583,11 +603,13 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
 
 
-def _conflicts(read: Ledger, new: list[SlotEntry], first: int, hwm: int,
-               merged: Ledger) -> bool:
+def _conflicts(read: Ledger, result: SpliceResult, first: int, merged: Ledger) -> bool:
     """Whether the store holds anything else than this render for the slots it
     published (those above the ledger it read, up to its hwm): another instance's
-    entry where this render had none, none where it had one, or a different one."""
-    ours = {e.msn: e for e in new}
+    entry where this render had none, none where it had one, or a different one;
+    or another instance's discontinuity anchor where this render proposed one."""
+    if result.anchor is not None and merged.dsn_before(result.anchor[0]) != result.anchor[1]:
+        return True
+    ours = {e.msn: e for e in result.new_entries}
     return any(merged.entries.get(m) != ours.get(m)
-               for m in range(max(read.hwm + 1, merged.floor, first), hwm + 1))
+               for m in range(max(read.hwm + 1, merged.floor, first), result.hwm + 1))

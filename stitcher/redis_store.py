@@ -10,10 +10,13 @@ instance can diverge from another:
   decision wins on every instance; :meth:`RedisStore.decide_once` adds a
   single-flight lease so the ad server is asked once per (break, cohort);
 * the ledger per (channel, cohort, grid): one hash (``hwm``, ``base``,
-  ``floor``, ``e:<msn>`` entries) changed only by :data:`_APPEND`, a script
-  that adds entries above the stored hwm and not yet present, raises hwm
-  monotonically, folds entries below ``keep_from`` into ``base`` and returns
-  the resulting ledger, all atomically. A slot once written never changes.
+  ``floor``, ``dsn_msn``, ``dsn``, ``e:<msn>`` entries) changed only by
+  :data:`_APPEND`, a script that adds entries above the stored hwm and not yet
+  present, takes a discontinuity anchor when there is none or its slot is
+  above the stored hwm, raises hwm monotonically, folds entries below
+  ``keep_from`` into ``base`` (their deltas) and the anchor (their
+  discontinuities) and returns the resulting ledger, all atomically. A slot
+  once written never changes.
 
 Keys (prefix ``ss``): ``ss:{ch:<channel>}:breaks``, ``ss:{ch:<channel>}:dec:
 <break>:<cohort>``, ``ss:{ch:<channel>}:ledger:<cohort>:<grid>`` and the
@@ -49,31 +52,49 @@ redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
 """
 
-# KEYS[1]: the ledger hash. ARGV: hwm, keep_from, then (msn, delta, entry json) triples.
-# Mirrors Ledger.append(...).compact(keep_from) exactly; returns the whole hash.
+# KEYS[1]: the ledger hash. ARGV: hwm, keep_from, anchor msn (-1: none), anchor dsn,
+# then (msn, delta, entry json) triples. Mirrors
+# Ledger.append(entries, hwm, anchor).compact(keep_from) exactly; returns the whole hash.
+# An entry's json is SlotEntry.to_json(): its 6th element is the discontinuity flag.
 _APPEND = """
 local old_hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
 local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
-for i = 3, #ARGV, 3 do
+local dsn_msn = tonumber(redis.call('HGET', KEYS[1], 'dsn_msn') or '-1')
+for i = 5, #ARGV, 3 do
   local msn = tonumber(ARGV[i])
   if msn > old_hwm then
     redis.call('HSETNX', KEYS[1], 'e:' .. ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
   end
 end
+local anchor = tonumber(ARGV[3])
+if anchor >= 0 and (dsn_msn < 0 or anchor > old_hwm) then
+  redis.call('HSET', KEYS[1], 'dsn_msn', ARGV[3], 'dsn', ARGV[4])
+  dsn_msn = anchor
+end
 local hwm = tonumber(ARGV[1])
-if hwm > old_hwm then redis.call('HSET', KEYS[1], 'hwm', ARGV[1]) end
+if hwm > old_hwm then redis.call('HSET', KEYS[1], 'hwm', ARGV[1]) else hwm = old_hwm end
 local keep = tonumber(ARGV[2])
 if keep > floor then
   local base = tonumber(redis.call('HGET', KEYS[1], 'base') or '0')
+  local dsn = tonumber(redis.call('HGET', KEYS[1], 'dsn') or '0')
   local fields = redis.call('HKEYS', KEYS[1])
   for _, f in ipairs(fields) do
-    if string.sub(f, 1, 2) == 'e:' and tonumber(string.sub(f, 3)) < keep then
+    local msn = string.sub(f, 1, 2) == 'e:' and tonumber(string.sub(f, 3))
+    if msn and msn < keep then
       local v = redis.call('HGET', KEYS[1], f)
-      base = base + tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
+      local bar = string.find(v, '|', 1, true)
+      base = base + tonumber(string.sub(v, 1, bar - 1))
+      if dsn_msn >= 0 and msn >= dsn_msn and cjson.decode(string.sub(v, bar + 1))[6] == 1 then
+        dsn = dsn + 1
+      end
       redis.call('HDEL', KEYS[1], f)
     end
   end
   redis.call('HSET', KEYS[1], 'base', base, 'floor', keep)
+  local upto = math.min(keep, hwm + 1)
+  if dsn_msn >= 0 and upto > dsn_msn then
+    redis.call('HSET', KEYS[1], 'dsn_msn', upto, 'dsn', dsn)
+  end
 end
 return redis.call('HGETALL', KEYS[1])
 """
@@ -219,8 +240,9 @@ class RedisStore:
         return _ledger(raw)
 
     async def append_ledger(self, channel: str, cohort: str, grid: str,
-                            entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger:
-        args: list[str | int] = [hwm, keep_from]
+                            entries: list[SlotEntry], hwm: int, keep_from: int,
+                            anchor: tuple[int, int] | None = None) -> Ledger:
+        args: list[str | int] = [hwm, keep_from, *(anchor or (-1, 0))]
         for e in entries:
             args += [e.msn, e.delta, json.dumps(e.to_json())]
         raw = await self._append(keys=[self._key(channel, "ledger", cohort, grid)], args=args)
@@ -238,4 +260,5 @@ def _ledger(raw: dict[Any, Any]) -> Ledger:
             entry = SlotEntry.from_json(json.loads(v.split("|", 1)[1]))
             entries[entry.msn] = entry
     return Ledger(int(fields.get("hwm", -1)), dict(sorted(entries.items())),
-                  int(fields.get("base", 0)), int(fields.get("floor", 0)))
+                  int(fields.get("base", 0)), int(fields.get("floor", 0)),
+                  int(fields.get("dsn_msn", -1)), int(fields.get("dsn", 0)))

@@ -76,7 +76,11 @@ class Store(Protocol):
     async def get_ledger(self, channel: str, cohort: str, grid: str) -> Ledger: ...
 
     async def append_ledger(self, channel: str, cohort: str, grid: str,
-                            entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger: ...
+                            entries: list[SlotEntry], hwm: int, keep_from: int,
+                            anchor: tuple[int, int] | None = None) -> Ledger:
+        """Atomically ``Ledger.append(entries, hwm, anchor).compact(keep_from)`` on the
+        stored ledger; returns the result (maybe with another instance's slots)."""
+        ...
 
     async def anchors(self, channel: str, grid: str, record: dict[int, str]) -> dict[int, str]:
         """Timeline anchors (MSN -> ISO PDT) of a grid whose origin sends no PDT.
@@ -236,10 +240,11 @@ class MemoryStore:
         return None
 
     async def append_ledger(self, channel: str, cohort: str, grid: str,
-                            entries: list[SlotEntry], hwm: int, keep_from: int) -> Ledger:
+                            entries: list[SlotEntry], hwm: int, keep_from: int,
+                            anchor: tuple[int, int] | None = None) -> Ledger:
         key = (channel, cohort, grid)
         old = self._ledgers.get(key, Ledger())
-        new = old.append(entries, hwm).compact(keep_from)
+        new = old.append(entries, hwm, anchor).compact(keep_from)
         if new != old:
             self._ledgers[key] = new
             if self._dir:

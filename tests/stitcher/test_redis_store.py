@@ -255,3 +255,28 @@ async def test_timeline_anchors_first_writer_wins_and_trims(stores: Callable[[],
     kept = await b.anchors(ch, "main", {})
     assert sorted(kept) == list(range(101 + ANCHORS_KEPT, 101 + 2 * ANCHORS_KEPT))
     assert await a.anchors(ch, "audio", {}) == {}
+
+
+async def test_discontinuity_anchor_mirrors_the_model(stores: Callable[[], Any]) -> None:
+    """The ledger's discontinuity anchor (B01: the stitched DSN counts what left the
+    window) behaves in the store exactly as in the pure model: the first anchor
+    wins, a later one only after a gap, compaction folds the discontinuity
+    entries into it (an ad slot whose origin discontinuity was removed, delta -1,
+    is not one), and it survives a reopen."""
+    ch = _ch()
+    s = stores()
+    steps: list[tuple[list[SlotEntry], int, int, tuple[int, int] | None]] = [
+        ([SlotEntry(102, SlotKind.CONTENT, discontinuity=True)], 103, 88, (100, 3)),
+        ([_ad(104, 0, disc=True, delta=1), _ad(105, 1, delta=-1)], 106, 91, (103, 0)),
+        ([SlotEntry(107, SlotKind.CONTENT, "b", discontinuity=True, delta=1)], 108, 104, None),
+        ([], 108, 107, None),
+        ([_ad(130, 0, disc=True, delta=1)], 131, 120, (128, 9)),
+        ([], 131, 131, None),
+    ]
+    model = Ledger()
+    for entries, hwm, keep_from, anchor in steps:
+        got = await s.append_ledger(ch, "us", "g", entries, hwm, keep_from, anchor)
+        model = model.append(entries, hwm, anchor).compact(keep_from)
+        assert got == model
+    assert [model.dsn_before(m) for m in (127, 131, 132, 133)] == [None, 10, 10, None]
+    assert await stores(reopen=True).get_ledger(ch, "us", "g") == model

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from manifests.ledger import Ledger
+from manifests.ledger import Ledger, SlotEntry
 from stitcher import cli
 from stitcher.replay import replay_streams
 from stitcher.store import MemoryStore
@@ -71,18 +71,41 @@ async def test_stream_replays_clean_and_matches_goldens(folder: Path, tmp_path: 
 async def test_a_lost_ledger_makes_replay_fail(name: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine without its sequence ledger (every reload starts from an empty
-    one) republishes history differently: replay must report it."""
+    one, and so does every append) republishes history differently: replay must
+    report it."""
 
     async def amnesia(self: MemoryStore, channel: str, cohort: str, grid: str) -> Ledger:
         return Ledger()
 
+    async def append_to_nothing(self: MemoryStore, channel: str, cohort: str, grid: str,
+                                entries: list[SlotEntry], hwm: int, keep_from: int,
+                                anchor: tuple[int, int] | None = None) -> Ledger:
+        return Ledger().append(entries, hwm, anchor).compact(keep_from)
+
     monkeypatch.setattr(MemoryStore, "get_ledger", amnesia)
+    monkeypatch.setattr(MemoryStore, "append_ledger", append_to_nothing)
     [result] = await replay_streams([STREAMS_DIR / name], out=tmp_path / "out")
     assert not result.ok
     assert result.violations or result.diffs
     assert result.diffs, "the goldens catch it"
     assert any(v.rule.name in ("DISCONTINUITY_SEQUENCE", "SEGMENT_CHANGED")
                for v in result.violations), result.to_text()
+
+
+@pytest.mark.parametrize("name", ["cue_out", "early_cue_in"])
+async def test_a_render_from_an_empty_read_is_healed_by_the_append(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads that miss the ledger (every render starts from an empty one) while the
+    store keeps it: the atomic append answers with the stored ledger, the render's
+    slots or discontinuity anchor disagree with it, and the render is redone from
+    it (as when another instance published first), so replay stays clean."""
+
+    async def amnesia(self: MemoryStore, channel: str, cohort: str, grid: str) -> Ledger:
+        return Ledger()
+
+    monkeypatch.setattr(MemoryStore, "get_ledger", amnesia)
+    [result] = await replay_streams([STREAMS_DIR / name], out=tmp_path / "out")
+    assert result.ok and result.violations == [] and not result.diffs, result.to_text()
 
 
 async def test_a_wrong_expectation_is_reported(tmp_path: Path) -> None:

@@ -64,3 +64,39 @@ async def test_restart_mid_break_keeps_numbering(media: object, assets_dir: Path
     last = parse_media(snapshots[-1].playlists[next(iter(paths))])
     first = parse_media(snapshots[0].playlists[next(iter(paths))])
     assert last.discontinuity_sequence > first.discontinuity_sequence
+
+
+async def test_an_origin_behind_the_ledger_is_never_served(media: object, assets_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """B02's kind through the service: a new instance on the same state whose origin
+    window ends below what was already published (here: its clock is behind, so
+    the origin lists older segments) does not serve it. With no last good render
+    yet it answers 503 with Retry-After; once the origin has caught up it serves,
+    and across both instances the media sequence never went back."""
+    from fractions import Fraction
+
+    clock = ManualClock(start=1_820_000_000.0)
+    origin = {"break_interval": 60, "break_duration": 30, "first_break_at": 20,
+              "start_epoch": default_start_epoch(clock, Fraction(2), 6)}
+    state = tmp_path / "state"
+    snapshots: list[Snapshot] = []
+    async with start_stack(clock=clock, media=media, origin=origin, data_dir=state,
+                           assets_dir=assets_dir, warm_up=True) as stack:
+        session = await stack.start_session()
+        paths = {rid: urlsplit(session.media_url(rid)).path
+                 for rid in await stack.stitcher_renditions()}
+        await _reload(stack, paths, snapshots, 10)
+    published = parse_media(snapshots[-1].playlists[next(iter(paths))]).media_sequence
+
+    behind = ManualClock(start=clock.now() - 12)  # six segments behind the ledger
+    async with start_stack(clock=behind, media=media, origin=origin, data_dir=state,
+                           assets_dir=assets_dir, warm_up=True) as stack:
+        for path in paths.values():
+            status, headers, body = await stack.get(path)
+            assert status == 503, body
+            assert int(headers["Retry-After"]) >= 1
+        behind.advance(14)
+        await _reload(stack, paths, snapshots, 5)
+    assert parse_media(snapshots[-1].playlists[next(iter(paths))]).media_sequence > published
+    faults = [v for v in check(snapshots) if v.source == "stitcher"]
+    assert faults == [], format_text(faults)
