@@ -225,8 +225,12 @@ async def test_dead_letter_after_n_attempts_with_the_reason(
 
 async def test_two_consumers_share_the_work_and_never_double_send(
         sink: Sink, make_queue: QueueFactory) -> None:
-    a, b = make_queue(), make_queue()
+    # Each takes a few entries at a time (with the defaults, a consumer reading 64
+    # entries per shard can hold all 300 before the other's first read on a loaded
+    # machine; it keeps them, as it must, while it works through them).
+    a, b = make_queue(batch=4, max_inflight=8), make_queue(batch=4, max_inflight=8)
     assert a.consumer != b.consumer
+    await asyncio.gather(a._ensure_groups(), b._ensure_groups())  # both reading
     beacons = [sink.beacon(f"s{i}", e) for i in range(150) for e in ("start", "complete")]
     # Every beacon put through both instances, concurrently: one put wins.
     results = await asyncio.gather(*(q.put(x) for x in beacons for q in (a, b)))
