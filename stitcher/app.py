@@ -37,7 +37,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from manifests.ledger import SlotKind
 from stitcher.ads import AdDecider, CreativeLibrary, Decision
-from stitcher.beacons import BeaconQueue, BeaconTracker
+from stitcher.beacon_stream import StreamBeaconQueue
+from stitcher.beacons import BeaconQueue, BeaconSink, BeaconTracker, RedisProgress
 from stitcher.channel import COHORT, ChannelRuntime, Rendered
 from stitcher.conditioning import Conditioner
 from stitcher.config import StitcherConfig
@@ -64,7 +65,7 @@ METRICS = web.AppKey("metrics", Metrics)
 CHANNELS = web.AppKey("channels", dict)
 SIGNER = web.AppKey("signer", SessionSigner)
 TRACKER = web.AppKey("tracker", BeaconTracker)
-BEACONS = web.AppKey("beacons", BeaconQueue)
+BEACONS = web.AppKey("beacons", BeaconSink)
 LIBRARY = web.AppKey("library", CreativeLibrary)
 STORE = web.AppKey("store", object)
 TRUSTED = web.AppKey("trusted", tuple)
@@ -262,7 +263,7 @@ async def ad_segment(request: web.Request) -> web.Response:
     decision, item, segment, url = await _ad_target(request, runtime, session.cohort)
     ad = decision.ad(item)
     if ad is not None and request.method == "GET":
-        request.app[TRACKER].on_ad_segment(
+        await request.app[TRACKER].on_ad_segment(
             session_id=session.session_id, break_id=request.match_info["brk"], ad=ad,
             # Segment indexes count in this (video) grid's cadence, not the pod's unit.
             segment=segment, nominal=runtime.nominal or decision.pod.nominal,
@@ -466,18 +467,30 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         open_http = client_session(allow_private=True)
         beacon_http = client_session(allow_private=any(c.allow_private_ad_hosts
                                                        for c in config.channels))
-        queue = BeaconQueue(beacon_http, m)
-        tracker = BeaconTracker(queue)
-        library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(), m,
-                                  download=_downloader(open_http if any(
-                                      c.allow_private_ad_hosts for c in config.channels)
-                                      else strict_http))
-        app[BEACONS], app[TRACKER], app[LIBRARY] = queue, tracker, library
         owned: RedisStore | None = None
         if store is None and config.redis_url:
             owned = RedisStore.from_url(config.redis_url, cluster=config.redis_cluster)
         the_store: Store = store or owned or MemoryStore(
             Path(config.state_dir) if config.state_dir else data_dir)
+        # Beacons: with Redis, a durable queue every instance shares and progress
+        # every instance sees; embedded, the in-process queue.
+        queue: BeaconSink
+        if isinstance(the_store, RedisStore):
+            queue = StreamBeaconQueue(the_store.client, beacon_http, m,
+                                      prefix=the_store.prefix, shards=config.beacon_shards,
+                                      claim_idle=config.beacon_claim_idle,
+                                      max_attempts=config.beacon_max_attempts)
+            tracker = BeaconTracker(queue, progress=RedisProgress(
+                the_store.client, prefix=the_store.prefix,
+                ttl=config.session_ttl + config.session_grace))
+        else:
+            queue = BeaconQueue(beacon_http, m, max_attempts=config.beacon_max_attempts)
+            tracker = BeaconTracker(queue)
+        library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(), m,
+                                  download=_downloader(open_http if any(
+                                      c.allow_private_ad_hosts for c in config.channels)
+                                      else strict_http))
+        app[BEACONS], app[TRACKER], app[LIBRARY] = queue, tracker, library
         app[STORE] = the_store
         # Scale-out: origin fetches and ad decisions single-flight across instances.
         flights = the_store.flights if isinstance(the_store, RedisStore) else None

@@ -8,9 +8,14 @@ and is not counted for that ad (MediaTailor's rule). An ad cut by an early
 CUE-IN never has its last segment requested, so ``complete`` never fires.
 
 Delivery: an in-process queue with retries, exponential backoff with jitter,
-a per-host concurrency limit and dead-lettering. The idempotency key is
-(session, break, pod position, event, URL); macros are expanded once, when a
-beacon is queued, so retries send identical URLs.
+a per-host concurrency limit and dead-lettering (:class:`BeaconQueue`, the
+embedded default), or the durable Redis Streams queue of
+:mod:`stitcher.beacon_stream` when Redis is configured; both are a
+:class:`BeaconSink`. The idempotency key is (session, break, pod position,
+event, URL); macros are expanded once, when a beacon is queued, so retries
+send identical URLs. With Redis, session progress lives there too
+(:class:`RedisProgress`), so a session's ad segment requests may land on any
+instance and each event still fires once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -49,6 +55,69 @@ class BeaconStats:
     failed_attempts: int = 0
     dead: list[tuple[str, str]] = field(default_factory=list)
     duplicates_suppressed: int = 0
+    queued: int = 0
+    #: Beacons sent again after a consumer died between sending and recording
+    #: (the one window no queue can close): each may be a duplicate at the endpoint.
+    possible_duplicates: int = 0
+
+
+class BeaconSink(Protocol):
+    """What the tracker queues into: :class:`BeaconQueue` (in-process) or
+    :class:`stitcher.beacon_stream.StreamBeaconQueue` (Redis Streams)."""
+
+    stats: BeaconStats
+
+    async def put(self, beacon: Beacon) -> bool:
+        """Queue ``beacon`` (durably, for the stream queue, when this returns);
+        False: a beacon with the same idempotency key was queued before."""
+        ...
+
+    def put_soon(self, beacon: Beacon) -> None:
+        """``put`` from synchronous code (fire and forget; ``drain`` waits for it)."""
+        ...
+
+    async def drain(self) -> None:
+        """Until every queued beacon is sent or dead-lettered."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class HostLimiter:
+    """One GET per beacon under a per-host concurrency limit and a total timeout."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, per_host: int = 8,
+                 timeout: float = 5.0) -> None:
+        self._session = session
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._per_host = per_host
+        self.timeout = timeout
+
+    def slot(self, url: str) -> asyncio.Semaphore:
+        """The per-host limit ``url`` sends under (``async with``)."""
+        host = urlsplit(url).netloc
+        return self._hosts.setdefault(host, asyncio.Semaphore(self._per_host))
+
+    async def send(self, beacon: Beacon, *, limited: bool = True) -> tuple[bool, str]:
+        """(delivered, what happened): 5xx, 429, timeouts and connection errors fail.
+        ``limited=False``: the caller holds :meth:`slot` already."""
+        if limited:
+            async with self.slot(beacon.url):
+                return await self.send(beacon, limited=False)
+        host = urlsplit(beacon.url).netloc
+        try:
+            async with self._session.get(
+                    beacon.url, headers=dict(beacon.headers),
+                    timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                await resp.read()
+                ok = resp.status < 500 and resp.status != 429
+                return ok, f"HTTP {resp.status}"
+        except TimeoutError:
+            log.info("beacon to %s timed out", host)
+            return False, f"timeout after {self.timeout:g} s"
+        except aiohttp.ClientError as exc:
+            log.info("beacon to %s failed: %s", host, exc)
+            return False, f"{type(exc).__name__}: {exc}"[:200]
 
 
 def ad_events(ad: AdInfo) -> list[tuple[str, Fraction]]:
@@ -68,14 +137,11 @@ class BeaconQueue:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, *,
                  workers: int = 4, per_host: int = 8, max_attempts: int = 5,
                  timeout: float = 5.0, base_backoff: float = 0.5) -> None:
-        self._session = session
+        self._sender = HostLimiter(session, per_host=per_host, timeout=timeout)
         self._metrics = metrics
         self._queue: asyncio.Queue[tuple[Beacon, int]] = asyncio.Queue()
         self._done: OrderedDict[tuple[str, ...], None] = OrderedDict()
-        self._hosts: dict[str, asyncio.Semaphore] = {}
-        self._per_host = per_host
         self._max_attempts = max_attempts
-        self._timeout = timeout
         self._backoff = base_backoff
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(workers)]
         self._pending = 0
@@ -83,10 +149,19 @@ class BeaconQueue:
         self._idle.set()
         self.stats = BeaconStats()
 
-    def put(self, beacon: Beacon) -> None:
+    async def put(self, beacon: Beacon) -> bool:
+        return self.put_nowait(beacon)
+
+    def put_soon(self, beacon: Beacon) -> None:
+        self.put_nowait(beacon)
+
+    def put_nowait(self, beacon: Beacon) -> bool:
         if beacon.key in self._done:
             self.stats.duplicates_suppressed += 1
-            return
+            self._metrics.beacons.labels("suppressed").inc()
+            return False
+        self.stats.queued += 1
+        self._metrics.beacons.labels("queued").inc()
         self._done[beacon.key] = None
         while len(self._done) > 500_000:
             self._done.popitem(last=False)
@@ -94,6 +169,7 @@ class BeaconQueue:
         self._idle.clear()
         self._queue.put_nowait((beacon, 1))
         self._metrics.beacon_queue.set(self._pending)
+        return True
 
     async def drain(self) -> None:
         await self._idle.wait()
@@ -106,13 +182,13 @@ class BeaconQueue:
     async def _work(self) -> None:
         while True:
             beacon, attempt = await self._queue.get()
-            ok = await self._send(beacon)
+            ok, what = await self._sender.send(beacon)
             if ok:
                 self.stats.sent += 1
                 self._metrics.beacons.labels("sent").inc()
                 self._finish()
             elif attempt >= self._max_attempts:
-                self.stats.dead.append((beacon.url, f"gave up after {attempt} attempts"))
+                self.stats.dead.append((beacon.url, f"gave up after {attempt} attempts: {what}"))
                 self._metrics.beacons.labels("dead").inc()
                 self._finish()
             else:
@@ -128,47 +204,100 @@ class BeaconQueue:
         if self._pending == 0:
             self._idle.set()
 
-    async def _send(self, beacon: Beacon) -> bool:
-        host = urlsplit(beacon.url).netloc
-        sem = self._hosts.setdefault(host, asyncio.Semaphore(self._per_host))
-        async with sem:
-            try:
-                async with self._session.get(
-                        beacon.url, headers=dict(beacon.headers),
-                        timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
-                    await resp.read()
-                    return resp.status < 500 and resp.status != 429
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                log.info("beacon to %s failed: %s", host, exc)
-                return False
+
+#: KEYS[1]: one (session, break, pod position)'s progress hash. ARGV: segment index,
+#: TTL seconds, then the events due by the end of that segment, in firing order.
+#: Returns {late?, newly late?, events newly recorded...}: the in-process rule
+#: (a first request that is not segment 0 marks the session late for that ad),
+#: atomically, so instances handling one session's segments never fire twice.
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[1] ~= '0' then
+    redis.call('HSET', KEYS[1], '~late', '1')
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+    return {'late', '1'}
+  end
+  redis.call('HSET', KEYS[1], '~seen', '1')
+end
+if redis.call('HEXISTS', KEYS[1], '~late') == 1 then return {'late', '0'} end
+local out = {'ok', '0'}
+for i = 3, #ARGV do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], '1') == 1 then table.insert(out, ARGV[i]) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return out
+"""
+
+
+class RedisProgress:
+    """Session progress through ads in Redis (``ss:bp:<session>:<break>:<item>``,
+    no hash tag: per-session keys spread over the cluster), shared by instances."""
+
+    def __init__(self, client: Any, *, prefix: str = "ss", ttl: float = 6 * 3600) -> None:
+        self._client = client
+        self._script = client.register_script(_PROGRESS)
+        self._prefix = prefix
+        self._ttl = max(1, int(ttl))
+
+    async def record(self, session_id: str, break_id: str, item: int, segment: int,
+                     due: list[str]) -> tuple[bool, bool, list[str]]:
+        """(late, newly late, events newly recorded out of ``due``)."""
+        key = f"{self._prefix}:bp:{session_id}:{break_id}:{item}"
+        raw = await self._script(keys=[key], args=[segment, self._ttl, *due])
+        out = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        return out[0] == "late", out[1] == "1", out[2:]
+
+    async def forget(self, session_id: str, break_id: str, item: int,
+                     events: list[str]) -> None:
+        """Un-record events that could not be queued, so a retried request fires them."""
+        if events:
+            await self._client.hdel(f"{self._prefix}:bp:{session_id}:{break_id}:{item}",
+                                    *events)
 
 
 class BeaconTracker:
-    """Session progress through ads, turned into beacons."""
+    """Session progress through ads, turned into beacons (progress in process, or
+    in Redis with ``progress`` so every instance shares it)."""
 
-    def __init__(self, queue: BeaconQueue, *, max_sessions: int = 1_000_000) -> None:
+    def __init__(self, queue: BeaconSink, *, max_sessions: int = 1_000_000,
+                 progress: RedisProgress | None = None) -> None:
         self._queue = queue
         self._progress: OrderedDict[tuple[str, str, int], set[str] | str] = OrderedDict()
         self._max = max_sessions
+        self._shared = progress
         self.late_joins = 0
 
-    def on_ad_segment(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
-                      nominal: Fraction, client_ip: str, user_agent: str) -> list[str]:
-        """Record a segment request; returns the events queued (for logs and tests)."""
-        key = (session_id, break_id, ad.item)
-        state = self._progress.get(key)
-        if state is None:
-            if segment != 0:
-                self._progress[key] = LATE
-                self.late_joins += 1
-                return []
-            state = set()
-            self._progress[key] = state
-            while len(self._progress) > self._max:
-                self._progress.popitem(last=False)
-        if isinstance(state, str):
-            return []
+    async def on_ad_segment(self, *, session_id: str, break_id: str, ad: AdInfo,
+                            segment: int, nominal: Fraction, client_ip: str,
+                            user_agent: str) -> list[str]:
+        """Record a segment request and queue its beacons (queued when this returns:
+        durably, with the stream queue); returns the events fired (for logs and tests)."""
         seg_end = (segment + 1) * nominal
+        due = [(event, at) for event, at in ad_events(ad) if at < seg_end]
+        if self._shared is not None:
+            late, newly_late, new = await self._shared.record(
+                session_id, break_id, ad.item, segment, [e for e, _at in due])
+            if late:
+                self.late_joins += newly_late
+                return []
+            chosen = set(new)
+            due = [(e, at) for e, at in due if e in chosen]
+        else:
+            key = (session_id, break_id, ad.item)
+            state = self._progress.get(key)
+            if state is None:
+                if segment != 0:
+                    self._progress[key] = LATE
+                    self.late_joins += 1
+                    return []
+                state = set()
+                self._progress[key] = state
+                while len(self._progress) > self._max:
+                    self._progress.popitem(last=False)
+            if isinstance(state, str):
+                return []
+            due = [(e, at) for e, at in due if e not in state]
+            state.update(e for e, _at in due)
         fired: list[str] = []
         headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
         macros: dict[str, vast.MacroValue] = {
@@ -177,16 +306,24 @@ class BeaconTracker:
             "BREAKPOSITION": 2,
             "SESSIONID": session_id,
         }
-        for event, at in ad_events(ad):
-            if at >= seg_end or event in state:
-                continue
-            state.add(event)
-            urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
-            for url in urls:
-                expanded = vast.expand_macros(url, {**macros, "ADPLAYHEAD": at})
-                self._queue.put(Beacon((session_id, break_id, str(ad.item), event, url),
-                                       expanded, headers))
-            fired.append(event)
+        try:
+            for event, at in due:
+                urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
+                for url in urls:
+                    expanded = vast.expand_macros(url, {**macros, "ADPLAYHEAD": at})
+                    await self._queue.put(Beacon(
+                        (session_id, break_id, str(ad.item), event, url), expanded, headers))
+                fired.append(event)
+        except Exception:
+            # Not queued (Redis unreachable): un-record, so the player's retry fires
+            # them (puts are idempotent, what did get queued is not queued twice).
+            if self._shared is not None:
+                try:
+                    await self._shared.forget(session_id, break_id, ad.item,
+                                              [e for e, _at in due if e not in fired])
+                except Exception:
+                    log.warning("could not un-record beacon progress", exc_info=True)
+            raise
         return fired
 
     def error(self, urls: list[str], code: int) -> None:
@@ -194,4 +331,4 @@ class BeaconTracker:
             expanded = vast.expand_macros(url, {"ERRORCODE": code,
                                                 "CACHEBUSTING": random.randrange(10**8),
                                                 "TIMESTAMP": datetime.now(UTC)})
-            self._queue.put(Beacon(("error", url, str(code), expanded), expanded))
+            self._queue.put_soon(Beacon(("error", url, str(code), expanded), expanded))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -174,6 +175,16 @@ class ChannelRuntime:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._splice_caches: dict[tuple[str, str, str], SpliceCache] = {}
         self._observed: dict[str, int] = {}
+        #: Observations whose breaks update has not reached the store yet, in the
+        #: order they were made. ``_observe`` consumes a rendition's new segments
+        #: once per instance, so a concurrent render of another cohort (or grid)
+        #: sees nothing new in the same playlist; while the observing render's
+        #: read-update-write of the breaks is in flight, the store does not show
+        #: them either. Every render applies these on top of what it reads
+        #: (update_breaks is idempotent for an observation already applied), so
+        #: no render publishes a slot of a signalled break as content.
+        self._unstored: dict[int, list[Any]] = {}
+        self._observation_seq = itertools.count()
         self._timed_segments: dict[str, dict[int, Any]] = {}
         self._uris: dict[tuple[str, str], _Uris] = {}
         self._options: dict[tuple[str, Fraction | None], SpliceOptions] = {}
@@ -342,7 +353,6 @@ class ChannelRuntime:
         if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
             playlist = await self._timed(rendition, playlist)
         errors = MarkerErrors()
-        observations = self._observe(rendition, playlist, errors)
         if rendition.grid != "main":
             # Audio and subtitle playlists rarely carry the markers: read the main
             # video playlist first, and publish no slot beyond its live edge, so a
@@ -350,21 +360,29 @@ class ChannelRuntime:
             primary = await self._primary_playlist()
             if primary is not None:
                 main_rendition, main_playlist = primary
-                observations = self._observe(main_rendition, main_playlist, errors) + observations
+                self._observe(main_rendition, main_playlist, errors)
                 playlist = _until(playlist, main_playlist)
+        # What it saw joins ``_unstored``, which the breaks update below applies.
+        self._observe(rendition, playlist, errors)
         if errors.items:
             self.metrics.marker_errors.labels(self.cfg.id).inc(len(errors.items))
         lock = self._locks.setdefault((cohort, rendition.grid), asyncio.Lock())
         try:
             async with lock:
+                # Taken before reading the store: an observation dropped from
+                # ``_unstored`` after this was stored before the read below starts.
+                unstored = dict(self._unstored)
                 known = await self.store.get_breaks(self.cfg.id)
-                update = update_breaks(known, observations, self.policy)
+                update = update_breaks(known, [o for made in unstored.values() for o in made],
+                                       self.policy)
                 breaks = update.breaks
                 if playlist.segments and playlist.segments[0].pdt is not None:
                     horizon = playlist.segments[0].pdt
                     breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
                 if breaks != known:
                     await self.store.put_breaks(self.cfg.id, breaks)
+                for seq in unstored:  # in the store now (or were already)
+                    self._unstored.pop(seq, None)
                 self.breaks = breaks
                 for b in update.new:
                     self._prefetch(b, playlist)
@@ -540,6 +558,8 @@ class ChannelRuntime:
         if playlist.segments:
             self._observed[rendition.id] = max(seen if seen is not None else -1,
                                                playlist.last_msn)
+        if observations:  # in the same step as advancing _observed: no await between
+            self._unstored[next(self._observation_seq)] = observations
         return observations
 
     async def _primary_playlist(self) -> tuple[Rendition, MediaPlaylist] | None:

@@ -131,6 +131,15 @@ class StitcherConfig(BaseModel):
     redis_url: str | None = Field(default=None, pattern=r"^(redis|rediss|redis\+cluster)://")
     #: Connect to a Redis Cluster (also: ``redis+cluster://`` or ``?cluster=true``).
     redis_cluster: bool = False
+    #: With Redis, beacons go through a durable Redis Streams queue
+    #: (``stitcher/beacon_stream.py``): this many stream shards (spread over cluster
+    #: slots; keep it at least the number of cluster masters) ...
+    beacon_shards: int = Field(default=8, ge=1, le=1024)
+    #: ... whose entries a dead consumer left unacknowledged are reclaimed by live
+    #: instances (XAUTOCLAIM) once idle this long (must exceed a send's timeout).
+    beacon_claim_idle: Seconds = Field(default=10.0, gt=0)
+    #: Attempts per beacon before it is dead-lettered (both queues).
+    beacon_max_attempts: int = Field(default=5, ge=1, le=50)
     origin_timeout: Seconds = 3.0
     ad_timeout: Seconds = 2.0
     #: Worker processes sharing the port (SO_REUSEPORT); more than one needs

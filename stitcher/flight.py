@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # KEYS: result, lock, fence, stream
 # ARGV: mode ('fresh' | 'exists'), now (seconds, shared clock), lock ttl (ms)
+# A record stamped up to one interval (hold) after ``now`` counts too: the caller read
+# its clock before another instance published (a busy loop, a Redis round trip) or
+# runs a little behind it; one stamped further ahead is from a clock not to be trusted.
 _ACQUIRE = """
 local mode = ARGV[1]
 if mode == 'exists' then
@@ -44,10 +47,10 @@ else
   local interval = tonumber(r[2] or '') or 0
   local err = tonumber(r[3] or '')
   local hold = tonumber(r[4] or '') or 0
-  if err and (not fetched or err >= fetched) and now - err < hold and now >= err then
+  if err and (not fetched or err >= fetched) and now - err < hold and err - now < hold then
     return {'failed', unpack(redis.call('HGETALL', KEYS[1]))}
   end
-  if fetched and now - fetched < interval and now >= fetched then
+  if fetched and now - fetched < interval and fetched - now < interval then
     return {'fresh', unpack(redis.call('HGETALL', KEYS[1]))}
   end
 end

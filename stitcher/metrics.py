@@ -50,6 +50,10 @@ class Metrics:
         self.beacons = Counter("stitcher_beacons_total", "Beacon deliveries", ["result"],
                                registry=r)
         self.beacon_queue = Gauge("stitcher_beacon_queue_depth", "Beacons waiting", registry=r)
+        self.beacon_possible_duplicates = Counter(
+            "stitcher_beacon_possible_duplicates",
+            "Beacons resent after a consumer died between sending and recording the send",
+            registry=r)
         self.conditioning = Counter("stitcher_conditioning_total", "Creative conditioning jobs",
                                     ["result"], registry=r)
 

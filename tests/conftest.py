@@ -36,6 +36,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster on loopback ports, started for this test session
+    (see ``tests/redis_server.py``); connect with ``redis_cluster=True``."""
+    from tests.redis_server import redis_cluster
+
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI a skipped test is a failure: a missing prerequisite must never pass silently."""
     import os

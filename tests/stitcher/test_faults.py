@@ -229,6 +229,10 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
         rid = (await stack.stitcher_renditions())[0]
         url = session.media_url(rid)
         await _good_playlist(stack, url)
+        # The channel ready (ladder probed, slate loaded) before the break: a decision
+        # waits up to a second for the preparation, which on a loaded machine (ffprobe
+        # of the content) used the whole budget before the ad server was even asked.
+        await stack.runtime.prepare()
 
         edge = stack.origin.live_edge_msn()
         assert edge is not None

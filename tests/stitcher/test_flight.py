@@ -86,3 +86,26 @@ async def test_a_published_failure_holds_followers_off_the_origin(flights: list[
     last_good = published(held.record)  # a cold instance can still serve it, marked stale
     assert last_good is not None and last_good.body == b"#EXTM3U\n" and last_good.etag == '"e1"'
     assert (await sb.acquire(url, now=14.5)).status == "lock"  # the hold is over
+
+
+async def test_a_record_published_after_the_callers_clock_read_is_fresh(
+        flights: list[Flights]) -> None:
+    """An instance reads its clock, then its acquire reaches Redis after another
+    instance published a fetch stamped a few ms later (a busy event loop, a round
+    trip): that record is fresh, not a reason to fetch the origin again (seen as two
+    origin fetches 7-12 ms apart with three stitcher processes). A record stamped
+    more than an interval ahead is from a clock not to be trusted: fetch."""
+    a, b = flights
+    ch = f"f{next(_names)}"
+    sa, sb = SharedOrigin(a, ch, fetch_budget=1), SharedOrigin(b, ch, fetch_budget=1)
+    url = "http://origin/live/v0.m3u8"
+    won = await sa.acquire(url, now=100.0)
+    assert won.status == "lock"
+    assert await sa.publish(url, won.token, Published(b"#EXTM3U\n", None, None, 100.012),
+                            interval=1.0, ttl=10)
+    assert (await sb.acquire(url, now=100.005)).status == "fresh"
+    untrusted = await sb.acquire(url, now=98.9)
+    assert untrusted.status == "lock" and untrusted.token > won.token
+    # Same for a published failure: it holds off a caller whose clock read came first.
+    await sb.publish_error(url, untrusted.token, at=101.52, hold=3.0, reason="timeout", ttl=10)
+    assert (await sa.acquire(url, now=101.51)).status == "failed"

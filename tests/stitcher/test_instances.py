@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 
 from fixtures.clock import ManualClock
 from manifests.checker import Snapshot, check, format_text
+from manifests.playlist import parse_media
 from tests.harness import Stack, start_stack
 
 INSTANCES = 3
@@ -176,3 +177,53 @@ async def _run_short(stack: Stack) -> int:
         stack.clock.advance(2)
         await asyncio.sleep(0)
     return differing
+
+
+async def test_every_cohort_starts_each_break_with_its_pod(media: object, assets_dir: Path,
+                                                          tmp_path: Path,
+                                                          redis_url: str) -> None:
+    """One instance on Redis, three cohorts reloading every rendition at once: each
+    break opens with the first segment of its pod in every cohort and rendition,
+    in every reload. A render consumes a rendition's new segments' markers once per
+    instance; the renders of the other cohorts, running concurrently while that
+    render's breaks update was on its way to Redis, once saw neither the marker nor
+    the break in the store and published the break's first slot as content for
+    good (the pod then started one slot in: the first ad's impression and start
+    never fired for that cohort). The embedded store answers without yielding, so
+    only Redis showed it."""
+    await _flush(redis_url)
+    clock = ManualClock(start=1_850_000_000.0)
+    origin = {"break_interval": 30, "break_duration": 10, "first_break_at": 20}
+    cohorts = [{"attribute": "geo", "values": list(GEOS), "default": "us"}]
+    served: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+    async with start_stack(clock=clock, media=media, origin=origin, data_dir=tmp_path / "s",
+                           assets_dir=assets_dir, warm_up=True, channel="cohortstart",
+                           channel_config={"cohorts": cohorts},
+                           stitcher_config={"redis_url": redis_url}) as stack:
+        sessions = [await stack.start_session(0, geo=g) for g in GEOS]
+        renditions = await stack.stitcher_renditions()
+        jobs = [(s, rid) for s in sessions for rid in renditions]
+        for _step in range(40):
+            replies = await asyncio.gather(*(stack.get(s.media_url(rid)) for s, rid in jobs))
+            for (s, rid), (status, _h, body) in zip(jobs, replies, strict=True):
+                assert status == 200, body
+                for seg in parse_media(body.decode()).segments:
+                    served[(s.cohort, rid, seg.msn)].add(seg.uri)
+            clock.advance(2)
+            await asyncio.sleep(0)
+        breaks = stack.origin.breaks_between(0, max(m for _c, _r, m in served))
+
+    # Every MSN named one segment in every reload of a (cohort, rendition).
+    changed = {k: uris for k, uris in served.items() if len(uris) > 1}
+    assert changed == {}, changed
+    checked = 0
+    for b in breaks:
+        if not all((g, rid, b.start_msn) in served for g in GEOS for rid in renditions):
+            continue  # not (yet) in any window
+        checked += 1
+        for rid in renditions:
+            firsts = {g: next(iter(served[(g, rid, b.start_msn)])) for g in GEOS}
+            # The pod's first item, from its first segment (ad/<rid>/<break>/0/0.ts).
+            assert all(u.startswith(f"ad/{rid}/") and u.endswith("/0/0.ts")
+                       for u in firsts.values()), (b, rid, firsts)
+    assert checked >= 2, (breaks, checked)
