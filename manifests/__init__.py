@@ -11,11 +11,13 @@ from manifests.checker import Checker, Rule, Snapshot, Violation, check
 from manifests.errors import (
     AttributeListError,
     ManifestError,
+    NoCommonSpan,
     PlaylistParseError,
     Scte35Error,
     SequenceRegressionError,
     SpliceError,
 )
+from manifests.layout import CommonGrid, GridTiming, PodWindow, common_grid, grid_timing, pod_window
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MarkerPolicy, Observation, Signal, SignalKind, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant
@@ -28,11 +30,13 @@ from manifests.webvtt import MapCheck, MapStatus, check_timestamp_map
 
 __all__ = [
     "AttributeListError", "Break", "BreakIndex", "BreakPolicy", "Candidate", "Checker",
+    "CommonGrid", "GridTiming",
     "IncrementalParser", "Ledger", "ManifestError", "MapCheck", "MapStatus", "MarkerPolicy", "MediaPlaylist",
-    "Multivariant", "Observation", "PlaylistParseError", "Pod", "PodItem", "Rendition", "Rule",
+    "Multivariant", "NoCommonSpan", "Observation", "PlaylistParseError", "Pod", "PodItem",
+    "PodWindow", "Rendition", "Rule",
     "Scte35Error", "Segment", "SequenceRegressionError", "Signal", "SignalKind", "SlotEntry",
     "SlotKind", "Snapshot", "SpliceCache", "SpliceError", "SpliceOptions", "SpliceResult",
-    "Violation", "breaks_to_decide", "check", "check_timestamp_map", "observe", "parse_media",
-    "parse_multivariant", "plan_pod",
+    "Violation", "breaks_to_decide", "check", "check_timestamp_map", "common_grid", "grid_timing",
+    "observe", "parse_media", "parse_multivariant", "plan_pod", "pod_window",
     "render", "splice", "update_breaks", "with_pdt",
 ]

@@ -54,3 +54,9 @@ class SequenceRegressionError(SpliceError):
                          "already published")
         self.last = last
         self.hwm = hwm
+
+
+class NoCommonSpan(SpliceError):
+    """A break holds no span between boundaries shared by every grid, so it cannot
+    be replaced the same way in every rendition (``manifests.layout``, B05): the
+    service leaves it to the content underneath."""

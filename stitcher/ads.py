@@ -267,9 +267,13 @@ class AdDecider:
 
     async def decide(self, channel: ChannelConfig, brk: Break, cohort: str,
                      cohort_attrs: dict[str, str], *, start: Fraction, nominal: Fraction,
-                     specs: list[RenditionSpec], slate_segments: int) -> Decision:
-        available = (brk.duration_hint if brk.duration_hint is not None
-                     else Fraction(str(channel.max_break))) - start
+                     specs: list[RenditionSpec], slate_segments: int,
+                     available: Fraction | None = None) -> Decision:
+        """``available``: seconds of the pod window from ``start`` (default: to the
+        break's end), e.g. rounded to the boundaries every grid shares."""
+        if available is None:
+            available = (brk.duration_hint if brk.duration_hint is not None
+                         else Fraction(str(channel.max_break))) - start
         if available <= 0 or not channel.ad_server_url:
             return Decision(Pod(brk.id, (), nominal, personalized=False), (), "no avail")
         url = ad_request_url(channel, brk, cohort_attrs, available)

@@ -29,11 +29,19 @@ import aiohttp
 
 from manifests.breaks import Break, BreakPolicy, prune, update_breaks
 from manifests.errors import SequenceRegressionError
+from manifests.layout import (
+    CommonGrid,
+    GridTiming,
+    NoCommonSpan,
+    common_grid,
+    grid_timing,
+    pod_window,
+)
 from manifests.ledger import Ledger
 from manifests.markers import MarkerErrors, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.playlist import MediaPlaylist
-from manifests.pod import Pod, PodItem
+from manifests.pod import EPS, Pod, PodItem
 from manifests.splice import (
     SpliceCache,
     SpliceOptions,
@@ -167,6 +175,10 @@ class ChannelRuntime:
         self.unit: Fraction | None = None
         #: Segment cadence per grid, once seen.
         self.cadences: dict[str, Fraction] = {}
+        #: The boundaries every grid shares (B05: 4 s video, 5 s audio), from each
+        #: grid's EXTINF cadence and PDT; None when a grid has no PDT (then the unit
+        #: counted from the break's start is all there is).
+        self.layout: CommonGrid | None = None
         self._prepared: asyncio.Task[None] | None = None
         self._renders: OrderedDict[tuple[str, str, str, str], Rendered] = OrderedDict()
         #: The last render per (rendition, cohort, mode) that the splice accepted.
@@ -243,10 +255,12 @@ class ChannelRuntime:
     async def _prepare(self) -> None:
         mv = await self.multivariant()
         specs: list[RenditionSpec] = []
+        timings: dict[str, GridTiming | None] = {}
         for r in mv.renditions:
             if r.kind != "video":
                 continue
             fetched = await self.fetcher.get(r.uri)
+            timings.setdefault(r.grid, grid_timing(fetched.playlist))
             seg = fetched.playlist.segments[-1]
             nominal = self.nominal or Fraction(fetched.playlist.target_duration or 2)
             self.nominal = nominal
@@ -268,8 +282,16 @@ class ChannelRuntime:
                     log.warning("cannot read %s to learn its cadence: %s", r.id, exc)
                     continue
                 self.cadences[r.grid] = Fraction(other.playlist.target_duration or 2)
+                timings[r.grid] = grid_timing(other.playlist)
         self.cadences["main"] = self.nominal or Fraction(2)
         self.unit = max(self.cadences.values())
+        known = [t for grid, t in timings.items() if grid in self.cadences and t is not None]
+        if len(known) == len(self.cadences):
+            self.layout = common_grid(known)
+            if abs(self.layout.period - self.unit) > EPS:
+                # Cadences that do not divide each other (4 s and 5 s): pods are laid
+                # out on the common period (whole ads fill it, padded to it).
+                self.unit = self.layout.period
         if self.unit != self.cadences["main"]:
             from dataclasses import replace as with_
             specs = [with_(spec, pad_to=self.unit) for spec in specs]
@@ -471,7 +493,9 @@ class ChannelRuntime:
     async def _pods_for(self, playlist: Any, breaks: tuple[Break, ...], ledger: Any,
                         cohort: str) -> dict[str, Pod]:
         """Decisions needed by this render: breaks with published or new slots in it."""
-        needed = breaks_to_decide(playlist, breaks, ledger, self.policy, self.unit or self.nominal)
+        # With the grids' common boundaries known, the raw join offset: pod_window rounds it.
+        needed = breaks_to_decide(playlist, breaks, ledger, self.policy,
+                                  None if self.layout is not None else self.unit or self.nominal)
         pods: dict[str, Pod] = {}
         by_id = {b.id: b for b in breaks}
         for break_id, start in needed.items():
@@ -533,10 +557,26 @@ class ChannelRuntime:
             slate_seconds = slate.segment_count * (self.nominal or unit)
             slate_loop = max(1, int(slate_seconds // unit))
 
+        available: Fraction | None = None
+        if self.layout is not None:
+            duration = (brk.duration_hint if brk.duration_hint is not None
+                        else Fraction(str(self.cfg.max_break)))
+            try:
+                window = pod_window(brk, start, self.layout, duration=duration, unit=unit)
+            except NoCommonSpan as exc:
+                # Invariant 5 over filling it: the content underneath in every rendition.
+                self.metrics.unaligned_breaks.labels(self.cfg.id).inc()
+                log.warning("%s: left to the content underneath", exc)
+                return await self._freeze((brk.id, cohort), Decision(
+                    Pod(brk.id, (), unit, personalized=False), (), "grids not aligned"))
+            start, available = window.start, window.available
+            if abs(window.unit - unit) > EPS:
+                unit = window.unit  # else the unit the creatives are padded to (6 vs 6.006)
+
         async def produce() -> str:
             decision = await self.decider.decide(
                 self.cfg, brk, cohort, cohort_attributes(self.cfg, cohort), start=start,
-                nominal=unit, specs=self.specs, slate_segments=slate_loop)
+                nominal=unit, specs=self.specs, slate_segments=slate_loop, available=available)
             return decision.to_json()
 
         # Across instances the store asks the ad server once per (break, cohort).

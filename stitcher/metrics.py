@@ -43,6 +43,10 @@ class Metrics:
         self.marker_errors = Counter("stitcher_marker_errors_total",
                                      "Ad markers that could not be understood", ["channel"],
                                      registry=r)
+        self.unaligned_breaks = Counter(
+            "stitcher_unaligned_breaks_total",
+            "Breaks left to the content underneath: no span on boundaries every grid shares",
+            ["channel"], registry=r)
         self.ledger_conflicts = Counter(
             "stitcher_ledger_conflicts_total",
             "Renders redone because another instance published the same slots first",
