@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import cast
+from urllib.parse import unquote
 
 from manifests.attributes import AttributeList
 from manifests.errors import ManifestError
@@ -301,7 +302,11 @@ def _asset(value: str | None, seg: Segment, policy: MarkerPolicy,
     attrs = _attrs(value or "", errors)
     if attrs is None:
         return []
-    params = tuple((k, attrs.string(k) or "") for k in attrs if k)
+    # Elemental URL-encodes the values (EPISODE="Episode%20Name"): the break keeps
+    # them decoded once, and the ad request encodes them once, so the ad server
+    # gets each value exactly as the manifest spelled it (a double-encoded
+    # SERIES="Series%2520Name" stays double-encoded, never a third time).
+    params = tuple((k, unquote(attrs.string(k) or "")) for k in attrs if k)
     return [Signal(SignalKind.POINT, EXT_X_ASSET, params=params)]
 
 

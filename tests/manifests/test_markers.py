@@ -596,3 +596,38 @@ def test_a_repeated_daterange_whose_start_left_the_window_is_the_same_break() ->
     second = window(([opening], FOUR), ([], FOUR), ([], FOUR), msn=2, start=8)
     known = breaks_of(first, second)
     assert [(b.start, b.event_start) for b in known] == [(at(8), at(5))]
+
+
+def test_corpus_asset_values_reach_the_ad_request_as_the_manifest_spelled_them() -> None:
+    """INDEX (globo_cue_out_elemental): EXT-X-ASSET values are URL-encoded and go to
+    the ad server decoded-or-raw consistently; SERIES is double-encoded (%2520)."""
+    from stitcher.ads import ad_request_url
+    from stitcher.config import ChannelConfig
+
+    text = (CORPUS / "public" / "hls" / "globo_cue_out_elemental.m3u8").read_text()
+    [brk] = breaks_of(with_pdt(parse_media(text), 47224, datetime(2020, 1, 1, tzinfo=UTC)))
+    params = dict(brk.params)
+    assert params == {"GENRE": "CV", "CAID": "12345678", "EPISODE": "Episode Name Date",
+                      "SEASON": "Season Name and Number", "SERIES": "Series%20Name"}
+    channel = ChannelConfig.model_validate({
+        "id": "c", "origin_url": "http://origin.example/m.m3u8",
+        "ad_server_url": "http://ads.example/v?s={SERIES}&e={EPISODE}&g={GENRE}"})
+    url = ad_request_url(channel, brk, {}, Fraction(50))
+    assert url == "http://ads.example/v?s=Series%2520Name&e=Episode%20Name%20Date&g=CV"
+
+
+def test_corpus_hasp_asset_caid_equals_the_cue_upid() -> None:
+    """INDEX (threefive_hasp_stanza_key_asset_scte35): one 250.133 s break at
+    video_185222.ts; the CAID from EXT-X-ASSET equals the time_signal's UPID."""
+    text = (CORPUS / "public" / "hls" / "threefive_hasp_stanza_key_asset_scte35.txt").read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines[0].startswith("#EXTM3U"):
+        lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:3", *lines]
+    playlist = with_pdt(parse_media("\n".join(lines) + "\n"), 0,
+                        datetime(2020, 1, 1, tzinfo=UTC))
+    [brk] = breaks_of(playlist)
+    assert brk.duration_hint is not None and abs(brk.duration_hint - Fraction("250.133")) < 0.001
+    assert playlist.segments[0].uri.endswith("video_185222.ts")
+    assert brk.upid == "00000000381b85ce"  # UPID type 0x08 (TI), as hex
+    assert int(dict(brk.params)["CAID"], 16) == int(brk.upid, 16)
+    assert brk.event_id == "1074086507"  # the ID attribute = segmentation_event_id
