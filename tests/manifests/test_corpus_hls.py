@@ -287,3 +287,50 @@ def test_ll_hls_playlists_parse() -> None:
 
 def test_corpus_location_is_the_documented_one() -> None:
     assert os.path.normpath(str(CORPUS)).endswith(os.path.join("shared", "corpus"))
+
+
+@needs_corpus
+@pytest.mark.parametrize("key", ["public/hls/globo_ll_hls_parts.m3u8", "public/hls/videojs_llhls.m3u8",
+                                 "public/hls/androidx_ll_hls_segments_and_parts.m3u8",
+                                 "public/hls/globo_ll_hls_delta_skip_dateranges.m3u8",
+                                 "public/hls/hlsjs_daterange_delta_skip.m3u8"])
+def test_ll_hls_stitched_promises_only_what_the_stitcher_serves(key: str) -> None:
+    """INDEX asks LL-HLS to pass through "or be rewritten consistently"; DESIGN.md
+    (invariant 6) settles it: the stitcher does not serve parts, preload hints,
+    blocking reloads or rendition reports yet, so it strips those tags and serves
+    the whole segments, numbered and timed as the origin has them."""
+    from manifests.checker import Snapshot, check
+    from manifests.ledger import Ledger
+    from manifests.playlist import LL_HLS_TAGS
+    from manifests.splice import SpliceOptions, splice
+
+    class Uris:
+        def ad_segment(self, *args: object) -> str:
+            return "ad.ts"
+
+        def slate_segment(self, *args: object) -> str:
+            return "slate.ts"
+
+    source = timed(key, parse(key))
+    result = splice(source, breaks=(), pods={}, ledger=Ledger(), uris=Uris(),
+                    options=SpliceOptions(base_url="https://origin.example.com/live/p.m3u8"))
+    out = parse_media(result.text)
+    assert not [line for line in result.text.splitlines()
+                if line.split(":", 1)[0] in LL_HLS_TAGS], "an LL-HLS promise left in"
+    assert [(s.msn, s.duration) for s in out.segments] == [
+        (s.msn, s.duration) for s in source.segments]
+    assert all(s.uri.startswith("https://") for s in out.segments)
+    assert [v for v in check([Snapshot(0, {"v0": result.text}, origin={"v0": render(source)})])
+            if v.source == "stitcher"] == []
+
+
+@needs_corpus
+def test_uri_lines_with_leading_space_are_trimmed() -> None:
+    """INDEX (hlsjs_issue910): the URI lines start with a space: trim it (the text
+    keeps it, for the lossless round trip)."""
+    key = "public/hls/hlsjs_issue910_multi_dialect_fragment.txt"
+    playlist = parse(key)
+    assert all(s.uri == s.uri.strip() and s.uri.startswith("VIDEO_0_7064000/")
+               for s in playlist.segments)
+    assert any(line.startswith(" VIDEO_0") for line in PLAYLISTS[key].splitlines())
+    assert render(playlist) == PLAYLISTS[key]
