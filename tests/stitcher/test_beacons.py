@@ -1,0 +1,108 @@
+"""Beacon idempotency over a player's retries, re-fetches and the tracker's own
+failures (bugs/B24, canalplus/rx-player#1828): counted from what an
+independent tracking endpoint received, never from the stitcher's counters.
+
+B24's ``requests.log`` is replayed against :class:`BeaconTracker` (both
+progress stores: in process, and Redis as the service uses it with
+``redis_url``) with the in-process queue delivering to a loopback tracking
+endpoint that answers the first impression with 500, as ``tracker-responses.log``
+has it. Expected (INDEX): one impression and one start for (S1, brk11, ad-1)
+despite the 503 retry and the re-fetch after the reload; every quartile and
+complete at most once; the tracker's 500 retried and counted as one delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from fractions import Fraction
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from stitcher.ads import AdInfo
+from stitcher.beacons import BeaconQueue, BeaconTracker, RedisProgress
+from stitcher.metrics import Metrics
+from tests.manifests.test_corpus_hls import bundle_files
+
+EVENTS = ("impression", "creativeView", "start", "firstQuartile", "midpoint",
+          "thirdQuartile", "complete")
+
+
+def _requests() -> list[tuple[float, str, int]]:
+    """B24's requests.log: (t, path, status) of the ad segment requests."""
+    rows = []
+    for line in bundle_files("B24.txt")["requests.log"].splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        t, _method, path, status = line.split()
+        if "/brk11/" in path:
+            rows.append((float(t), path, int(status)))
+    return rows
+
+
+@pytest.fixture
+async def tracker_endpoint() -> AsyncIterator[tuple[str, list[str]]]:
+    """A tracking endpoint that fails the first impression with a 500 (B24)."""
+    hits: list[str] = []
+
+    async def track(request: web.Request) -> web.Response:
+        event = request.match_info["event"]
+        hits.append(event)
+        if event == "impression" and hits.count("impression") == 1:
+            return web.Response(status=500)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/t/{event}", track)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/t", hits
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("progress", ["memory", "redis"])
+async def test_b24_retries_and_refetches_count_once(
+        tracker_endpoint: tuple[str, list[str]], progress: str, request: Any) -> None:
+    base, hits = tracker_endpoint
+    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(12), (f"{base}/impression",), (),
+                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    client = None
+    async with aiohttp.ClientSession() as http:
+        queue = BeaconQueue(http, Metrics(), base_backoff=0.05)
+        shared = None
+        if progress == "redis":
+            import redis.asyncio as redis
+
+            client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+            shared = RedisProgress(client, prefix=f"b24-{uuid.uuid4().hex}")
+        tracker = BeaconTracker(queue, progress=shared)
+        fired: list[list[str]] = []
+        for _t, path, status in _requests():
+            segment = int(path.rsplit("seg", 1)[1].removesuffix(".ts"))
+            # Worst case for the 503: progress recorded, then the response failed.
+            fired.append(await tracker.on_ad_segment(
+                session_id="S1", break_id="brk11", ad=ad, segment=segment,
+                nominal=Fraction(6), client_ip="203.0.113.7", user_agent="player"))
+        await asyncio.wait_for(queue.drain(), 10)
+        await queue.close()
+    if client is not None:
+        await client.aclose()
+
+    # What the tracking endpoint received: the impression twice (500, then the
+    # retry's 204), every other event once; nothing for the retry or re-fetch.
+    assert Counter(hits) == Counter({**{e: 1 for e in EVENTS}, "impression": 2}), hits
+    assert hits.index("start") < hits.index("firstQuartile") < hits.index("midpoint") \
+        < hits.index("thirdQuartile") < hits.index("complete")
+    assert queue.stats.sent == len(EVENTS) and queue.stats.failed_attempts == 1
+    assert queue.stats.dead == []
+    # Fired on the first seg0 and the first seg1 only (retry and re-fetch fire nothing).
+    assert [bool(f) for f in fired] == [True, False, True, False, False], fired
