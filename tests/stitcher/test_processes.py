@@ -58,6 +58,7 @@ import yaml
 from aiohttp import web
 
 from fixtures.adserver import AdServerConfig, FixtureAd, vast_requests
+from fixtures.adserver import hits as adserver_hits
 from fixtures.adserver import create_app as create_adserver
 from fixtures.clock import ManualClock, SystemClock
 from fixtures.origin import (
@@ -441,6 +442,11 @@ class Poller:
     killed: bool = False
     reloads: int = 0
     turn: itertools.count[int] = field(default_factory=itertools.count)
+    #: Ad segment URIs of the video rendition this poller requested as a player
+    #: would (path -> the processes that answered with the redirect).
+    fetched: dict[str, int] = field(default_factory=dict)
+    #: Set once the process that first served ads answered an ad segment request.
+    ad_fetched_there: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def get(self, path: str) -> tuple[int, bytes]:
         """GET on the next live process; a connection the kill cut is retried on
@@ -453,6 +459,24 @@ class Poller:
                     assert resp.status == 200, (resp.status, await resp.text())
                     assert "X-Stitcher-Stale" not in resp.headers, dict(resp.headers)
                     return target.index, await resp.read()
+            except aiohttp.ClientError as exc:
+                self.errors.append((target.index, repr(exc)))
+        raise AssertionError(f"no process answered {path}: {self.errors[-3:]}")
+
+    async def fetch_ad(self, path: str) -> None:
+        """Request one ad segment, as the player does after reading the playlist
+        (302 to the conditioned segment; the beacons due fire from there)."""
+        for _ in range(PROCESSES):
+            alive = self.rig.alive()
+            target = alive[next(self.turn) % len(alive)]
+            try:
+                async with self.rig.http.get(target.base + path,
+                                             allow_redirects=False) as resp:
+                    assert resp.status == 302, (resp.status, await resp.text())
+                    self.fetched[path] = target.index
+                    if target.index == self.ad_process:
+                        self.ad_fetched_there.set()
+                    return
             except aiohttp.ClientError as exc:
                 self.errors.append((target.index, repr(exc)))
         raise AssertionError(f"no process answered {path}: {self.errors[-3:]}")
@@ -480,9 +504,62 @@ class Poller:
             for s in self.sessions:
                 self.violations += checkers[s.path].feed(
                     Snapshot(index=n, time=tick, playlists=texts[s.path]))
+            video = self.rig.renditions[0]
+            for s in self.sessions:  # each session plays the video rendition's ads
+                for seg in parse_media(texts[s.path][video]).segments:
+                    path = f"{s.path}/media/{seg.uri}"
+                    if seg.uri.startswith("ad/") and path not in self.fetched:
+                        await self.fetch_ad(path)
             n += 1
             self.reloads = n
             await _tick(tick)
+
+
+BEACON_EVENTS = ("impression", "start", "firstQuartile", "midpoint", "thirdQuartile",
+                 "complete")
+
+
+def _started_items(poller: Poller) -> dict[str, int]:
+    """Per session: the (break, pod position) ads whose first segment it requested."""
+    items: dict[str, set[tuple[str, str]]] = {s.path: set() for s in poller.sessions}
+    for path in poller.fetched:
+        session, _, rest = path.partition("/media/ad/")
+        _rid, brk, item, seg = rest.split("/")[:4]
+        if seg == "0.ts":
+            items[session].add((brk, item))
+    return {k: len(v) for k, v in items.items()}
+
+
+async def _beacons_settled(rig: Rig, poller: Poller, survivors: list[Stitcher],
+                           timeout: float = 45.0) -> tuple[dict[str, Counter[str]], int]:
+    """The ad server's raw hits per session (by the token's path), once every
+    started ad's events arrived or ``timeout`` passed (a killed consumer's pending
+    entries are reclaimed by the survivors after ``beacon_claim_idle``), and the
+    possible duplicates the survivors reported."""
+    from stitcher.sessions import SessionSigner
+
+    signer = SessionSigner(SESSION_KEYS)
+    ids = {signer.decode(s.path.split("/")[3], rig.channel, time.time()).session_id: s.path
+           for s in poller.sessions}
+    started = _started_items(poller)
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[str, Counter[str]] = defaultdict(Counter)
+        for hit in adserver_hits(rig.ad_app):
+            path = ids.get((hit.query.get("session") or [""])[0])
+            if path is not None and hit.event in BEACON_EVENTS:
+                found[path][hit.event] += 1
+        done = all(found[p][e] >= started[p] for p in started for e in BEACON_EVENTS)
+        if done or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    reported = 0
+    for s in survivors:
+        async with rig.http.get(s.base + "/metrics") as resp:
+            for line in (await resp.text()).splitlines():
+                if line.startswith("stitcher_beacon_possible_duplicates_total"):
+                    reported += int(float(line.split()[-1]))
+    return found, reported
 
 
 async def _locations(rig: Rig, stitcher: Stitcher, uris: set[str]) -> dict[str, str]:
@@ -535,6 +612,9 @@ async def test_sigkill_mid_break_loses_nothing(media: Any, assets_dir: Path, tmp
         try:
             await asyncio.wait_for(poller.first_ads.wait(), 30)
             assert poller.ad_process is not None
+            # Killed once it has taken ad segment requests (progress recorded, beacons
+            # queued on it): what it had not sent yet must still arrive.
+            await asyncio.wait_for(poller.ad_fetched_there.wait(), 10)
             victim = rig.stitchers[poller.ad_process]
             edge_at_kill = _edge(rig.origin)
             # Where the ads seen so far point, on the process about to die.
@@ -554,6 +634,7 @@ async def test_sigkill_mid_break_loses_nothing(media: Any, assets_dir: Path, tmp
         for t in tasks:
             t.result()  # the poller and the load ran to the end without failing
         survivors = rig.alive()
+        beacons, reported = await _beacons_settled(rig, poller, survivors)
         every_ad = set().union(*poller.ad_uris.values())
         after = [await _locations(rig, s, every_ad) for s in survivors]
         decisions = rig.decision_requests()
@@ -606,6 +687,22 @@ async def test_sigkill_mid_break_loses_nothing(media: Any, assets_dir: Path, tmp
                 assert any(u.startswith("ad/") for u in uris), uris
     assert len(decisions) == 2 * len(GEOS) and set(decisions.values()) == {1}, decisions
     assert "Traceback" not in logs, logs
+
+    # No beacon went missing: every ad item a session started (its segment 0 was
+    # requested, on any process, the victim included) fired each event, counted
+    # at the ad server; a duplicate only where a survivor reported a possible one.
+    started = _started_items(poller)
+    assert started and all(started.values()), started
+    for s in poller.sessions:
+        expected = Counter({e: started[s.path] for e in BEACON_EVENTS})
+        got = beacons.get(s.path, Counter())
+        missing = expected - got
+        assert not missing, (s.cohort, missing, got)
+    extra = sum(max(0, beacons.get(s.path, Counter())[e] - started[s.path])
+                for s in poller.sessions for e in BEACON_EVENTS)
+    assert extra <= reported, (extra, reported)
+    assert any(p == victim.index for p in poller.fetched.values()), \
+        "the victim answered none of the ad segment requests: the kill proved nothing"
 
     print(f"\nsetup {setup:.1f} s, polled {polled:.1f} s ({poller.reloads} poller reloads), "
           f"killed stitcher {victim.index} at {killed_at:.1f} s (edge MSN {edge_at_kill}, "
