@@ -62,6 +62,9 @@ _REPLACED_ONLY = frozenset({
     EXT_X_BITRATE, EXT_X_KEY, EXT_X_MAP,
 }) | LL_HLS_TAGS
 _EXTINF_PREFIX = EXTINF + ":"
+_PDT_PREFIX = EXT_X_PROGRAM_DATE_TIME + ":"
+#: A tag line :meth:`_Renderer.replaced` has not seen yet in this render.
+_UNSEEN = object()
 _MICROSECOND = timedelta(microseconds=1)
 _pdt = attrgetter("pdt")
 #: Up to this many new slots, each is simply classified (see :func:`_candidates`).
@@ -447,6 +450,11 @@ class _Renderer:
         self.inits = uris if isinstance(uris, InitUriBuilder) else None
         self.base = options.base_url
         self.newline = newline
+        #: What a replaced slot keeps of each distinct tag line (None: dropped), and
+        #: the ad's EXTINF for each distinct content EXTINF. Per render, so a cold
+        #: render does each line's work once (live feeds repeat their marker lines).
+        self.replaced_tags: dict[str, str | None] = {}
+        self.replaced_extinfs: dict[str, str] = {}
 
     def header(self, playlist: MediaPlaylist, media_sequence: int, dsn: int) -> list[str]:
         out: list[str] = []
@@ -560,21 +568,33 @@ class _Renderer:
         out: list[str] = []
         pdt_line: str | None = None
         extinf: str | None = None
+        seen = self.replaced_tags
         for text in seg.raw:
             if not text.startswith("#EXT"):
                 if not text or text[0] == "#" or text.isspace():
                     out.append(text)  # a comment or a blank line stays
                 continue  # a URI: the content's own
-            name, colon, value = text.partition(":")
-            if name == EXT_X_PROGRAM_DATE_TIME:
+            if text.startswith(_PDT_PREFIX):
                 pdt_line = pdt_line or text
-            elif name == EXTINF:
-                extinf = extinf or text
-            if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
                 continue
-            if self.keep_tag(name, value if colon else None):
-                out.append(_absolutize_tag(text, self.base)
-                           if self.base and colon and "URI=" in value else text)
+            if text.startswith(_EXTINF_PREFIX):
+                extinf = extinf or text
+                continue
+            kept = seen.get(text, _UNSEEN)
+            if kept is _UNSEEN:
+                name, colon, value = text.partition(":")
+                if name == EXT_X_PROGRAM_DATE_TIME:
+                    pdt_line = pdt_line or text
+                elif name == EXTINF:
+                    extinf = extinf or text
+                if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
+                    continue
+                kept = seen[text] = (
+                    None if not self.keep_tag(name, value if colon else None)
+                    else _absolutize_tag(text, self.base)
+                    if self.base and colon and "URI=" in value else text)
+            if kept is not None:
+                out.append(cast(str, kept))
         if entry.discontinuity:
             out.append(EXT_X_DISCONTINUITY)
             init = _init_of(self.inits, entry, pod)
@@ -594,7 +614,11 @@ class _Renderer:
             out.append(_ad_daterange(entry, pod.items[entry.item], seg))
         if extinf is None:
             raise AssertionError("a parsed segment always has EXTINF")
-        out.append(f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
+        line = self.replaced_extinfs.get(extinf)
+        if line is None:
+            line = self.replaced_extinfs[extinf] = (
+                f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
+        out.append(line)
         if entry.kind is SlotKind.SLATE or pod is None:
             out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment,
                                                entry.msn))
