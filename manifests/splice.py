@@ -283,9 +283,6 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
         return (known if known is not None else
                 playlist.discontinuity_sequence + ledger.delta_before(playlist.media_sequence)), None
     start = segments[0].msn
-    # Whether the stitched output has EXT-X-DISCONTINUITY before each slot.
-    flags = [seg.discontinuity if e is None else e.discontinuity
-             for seg, e in zip(segments, entries)]
     anchor: tuple[int, int] | None = None
     if ledger.dsn_msn >= 0 and start <= ledger.hwm + 1:
         at, value = ledger.dsn_msn, ledger.dsn
@@ -304,8 +301,20 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
         assert counted is not None  # anchored at or before start, start <= hwm + 1
         dsn_start = counted
     else:
-        dsn_start = value - sum(flags[:at - start])
-    return dsn_start + sum(flags[:first]), anchor
+        dsn_start = value - _stitched_discontinuities(segments, entries, at - start)
+    if first:
+        dsn_start += _stitched_discontinuities(segments, entries, first)
+    return dsn_start, anchor
+
+
+def _stitched_discontinuities(segments: tuple[Segment, ...], entries: list[SlotEntry | None],
+                              count: int) -> int:
+    """How many of the first ``count`` slots the stitched output puts an
+    EXT-X-DISCONTINUITY before. Counted only when asked: usually the anchor is
+    the window's first slot and nothing is capped, and a refresh should not walk
+    the whole window."""
+    return sum(seg.discontinuity if e is None else e.discontinuity
+               for seg, e in zip(islice(segments, count), entries))
 
 
 def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
