@@ -62,6 +62,9 @@ _REPLACED_ONLY = frozenset({
     EXT_X_BITRATE, EXT_X_KEY, EXT_X_MAP,
 }) | LL_HLS_TAGS
 _EXTINF_PREFIX = EXTINF + ":"
+_PDT_PREFIX = EXT_X_PROGRAM_DATE_TIME + ":"
+#: A tag line :meth:`_Renderer.replaced` has not seen yet in this render.
+_UNSEEN = object()
 _MICROSECOND = timedelta(microseconds=1)
 _pdt = attrgetter("pdt")
 #: Up to this many new slots, each is simply classified (see :func:`_candidates`).
@@ -173,6 +176,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     if segments and segments[-1].msn < ledger.hwm:
         raise SequenceRegressionError(segments[-1].msn, ledger.hwm)
     renderer = _Renderer(options, uris, playlist.newline)
+    inits = renderer.inits
     reuse, entries, chunks = _reusable(segments, cache, (options, uris))
     new_entries: list[SlotEntry] = []
     index = BreakIndex.of(breaks, options.break_policy)
@@ -205,7 +209,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
                 entry = classify(seg, prev, index, pods, options.cadence)
                 if (entry is not None and entry.kind is not SlotKind.CONTENT
                         and seg.map is not None
-                        and _init_of(uris, entry, pods.get(entry.break_id)) is None):
+                        and _init_of(inits, entry, pods.get(entry.break_id)) is None):
                     # RFC 8216bis 4.4.4.5: an EXT-X-MAP applies to every later segment
                     # until the next EXT-X-MAP, across discontinuities, and nothing can
                     # unset it: MPEG-TS ads under fMP4 content would be parsed with the
@@ -249,7 +253,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     head = entries[first] if len(out) > start else None
     if head is not None and head.kind is not SlotKind.CONTENT and EXT_X_MAP not in out[start]:
         # A window that opens inside an ad: its init must still be declared.
-        init = _init_of(uris, head, pods.get(head.break_id))
+        init = _init_of(inits, head, pods.get(head.break_id))
         if init is not None:
             out[start] = _before_extinf(out[start], f'{EXT_X_MAP}:URI="{init}"', playlist.newline)
     if playlist.trailer:
@@ -279,9 +283,6 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
         return (known if known is not None else
                 playlist.discontinuity_sequence + ledger.delta_before(playlist.media_sequence)), None
     start = segments[0].msn
-    # Whether the stitched output has EXT-X-DISCONTINUITY before each slot.
-    flags = [seg.discontinuity if e is None else e.discontinuity
-             for seg, e in zip(segments, entries)]
     anchor: tuple[int, int] | None = None
     if ledger.dsn_msn >= 0 and start <= ledger.hwm + 1:
         at, value = ledger.dsn_msn, ledger.dsn
@@ -300,8 +301,20 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
         assert counted is not None  # anchored at or before start, start <= hwm + 1
         dsn_start = counted
     else:
-        dsn_start = value - sum(flags[:at - start])
-    return dsn_start + sum(flags[:first]), anchor
+        dsn_start = value - _stitched_discontinuities(segments, entries, at - start)
+    if first:
+        dsn_start += _stitched_discontinuities(segments, entries, first)
+    return dsn_start, anchor
+
+
+def _stitched_discontinuities(segments: tuple[Segment, ...], entries: list[SlotEntry | None],
+                              count: int) -> int:
+    """How many of the first ``count`` slots the stitched output puts an
+    EXT-X-DISCONTINUITY before. Counted only when asked: usually the anchor is
+    the window's first slot and nothing is capped, and a refresh should not walk
+    the whole window."""
+    return sum(seg.discontinuity if e is None else e.discontinuity
+               for seg, e in zip(islice(segments, count), entries))
 
 
 def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
@@ -426,9 +439,13 @@ def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
     return None
 
 
-def _init_of(uris: UriBuilder, entry: SlotEntry, pod: Pod | None) -> str | None:
-    """The init section URI of a replaced slot's ad or slate (None: MPEG-TS)."""
-    if not isinstance(uris, InitUriBuilder):
+def _init_of(uris: InitUriBuilder | None, entry: SlotEntry, pod: Pod | None) -> str | None:
+    """The init section URI of a replaced slot's ad or slate (None: MPEG-TS).
+
+    ``uris`` is the builder when it is an :class:`InitUriBuilder`, else None: the
+    check is made once per render (a runtime Protocol check costs ~20 us, and a
+    cold render of a 2-hour window asks at every ad boundary)."""
+    if uris is None:
         return None
     if entry.kind is SlotKind.SLATE or pod is None:
         return uris.slate_map(entry.break_id, entry.item)
@@ -439,8 +456,14 @@ class _Renderer:
     def __init__(self, options: SpliceOptions, uris: UriBuilder, newline: str = "\n") -> None:
         self.options = options
         self.uris = uris
+        self.inits = uris if isinstance(uris, InitUriBuilder) else None
         self.base = options.base_url
         self.newline = newline
+        #: What a replaced slot keeps of each distinct tag line (None: dropped), and
+        #: the ad's EXTINF for each distinct content EXTINF. Per render, so a cold
+        #: render does each line's work once (live feeds repeat their marker lines).
+        self.replaced_tags: dict[str, str | None] = {}
+        self.replaced_extinfs: dict[str, str] = {}
 
     def header(self, playlist: MediaPlaylist, media_sequence: int, dsn: int) -> list[str]:
         out: list[str] = []
@@ -554,24 +577,36 @@ class _Renderer:
         out: list[str] = []
         pdt_line: str | None = None
         extinf: str | None = None
+        seen = self.replaced_tags
         for text in seg.raw:
             if not text.startswith("#EXT"):
                 if not text or text[0] == "#" or text.isspace():
                     out.append(text)  # a comment or a blank line stays
                 continue  # a URI: the content's own
-            name, colon, value = text.partition(":")
-            if name == EXT_X_PROGRAM_DATE_TIME:
+            if text.startswith(_PDT_PREFIX):
                 pdt_line = pdt_line or text
-            elif name == EXTINF:
-                extinf = extinf or text
-            if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
                 continue
-            if self.keep_tag(name, value if colon else None):
-                out.append(_absolutize_tag(text, self.base)
-                           if self.base and colon and "URI=" in value else text)
+            if text.startswith(_EXTINF_PREFIX):
+                extinf = extinf or text
+                continue
+            kept = seen.get(text, _UNSEEN)
+            if kept is _UNSEEN:
+                name, colon, value = text.partition(":")
+                if name == EXT_X_PROGRAM_DATE_TIME:
+                    pdt_line = pdt_line or text
+                elif name == EXTINF:
+                    extinf = extinf or text
+                if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
+                    continue
+                kept = seen[text] = (
+                    None if not self.keep_tag(name, value if colon else None)
+                    else _absolutize_tag(text, self.base)
+                    if self.base and colon and "URI=" in value else text)
+            if kept is not None:
+                out.append(cast(str, kept))
         if entry.discontinuity:
             out.append(EXT_X_DISCONTINUITY)
-            init = _init_of(self.uris, entry, pod)
+            init = _init_of(self.inits, entry, pod)
             if init is not None:
                 # B19 (grafov/m3u8#153, hls.js#1990): the ad's own init after the
                 # discontinuity; the content's is restated on return (content()).
@@ -588,7 +623,11 @@ class _Renderer:
             out.append(_ad_daterange(entry, pod.items[entry.item], seg))
         if extinf is None:
             raise AssertionError("a parsed segment always has EXTINF")
-        out.append(f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
+        line = self.replaced_extinfs.get(extinf)
+        if line is None:
+            line = self.replaced_extinfs[extinf] = (
+                f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
+        out.append(line)
         if entry.kind is SlotKind.SLATE or pod is None:
             out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment,
                                                entry.msn))
