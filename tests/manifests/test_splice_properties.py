@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 
@@ -383,7 +383,18 @@ def unaligned_streams(draw: st.DrawFn) -> tuple[str, list[PlannedBreak], list[Fr
     for s in [0, *steps]:
         edge += s * step
         edges.append(edge)
+    first = breaks[0]
+    if (edges[0] - window > first.start and first.dialect in DURATIONLESS_CONT
+            and first.actual_end is not None and first.actual_end % period != 0):
+        # Joined after the CUE-OUT, from CONT tags that carry no duration: the
+        # engine plans to the policy maximum, so an on-time CUE-IN is an early one
+        # to it, and one between common boundaries is the limitation above.
+        breaks[0] = replace(first, actual_end=None)
     return shape, breaks, edges, window
+
+
+#: Dialects whose CONT tags do not repeat the break's duration.
+DURATIONLESS_CONT = ("x-scte35", "adobe")
 
 
 @settings(max_examples=120, deadline=None)
