@@ -28,6 +28,17 @@ _MATCH = {"channel": "channel", "cohort": "cohort", "rid": "rendition", "brk": "
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+class ContextFilter(logging.Filter):
+    """Copies the request's context onto each record as it is emitted (in the
+    request's task), so a handler that formats later still has it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (CONTEXT.get() or {}).items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -64,6 +75,7 @@ def configure(log_format: str, *, verbose: bool = False) -> None:
     """The root logger's format: ``json`` or ``text``."""
     root = logging.getLogger()
     handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
