@@ -14,7 +14,8 @@ Cohort-URL mode (channels with ``cohort_urls``), CDN-cacheable, no session:
                                                     (ad segments straight at /assets)
   GET  /v1/cohort/{channel}/{cohort}/tracking       the cohort's tracking JSON (players beacon)
   GET  /assets/...                                  conditioned ad and slate segments
-Operations: /healthz, /readyz, /metrics.
+Operations: /healthz, /readyz, /metrics; ad ops: /admin/... and /console
+(``stitcher.admin``).
 
 Every player-facing response carries CORS headers and answers preflight.
 """
@@ -41,7 +42,7 @@ from stitcher.beacon_stream import StreamBeaconQueue
 from stitcher.beacons import BeaconQueue, BeaconSink, BeaconTracker, RedisProgress
 from stitcher.channel import COHORT, ChannelRuntime, Rendered
 from stitcher.conditioning import Conditioner
-from stitcher.config import StitcherConfig
+from stitcher.config import ChannelConfig, StitcherConfig
 from stitcher.errors import (
     BadRequest,
     NotFound,
@@ -69,6 +70,8 @@ BEACONS = web.AppKey("beacons", BeaconSink)
 LIBRARY = web.AppKey("library", CreativeLibrary)
 STORE = web.AppKey("store", object)
 TRUSTED = web.AppKey("trusted", tuple)
+#: Builds a ChannelRuntime from a ChannelConfig with the app's shared resources.
+RUNTIME_FACTORY = web.AppKey("runtime_factory", object)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -452,6 +455,9 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/readyz", readyz, name="readyz")
     r.add_get("/metrics", metrics, name="metrics")
+    from stitcher.admin import setup_admin  # the admin API and console (token-protected)
+
+    setup_admin(app)
     return app
 
 
@@ -495,13 +501,19 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         # Scale-out: origin fetches and ad decisions single-flight across instances.
         flights = the_store.flights if isinstance(the_store, RedisStore) else None
         assets_base = (config.assets_base_url or "/assets").rstrip("/")
-        for cfg in config.channels:
+
+        def make_runtime(cfg: ChannelConfig) -> ChannelRuntime:
             decider = AdDecider(open_http if cfg.allow_private_ad_hosts else strict_http,
                                 library, m, timeout=config.ad_timeout, on_error=tracker.error)
-            app[CHANNELS][cfg.id] = ChannelRuntime(
+            return ChannelRuntime(
                 cfg, http=origin_http, store=the_store, decider=decider, library=library,
                 metrics=m, assets_base=assets_base, origin_timeout=config.origin_timeout,
                 clock=clock, flights=flights)
+
+        # Channels created or changed later (the admin API) are built the same way.
+        app[RUNTIME_FACTORY] = make_runtime
+        for cfg in config.channels:
+            app[CHANNELS][cfg.id] = make_runtime(cfg)
         yield
         await queue.close()
         if owned is not None:

@@ -38,7 +38,7 @@ from manifests.layout import (
     pod_window,
 )
 from manifests.ledger import Ledger
-from manifests.markers import MarkerErrors, observe
+from manifests.markers import MarkerErrors, Observation, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.playlist import MediaPlaylist
 from manifests.pod import EPS, Pod, PodItem
@@ -204,6 +204,10 @@ class ChannelRuntime:
         self._decision_tasks: dict[tuple[str, str], asyncio.Task[Decision]] = {}
         self.active_cohorts: dict[str, float] = {}
         self.breaks: tuple[Break, ...] = ()
+        #: Breaks ad ops inserted or cancelled (``stitcher.admin``), as the marker
+        #: observations they stand for: merged into the shared breaks on every render
+        #: by the same ``update_breaks`` as the feed's own (idempotent when repeated).
+        self.adops: tuple[Observation, ...] = ()
 
     # ----------------------------------------------------------- multivariant
     async def multivariant(self) -> Multivariant:
@@ -395,8 +399,11 @@ class ChannelRuntime:
                 # ``_unstored`` after this was stored before the read below starts.
                 unstored = dict(self._unstored)
                 known = await self.store.get_breaks(self.cfg.id)
-                update = update_breaks(known, [o for made in unstored.values() for o in made],
-                                       self.policy)
+                # Ad-ops breaks (``self.adops``) are fed on every render, after the
+                # feed's own: repeating them is idempotent, and no render can lose them.
+                update = update_breaks(
+                    known, [*(o for made in unstored.values() for o in made), *self.adops],
+                    self.policy)
                 breaks = update.breaks
                 if playlist.segments and playlist.segments[0].pdt is not None:
                     horizon = playlist.segments[0].pdt
@@ -617,6 +624,21 @@ class ChannelRuntime:
         if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
             playlist = await self._timed(main, playlist)
         return main, playlist
+
+    async def main_view(self) -> tuple[MediaPlaylist, Fetched, float] | None:
+        """The main video playlist as renders see it (timed when the origin sends no
+        PDT), the fetch behind it and the fetcher's clock now: the live edge and the
+        origin's health for the admin API and the console. Raises OriginUnavailable
+        at a cold start with the origin down."""
+        mv = await self.multivariant()
+        main = next((r for r in mv.renditions if r.grid == "main"), None)
+        if main is None:
+            return None
+        fetched = await self.fetcher.get(main.uri)
+        playlist = fetched.playlist
+        if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
+            playlist = await self._timed(main, playlist)
+        return playlist, fetched, self._clock()
 
     def _prefetch(self, brk: Break, playlist: MediaPlaylist) -> None:
         """Decide for every recently active cohort as soon as a break is seen at the

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from stitcher.config import ChannelConfig, StitcherConfig, load_config
+from stitcher.logs import configure as configure_logs
 
 log = logging.getLogger("stitcher")
 
@@ -143,6 +145,8 @@ def _worker(payload: str, verbose: bool) -> None:
     """A worker process (spawned): serve on the shared port until told to stop."""
     _logging(verbose)
     config = StitcherConfig.model_validate_json(payload)
+    if config.log_format == "json":
+        configure_logs("json", verbose=verbose)
     try:
         code = _run(_worker_main(config))
     except PortInUse as exc:
@@ -397,7 +401,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             if args.workers is not None and args.workers < 1:
                 parser.error("--workers must be at least 1")
-            config = _load_serve_config(args)
+            try:
+                config = _load_serve_config(args)
+            except ValidationError as exc:  # each bad field named, no traceback
+                log.error("config %s is invalid:\n%s", args.config, "\n".join(
+                    f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors(include_url=False)))
+                return 2
+            if config.log_format == "json":
+                configure_logs("json", verbose=args.verbose)
             if config.workers > 1:
                 return serve_workers(config, args.verbose)
             return _run(serve_main(config))

@@ -34,6 +34,7 @@ fill slots with it one segment at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -181,7 +182,9 @@ async def _exec(cmd: list[str], timeout: float, what: str) -> tuple[bytes, str]:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        proc.kill()
+        # It may exit between the timeout and the kill (a loaded machine): not an error.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         _, err = await proc.communicate()
         raise ConditioningError(f"{what}: timed out after {timeout} s",
                                 err.decode(errors="replace")[-4000:]) from None

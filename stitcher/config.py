@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -110,7 +110,14 @@ class StitcherConfig(BaseModel):
     session_keys: dict[str, str] = Field(default_factory=dict)
     session_ttl: Seconds = 6 * 3600
     session_grace: Seconds = 3600
-    admin_token: str | None = None
+    #: Bearer token of the admin API and console (``/admin/...``, ``/console``);
+    #: without one (nor ``admin_tokens``) the admin API refuses every request.
+    admin_token: str | None = Field(default=None, min_length=16)
+    #: More admin tokens by id (one per person or tool): the audit log names the id.
+    admin_tokens: dict[str, Annotated[str, Field(min_length=16)]] = Field(default_factory=dict)
+    #: ``json``: one JSON object per log line, with channel, cohort and break id
+    #: fields where known (``stitcher.logs``); ``text``: human-readable lines.
+    log_format: Literal["text", "json"] = "text"
     #: Proxies/CDN edges (IPs or CIDRs) whose X-Forwarded-For is believed: the
     #: viewer's IP for beacons is the right-most address not among them.
     trusted_proxies: list[str] = Field(default_factory=list)

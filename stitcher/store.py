@@ -156,6 +156,12 @@ class MemoryStore:
         if self._dir:
             self._load()
 
+    @property
+    def state_dir(self) -> Path | None:
+        """Where this store persists (None: memory only); the admin API's control
+        state is kept beside it."""
+        return self._dir
+
     # --- persistence (embedded mode) ---
     def _path(self, *parts: str) -> Path:
         assert self._dir is not None

@@ -1,0 +1,86 @@
+"""Structured logs: one JSON object per line (``log_format: json``).
+
+Each line carries ``time``, ``level``, ``logger``, ``message`` and, where
+known, ``channel``, ``cohort``, ``rendition`` and ``break_id``: from the
+record's ``extra`` when the call site gives them, else from the request being
+served (:func:`context_middleware` sets them from the route's path, and
+``asyncio`` tasks started while serving inherit them, so an ad decision made
+for a render logs that render's channel and cohort).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+#: Context of the request being served (None outside a request).
+CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "stitcher_log_context", default=None)
+
+FIELDS = ("channel", "cohort", "rendition", "break_id", "session", "actor", "action")
+_MATCH = {"channel": "channel", "cohort": "cohort", "rid": "rendition", "brk": "break_id",
+          "break": "break_id"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class ContextFilter(logging.Filter):
+    """Copies the request's context onto each record as it is emitted (in the
+    request's task), so a handler that formats later still has it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (CONTEXT.get() or {}).items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage()}
+        line.update(CONTEXT.get() or {})
+        for key, value in vars(record).items():
+            if key not in _STANDARD and value is not None and not key.startswith("_"):
+                line[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+@web.middleware
+async def context_middleware(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    """Name the request's channel, cohort, rendition and break for its log lines."""
+    info = request.match_info
+    context = {field: info[key][:100] for key, field in _MATCH.items() if key in info}
+    if not context:
+        return await handler(request)
+    token = CONTEXT.set(context)
+    try:
+        return await handler(request)
+    finally:
+        CONTEXT.reset(token)
+
+
+def configure(log_format: str, *, verbose: bool = False) -> None:
+    """The root logger's format: ``json`` or ``text``."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
