@@ -28,7 +28,13 @@ import aiohttp
 from manifests.breaks import Break
 from manifests.pod import Candidate, Pod, plan_pod
 from stitcher import vast
-from stitcher.conditioning import ConditionedCreative, Conditioner, ConditioningError, RenditionSpec
+from stitcher.conditioning import (
+    ConditionedCreative,
+    Conditioner,
+    ConditioningError,
+    DeclaredMedia,
+    RenditionSpec,
+)
 from stitcher.config import ChannelConfig
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import fetch_bounded
@@ -125,19 +131,26 @@ class CreativeLibrary:
         uid = ad.universal_ad_id
         return self._keys.get((uid.registry, uid.value, ad.media.uri))
 
-    def prepare(self, ad: vast.ResolvedAd, specs: list[RenditionSpec]
+    def prepare(self, ad: vast.ResolvedAd, specs: list[RenditionSpec], channel: str = ""
                 ) -> asyncio.Task[str | None]:
-        """Download + hash the mezzanine, then condition it (each at most once)."""
+        """Download + hash the mezzanine, then condition it (each at most once).
+
+        The MediaFile's declared size and codec go along so conditioning can log
+        (and count, per ``channel``) a creative that is not what VAST says (B21).
+        """
         uid = ad.universal_ad_id
         ident = (uid.registry, uid.value, ad.media.uri)
         task = self._fetches.get(ident)
         if task is None or (task.done() and task.result() is None):
-            task = asyncio.ensure_future(self._fetch_and_condition(ident, specs))
+            task = asyncio.ensure_future(self._fetch_and_condition(
+                ident, specs, DeclaredMedia.of(ad.media), channel))
             self._fetches[ident] = task
         return task
 
     async def _fetch_and_condition(self, ident: tuple[str, str, str],
-                                   specs: list[RenditionSpec]) -> str | None:
+                                   specs: list[RenditionSpec],
+                                   declared: DeclaredMedia | None = None,
+                                   channel: str = "") -> str | None:
         registry, value, url = ident
         incoming = self.root / "mezzanines"
         incoming.mkdir(parents=True, exist_ok=True)
@@ -166,7 +179,8 @@ class CreativeLibrary:
         tmp_keys = self._keys_file.with_suffix(".tmp")
         tmp_keys.write_text(json.dumps([[list(k), v] for k, v in self._keys.items()]))
         tmp_keys.replace(self._keys_file)
-        result = await self.ensure(key, str(source), specs)
+        result = await self.ensure(key, str(source), specs, declared=declared,
+                                   channel=channel)
         return key if result is not None else None
 
     def get(self, key: str, renditions: list[str]) -> ConditionedCreative | None:
@@ -186,18 +200,22 @@ class CreativeLibrary:
         return found
 
     def ensure(self, key: str, source: str, specs: list[RenditionSpec],
-               pad_source: str | None = None) -> asyncio.Task[ConditionedCreative | None]:
+               pad_source: str | None = None, *, declared: DeclaredMedia | None = None,
+               channel: str = "") -> asyncio.Task[ConditionedCreative | None]:
         task = self._tasks.get(key)
         if task is None or (task.done() and task.result() is None):
-            task = asyncio.ensure_future(self._condition(key, source, specs, pad_source))
+            task = asyncio.ensure_future(self._condition(key, source, specs, pad_source,
+                                                         declared, channel))
             self._tasks[key] = task
         return task
 
     async def _condition(self, key: str, source: str, specs: list[RenditionSpec],
-                         pad_source: str | None) -> ConditionedCreative | None:
+                         pad_source: str | None, declared: DeclaredMedia | None = None,
+                         channel: str = "") -> ConditionedCreative | None:
         try:
             cc = await self._conditioner.condition(source, specs, self.root, key=key,
-                                                   pad_source=pad_source)
+                                                   pad_source=pad_source, declared=declared,
+                                                   channel=channel)
         except (ConditioningError, OSError, ValueError) as exc:
             self._metrics.conditioning.labels("error").inc()
             log.error("conditioning %s from %s failed: %s", key, source, exc)
@@ -301,7 +319,7 @@ class AdDecider:
             cc = None if key is None else (self._library.get(key, names)
                                            or self._library.load(key, specs))
             if key is None or cc is None:
-                self._library.prepare(ad, specs)
+                self._library.prepare(ad, specs, channel.id)
                 self._metrics.ads_not_ready.labels(channel.id).inc()
                 if self._on_error and ad.errors:
                     self._on_error(list(ad.errors), 407)
@@ -349,7 +367,7 @@ class AdDecider:
             return await fetch_bounded(self._session, u, timeout=self._timeout)
 
         resolution = await vast.resolve(url, fetch, max_depth=5)
-        tasks = [self._library.prepare(ad, specs) for ad in resolution.ads]
+        tasks = [self._library.prepare(ad, specs, channel.id) for ad in resolution.ads]
         keys = await asyncio.gather(*tasks)
         return sum(1 for k in keys if k is not None)
 

@@ -492,7 +492,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         else:
             queue = BeaconQueue(beacon_http, m, max_attempts=config.beacon_max_attempts)
             tracker = BeaconTracker(queue)
-        library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(), m,
+        library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(metrics=m), m,
                                   download=_downloader(open_http if any(
                                       c.allow_private_ad_hosts for c in config.channels)
                                       else strict_http))

@@ -131,6 +131,92 @@ class RenditionSpec:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class DeclaredMedia:
+    """What the ad server declared about a creative (VAST ``MediaFile`` / ``Mezzanine``).
+
+    Only a claim: conditioning probes the file itself and logs (and counts) where
+    the two disagree (B21: declared 1920x1080, really 2048x1152), then conditions
+    to the ladder from what was probed.
+    """
+
+    width: int | None = None
+    height: int | None = None
+    codec: str | None = None  # RFC 6381, e.g. "avc1.640028"
+
+    @classmethod
+    def of(cls, media: Any) -> DeclaredMedia | None:
+        """From a :class:`stitcher.vast.MediaFile` or ``Mezzanine`` (None if it declares nothing)."""
+        d = cls(getattr(media, "width", None), getattr(media, "height", None),
+                getattr(media, "codec", None) or None)
+        return None if d == cls() else d
+
+
+#: RFC 6381 sample entry -> ffprobe codec_name
+_CODEC_FAMILIES = {"avc1": "h264", "avc3": "h264", "hev1": "hevc", "hvc1": "hevc",
+                   "av01": "av1", "vp09": "vp9", "mp4v": "mpeg4"}
+_H264_PROFILE_IDC = {"baseline": 66, "constrained baseline": 66, "main": 77, "extended": 88,
+                     "high": 100, "high 10": 110, "high 4:2:2": 122, "high 4:4:4 predictive": 244}
+
+
+def _h264_codec_string(v: dict[str, Any]) -> str | None:
+    """``avc1.PPCCLL`` from a probed H.264 stream (constraint flags reported as 00)."""
+    idc = _H264_PROFILE_IDC.get(str(v.get("profile", "")).lower())
+    level = v.get("level")
+    if idc is None or not isinstance(level, int) or level <= 0:
+        return None
+    return f"avc1.{idc:02x}00{level:02x}"
+
+
+def _codec_mismatch(declared: str, v: dict[str, Any]) -> str | None:
+    """What the probed stream really is, if it is not what ``declared`` says; else None."""
+    first = declared.split(",")[0].strip()
+    family, _, rest = first.partition(".")
+    want = _CODEC_FAMILIES.get(family.lower())
+    got = str(v.get("codec_name") or "")
+    if want is None or not got:
+        return None  # a codec we don't know how to compare: no claim either way
+    if want != got:
+        return got
+    if want == "h264" and len(rest) == 6:
+        probed = _h264_codec_string(v)
+        try:
+            d_profile, d_level = int(rest[0:2], 16), int(rest[4:6], 16)
+        except ValueError:
+            return None
+        if probed is not None and (int(probed[5:7], 16), int(probed[9:11], 16)) != (
+                d_profile, d_level):
+            return probed
+    return None
+
+
+def check_declared(declared: DeclaredMedia | None, info: dict[str, Any], src: str,
+                   key: str = "") -> list[tuple[str, str, str]]:
+    """Compare a probe (ffprobe JSON) with the declaration: [(kind, declared, probed)].
+
+    Kinds: ``resolution`` and ``codec``. Each mismatch is logged as a warning
+    naming both values.
+    """
+    v = _stream(info, "video")
+    if declared is None or v is None:
+        return []
+    found: list[tuple[str, str, str]] = []
+    if declared.width is not None and declared.height is not None:
+        probed = (int(v.get("width") or 0), int(v.get("height") or 0))
+        if probed != (declared.width, declared.height):
+            found.append(("resolution", f"{declared.width}x{declared.height}",
+                          f"{probed[0]}x{probed[1]}"))
+    if declared.codec:
+        got = _codec_mismatch(declared.codec, v)
+        if got is not None:
+            found.append(("codec", declared.codec, got))
+    for kind, want, got in found:
+        log.warning("creative %s (%s): VAST MediaFile declared %s %s, probed stream is %s; "
+                    "conditioning to the ladder from the probed stream",
+                    key or src, src, kind, want, got)
+    return found
+
+
 class ConditionedSegment(NamedTuple):
     path: Path
     duration: Fraction
@@ -546,20 +632,26 @@ class Conditioner:
     """
 
     def __init__(self, max_concurrent: int = 2, timeout: float = 600.0,
-                 preset: str = "veryfast", trim_tolerance: Fraction = Fraction(1, 10)) -> None:
+                 preset: str = "veryfast", trim_tolerance: Fraction = Fraction(1, 10),
+                 metrics: Any = None) -> None:
         self.max_concurrent = max_concurrent
+        #: :class:`stitcher.metrics.Metrics` (optional): declared/probed mismatches counted.
+        self.metrics = metrics
         self.timeout = timeout
         self.preset = preset
         self.trim_tolerance = trim_tolerance
         self._sem = asyncio.Semaphore(max_concurrent)
         self._inflight: dict[tuple[str, str], asyncio.Task[ConditionedCreative]] = {}
         self.runs = 0  # ffmpeg transcodes started (observability, tests)
+        self.mismatches = 0  # declared-vs-probed disagreements seen
 
     async def condition(
         self, creative: str | os.PathLike[str], specs: list[RenditionSpec],
         out_dir: str | os.PathLike[str], *, key: str,
         pad_source: str | os.PathLike[str] | None = None,
+        declared: DeclaredMedia | None = None, channel: str = "",
     ) -> ConditionedCreative:
+        """``declared``: what VAST said the creative is, checked against its probe."""
         _check_name("key", key)
         if not specs:
             raise ValueError("no rendition specs")
@@ -580,7 +672,7 @@ class Conditioner:
             if task is None:
                 task = asyncio.ensure_future(self._run(
                     str(creative), specs, base, key,
-                    None if pad_source is None else str(pad_source)))
+                    None if pad_source is None else str(pad_source), declared, channel))
                 self._inflight[flight] = task
                 def forget(_t: asyncio.Task[ConditionedCreative],
                            f: tuple[str, str] = flight) -> None:
@@ -611,12 +703,17 @@ class Conditioner:
         return ConditionedCreative(key, next(iter(found.values())).duration, found)
 
     async def _run(self, creative: str, specs: list[RenditionSpec], base: Path, key: str,
-                   pad_source: str | None) -> ConditionedCreative:
+                   pad_source: str | None, declared: DeclaredMedia | None = None,
+                   channel: str = "") -> ConditionedCreative:
         ready = {s.name: r for s in specs if (r := _load_marker(base / s.name, s)) is not None}
         missing = [s for s in specs if s.name not in ready]
         if missing:
             info = await _probe(creative, timeout=min(self.timeout, 120.0))
             duration = _creative_duration(info, creative)
+            for kind, _, _ in check_declared(declared, info, creative, key):
+                self.mismatches += 1
+                if self.metrics is not None:
+                    self.metrics.creative_mismatch.labels(channel, kind).inc()
             pad_info = None
             if pad_source is not None:
                 pad_info = await _probe(pad_source, timeout=min(self.timeout, 120.0))
@@ -703,10 +800,12 @@ async def condition(
     creative: str | os.PathLike[str], specs: list[RenditionSpec],
     out_dir: str | os.PathLike[str], *, key: str,
     pad_source: str | os.PathLike[str] | None = None,
+    declared: DeclaredMedia | None = None, channel: str = "",
 ) -> ConditionedCreative:
     """Condition ``creative`` to every spec under ``out_dir/<key>/`` (idempotent).
 
     See the module docstring. Raises :class:`ConditioningError` on failure.
     """
     return await default_conditioner().condition(
-        creative, specs, out_dir, key=key, pad_source=pad_source)
+        creative, specs, out_dir, key=key, pad_source=pad_source, declared=declared,
+        channel=channel)

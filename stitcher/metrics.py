@@ -60,6 +60,11 @@ class Metrics:
             registry=r)
         self.conditioning = Counter("stitcher_conditioning_total", "Creative conditioning jobs",
                                     ["result"], registry=r)
+        self.creative_mismatch = Counter(
+            "stitcher_creative_mismatch_total",
+            "Creatives whose probed stream differs from what the VAST MediaFile declared "
+            "(kind: resolution, codec); conditioned to the ladder from the probe",
+            ["channel", "kind"], registry=r)
 
     def request_counter(self, endpoint: str, status: int) -> Any:
         child = self._request_children.get((endpoint, status))

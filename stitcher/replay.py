@@ -296,7 +296,8 @@ class StubConditioner:
 
     async def condition(self, creative: str | Path, specs: list[RenditionSpec],
                         out_dir: str | Path, *, key: str,
-                        pad_source: str | Path | None = None) -> ConditionedCreative:
+                        pad_source: str | Path | None = None,
+                        declared: object = None, channel: str = "") -> ConditionedCreative:
         found = self.cached(out_dir, key, specs)
         if found is not None:
             return found

@@ -262,3 +262,88 @@ async def test_probe_without_ffprobe(media_set, specs, monkeypatch):
         ref.audio_rate, ref.audio_channels, ref.video_profile, ref.pix_fmt)
     assert (spec.video_pid, spec.audio_pid) == (0x100, 0x101)
     assert 1_500_000 < spec.video_bitrate < 3_000_000
+
+
+# --------------------------------------------------------------- B21 (bugs corpus)
+
+
+@pytest.fixture(scope="session")
+def mezz_2048x1152(tmp_path_factory) -> Path:
+    """A creative that is really 2048x1152 H.264 High@5.0 (avc1.640032), 2 s."""
+    path = tmp_path_factory.mktemp("b21") / "mezz.mp4"
+    subprocess.run(
+        [media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc=size=2048x1152:rate=30:duration=2",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2",
+         "-c:v", "libx264", "-preset", "superfast", "-profile:v", "high", "-level:v", "5.0",
+         "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
+        check=True, capture_output=True, timeout=120)
+    v = _ffprobe(path, "-show_streams")["streams"][0]
+    assert (v["width"], v["height"], v["profile"], v["level"]) == (2048, 1152, "High", 50)
+    return path
+
+
+async def test_b21_mismatched_creative_conditioned_to_ladder(mezz_2048x1152, specs, tmp_path,
+                                                             caplog):
+    """B21: VAST declares 1920x1080 avc1.640028, the file is 2048x1152 avc1.640032. The
+    mismatch is logged naming both and counted; every output rendition is the ladder's
+    (resolution and H.264 level), never the creative's."""
+    from stitcher.conditioning import DeclaredMedia
+    from stitcher.metrics import Metrics
+
+    metrics = Metrics()
+    c = Conditioner(metrics=metrics)
+    declared = DeclaredMedia(1920, 1080, "avc1.640028")
+    with caplog.at_level("WARNING", logger="stitcher.conditioning"):
+        result = await c.condition(mezz_2048x1152, specs, tmp_path, key="cr-77",
+                                   declared=declared, channel="ch-b21")
+    text = caplog.text
+    assert "1920x1080" in text and "2048x1152" in text
+    assert "avc1.640028" in text and "avc1.640032" in text
+    def count(kind: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "stitcher_creative_mismatch_total", {"channel": "ch-b21", "kind": kind})
+    assert count("resolution") == 1 and count("codec") == 1
+    assert c.mismatches == 2
+    top = max(specs, key=lambda s: s.width * s.height)
+    assert set(result.renditions) == {s.name for s in specs}
+    for s in specs:
+        assert s.video_level is not None
+        ladder_level = round(float(s.video_level) * 10)
+        for seg in result.renditions[s.name].segments:
+            v = next(x for x in _ffprobe(seg.path, "-show_streams")["streams"]
+                     if x["codec_type"] == "video")
+            assert (v["width"], v["height"]) == (s.width, s.height)
+            assert v["width"] <= top.width and v["height"] <= top.height
+            assert v["width"] <= 1920 and v["height"] <= 1080  # B21's content maximum
+            assert v["codec_name"] == "h264" and v["profile"] == "Main"
+            assert v["level"] == ladder_level and v["level"] <= round(float(top.video_level) * 10)
+            assert v["level"] <= 40  # avc1.640028's level 4.0
+
+
+def test_b21_matching_declaration_is_quiet(caplog):
+    from stitcher.conditioning import DeclaredMedia, check_declared
+
+    info = {"streams": [{"codec_type": "video", "codec_name": "h264", "profile": "High",
+                         "level": 40, "width": 1920, "height": 1080}]}
+    with caplog.at_level("WARNING", logger="stitcher.conditioning"):
+        assert check_declared(DeclaredMedia(1920, 1080, "avc1.640028"), info, "x.mp4") == []
+        assert check_declared(DeclaredMedia(1920, 1080, "avc1.4d0028"), info, "x.mp4") == [
+            ("codec", "avc1.4d0028", "avc1.640028")]
+        assert check_declared(None, info, "x.mp4") == []
+        assert check_declared(DeclaredMedia(1920, 1080, "hvc1.1.6.L120.90"), info, "x.mp4") == [
+            ("codec", "hvc1.1.6.L120.90", "h264")]
+    assert len(caplog.records) == 2
+
+
+def test_b21_declared_media_from_vast_media_file():
+    from stitcher.conditioning import DeclaredMedia
+    from stitcher.vast import MediaFile
+
+    mf = MediaFile(uri="https://media.example.invalid/cr77/mezz.mp4", delivery="progressive",
+                   type="video/mp4", width=1920, height=1080, bitrate=None,
+                   codec="avc1.640028", api_framework=None)
+    assert DeclaredMedia.of(mf) == DeclaredMedia(1920, 1080, "avc1.640028")
+    bare = MediaFile(uri="u", delivery=None, type=None, width=None, height=None, bitrate=None,
+                     codec=None, api_framework=None)
+    assert DeclaredMedia.of(bare) is None
