@@ -49,9 +49,26 @@ class PublicOnlyResolver(AbstractResolver):
         await self._inner.close()
 
 
+class PublicOnlyConnector(aiohttp.TCPConnector):
+    """Checks every address it would connect to, IP literals included.
+
+    aiohttp does not ask the resolver about a URL whose host is an IP literal
+    (``http://127.0.0.1/``, ``http://[::ffff:10.0.0.1]/``), so the resolver alone
+    lets those through; this is the one place every connection (and so every
+    redirect hop) passes, whatever the host was spelled as."""
+
+    async def _resolve_host(self, host: str, port: int, *args: Any,
+                            **kwargs: Any) -> list[ResolveResult]:
+        results = await super()._resolve_host(host, port, *args, **kwargs)
+        allowed = [r for r in results if is_public(r["host"])]
+        if not allowed:
+            raise ForbiddenDestination(f"{host} is not a public address")
+        return allowed
+
+
 def client_session(*, allow_private: bool, **kwargs: Any) -> aiohttp.ClientSession:
-    resolver = None if allow_private else PublicOnlyResolver()
-    connector = aiohttp.TCPConnector(resolver=resolver, limit_per_host=32)
+    connector = (aiohttp.TCPConnector(limit_per_host=32) if allow_private else
+                 PublicOnlyConnector(resolver=PublicOnlyResolver(), limit_per_host=32))
     return aiohttp.ClientSession(connector=connector, **kwargs)
 
 

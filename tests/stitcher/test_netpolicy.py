@@ -1,0 +1,55 @@
+"""Outbound fetches of untrusted URLs refuse non-public destinations, however
+the host is spelled: a name resolving to loopback, an IPv4 or IPv6 literal, an
+IPv4-mapped IPv6 literal (found by a newcomer: IP literals skipped the resolver
+and a channel without ``allow_private_ad_hosts`` fetched ``http://127.0.0.1``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from stitcher.netpolicy import ForbiddenDestination, client_session, fetch_bounded, is_public
+
+
+@pytest.mark.parametrize("address, public", [
+    ("8.8.8.8", True), ("2001:4860:4860::8888", True),
+    ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("0.0.0.0", False), ("224.0.0.1", False), ("::1", False),
+    ("fe80::1%eth0", False), ("fc00::1", False), ("::ffff:127.0.0.1", False),
+    ("::ffff:10.0.0.1", False), ("::ffff:8.8.8.8", True),
+])
+def test_is_public(address: str, public: bool) -> None:
+    assert is_public(address) is public
+
+
+@pytest.fixture
+async def loopback_port() -> AsyncIterator[int]:
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="reached")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
+async def test_a_strict_session_refuses_loopback_however_spelled(loopback_port: int,
+                                                                 host: str) -> None:
+    url = f"http://{host}:{loopback_port}/"
+    async with client_session(allow_private=False) as strict:
+        with pytest.raises(ForbiddenDestination):
+            await fetch_bounded(strict, url, timeout=5)
+        with pytest.raises(ForbiddenDestination):  # beacons use the session directly
+            async with strict.get(url):
+                pass
+    if host != "[::ffff:127.0.0.1]":  # (a v4-mapped literal needs an IPv6 socket)
+        async with client_session(allow_private=True) as open_:
+            assert await fetch_bounded(open_, url, timeout=5) == b"reached"
