@@ -13,7 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Seconds = Annotated[float, Field(ge=0)]
+#: Finite (a YAML ``.inf`` or a JSON ``1e999`` is refused, naming the field: it
+#: would otherwise fail later, in exact time arithmetic).
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class CohortRule(BaseModel):
@@ -22,9 +24,12 @@ class CohortRule(BaseModel):
     Values not listed map to ``default``, so clients cannot create cohorts.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     attribute: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    values: list[str] = Field(min_length=1, max_length=64)
+    #: A value may not contain ``.`` (cohort keys join values with it) nor ``/``
+    #: (cohort URLs carry the key in a path segment).
+    values: list[Annotated[str, Field(pattern=r"^[^./\s]{1,64}$")]] = Field(
+        min_length=1, max_length=64)
     default: str
 
     @field_validator("default")
@@ -39,7 +44,7 @@ class CohortRule(BaseModel):
 class LadderEntry(BaseModel):
     """One video rendition of an explicit ladder (``ChannelConfig.ladder``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     #: The stitcher's rendition id (``v0``, ``v1`` ...: video renditions in
     #: multivariant order).
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
@@ -50,7 +55,7 @@ class LadderEntry(BaseModel):
 
 
 class ChannelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     #: The origin's multivariant playlist URL.
@@ -90,7 +95,7 @@ class ChannelConfig(BaseModel):
 
 
 class StitcherConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)

@@ -104,6 +104,27 @@ async def test_missing_unknown_and_cross_field_errors(body: dict[str, Any], fiel
     assert any(f["field"] == field and problem in f["problem"] for f in fields), fields
 
 
+@pytest.mark.parametrize("raw, field", [
+    ('{"max_break": 1e999}', "max_break"), ('{"segment_duration": 1e999}', "segment_duration"),
+    ('{"min_slate": NaN}', "min_slate"), ('{"decision_budget": Infinity}', "decision_budget"),
+    ('{"cohorts": [{"attribute": "geo", "values": ["a.b"], "default": "a.b"}]}', "cohorts"),
+    ('{"cohorts": [{"attribute": "geo", "values": ["a/b"], "default": "a/b"}]}', "cohorts"),
+])
+async def test_non_finite_numbers_and_unroutable_cohort_values_are_refused(
+        raw: str, field: str, aiohttp_client: Any, tmp_path: Path) -> None:
+    """Found by a newcomer: ``1e999`` passed validation, was saved, answered 500 and
+    then stopped the service from starting; a cohort value with ``.`` (the cohort
+    key's separator) made every session of the channel a 403."""
+    client = await _client(aiohttp_client, tmp_path)
+    assert (await client.post("/admin/channels", json=VALID, headers=AUTH)).status == 201
+    resp = await client.patch("/admin/channels/news", data=raw,
+                              headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status == 422, await resp.text()
+    assert field in (await resp.json())["reason"]
+    got = await (await client.get("/admin/channels/news", headers=AUTH)).json()
+    assert got["revision"] == 1 and got["config"] == ChannelConfig(**VALID).model_dump(mode="json")
+
+
 def _operations() -> list[tuple[str, str]]:
     ops = []
     for path, item in document()["paths"].items():
