@@ -106,7 +106,7 @@ class BreakRequest(BaseModel):
     the default), ``after`` seconds past it, or at ``start`` (a PDT on the channel's
     timeline, with its UTC offset)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     duration: float = Field(ge=1, le=MAX_INSERTED_BREAK)
     after: float | None = Field(default=None, ge=0, le=86_400)
     start: AwareDatetime | None = None
@@ -520,6 +520,12 @@ async def insert_break(request: web.Request, actor: Actor) -> web.Response:
     duration = Fraction(str(req.duration))
     if req.start is not None:
         start = req.start.astimezone(UTC)
+        if start > edge + timedelta(days=7):
+            # Also keeps start + duration representable (9999-12-31 was a 500).
+            raise Invalid(
+                f"invalid break: start: {start.isoformat()} is more than 7 days ahead "
+                f"of the live edge {edge.isoformat()}",
+                [{"field": "start", "problem": "more than 7 days ahead of the live edge"}])
         if start < edge - timedelta(milliseconds=20):
             raise Invalid(
                 f"invalid break: start: {start.isoformat()} is behind the live edge "

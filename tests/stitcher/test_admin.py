@@ -354,6 +354,8 @@ async def test_insert_break_now_is_stitched_listed_cancelled_and_audited(
         for body, field in (({"duration": 0}, "duration"), ({}, "duration"),
                             ({"duration": 5, "start": "2020-01-01T00:00:00"}, "start"),
                             ({"duration": 5, "start": "2020-01-01T00:00:00Z"}, "start"),
+                            # Found by a newcomer: a 500 (date out of range).
+                            ({"duration": 30, "start": "9999-12-31T23:59:59Z"}, "start"),
                             ({"duration": 5, "when": 3}, "when")):
             status, err = await _call(stack, "POST", "/admin/channels/live1/breaks", body)
             assert status == 422 and any(f["field"] == field for f in err["fields"]), err
