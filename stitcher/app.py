@@ -398,9 +398,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    channels = request.app[CHANNELS]
-    not_ready = [c for c, rt in channels.items()
-                 if rt._prepared is None or not rt._prepared.done()]
+    """Ready once every channel is prepared (ladder probed, slate conditioned).
+    Asking starts (or retries) the preparation: a load balancer that waits for
+    readiness before sending any viewer must not wait for a viewer to start it."""
+    preparing = {c: rt.prepare() for c, rt in request.app[CHANNELS].items()}
+    not_ready = [c for c, t in preparing.items()
+                 if not t.done() or t.cancelled() or t.exception() is not None]
     status = 200 if not not_ready else 503
     return web.json_response({"ready": not not_ready, "preparing": not_ready}, status=status)
 

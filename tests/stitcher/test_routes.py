@@ -3,6 +3,7 @@ slots in a break, CORS preflight, HEAD, and clear 4xx answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -103,3 +104,20 @@ def test_client_ip_behind_trusted_proxies() -> None:
     assert client_ip("10.1.1.1", ["6.6.6.6, 198.51.100.9, 10.2.2.2"], cdn) == "198.51.100.9"
     assert client_ip("2001:db8::1", ["198.51.100.9", "2001:db8::2"], cdn) == "198.51.100.9"
     assert client_ip("10.1.1.1", [], cdn) == "10.1.1.1"
+
+
+async def test_readyz_prepares_the_channels_itself(media: object, assets_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """Found by a newcomer: /readyz stayed 503 until a viewer's first playlist
+    request started the preparation, so a load balancer waiting for readiness
+    before sending viewers would wait forever. Asking it starts the work."""
+    async with start_stack(clock=ManualClock(start=1_800_200_000.0), media=media,
+                           data_dir=tmp_path / "s", assets_dir=assets_dir) as stack:
+        status, _, body = await stack.get(f"{stack.base}/readyz")
+        assert json.loads(body)["preparing"] == [stack.channel] and status == 503
+        for _ in range(300):  # the slate is conditioned in the background
+            status, _, body = await stack.get(f"{stack.base}/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and json.loads(body) == {"ready": True, "preparing": []}
