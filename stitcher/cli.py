@@ -408,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                     for e in exc.errors(include_url=False)))
                 return 2
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                # A missing/unreadable file, or YAML/JSON that does not parse
+                # (yaml.YAMLError and json.JSONDecodeError are ValueErrors or
+                # named below): one line, no traceback.
+                log.error("config %s cannot be read: %s", args.config, exc)
+                return 2
             if config.log_format == "json":
                 configure_logs("json", verbose=args.verbose)
             if config.workers > 1:

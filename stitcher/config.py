@@ -171,7 +171,10 @@ def load_config(path: Path) -> StitcherConfig:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:  # a ValueError for the CLI: one line, exit 2
+            raise ValueError(f"not valid YAML: {exc}") from exc
     else:
         data = json.loads(text)
     return StitcherConfig.model_validate(data)
