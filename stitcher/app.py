@@ -197,12 +197,29 @@ def _playlist_response(request: web.Request, rendered: Rendered, *,
                "Cache-Control": f"{scope}, max-age={max(1, rendered.target_duration // 2)}"}
     if rendered.stale:
         headers["X-Stitcher-Stale"] = f"origin: {rendered.stale_reason or 'unavailable'}"
-    if rendered.etag in request.headers.get("If-None-Match", ""):
+    match = request.headers.get("If-None-Match", "")
+    if rendered.etag in match or match.strip() == "*":
         return web.Response(status=304, headers=headers)
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         headers["Content-Encoding"] = "gzip"
         return web.Response(body=rendered.gzipped, content_type=MPEGURL, headers=headers)
     return web.Response(body=rendered.body, content_type=MPEGURL, headers=headers)
+
+
+def accepts_gzip(header: str) -> bool:
+    """RFC 9110 12.5.3: ``gzip`` (any case) or ``*`` with a non-zero q-value."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = params.strip()
+        if q.lower().startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
 
 
 async def media(request: web.Request) -> web.Response:

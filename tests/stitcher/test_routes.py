@@ -121,3 +121,14 @@ async def test_readyz_prepares_the_channels_itself(media: object, assets_dir: Pa
                 break
             await asyncio.sleep(0.1)
         assert status == 200 and json.loads(body) == {"ready": True, "preparing": []}
+
+
+def test_accepts_gzip_reads_q_values() -> None:
+    """Found by a newcomer: ``gzip;q=0`` (refused) still got gzip; ``GZIP`` did not."""
+    from stitcher.app import accepts_gzip
+
+    for header, ok in (("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.5", True),
+                       ("gzip;q=0", False), ("gzip; q=0.0", False), ("*", True),
+                       ("identity", False), ("", False), ("br, x-gzip", True),
+                       ("gzip;q=nonsense", False)):
+        assert accepts_gzip(header) is ok, header

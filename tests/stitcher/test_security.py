@@ -115,6 +115,14 @@ async def _refused(stack: Stack, base: str, token: str, channel: str = "live1"
     return found
 
 
+def _other_trailing(char: str) -> str:
+    """A last base64 character that decodes to the same bytes (only the unused
+    low bits differ): 16 bytes of signature leave 4 such bits."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    i = alphabet.index(char)
+    return alphabet[(i & ~0b1111) | ((i + 1) & 0b1111)]
+
+
 async def test_bad_tokens_are_refused_with_a_reason(tmp_path: Path) -> None:
     async with _stack(tmp_path) as stack, _service(stack, tmp_path, KEYS) as (base, _app):
         token = await _start(stack, base, geo="fr", device="tv")
@@ -141,6 +149,12 @@ async def test_bad_tokens_are_refused_with_a_reason(tmp_path: Path) -> None:
             "cross-channel": (await _start(stack, base, "live2", geo="fr", device="tv"), 403,
                               "another channel"),
             "malformed": ("not-a-token", 403, "malformed"),
+            # Other spellings of the same bytes (found by a newcomer): one session,
+            # one URL, or caches split and a URL can be varied at will.
+            "padded signature": (f"{token}=", 403, "malformed"),
+            "padded payload": (f"{payload}=.{mac}", 403, "malformed"),
+            "trailing bits": (f"{payload}.{mac[:-1]}{_other_trailing(mac[-1])}", 403,
+                              "malformed"),
             "empty payload": (f".{mac}", 403, "malformed"),
         }
         for name, (bad, status, reason) in cases.items():
