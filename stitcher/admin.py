@@ -452,7 +452,12 @@ async def _follow(app: web.Application) -> None:
                         await apply_adops(app, runtime)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the feed must come back after Redis does
+        except Exception as exc:  # any failure: the feed must come back after Redis does
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can turn a cancellation inside a blocking read into a
+                # connection error: the shutdown asked for must still happen.
+                raise asyncio.CancelledError from exc
             log.warning("control feed interrupted (%s): resyncing in %.1f s", exc, delay)
             await asyncio.sleep(delay)  # backoff before reconnecting, not a polling loop
             delay = min(delay * 2, 10.0)
@@ -474,9 +479,16 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     await _sync_all(app)  # before the first request: channels as the control plane has them
     follower = asyncio.ensure_future(_follow(app))
     yield
-    follower.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await follower
+    for _ in range(10):  # cancel again if a cancellation was absorbed (see _follow)
+        follower.cancel()
+        done, _pending = await asyncio.wait({follower}, timeout=1.0)
+        if done:
+            break
+    else:
+        log.warning("control feed did not stop within 10 s; closing under it")
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        if follower.done():
+            follower.result()
     await control.close()
 
 
