@@ -360,16 +360,28 @@ class ChannelRuntime:
                                 fetched: Fetched, key: tuple[str, str, str, str],
                                 with_result: bool) -> Rendered:
         if not with_result:
-            shared = await self.store.get_render(self.cfg.id, key)
+            try:
+                shared = await self.store.get_render(self.cfg.id, key)
+            except Exception:  # the shared render cache is an optimisation: render here
+                log.warning("%s: shared render cache unreadable", self.cfg.id, exc_info=True)
+                self.metrics.render_cache.labels(self.cfg.id, cohort, "store_error").inc()
+                shared = None
             if shared is not None:
                 self.metrics.render_cache.labels(self.cfg.id, cohort, "shared").inc()
                 return Rendered(shared.body, shared.gzipped, shared.etag,
                                 shared.target_duration, fetched.stale, fetched.error, None)
         rendered = await self._render(rendition, cohort, fetched, mode)
-        await self.store.put_render(
-            self.cfg.id, key, RenderBlob(rendered.body, rendered.gzipped, rendered.etag,
-                                         rendered.target_duration),
-            ttl=SHARED_RENDER_TTL * rendered.target_duration)
+        try:
+            await self.store.put_render(
+                self.cfg.id, key, RenderBlob(rendered.body, rendered.gzipped, rendered.etag,
+                                             rendered.target_duration),
+                ttl=SHARED_RENDER_TTL * rendered.target_duration)
+        except Exception:
+            # Sharing the render is an optimisation: a store hiccup (seen: redis-py's
+            # cluster client failing a SET on a connection another task had reset)
+            # must not turn a good render into a 500 for the player.
+            log.warning("%s: could not share a render", self.cfg.id, exc_info=True)
+            self.metrics.render_cache.labels(self.cfg.id, cohort, "store_error").inc()
         return rendered
 
     async def _render(self, rendition: Rendition, cohort: str, fetched: Fetched,
