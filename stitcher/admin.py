@@ -62,7 +62,16 @@ from stitcher.control import (
     RedisControl,
     RevisionMismatch,
 )
-from stitcher.errors import BadRequest, NotFound, OriginUnavailable, StitcherError
+from stitcher.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    OriginUnavailable,
+    PreconditionFailed,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("stitcher.audit")
@@ -73,32 +82,6 @@ ADMIN_LOCK = web.AppKey("admin_lock", asyncio.Lock)
 STATIC = Path(__file__).with_name("static")
 #: An inserted break lasts at least one second and at most an hour.
 MAX_INSERTED_BREAK = 3600.0
-
-
-class Forbidden(StitcherError):
-    status = 403
-    code = "forbidden"
-
-
-class Conflict(StitcherError):
-    status = 409
-    code = "conflict"
-
-
-class PreconditionFailed(StitcherError):
-    status = 412
-    code = "revision_mismatch"
-
-
-class Invalid(StitcherError):
-    """A body that fails validation: ``fields`` names each bad field and its problem."""
-
-    status = 422
-    code = "invalid"
-
-    def __init__(self, reason: str, fields: list[dict[str, str]]) -> None:
-        super().__init__(reason)
-        self.fields = fields
 
 
 class BreakRequest(BaseModel):
@@ -149,7 +132,7 @@ def authenticate(request: web.Request) -> Actor:
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        raise _Unauthenticated("admin API: send Authorization: Bearer <admin token>")
+        raise Unauthorized("admin API: send Authorization: Bearer <admin token>")
     if not tokens:
         raise Forbidden("admin API disabled: no admin_token configured")
     given = presented.strip().encode()
@@ -162,25 +145,13 @@ def authenticate(request: web.Request) -> Actor:
     return Actor(found, _client_ip(request), request.headers.get("User-Agent", "")[:200])
 
 
-class _Unauthenticated(StitcherError):
-    status = 401
-    code = "unauthorized"
-
-
 def admin(handler: Callable[[web.Request, Actor], Awaitable[web.StreamResponse]]) -> Handler:
-    """Authenticate, run, and answer the admin API's errors as JSON (422 with fields,
-    401 with ``WWW-Authenticate``); the app's middleware does the rest."""
+    """Authenticate, then run; errors (422 with fields, 401 with
+    ``WWW-Authenticate``) are answered by the app's middleware, as every other."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            actor = authenticate(request)
-            response = await handler(request, actor)
-        except Invalid as exc:
-            return _json({"error": exc.code, "reason": exc.reason, "fields": exc.fields},
-                         status=exc.status)
-        except _Unauthenticated as exc:
-            return _json({"error": exc.code, "reason": exc.reason}, status=401,
-                         headers={"WWW-Authenticate": 'Bearer realm="stitcher admin"'})
+        actor = authenticate(request)
+        response = await handler(request, actor)
         response.headers["Cache-Control"] = "no-store"
         return response
 

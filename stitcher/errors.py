@@ -9,6 +9,8 @@ down is a 503 with Retry-After.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import ClassVar
 
 from aiohttp import web
 
@@ -17,6 +19,9 @@ class StitcherError(Exception):
     status = 500
     code = "internal"
 
+    #: Extra response headers (e.g. ``WWW-Authenticate`` on a 401).
+    headers: ClassVar[Mapping[str, str]] = {}
+
     def __init__(self, reason: str, *, status: int | None = None,
                  retry_after: float | None = None) -> None:
         super().__init__(reason)
@@ -24,6 +29,8 @@ class StitcherError(Exception):
         if status is not None:
             self.status = status
         self.retry_after = retry_after
+        #: Validation errors: each bad field and its problem (a 422's body lists them).
+        self.fields: list[dict[str, str]] | None = None
 
 
 class NotFound(StitcherError):
@@ -44,6 +51,34 @@ class SessionInvalid(StitcherError):
 class Unauthorized(StitcherError):
     status = 401
     code = "unauthorized"
+    headers: ClassVar[Mapping[str, str]] = {
+        "WWW-Authenticate": 'Bearer realm="stitcher admin"'}
+
+
+class Forbidden(StitcherError):
+    status = 403
+    code = "forbidden"
+
+
+class Conflict(StitcherError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(StitcherError):
+    status = 412
+    code = "revision_mismatch"
+
+
+class Invalid(StitcherError):
+    """A body that fails validation: ``fields`` names each bad field and its problem."""
+
+    status = 422
+    code = "invalid"
+
+    def __init__(self, reason: str, fields: list[dict[str, str]]) -> None:
+        super().__init__(reason)
+        self.fields = fields
 
 
 class OriginUnavailable(StitcherError):
@@ -61,11 +96,14 @@ class UpstreamError(StitcherError):
 
 
 def to_response(exc: StitcherError) -> web.Response:
-    headers = {"Cache-Control": "no-store"}
+    headers = {"Cache-Control": "no-store", **exc.headers}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     code = exc.code if type(exc) is not StitcherError else {
         404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, exc.code)
-    body = json.dumps({"error": code, "reason": exc.reason})
+    data: dict[str, object] = {"error": code, "reason": exc.reason}
+    if exc.fields is not None:
+        data["fields"] = exc.fields
+    body = json.dumps(data)
     return web.Response(status=exc.status, text=body, content_type="application/json",
                         headers=headers)
