@@ -29,8 +29,8 @@ from manifests.markers import observe
 from manifests.playlist import MediaPlaylist, parse_media
 from manifests.pod import Candidate, Pod, plan_pod
 from manifests.splice import SpliceOptions, SpliceResult, breaks_to_decide, splice
-from manifests.timing import format_duration, format_pdt
 from tests.manifests.test_corpus_hls import bundle_files
+from tests.synthetic import live_playlist
 
 EPOCH = datetime(2026, 12, 3, 21, 0, tzinfo=UTC)
 POLICY = BreakPolicy(max_duration=Fraction(60))
@@ -105,20 +105,7 @@ def test_grid_timing_reads_the_cadence_and_a_boundary() -> None:
 
 def _playlist(track: str, cadence: int, count: int, msn: int = 0, *,
               cue: tuple[int, int] | None = None, ext: str = "ts") -> str:
-    """A live content playlist named like B05's (content/<track>/segN), with PDT;
-    ``cue`` = (start, end) seconds puts CUE-OUT/CUE-IN on those slots."""
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:5",
-             f"#EXT-X-MEDIA-SEQUENCE:{msn}"]
-    for k in range(count):
-        t = k * cadence
-        if cue is not None and t == cue[0]:
-            lines.append(f"#EXT-X-CUE-OUT:DURATION={cue[1] - cue[0]}")
-        if cue is not None and t == cue[1]:
-            lines.append("#EXT-X-CUE-IN")
-        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(at(t))}")
-        lines.append(f"#EXTINF:{format_duration(Fraction(cadence))},")
-        lines.append(f"content/{track}/seg{msn + k}.{ext}")
-    return "\n".join(lines) + "\n"
+    return live_playlist(track, cadence, count, epoch=EPOCH, msn=msn, cue=cue, ext=ext)
 
 
 class Uris:

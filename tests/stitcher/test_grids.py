@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from fractions import Fraction
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 
 from manifests.playlist import parse_media
-from manifests.timing import format_duration, format_pdt
 from stitcher.app import CHANNELS, create_app
 from stitcher.channel import ChannelRuntime
 from stitcher.config import StitcherConfig
 from stitcher.store import MemoryStore
+from tests.synthetic import live_playlist
 
 EPOCH = datetime(2026, 12, 3, 21, 0, tzinfo=UTC)
 MASTER = """#EXTM3U
@@ -32,17 +31,7 @@ video.m3u8
 
 
 def _live(track: str, cadence: int, count: int, cue: tuple[int, int] | None = None) -> str:
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:5", "#EXT-X-MEDIA-SEQUENCE:0"]
-    for k in range(count):
-        t = k * cadence
-        if cue is not None and t == cue[0]:
-            lines.append(f"#EXT-X-CUE-OUT:DURATION={cue[1] - cue[0]}")
-        if cue is not None and t == cue[1]:
-            lines.append("#EXT-X-CUE-IN")
-        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(EPOCH + timedelta(seconds=t))}")
-        lines.append(f"#EXTINF:{format_duration(Fraction(cadence))},")
-        lines.append(f"content/{track}/seg{k}.ts")
-    return "\n".join(lines) + "\n"
+    return live_playlist(track, cadence, count, epoch=EPOCH, cue=cue)
 
 
 @asynccontextmanager

@@ -25,12 +25,6 @@ from stitcher.store import MemoryStore
 STREAMS_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "streams"
 STREAMS = sorted(p for p in STREAMS_DIR.iterdir() if (p / "stream.json").exists())
 
-#: Streams whose replay finds violations the stitcher really introduces (engine bugs
-#: the replay caught, reported, not yet fixed). The test xfails on exactly those
-#: violations and fails once they are gone, so the entry is removed with the fix.
-KNOWN_VIOLATIONS: dict[str, str] = {}
-
-
 def _spec(folder: Path) -> dict:
     return json.loads((folder / "stream.json").read_text())
 
@@ -58,11 +52,6 @@ async def test_stream_replays_clean_and_matches_goldens(folder: Path, tmp_path: 
     if (_spec(folder).get("expect") or {}).get("breaks"):
         assert result.expectations_checked >= len(result.renditions), report
         assert result.expectations == [], report
-    if folder.name in KNOWN_VIOLATIONS:
-        assert result.violations, (f"{folder.name} replays clean now: remove it from "
-                                   f"KNOWN_VIOLATIONS")
-        assert {v.rule.name for v in result.violations} == {"RENDITIONS_DISAGREE"}, report
-        pytest.xfail(KNOWN_VIOLATIONS[folder.name])
     assert result.violations == [], report
     assert result.ok, report
 

@@ -11,6 +11,7 @@ carries on, and the break ends where it would have.
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,21 +37,28 @@ async def _reload(stack: Stack, paths: dict[str, str], snapshots: list[Snapshot]
         await asyncio.sleep(0)
 
 
-async def test_restart_mid_break_keeps_numbering(media: object, assets_dir: Path,
-                                                 tmp_path: Path) -> None:
-    from fractions import Fraction
-
-    clock = ManualClock(start=1_810_000_000.0)
+async def _first_run(clock: ManualClock, media: object, assets_dir: Path, state: Path,
+                     snapshots: list[Snapshot], steps: int) -> tuple[dict, dict[str, str]]:
+    """A first instance on ``state``: one session reloads every rendition ``steps``
+    times. Returns the origin config and the session's media paths per rendition."""
     origin = {"break_interval": 60, "break_duration": 30, "first_break_at": 20,
               "start_epoch": default_start_epoch(clock, Fraction(2), 6)}
-    state = tmp_path / "state"
-    snapshots: list[Snapshot] = []
     async with start_stack(clock=clock, media=media, origin=origin, data_dir=state,
                            assets_dir=assets_dir, warm_up=True) as stack:
         session = await stack.start_session()
         paths = {rid: urlsplit(session.media_url(rid)).path
                  for rid in await stack.stitcher_renditions()}
-        await _reload(stack, paths, snapshots, 20)  # 40 s: into the middle of the break
+        await _reload(stack, paths, snapshots, steps)
+    return origin, paths
+
+
+async def test_restart_mid_break_keeps_numbering(media: object, assets_dir: Path,
+                                                 tmp_path: Path) -> None:
+    clock = ManualClock(start=1_810_000_000.0)
+    state = tmp_path / "state"
+    snapshots: list[Snapshot] = []
+    # 20 reloads = 40 s: into the middle of the break
+    origin, paths = await _first_run(clock, media, assets_dir, state, snapshots, 20)
     before = snapshots[-1].playlists
     assert any("/ad/" in line or line.startswith("ad/") for text in before.values()
                for line in text.splitlines()), "the restart must happen inside the break"
@@ -73,19 +81,10 @@ async def test_an_origin_behind_the_ledger_is_never_served(media: object, assets
     the origin lists older segments) does not serve it. With no last good render
     yet it answers 503 with Retry-After; once the origin has caught up it serves,
     and across both instances the media sequence never went back."""
-    from fractions import Fraction
-
     clock = ManualClock(start=1_820_000_000.0)
-    origin = {"break_interval": 60, "break_duration": 30, "first_break_at": 20,
-              "start_epoch": default_start_epoch(clock, Fraction(2), 6)}
     state = tmp_path / "state"
     snapshots: list[Snapshot] = []
-    async with start_stack(clock=clock, media=media, origin=origin, data_dir=state,
-                           assets_dir=assets_dir, warm_up=True) as stack:
-        session = await stack.start_session()
-        paths = {rid: urlsplit(session.media_url(rid)).path
-                 for rid in await stack.stitcher_renditions()}
-        await _reload(stack, paths, snapshots, 10)
+    origin, paths = await _first_run(clock, media, assets_dir, state, snapshots, 10)
     published = parse_media(snapshots[-1].playlists[next(iter(paths))]).media_sequence
 
     behind = ManualClock(start=clock.now() - 12)  # six segments behind the ledger
