@@ -54,6 +54,7 @@ from fixtures.origin import (
     OriginState,
     renditions_from_media,
     run_origin,
+    subtitles_for,
     synthetic_renditions,
 )
 from stitcher.app import CHANNELS, SIGNER, create_app
@@ -255,6 +256,7 @@ async def start_stack(
     assets_dir: Path | None = None,
     warm_up: bool = False,
     instances: int = 1,
+    subtitles: bool = False,
 ) -> AsyncIterator[Stack]:
     """Start origin, ad server and stitcher; stop all three on exit.
 
@@ -265,6 +267,9 @@ async def start_stack(
     :class:`~fixtures.adserver.AdServerConfig` overrides (e.g. ``rotate``).
     ``data_dir`` holds the stitcher's state (ledgers, decisions); ``assets_dir``
     its conditioned creatives (default: under ``data_dir``). ``warm_up`` conditions the slate and the ads before returning.
+
+    ``subtitles``: the origin also serves its WebVTT rendition (``subs``, cues naming
+    their PDT; see :mod:`fixtures.origin`).
 
     ``instances``: how many stitcher apps to run (same config, each on its own
     port, all sharing the origin, the ad server and ``assets_dir``, as a CDN'd
@@ -277,6 +282,8 @@ async def start_stack(
     renditions = (renditions_from_media(media) if media is not None
                   else synthetic_renditions())
     o: dict[str, Any] = {"break_interval": None, "window_segments": 6}
+    if subtitles:
+        o["subtitles"] = subtitles_for(renditions)
     o.update(origin or {})
     d = renditions[0].segment_duration
     o.setdefault("start_epoch", default_start_epoch(clock, d, o["window_segments"]))
