@@ -29,7 +29,15 @@ the player's report against them:
 * the forced switch mid-break keeps playing on the new level, through the rest
   of the break and back to content;
 * the session's beacons (impression, start, quartiles, complete) arrive once
-  each in the ad server's raw hit log, with Chromium's user agent.
+  each in the ad server's raw hit log, with Chromium's user agent;
+* subtitles (the origin's WebVTT rendition, a cue per second whose text is the
+  PDT it starts at; fillers during the break): hls.js loads the stitched
+  subtitle playlist's fragments with its discontinuity counters and PDTs, and
+  every content cue in the text track, before and after the break, starts
+  within 100 ms of the media time at which the video shows that PDT (the
+  buffered main fragment's PDT, anchored at the media time its video starts);
+  no cue of the replaced content exists, and the track's activeCues show the
+  cue of the moment after the break and none during it.
 
 Skipped (with the reason) where node, node_modules or Chromium are missing;
 in CI a skip is a failure (``tests/conftest.py``).
@@ -45,6 +53,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -75,6 +84,10 @@ SWITCH_AFTER_AD_FRAGS = 2  # force the variant switch on the third ad fragment
 CONTENT_AFTER = 2      # content fragments played after the break before stopping
 MAX_STALL = 2.0        # one segment
 PLAYER_TIMEOUT = 75    # seconds the driver waits for the page to finish
+CUE_TOLERANCE = 0.1    # s: a cue's start against the media time of its PDT
+#: Cues checked after the break, at least (the player stops ~3 s into content, with
+#: subtitle and main fragments buffered further ahead).
+CUES_AFTER = 4
 
 
 def _prerequisites() -> tuple[str, Path]:
@@ -211,7 +224,7 @@ async def test_hlsjs_in_chromium_plays_a_live_break_with_a_mid_break_variant_swi
     page_runner, page_base = await _page_server()
     try:
         async with start_stack(clock=SystemClock(), media=media, data_dir=tmp_path / "state",
-                               assets_dir=assets_dir, warm_up=True) as stack:
+                               assets_dir=assets_dir, warm_up=True, subtitles=True) as stack:
             warmed = time.monotonic()
             await _play_and_check(stack, node, chromium, page_base, started, warmed,
                                   tmp_path / "hlsjs_report.json")
@@ -223,7 +236,10 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
                           started: float, warmed: float, artifact: Path) -> None:
     nominal = stack.origin.d
     renditions = await stack.stitcher_renditions()
-    assert len(renditions) == 2, renditions
+    kinds = {r.id: r.kind for r in (await stack.runtime.multivariant()).renditions}
+    video = [rid for rid in renditions if kinds[rid] == "video"]
+    subtitles = [rid for rid in renditions if kinds[rid] == "subtitles"]
+    assert len(video) == 2 and len(subtitles) == 1, kinds
     control = await stack.start_session()
     await stack.app[BEACONS].drain()
     hits_before = len(stack.beacon_hits())
@@ -302,7 +318,7 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
     level_rid = {}
     for i, level in enumerate(report["levels"]):
         rid = level["url"].rsplit("/", 1)[-1].removesuffix(".m3u8")
-        assert rid in renditions, level
+        assert rid in video, level
         level_rid[i] = rid
 
     # ------------------------------------------------------------- fragments vs playlists
@@ -390,6 +406,9 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
     assert stack.beacon_hits(control.session_id) == []
     assert not [h for h in stack.beacon_hits()[hits_before:] if "[SESSIONID]" in h.query_string]
 
+    cue_errors = _check_subtitles(report, seen[subtitles[0]], seen[video[0]], brk,
+                                  nominal, session_base, summary)
+
     worst_near_switch = max((s[1] for s in spans if abs(s[0] - switch["t"]) < 3), default=0)
     assert worst_near_switch <= MAX_STALL  # (implied by the worst stall; stated for the switch)
     print(f"\nwarm-up {warmed - started:.1f} s, chromium up {launched - warmed:.1f} s, "
@@ -397,4 +416,84 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
           f"sn {distinct[0]}..{distinct[-1]} (break {brk.start_msn}..{brk.end_msn - 1}); "
           f"worst stall {worst[1]:.2f} s at ct {worst[2]:.2f}, "
           f"near the switch {worst_near_switch:.2f} s; "
-          f"non-fatal errors {[e['details'] for e in report['errors']]}")
+          f"non-fatal errors {[e['details'] for e in report['errors']]}; "
+          f"{cue_errors}")
+
+
+def _pdt_ms(text: str) -> int | None:
+    """The PDT a fixture cue names (its text), in epoch ms; None for another text."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return round(when.timestamp() * 1000)
+
+
+def _check_subtitles(report: dict[str, Any], subs: dict[int, Seen], main: dict[int, Seen],
+                     brk: Any, nominal: Fraction, session_base: str, summary: Any) -> str:
+    """The subtitle track against the timeline; returns a line for the log."""
+    assert len(report["subtitleTracks"]) == 1 and report["subtitleTrack"] == 0, summary()
+    frags = report["subtitleFrags"]
+    for f in frags:
+        item = subs.get(f["sn"])
+        assert item is not None, (f, sorted(subs))
+        assert f["url"] == urljoin(session_base, item.uri), (f, item)
+        assert (f["cc"], f["pdt"]) == (item.cc, item.pdt_ms), (f, item, summary())
+        assert f["success"], (f, summary())
+    assert any(f["sn"] >= brk.end_msn for f in frags), summary()
+    assert any(brk.start_msn <= f["sn"] < brk.end_msn for f in frags), summary()  # fillers
+
+    tracks = [t for t in report["textTracks"] if t["kind"] in ("subtitles", "captions")]
+    assert len(tracks) == 1 and tracks[0]["mode"] == "showing", report["textTracks"]
+    cues = tracks[0]["cues"]
+    assert all(_pdt_ms(c["text"]) is not None for c in cues), cues
+    break_from, break_to = main[brk.start_msn].pdt_ms, main[brk.end_msn].pdt_ms
+    assert break_from is not None and break_to is not None
+    replaced = [c for c in cues if break_from <= (_pdt_ms(c["text"]) or 0) < break_to]
+    assert not replaced, f"cues of the content under the break: {replaced}"
+
+    # A cue dated T belongs where the video shows T: within the main fragment whose
+    # playlist PDT range holds T, at the media time its video starts plus (T - its PDT).
+    # Every level's copy of that fragment is asked (the forced switch buffers some sns
+    # twice). The first fragment after a discontinuity measures up to ~50 ms off: hls.js
+    # closes the small gap to the previous fragment by starting its first frame early,
+    # while the cues follow the span's PTS.
+    slot_ms = nominal * 1000
+    buffered = [f for f in report["fragBuffered"]
+                if f["videoStart"] is not None and f["pdt"] is not None]
+    expected_start: dict[str, float] = {}
+    errors: list[tuple[int, float]] = []
+    for cue in cues:
+        at = _pdt_ms(cue["text"])
+        assert at is not None
+        homes = [f for f in buffered if f["pdt"] <= at < f["pdt"] + slot_ms]
+        for f in homes:
+            expected = f["videoStart"] + (at - f["pdt"]) / 1000
+            error = cue["start"] - expected
+            assert abs(error) <= CUE_TOLERANCE, (
+                f"cue {cue} starts {error * 1000:.0f} ms from where the video shows its "
+                f"PDT (fragment sn {f['sn']} level {f['level']}: PDT {f['pdt']}, video "
+                f"from {f['videoStart']:.3f}){summary()}")
+            expected_start[cue["text"]] = expected
+            errors.append((at, error))
+    after = [e for at, e in errors if at >= break_to]
+    assert len({at for at, _ in errors if at >= break_to}) >= CUES_AFTER, (errors, summary())
+
+    # What the track showed while playing: the cue of the moment after the break, none
+    # during it (one sample period of slack each side, and a cue's full second).
+    first_ad = min((f for f in buffered if f["sn"] == brk.start_msn), key=lambda f: f["t"])
+    back = min((f for f in buffered if f["sn"] == brk.end_msn), key=lambda f: f["t"])
+    shown_after = 0
+    for _t, ct, _paused, _ready, active in report["samples"]:
+        if first_ad["videoStart"] + 0.3 < ct < back["videoStart"] - 0.3:
+            assert not active, (ct, active, summary())
+        elif ct > back["videoStart"] + 0.3:
+            for text in active:
+                start = expected_start.get(text)
+                assert start is not None, (ct, text, sorted(expected_start))
+                assert start - 0.35 <= ct <= start + 1.35, (ct, text, start)
+                shown_after += 1
+    assert shown_after, f"no cue was active after the break{summary()}"
+    worst = max(abs(e) for _, e in errors)
+    return (f"cues checked {len(errors)} ({len(after)} after the break), worst "
+            f"{worst * 1000:.1f} ms; active after the break in {shown_after} samples")
