@@ -147,7 +147,7 @@ async def test_ffmpeg_plays_a_live_break_frame_accurately_and_beacons_fire_once(
         media: Any, assets_dir: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     async with start_stack(clock=SystemClock(), media=media, data_dir=tmp_path / "state",
-                           assets_dir=assets_dir, warm_up=True) as stack:
+                           assets_dir=assets_dir, warm_up=True, subtitles=True) as stack:
         warmed = time.monotonic()
         runtime = stack.runtime
         nominal = stack.origin.d
