@@ -302,7 +302,9 @@ async def ad_caption(request: web.Request) -> web.Response:
 
     X-TIMESTAMP-MAP ties it to the PTS the matching ad video segment starts at
     (RFC 8216bis 3.1.4), so players keep subtitle timing across the break;
-    it carries no cues (the ads' own captions are not conditioned yet).
+    it carries no cues (the ads' own captions are not conditioned yet). The
+    segment index counts in the subtitle grid's own cadence (6 s subtitles over
+    2 s video: filler 1 starts 6 s into the ad, not 2 s).
     """
     if "token" in request.match_info:
         _session(request)
@@ -313,8 +315,10 @@ async def ad_caption(request: web.Request) -> web.Response:
         segment = int(request.match_info["seg"])
     except ValueError as exc:
         raise BadRequest("malformed caption segment path") from exc
-    nominal = runtime.nominal or Fraction(2)
-    pts = (_TS_START_TICKS + round(segment * nominal * 90_000)) % (1 << 33)
+    rendition = (await runtime.multivariant()).rendition(request.match_info["rid"])
+    cadence = (runtime.cadences.get(rendition.grid) if rendition is not None else None
+               ) or runtime.nominal or Fraction(2)
+    pts = (_TS_START_TICKS + round(segment * cadence * 90_000)) % (1 << 33)
     body = f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{pts},LOCAL:00:00:00.000\n\n"
     return web.Response(text=body, content_type="text/vtt",
                         headers={"Cache-Control": "public, max-age=86400"})

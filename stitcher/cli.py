@@ -272,7 +272,7 @@ async def demo_main(args: argparse.Namespace) -> int:
     from fixtures.adserver import AdServerConfig, FixtureAd
     from fixtures.adserver import create_app as create_adserver
     from fixtures.media import ensure_media
-    from fixtures.origin import OriginConfig, renditions_from_media, run_origin
+    from fixtures.origin import OriginConfig, renditions_from_media, run_origin, subtitles_for
     from stitcher.app import CHANNELS
 
     log.info("step 1/4: fixture media (generated once, then cached)")
@@ -282,7 +282,11 @@ async def demo_main(args: argparse.Namespace) -> int:
     log.info("step 2/4: fixture live origin and VAST ad server")
     # The stream "started" one window ago, so players find a full window at once.
     lead = 12
-    origin_cfg = OriginConfig(renditions=renditions_from_media(media), channel="demo",
+    renditions = renditions_from_media(media)
+    # English WebVTT subtitles (on by default in players): each second's cue is its
+    # wall-clock time (PDT), so captions that drift after a break are plain to see.
+    subtitles = None if args.no_subtitles else subtitles_for(renditions)
+    origin_cfg = OriginConfig(renditions=renditions, channel="demo", subtitles=subtitles,
                               start_epoch=int(time.time()) // 2 * 2 - lead,
                               break_interval=Fraction(args.break_every),
                               break_duration=Fraction(args.break_duration),
@@ -321,6 +325,9 @@ async def demo_main(args: argparse.Namespace) -> int:
         await runner.app[CHANNELS]["demo"].warm_up()
         url = f"http://{args.host}:{args.port}/v1/master/demo.m3u8"
         single = await _single_variant_url(url)
+        captions = "" if args.no_subtitles else (
+            "\n  Subtitles (English, on by default): each second's cue is its wall-clock"
+            "\n  time, the same as the stream's PDT; none during the ads.")
         print(f"""
   Live stitched stream ready. Open it in any HLS player:
 
@@ -333,7 +340,7 @@ async def demo_main(args: argparse.Namespace) -> int:
   What you will see: a test pattern with a clock and a frame counter; every
   {args.break_every} s (first after {args.first_break} s) a {args.break_duration} s ad break:
   ad A (red, 440 Hz, 10 s), then ad B (blue, 880 Hz, 15 s) when it fits, then
-  slate for the rest.
+  slate for the rest.{captions}
   Origin:    http://127.0.0.1:{origin_port}/live/demo/master.m3u8 (unstitched)
   Ad server: http://127.0.0.1:{ad_port}/hits (beacons received)
   Metrics:   http://{args.host}:{args.port}/metrics
@@ -377,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   / "demo-assets"),
                         help="where conditioned ads are cached between runs")
     p_demo.add_argument("--media-cache", default=None)
+    p_demo.add_argument("--no-subtitles", action="store_true",
+                        help="no WebVTT subtitle rendition on the fixture origin")
     p_check = sub.add_parser("check", help="poll a live HLS stream and report invariant "
                                            "violations (exit 0 clean, 1 violations, 2 unreadable)")
     p_check.add_argument("url", help="multivariant or media playlist URL")

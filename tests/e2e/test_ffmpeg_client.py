@@ -4,7 +4,8 @@ The fixture origin, the fixture VAST ad server and the stitcher run in this
 process on the wall clock. The channel is warmed up first (the slate and both
 ads conditioned), then a break is signalled two segments ahead of the live
 edge and ffmpeg opens the session's multivariant playlist over HTTP and
-decodes until content is back. Every decoded frame carries a frame code
+decodes until content is back (the multivariant lists the origin's WebVTT
+subtitle rendition too, as the hls.js test's does). Every decoded frame carries a frame code
 (``fixtures/framecode.py``), so the expected picture sequence is computed
 from the configuration alone and compared frame by frame:
 
@@ -154,6 +155,10 @@ async def test_ffmpeg_plays_a_live_break_frame_accurately_and_beacons_fire_once(
         fps = media.fps
         per_slot = int(nominal * fps)
         renditions = await stack.stitcher_renditions()
+        # The origin's WebVTT rendition is in the multivariant ffmpeg opens (and polled
+        # below with the video): subtitles must not disturb a client that ignores them.
+        kinds = [r.kind for r in (await runtime.multivariant()).renditions]
+        assert kinds.count("subtitles") == 1, kinds
 
         player = await stack.start_session()
         control = await stack.start_session()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from fractions import Fraction
 from pathlib import Path
 
 from fixtures.clock import ManualClock
@@ -25,6 +26,24 @@ async def test_subtitle_slot_is_an_empty_webvtt_tied_to_the_ad_pts(tmp_path: Pat
         status, headers, body = await stack.get(f"{forged}/media/ad/s0/b123/1/3.vtt")
         assert status == 403
         assert json.loads(body)["error"] == "session_invalid"
+
+
+async def test_subtitle_filler_map_counts_in_the_subtitle_grid_cadence(
+        tmp_path: Path) -> None:
+    """Filler segment indexes count in the subtitle grid's cadence: with 6 s subtitle
+    segments over 2 s video, filler 3 starts 18 s into the ad. The fixture origin
+    has one cadence for every rendition, so the 6 s is set as the channel would have
+    learnt it from the subtitle playlist when prepared."""
+    async with start_stack(clock=ManualClock(), data_dir=tmp_path, subtitles=True) as stack:
+        mv = await stack.runtime.multivariant()
+        subs = next(r for r in mv.renditions if r.kind == "subtitles")
+        stack.runtime.nominal = Fraction(2)
+        stack.runtime.cadences.update({"main": Fraction(2), subs.grid: Fraction(6)})
+        session = await stack.start_session()
+        status, _, body = await stack.get(f"{session.base}/media/ad/{subs.id}/b123/1/3.vtt")
+        assert status == 200
+        pts = 126_000 + 3 * 6 * 90_000
+        assert body.decode() == f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{pts},LOCAL:00:00:00.000\n\n"
 
 
 async def test_preflight_head_and_unknown_paths(tmp_path: Path) -> None:
