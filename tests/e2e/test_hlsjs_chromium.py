@@ -303,11 +303,18 @@ async def _play_and_check(stack: Stack, node: str, chromium: Path, page_base: st
     # A cross-origin page: the JSON POST was preflighted, and nothing was blocked.
     assert any(r.method == "OPTIONS" and r.path == session_path and r.status == 204
                for r in stack.requests)
-    assert not report["requestFailures"], summary()
+    # One exception, narrow: when hls.js seeks to the live point at start it aborts its
+    # own in-flight subtitle fragment load (INTERNAL_ABORTED, non-fatal) and loads that
+    # fragment again. Not a network failure, provided the same URL then arrived.
+    delivered = {f["url"] for f in report["subtitleFrags"] if f["success"]}
+    failures = [r for r in report["requestFailures"]
+                if not (r["failure"] == "net::ERR_ABORTED" and r["url"] in delivered)]
+    assert not failures, summary()
     assert not [c for c in report["console"] if c["type"] == "error"], summary()
     fatal = [e for e in report["errors"] if e["fatal"]]
     assert not fatal, summary()
-    network = [e for e in report["errors"] if e["type"] == "networkError"]
+    network = [e for e in report["errors"] if e["type"] == "networkError"
+               and not (e["details"] == "aborted" and e["url"] in delivered)]
     assert not network, summary()
     assert not conflicts, conflicts
 
@@ -455,9 +462,10 @@ def _check_subtitles(report: dict[str, Any], subs: dict[int, Seen], main: dict[i
     # A cue dated T belongs where the video shows T: within the main fragment whose
     # playlist PDT range holds T, at the media time its video starts plus (T - its PDT).
     # Every level's copy of that fragment is asked (the forced switch buffers some sns
-    # twice). The first fragment after a discontinuity measures up to ~50 ms off: hls.js
-    # closes the small gap to the previous fragment by starting its first frame early,
-    # while the cues follow the span's PTS.
+    # twice). Measured: 0 ms, except in the first fragment after a discontinuity
+    # (48-59 ms seen): hls.js closes the small gap to the previous fragment by showing
+    # its first frame early (the content's audio leads its video by up to 67 ms), while
+    # the cues follow the span's PTS.
     slot_ms = nominal * 1000
     buffered = [f for f in report["fragBuffered"]
                 if f["videoStart"] is not None and f["pdt"] is not None]
