@@ -20,6 +20,7 @@ from manifests.errors import (
 from manifests.layout import CommonGrid, GridTiming, PodWindow, common_grid, grid_timing, pod_window
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MarkerPolicy, Observation, Signal, SignalKind, observe
+from manifests.mpegts import MpegTsError, video_start_pts
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant
 from manifests.playlist import MediaPlaylist, Segment, parse_media, render
 from manifests.pod import Candidate, Pod, PodItem, plan_pod
@@ -32,11 +33,12 @@ __all__ = [
     "AttributeListError", "Break", "BreakIndex", "BreakPolicy", "Candidate", "Checker",
     "CommonGrid", "GridTiming",
     "IncrementalParser", "Ledger", "ManifestError", "MapCheck", "MapStatus", "MarkerPolicy", "MediaPlaylist",
+    "MpegTsError",
     "Multivariant", "NoCommonSpan", "Observation", "PlaylistParseError", "Pod", "PodItem",
     "PodWindow", "Rendition", "Rule",
     "Scte35Error", "Segment", "SequenceRegressionError", "Signal", "SignalKind", "SlotEntry",
     "SlotKind", "Snapshot", "SpliceCache", "SpliceError", "SpliceOptions", "SpliceResult",
     "Violation", "breaks_to_decide", "check", "check_timestamp_map", "common_grid", "grid_timing",
     "observe", "parse_media", "parse_multivariant", "plan_pod", "pod_window",
-    "render", "splice", "update_breaks", "with_pdt",
+    "render", "splice", "update_breaks", "video_start_pts", "with_pdt",
 ]
