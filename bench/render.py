@@ -107,7 +107,7 @@ def main() -> None:
         cache = state.setdefault("cache", SpliceCache())
         result = splice(playlist, breaks=update.breaks, pods=pods, ledger=ledger,  # type: ignore[arg-type]
                         uris=uris, options=options, cache=cache)  # type: ignore[arg-type]
-        state["ledger"] = ledger.append(result.new_entries, result.hwm)
+        state["ledger"] = ledger.append(result.new_entries, result.hwm, result.anchor)
         return result.text
 
     def cold() -> None:
