@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class SlotKind(enum.Enum):
@@ -41,8 +41,11 @@ class SlotKind(enum.Enum):
     SLATE = "slate"
 
 
-@dataclass(frozen=True, slots=True)
-class SlotEntry:
+class SlotEntry(NamedTuple):
+    """What one slot was published as. A named tuple, not a frozen dataclass: a cold
+    render of a 2-hour window creates one per slot its breaks touch, and a frozen
+    dataclass sets each field through ``object.__setattr__``."""
+
     msn: int
     kind: SlotKind
     break_id: str = ""
