@@ -756,8 +756,10 @@ def _coalesce(observations: list[Observation], seg: Segment,
             out[-1] = _fill(prev, obs)
         else:
             out.append(obs)
+    if not params:
+        return out
     return [replace(o, params=params) if o.kind is SignalKind.OUT and o.msn == seg.msn
-            and params else o for o in out]
+            else o for o in out]
 
 
 def _fill(first: Observation, other: Observation) -> Observation:

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from manifests.timing import micros
+
 #: Tolerance for comparing offsets derived from millisecond PDTs.
 EPS = Fraction(1, 50)
 
@@ -89,14 +91,6 @@ _EPS_US = round(EPS * _US)
 _BOUNDS: dict[int, tuple[Pod, tuple[int, tuple[tuple[int, int, int, int], ...]]]] = {}
 
 
-def _micros(num: int, den: int) -> int:
-    """``round(Fraction(num, den) * 10**6)`` (half to even, as ``round`` does) in
-    integers: a Fraction multiplication normalises through a gcd first."""
-    q, r = divmod(num * _US, den)
-    twice = 2 * r
-    return q + (twice > den or (twice == den and q % 2 == 1))
-
-
 def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
     """The nominal segment duration and each item's (start, end, segments, slate
     loop period), in microseconds, computed once per pod (pods are frozen; keyed
@@ -105,16 +99,10 @@ def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
     if hit is not None and hit[0] is pod:
         return hit[1]
     nominal = pod.nominal
-    items = []
-    for it in pod.items:
-        start, span = it.start, it.span
-        den = start.denominator * span.denominator
-        end = start.numerator * span.denominator + span.numerator * start.denominator
-        loop = (_micros(it.segments * nominal.numerator, nominal.denominator)
-                if it.kind is ItemKind.SLATE else 0)
-        items.append((_micros(start.numerator, start.denominator), _micros(end, den),
-                      it.segments, loop))
-    bounds = _micros(nominal.numerator, nominal.denominator), tuple(items)
+    items = tuple((micros(it.start), micros(it.start + it.span), it.segments,
+                   micros(it.segments * nominal) if it.kind is ItemKind.SLATE else 0)
+                  for it in pod.items)
+    bounds = micros(nominal), items
     if len(_BOUNDS) >= 4096:
         _BOUNDS.clear()
     _BOUNDS[id(pod)] = (pod, bounds)

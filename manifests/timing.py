@@ -53,10 +53,18 @@ def format_pdt(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def micros(seconds: Fraction) -> int:
+    """``round(seconds * 10**6)`` (half to even, as ``round`` does), in integers:
+    a Fraction product normalises through a gcd first, and break and pod
+    arithmetic asks this for every break of a 2-hour window."""
+    q, r = divmod(seconds.numerator * 1_000_000, seconds.denominator)
+    twice = 2 * r
+    return q + (twice > seconds.denominator or (twice == seconds.denominator and q % 2 == 1))
+
+
 def add_seconds(dt: datetime, seconds: Fraction) -> datetime:
     """``dt + seconds`` rounded to the microsecond (datetime's resolution)."""
-    micros = round(seconds * 1_000_000)
-    return dt + timedelta(microseconds=micros)
+    return dt + timedelta(microseconds=micros(seconds))
 
 
 def seconds_between(a: datetime, b: datetime) -> Fraction:
