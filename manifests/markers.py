@@ -354,6 +354,10 @@ def segment_signals(seg: Segment, policy: MarkerPolicy = MarkerPolicy(),
                             _memo_key("signals", policy))
 
 
+#: The two tag lines of every segment, which no handler reads.
+_NOT_MARKERS = ("#EXTINF:", "#EXT-X-PROGRAM-DATE-TIME:")
+
+
 def _segment_signals(seg: Segment, policy: MarkerPolicy, errors: MarkerErrors,
                      memo_key: _MemoKey) -> list[Signal]:
     memo = seg.memo
@@ -362,7 +366,7 @@ def _segment_signals(seg: Segment, policy: MarkerPolicy, errors: MarkerErrors,
         return cached  # type: ignore[return-value]
     out: list[Signal] = []
     for text in seg.raw:  # the raw text: no Line objects for this
-        if text.startswith("#EXT"):
+        if text.startswith("#EXT") and not text.startswith(_NOT_MARKERS):
             tag, colon, value = text.partition(":")
             handler = HANDLERS.get(tag)
             if handler is not None:

@@ -70,6 +70,8 @@ _pdt = attrgetter("pdt")
 #: Up to this many new slots, each is simply classified (see :func:`_candidates`).
 _FEW = 16
 _special = attrgetter("special")
+_raw = attrgetter("raw")
+_last_line = operator.itemgetter(-1)
 _discontinuity = attrgetter("discontinuity")
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
 _URI_ATTRIBUTES = ("URI", "X-ASSET-URI", "X-ASSET-LIST")
@@ -529,9 +531,9 @@ class _Renderer:
     def plain_run(self, run: tuple[Segment, ...]) -> list[str]:
         """:meth:`plain` over consecutive slots, at C speed where the run has no
         special or discontinuous segment and every URI is already absolute."""
-        raws = [seg.raw for seg in run]
+        raws = list(map(_raw, run))
         if any(map(_special, run)) or any(map(_discontinuity, run)) or (
-                self.base and not _all_absolute([raw[-1] for raw in raws])):
+                self.base and not _all_absolute(list(map(_last_line, raws)))):
             return [self.plain(seg) for seg in run]
         return list(map(self.newline.join, raws))
 
