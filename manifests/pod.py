@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from manifests.timing import micros
+from manifests.timing import micros, micros_of
 
 #: Tolerance for comparing offsets derived from millisecond PDTs.
 EPS = Fraction(1, 50)
@@ -91,6 +91,14 @@ _EPS_US = round(EPS * _US)
 _BOUNDS: dict[int, tuple[Pod, tuple[int, tuple[tuple[int, int, int, int], ...]]]] = {}
 
 
+def _end_micros(item: PodItem) -> int:
+    """``micros(item.start + item.span)``, the sum taken over the two denominators
+    (a Fraction sum costs a gcd, and every pod of a cold render asks this)."""
+    start, span = item.start, item.span
+    return micros_of(start.numerator * span.denominator + span.numerator * start.denominator,
+                     start.denominator * span.denominator)
+
+
 def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
     """The nominal segment duration and each item's (start, end, segments, slate
     loop period), in microseconds, computed once per pod (pods are frozen; keyed
@@ -99,8 +107,9 @@ def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
     if hit is not None and hit[0] is pod:
         return hit[1]
     nominal = pod.nominal
-    items = tuple((micros(it.start), micros(it.start + it.span), it.segments,
-                   micros(it.segments * nominal) if it.kind is ItemKind.SLATE else 0)
+    items = tuple((micros(it.start), _end_micros(it), it.segments,
+                   micros_of(it.segments * nominal.numerator, nominal.denominator)
+                   if it.kind is ItemKind.SLATE else 0)
                   for it in pod.items)
     bounds = micros(nominal), items
     if len(_BOUNDS) >= 4096:

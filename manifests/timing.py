@@ -57,9 +57,15 @@ def micros(seconds: Fraction) -> int:
     """``round(seconds * 10**6)`` (half to even, as ``round`` does), in integers:
     a Fraction product normalises through a gcd first, and break and pod
     arithmetic asks this for every break of a 2-hour window."""
-    q, r = divmod(seconds.numerator * 1_000_000, seconds.denominator)
+    return micros_of(seconds.numerator, seconds.denominator)
+
+
+def micros_of(numerator: int, denominator: int) -> int:
+    """:func:`micros` of ``numerator / denominator`` seconds (``denominator`` > 0),
+    for sums and products not worth building as a Fraction first."""
+    q, r = divmod(numerator * 1_000_000, denominator)
     twice = 2 * r
-    return q + (twice > seconds.denominator or (twice == seconds.denominator and q % 2 == 1))
+    return q + (twice > denominator or (twice == denominator and q % 2 == 1))
 
 
 def add_seconds(dt: datetime, seconds: Fraction) -> datetime:
