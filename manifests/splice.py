@@ -698,9 +698,10 @@ def _all_absolute(uris: list[str]) -> bool:
     """Does :func:`_join` leave every one of ``uris`` as it is? (Absolute HTTP(S),
     no dot segment, nothing to strip: every blank but the space is unprintable.)
     Counted over the joined text, in C; False only means "ask each one"."""
-    joined = "\n" + "\n".join(uris)
-    return ("/." not in joined and " " not in joined
-            and joined.count("\nhttps://") + joined.count("\nhttp://") == len(uris)
+    joined = "\n".join(uris)
+    return (bool(uris) and joined.startswith(("https://", "http://"))
+            and "/." not in joined and " " not in joined
+            and joined.count("\nhttps://") + joined.count("\nhttp://") == len(uris) - 1
             and "".join(uris).isprintable())
 
 
