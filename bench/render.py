@@ -72,13 +72,14 @@ class Uris:
         return None
 
 
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) if repeat < 5 else statistics.median(times)
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+ROUNDS = 7
+REFRESHES_PER_ROUND = 3
 
 
 def main() -> None:
@@ -116,21 +117,29 @@ def main() -> None:
     warm_parser = IncrementalParser()
     warm_state: dict[str, object] = {}
     stitch(warm_parser, text, warm_state)
-    bodies = [dvr_playlist(1001 + i) for i in range(20)]
+    bodies = [dvr_playlist(1001 + i) for i in range(ROUNDS * REFRESHES_PER_ROUND)]
     it = iter(bodies)
 
     def refresh() -> None:
         stitch(warm_parser, next(it), warm_state)
 
-    a = best_of(baseline, 5)
-    b = best_of(cold, 5)
-    c = best_of(refresh, 15)
-    print(f"segments={SEGMENTS} breaks={BREAKS}")
+    # Interleaved rounds, each ratio taken within its round and the median reported:
+    # on a shared machine the load changes from one second to the next, and timing
+    # all of (a) before all of (b) let it land on one side only.
+    a_times, b_times, c_times = [], [], []
+    for _ in range(ROUNDS):
+        a_times.append(timed(baseline))
+        b_times.append(timed(cold))
+        c_times.append(statistics.median(timed(refresh) for _ in range(REFRESHES_PER_ROUND)))
+    a, b, c = (statistics.median(t) for t in (a_times, b_times, c_times))
+    print(f"segments={SEGMENTS} breaks={BREAKS} rounds={ROUNDS} (medians)")
     print(f"(a) m3u8 loads+dumps      {a * 1000:8.2f} ms")
     print(f"(b) stitch from text      {b * 1000:8.2f} ms")
     print(f"(c) refresh (+1 segment)  {c * 1000:8.2f} ms")
     _ = slid
-    print(f"render_vs_m3u8={b / a:.4f} refresh_vs_m3u8={c / a:.4f}")
+    render = statistics.median(bt / at for at, bt in zip(a_times, b_times))
+    refresh_ratio = statistics.median(ct / at for at, ct in zip(a_times, c_times))
+    print(f"render_vs_m3u8={render:.4f} refresh_vs_m3u8={refresh_ratio:.4f}")
 
 
 if __name__ == "__main__":
