@@ -51,7 +51,7 @@ from manifests.splice import (
 )
 from manifests.timeline import choose_anchor, with_pdt
 from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
-from stitcher.conditioning import RenditionSpec, probe_rendition
+from stitcher.conditioning import RenditionSpec, probe_rendition, whole_frames
 from stitcher.config import ChannelConfig
 from stitcher.errors import NotFound, OriginUnavailable
 from stitcher.flight import Flights
@@ -267,16 +267,19 @@ class ChannelRuntime:
             timings.setdefault(r.grid, grid_timing(fetched.playlist))
             seg = fetched.playlist.segments[-1]
             nominal = self.nominal or Fraction(fetched.playlist.target_duration or 2)
-            self.nominal = nominal
             if self.cfg.ladder is not None:  # given, not probed (replay: no ffprobe)
-                specs.append(_ladder_spec(self.cfg, r.id, nominal,
-                                          "fmp4" if seg.map is not None else "ts"))
-                continue
-            from urllib.parse import urljoin
-            spec = await probe_rendition(urljoin(r.uri, seg.uri), r.id, segment_duration=nominal)
-            if r.bandwidth:
-                from dataclasses import replace
-                spec = replace(spec, video_bitrate=int(r.bandwidth * 0.85))
+                spec = _ladder_spec(self.cfg, r.id, nominal,
+                                    "fmp4" if seg.map is not None else "ts")
+            else:
+                from urllib.parse import urljoin
+                spec = await probe_rendition(urljoin(r.uri, seg.uri), r.id,
+                                             segment_duration=nominal)
+                if r.bandwidth:
+                    from dataclasses import replace
+                    spec = replace(spec, video_bitrate=int(r.bandwidth * 0.85))
+            # The cadence in whole frames (29.97 fps: a 6 s target is 6.006 s, 180
+            # frames): pods are laid out in it, so an ad's slots are its segments.
+            self.nominal = spec.segment_duration
             specs.append(spec)
         for r in mv.renditions:
             if r.grid not in self.cadences and r.kind != "video":
@@ -687,10 +690,22 @@ def _ladder_spec(cfg: ChannelConfig, rid: str, nominal: Fraction,
     entry = next((e for e in cfg.ladder or () if e.name == rid), None)
     if entry is None:
         raise ValueError(f"channel {cfg.id}: ladder has no entry for rendition {rid!r}")
+    fps = ladder_frame_rate(entry.frame_rate)
     return RenditionSpec(name=rid, width=entry.width, height=entry.height,
                          video_bitrate=int(entry.bandwidth * 0.85),
-                         fps=Fraction(str(entry.frame_rate)), segment_duration=nominal,
+                         fps=fps, segment_duration=whole_frames(nominal, fps),
                          container=container)
+
+
+def ladder_frame_rate(value: float) -> Fraction:
+    """A configured frame rate as the exact rate: 29.97 is 30000/1001 (as 23.976,
+    59.94 ... are n*1000/1001, the NTSC family), not 2997/100: no content has
+    that rate, and ad frames timed on it fall off the content's 1001/30000 s grid."""
+    for n in (24, 30, 48, 60, 120):
+        ntsc = Fraction(n * 1000, 1001)
+        if abs(Fraction(str(value)) - ntsc) < Fraction(1, 100):
+            return ntsc
+    return Fraction(str(value))
 
 
 def _etag(body: bytes) -> str:

@@ -59,7 +59,8 @@ LOUDNESS_I = -24.0  # LUFS (EBU R128 / ATSC A/85 style target)
 LOUDNESS_TP = -2.0  # dBTP
 LOUDNESS_LRA = 11.0
 MARKER = "done.json"
-MARKER_VERSION = 2  # 2: continuity counters run on across segments
+MARKER_VERSION = 3  # 2: continuity counters run on across segments; 3: the content's PIDs
+#                     (-streamid: earlier ads had ffmpeg's 0x100/0x101 whatever the content's)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 
 
@@ -388,6 +389,21 @@ def _rate(text: str | None) -> Fraction | None:
     return r if 0 < r <= 240 else None
 
 
+def whole_frames(duration: Fraction, fps: Fraction) -> Fraction:
+    """``duration`` as the nearest whole number of frames at ``fps``, in seconds.
+
+    A playlist's target duration is an integer (RFC 8216bis 4.4.3.1), but at
+    29.97 fps (30000/1001) a 6 s cadence is 179.82 frames: content packagers
+    cut 180, i.e. 6.006 s segments (2 s is 60 frames, 2.002 s). Ads conditioned
+    to that cadence cut where the content does, and a segment within half a
+    frame of the target never rounds above it.
+    """
+    frames = round(duration * fps)
+    if frames < 1:
+        raise ValueError(f"segment duration {duration} s is less than one frame at {fps} fps")
+    return Fraction(frames) / fps
+
+
 _AUDIO_BITRATES = (32000, 48000, 64000, 96000, 128000, 160000, 192000, 256000, 320000)
 _PROFILES = {"main": "main", "high": "high", "baseline": "baseline",
              "constrained baseline": "baseline"}
@@ -400,7 +416,9 @@ async def probe_rendition(
     """Probe a content segment (or any media) and return the spec ads must match.
 
     Without ``segment_duration`` the input must be one segment: its duration
-    is its video frame count over the frame rate.
+    is its video frame count over the frame rate. A given ``segment_duration``
+    (the channel's nominal cadence, e.g. the target duration) is taken as the
+    nearest whole number of frames at the probed rate (:func:`whole_frames`).
     """
     src = str(path_or_url)
     info = await _probe(src, count_frames=segment_duration is None, timeout=timeout)
@@ -416,6 +434,8 @@ async def probe_rendition(
         if frames <= 0:
             raise ConditioningError(f"{src}: cannot count video frames")
         segment_duration = Fraction(frames) / fps
+    else:
+        segment_duration = whole_frames(segment_duration, fps)
     fmt = info.get("format", {})
     # A short segment under-runs its nominal AAC rate (quiet audio): snap the
     # measurement up to the next common encoder setting.
@@ -617,11 +637,55 @@ def _build(
         }
         if spec.video_level:
             opts["level:v"] = spec.video_level
-        if spec.video_pid is not None:
-            opts["mpegts_start_pid"] = spec.video_pid  # video first, then audio
+        if spec.video_profile in _X264_FEATURES:
+            opts["x264-params"] = _X264_FEATURES[spec.video_profile]
         outputs.append(ffmpeg.output(v, a, str(plan.tmp_dir / "segments.m3u8"), **opts))
     args = ffmpeg.merge_outputs(*outputs).get_args()
+    for plan in plans:  # ffmpeg-python cannot repeat an option: insert before the file name
+        at = args.index(str(plan.tmp_dir / "segments.m3u8"))
+        args[at:at] = _pid_args(plan.spec)
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"] + args
+
+
+#: x264 signals the lowest profile its coding tools allow, and the fast presets turn
+#: tools off (ultrafast: no CABAC, no 8x8 transform, so "main" or "high" come out as
+#: Constrained Baseline). Pin the tools the content's profile is named for, so every
+#: preset signals that profile.
+_X264_FEATURES = {"main": "cabac=1", "high": "cabac=1:8x8dct=1"}
+
+
+def _pids(spec: RenditionSpec) -> tuple[int, int] | None:
+    """(video PID, audio PID) of a rendition, None for ffmpeg's defaults."""
+    if spec.video_pid is None and spec.audio_pid is None:
+        return None
+    video = spec.video_pid if spec.video_pid is not None else 0x100
+    audio = spec.audio_pid if spec.audio_pid is not None else video + 1
+    return video, audio
+
+
+def _pid_args(spec: RenditionSpec) -> list[str]:
+    """``-streamid`` for both streams: the MPEG-TS muxer uses a stream's id as its PID.
+
+    (``mpegts_start_pid`` on the HLS muxer never reaches the MPEG-TS context it
+    writes segments with, and a content audio PID need not follow its video PID.)
+    """
+    pids = _pids(spec)
+    if pids is None:
+        return []
+    return ["-streamid", f"0:{pids[0]}", "-streamid", f"1:{pids[1]}"]
+
+
+def _check_pids(spec: RenditionSpec) -> None:
+    pids = _pids(spec)
+    if pids is None:
+        return
+    # ISO/IEC 13818-1 2.4.4.3 (table 2-3): 0x0000-0x000F are reserved, 0x1FFF is
+    # the null packet; ffmpeg writes its PMT on 0x1000.
+    for pid in pids:
+        if not 0x10 <= pid < 0x1FFF or pid == 0x1000:
+            raise ValueError(f"{spec.name}: PID {pid:#x} cannot carry an elementary stream")
+    if pids[0] == pids[1]:
+        raise ValueError(f"{spec.name}: video and audio share PID {pids[0]:#x}")
 
 
 class Conditioner:
@@ -660,6 +724,7 @@ class Conditioner:
             if s.container != "ts":
                 raise ValueError(f"{s.name}: container {s.container!r} not supported (ts only)")
             s.frames_per_segment  # noqa: B018 - validates the cadence
+            _check_pids(s)
         if len({s.name for s in specs}) != len(specs):
             raise ValueError("duplicate rendition names")
         base = Path(out_dir).resolve() / key
