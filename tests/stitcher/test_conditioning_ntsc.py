@@ -19,6 +19,7 @@ half segment, and the content's PIDs, profiles and levels per rung.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import subprocess
@@ -158,22 +159,34 @@ def _ffprobe(path: Path, *args: str) -> dict[str, Any]:
     return json.loads(out)
 
 
+@functools.cache
+def _read(path: Path) -> dict[str, Any]:
+    """Streams and every packet (with the first video packet's bytes) of one segment:
+    one ffprobe run per file, shared by the tests."""
+    info = _ffprobe(path, "-show_streams", "-show_entries",
+                    "packet=stream_index,pts,duration,flags")
+    first = _ffprobe(path, "-select_streams", "v:0", "-show_packets", "-show_data",
+                     "-read_intervals", "%+#1")["packets"][0]
+    info["first_video_data"] = first["data"]
+    return info
+
+
 def _streams(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    info = _ffprobe(path, "-show_streams")
-    v = next(s for s in info["streams"] if s["codec_type"] == "video")
-    a = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    streams = _read(path)["streams"]
+    v = next(s for s in streams if s["codec_type"] == "video")
+    a = next(s for s in streams if s["codec_type"] == "audio")
     return v, a
 
 
-def _packets(path: Path, stream: str) -> list[dict[str, Any]]:
-    return _ffprobe(path, "-select_streams", stream, "-show_entries",
-                    "packet=pts,duration,flags")["packets"]
+def _packets(path: Path, kind: str) -> list[dict[str, Any]]:
+    """A stream's packets in decoding order."""
+    index = next(s["index"] for s in _read(path)["streams"] if s["codec_type"] == kind)
+    return [p for p in _read(path)["packets"] if p["stream_index"] == index]
 
 
 def _nal_types(path: Path) -> list[int]:
     """NAL unit types of the first video packet (ITU-T H.264 7.4.1.2, Annex B)."""
-    data = _ffprobe(path, "-select_streams", "v:0", "-show_packets", "-show_data",
-                    "-read_intervals", "%+#1")["packets"][0]["data"]
+    data = _read(path)["first_video_data"]
     raw = bytes.fromhex("".join(line.split(":", 1)[1].split("  ")[0].replace(" ", "")
                                 for line in data.strip().splitlines()))
     types, at = [], raw.find(b"\x00\x00\x01")
@@ -185,7 +198,7 @@ def _nal_types(path: Path) -> list[int]:
 
 def _video_span(path: Path) -> tuple[int, int, list[int]]:
     """(first PTS, duration in ticks, PTS in presentation order) of a segment's video."""
-    pts = sorted(int(p["pts"]) for p in _packets(path, "v:0"))
+    pts = sorted(int(p["pts"]) for p in _packets(path, "video"))
     return pts[0], pts[-1] + FRAME_TICKS - pts[0], pts
 
 
@@ -287,13 +300,13 @@ def test_segments_frame_accurate(prepared, ntsc_media, index):
         assert ticks == content_ticks
         seconds = Fraction(ticks, TICKS)
         assert seconds >= 1 and round(seconds) <= target
-        packets = _packets(seg.path, "v:0")
+        packets = _packets(seg.path, "video")
         assert packets[0]["flags"].startswith("K") and int(packets[0]["pts"]) == first
         assert sum(p["flags"].startswith("K") for p in packets) == 1
         nals = _nal_types(seg.path)
         assert 5 in nals and {7, 8} <= set(nals[:nals.index(5)]), nals  # IDR, SPS/PPS first
         assert 1 not in nals[:nals.index(5)]
-        audio = _packets(seg.path, "a:0")
+        audio = _packets(seg.path, "audio")
         a_first = int(audio[0]["pts"])
         a_ticks = sum(int(p["duration"]) for p in audio)
         frame = math.ceil(AAC_FRAME * TICKS / 44100)
