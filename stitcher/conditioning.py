@@ -3,9 +3,10 @@
 A creative (a file path or an http(s) URL of the VAST mezzanine / best media
 file) is transcoded, in one ffmpeg process that decodes it once, to every
 :class:`RenditionSpec` probed from the content, so ad segments are what
-players switch between without a hiccup: H.264 + AAC in MPEG-TS, the same
-resolution (scaled and padded to keep the aspect, SAR 1), frame rate, pixel
-format, profile/level, AAC sample rate and channels, and loudness normalised
+players switch between without a hiccup: H.264 + AAC in the content's
+container (MPEG-TS with its PIDs, or fMP4 media segments behind one init
+segment), the same resolution (scaled and padded to keep the aspect, SAR 1),
+frame rate, pixel format, profile/level, AAC sample rate and channels, and loudness normalised
 with ``loudnorm`` (I=-24 LUFS, EBU R128 style).
 
 The output is cut into segments of exactly ``segment_duration`` (the
@@ -19,9 +20,9 @@ segment: a 15 s creative on 2 s segments gives 8 segments, the last holding
 0.1 s: mezzanines that run 10.02 s) is trimmed instead of costing a whole
 padded segment. No segment is ever shorter than ``segment_duration``.
 
-Layout: ``out_dir/<key>/<rendition>/seg_00000.ts`` ... and a ``done.json``
-marker, written atomically after the segments are in place. A rendition
-whose marker matches the requested spec is reused without running ffmpeg;
+Layout: ``out_dir/<key>/<rendition>/seg_00000.ts`` ... (fMP4: ``init.mp4`` and
+``seg_00000.m4s`` ...) and a ``done.json`` marker, written atomically after the
+segments are in place. A rendition whose marker matches the requested spec is reused without running ffmpeg;
 concurrent calls for the same key share one task; at most
 ``max_concurrent`` ffmpeg processes run at once (a semaphore) and each has a
 timeout. The event loop never blocks: ffmpeg and ffprobe run with
@@ -59,6 +60,7 @@ LOUDNESS_I = -24.0  # LUFS (EBU R128 / ATSC A/85 style target)
 LOUDNESS_TP = -2.0  # dBTP
 LOUDNESS_LRA = 11.0
 MARKER = "done.json"
+FMP4_INIT = "init.mp4"
 MARKER_VERSION = 3  # 2: continuity counters run on across segments; 3: the content's PIDs
 #                     (-streamid: earlier ads had ffmpeg's 0x100/0x101 whatever the content's)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
@@ -468,9 +470,10 @@ async def probe_rendition(
         except ValueError:
             return None
 
-    # Only MPEG-TS is conditioned today; an fMP4 ladder probes as such and is refused.
     fmt_name = str(fmt.get("format_name", "mpegts"))
     container = "fmp4" if ("mp4" in fmt_name or "mov" in fmt_name) else "ts"
+    # An MP4 stream id is its track ID, not a PID: fMP4 renditions have none.
+    pids = (pid(v), pid(a)) if container == "ts" else (None, None)
     return RenditionSpec(
         name=name, width=int(v["width"]), height=int(v["height"]),
         video_bitrate=video_bitrate, fps=fps,
@@ -480,7 +483,7 @@ async def probe_rendition(
         video_profile=profile, video_level=video_level,
         pix_fmt=v.get("pix_fmt") or "yuv420p",
         audio_bitrate=audio_bitrate if a else 128000,
-        video_pid=pid(v), audio_pid=pid(a),
+        video_pid=pids[0], audio_pid=pids[1],
     )
 
 
@@ -631,10 +634,16 @@ def _build(
             # counters run on from one segment of an ad to the next as they do in
             # content (the plain segment muxer restarts them in every file).
             "f": "hls", "hls_time": float(spec.exact_segment_duration), "hls_list_size": 0,
-            "hls_playlist_type": "vod", "hls_segment_type": "mpegts",
-            "hls_segment_filename": str(plan.tmp_dir / "seg_%05d.ts"),
+            "hls_playlist_type": "vod",
+            "hls_segment_filename": str(plan.tmp_dir / f"seg_%05d.{_extension(spec)}"),
             "frames:v": plan.total,
         }
+        if spec.container == "fmp4":
+            # One init segment (EXT-X-MAP) for all of the ad's media segments, written
+            # next to the muxer's playlist (RFC 8216bis 3.1.2).
+            opts.update(hls_segment_type="fmp4", hls_fmp4_init_filename=FMP4_INIT)
+        else:
+            opts["hls_segment_type"] = "mpegts"
         if spec.video_level:
             opts["level:v"] = spec.video_level
         if spec.video_profile in _X264_FEATURES:
@@ -643,7 +652,8 @@ def _build(
     args = ffmpeg.merge_outputs(*outputs).get_args()
     for plan in plans:  # ffmpeg-python cannot repeat an option: insert before the file name
         at = args.index(str(plan.tmp_dir / "segments.m3u8"))
-        args[at:at] = _pid_args(plan.spec)
+        if plan.spec.container == "ts":
+            args[at:at] = _pid_args(plan.spec)
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"] + args
 
 
@@ -652,6 +662,10 @@ def _build(
 #: Constrained Baseline). Pin the tools the content's profile is named for, so every
 #: preset signals that profile.
 _X264_FEATURES = {"main": "cabac=1", "high": "cabac=1:8x8dct=1"}
+
+
+def _extension(spec: RenditionSpec) -> str:
+    return "m4s" if spec.container == "fmp4" else "ts"
 
 
 def _pids(spec: RenditionSpec) -> tuple[int, int] | None:
@@ -677,7 +691,7 @@ def _pid_args(spec: RenditionSpec) -> list[str]:
 
 def _check_pids(spec: RenditionSpec) -> None:
     pids = _pids(spec)
-    if pids is None:
+    if pids is None or spec.container != "ts":
         return
     # ISO/IEC 13818-1 2.4.4.3 (table 2-3): 0x0000-0x000F are reserved, 0x1FFF is
     # the null packet; ffmpeg writes its PMT on 0x1000.
@@ -721,8 +735,9 @@ class Conditioner:
             raise ValueError("no rendition specs")
         for s in specs:
             _check_name("rendition name", s.name)
-            if s.container != "ts":
-                raise ValueError(f"{s.name}: container {s.container!r} not supported (ts only)")
+            if s.container not in ("ts", "fmp4"):
+                raise ValueError(f"{s.name}: container {s.container!r} not supported "
+                                 "(ts or fmp4)")
             s.frames_per_segment  # noqa: B018 - validates the cadence
             _check_pids(s)
         if len({s.name for s in specs}) != len(specs):
@@ -806,11 +821,15 @@ class Conditioner:
     def _publish(self, base: Path, key: str, plan: _Plan, creative: str
                  ) -> ConditionedRendition:
         spec = plan.spec
-        names = sorted(p.name for p in plan.tmp_dir.glob("seg_*.ts"))
-        expected = [f"seg_{j:05d}.ts" for j in range(plan.segments)]
+        ext = _extension(spec)
+        names = sorted(p.name for p in plan.tmp_dir.glob(f"seg_*.{ext}"))
+        expected = [f"seg_{j:05d}.{ext}" for j in range(plan.segments)]
         if names != expected:
             raise ConditioningError(
                 f"{spec.name}: expected {plan.segments} segments, ffmpeg wrote {len(names)}")
+        init = FMP4_INIT if spec.container == "fmp4" else None
+        if init is not None and not (plan.tmp_dir / init).is_file():
+            raise ConditioningError(f"{spec.name}: ffmpeg wrote no fMP4 init segment")
         (plan.tmp_dir / "segments.m3u8").unlink(missing_ok=True)  # the HLS muxer's own list
         final = base / spec.name
         if final.exists():  # a stale, unmarked attempt: replace it
@@ -828,10 +847,12 @@ class Conditioner:
             "spec": spec.to_json(),
             "duration": str(duration),
             "segments": [[n, str(seg)] for n in expected],
+            "init": init,
             "created": time.time(),
         })
         return ConditionedRendition(spec, tuple(ConditionedSegment(final / n, seg)
-                                                for n in expected), duration)
+                                                for n in expected), duration,
+                                    None if init is None else final / init)
 
 
 def _creative_duration(info: dict[str, Any], src: str) -> Fraction:

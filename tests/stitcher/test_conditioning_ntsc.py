@@ -25,6 +25,7 @@ import math
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,15 @@ def ntsc_media(tmp_path_factory) -> tuple[Path, Path, float]:
     return root / "content", mezz, time.monotonic() - started
 
 
+@pytest.fixture(scope="session")
+def fmp4_content(tmp_path_factory) -> Path:
+    """The 360p rung again, packaged as fMP4 (EXT-X-MAP + .m4s)."""
+    root = tmp_path_factory.mktemp("ntsc-fmp4") / "content"
+    make_ladder(root, LADDER[2:], segment_frames=SEGMENT_FRAMES, segments=1,
+                container="fmp4")
+    return root
+
+
 class Prepared:
     """What the production path produced."""
 
@@ -102,10 +112,9 @@ class Prepared:
         self.seconds = seconds
 
 
-@pytest.fixture(scope="session")
-def prepared(ntsc_media, tmp_path_factory) -> Prepared:
-    content, mezz, _ = ntsc_media
-    assets = tmp_path_factory.mktemp("ntsc-assets")
+def _condition_for_channel(content: Path, mezz: Path, assets: Path) -> Prepared:
+    """A channel prepared from ``content`` served on loopback, then the VAST spot's
+    Mezzanine downloaded, hashed and conditioned by its creative library."""
 
     async def download(url: str) -> AsyncIterator[bytes]:
         assert url == "http://127.0.0.1:9/mezz.mov"
@@ -150,6 +159,18 @@ def prepared(ntsc_media, tmp_path_factory) -> Prepared:
     return asyncio.run(run())
 
 
+@pytest.fixture(scope="session")
+def prepared(ntsc_media, tmp_path_factory) -> Prepared:
+    content, mezz, _ = ntsc_media
+    return _condition_for_channel(content, mezz, tmp_path_factory.mktemp("ntsc-assets"))
+
+
+@pytest.fixture(scope="session")
+def fmp4_prepared(fmp4_content, ntsc_media, tmp_path_factory) -> Prepared:
+    _, mezz, _ = ntsc_media
+    return _condition_for_channel(fmp4_content, mezz, tmp_path_factory.mktemp("fmp4-assets"))
+
+
 def _ffprobe(path: Path, *args: str) -> dict[str, Any]:
     exe = ffprobe_exe()
     if exe is None:  # a failure under CI=true (tests/conftest.py)
@@ -184,12 +205,20 @@ def _packets(path: Path, kind: str) -> list[dict[str, Any]]:
     return [p for p in _read(path)["packets"] if p["stream_index"] == index]
 
 
-def _nal_types(path: Path) -> list[int]:
-    """NAL unit types of the first video packet (ITU-T H.264 7.4.1.2, Annex B)."""
+def _nal_types(path: Path, *, length_prefixed: bool = False) -> list[int]:
+    """NAL unit types of the first video packet (ITU-T H.264 7.4.1.2): start codes
+    in MPEG-TS (Annex B), 4-byte lengths in MP4 (ISO/IEC 14496-15 5.3.2)."""
     data = _read(path)["first_video_data"]
     raw = bytes.fromhex("".join(line.split(":", 1)[1].split("  ")[0].replace(" ", "")
                                 for line in data.strip().splitlines()))
-    types, at = [], raw.find(b"\x00\x00\x01")
+    types = []
+    if length_prefixed:
+        at = 0
+        while at + 4 < len(raw):
+            types.append(raw[at + 4] & 0x1F)
+            at += 4 + int.from_bytes(raw[at:at + 4], "big")
+        return types
+    at = raw.find(b"\x00\x00\x01")
     while at >= 0:
         types.append(raw[at + 3] & 0x1F)
         at = raw.find(b"\x00\x00\x01", at + 3)
@@ -395,3 +424,57 @@ def test_pod_slots_equal_segments_for_every_length(target, tmp_path):
         pod = plan_pod("b", [Candidate("x", Fraction(plan.frames) / NTSC)],
                        available=Fraction(10**4), nominal=nominal)
         assert pod.items[0].segments == plan.segments, frames
+
+
+# ------------------------------------------------------------------ fMP4
+
+
+def _joined(init: Path, segment: Path, folder: Path) -> Path:
+    """init + media segment: what a player appends to its buffer, as one file to probe."""
+    out = folder / f"{segment.parent.name}-{segment.stem}.mp4"
+    out.write_bytes(init.read_bytes() + segment.read_bytes())
+    return out
+
+
+def test_fmp4_ladder_probed(fmp4_prepared):
+    """fMP4 content is probed as its init segment and newest media segment together:
+    the spec says fmp4, with no PIDs (MP4 has track IDs), and the 360p rung's codec."""
+    (spec,) = fmp4_prepared.specs
+    assert spec.container == "fmp4" and (spec.video_pid, spec.audio_pid) == (None, None)
+    assert (spec.width, spec.height, spec.fps, spec.segment_duration) == (
+        640, 360, NTSC, Fraction(6006, 1000))
+    assert (spec.video_profile, spec.video_level, spec.audio_rate) == ("main", "3.0", 44100)
+    assert fmp4_prepared.nominal == Fraction(6006, 1000)
+
+
+def test_fmp4_rendition(fmp4_prepared, fmp4_content, tmp_path):
+    """One init segment, then 3 media segments of 180 frames each, an IDR first in
+    each, cut every 6.006 s, with the content's codec parameters."""
+    creative = fmp4_prepared.creative
+    r = creative.renditions["v0"]
+    assert r.init is not None and r.init.name == "init.mp4" and r.init.is_file()
+    assert [s.path.name for s in r.segments] == [f"seg_{k:05d}.m4s" for k in range(3)]
+    assert creative.duration == Fraction(15015, 1000) and r.duration == creative.duration
+    tv, ta = _streams(_joined(fmp4_content / "360p" / "init.mp4",
+                              fmp4_content / "360p" / "seg_00000.m4s", tmp_path))
+    cuts = []
+    for seg in r.segments:
+        path = _joined(r.init, seg.path, tmp_path)
+        v, a = _streams(path)
+        for field in ("codec_name", "profile", "level", "width", "height", "pix_fmt",
+                      "r_frame_rate"):
+            assert v[field] == tv[field], (seg.path, field)
+        for field in ("codec_name", "profile", "sample_rate", "channels"):
+            assert a[field] == ta[field], (seg.path, field)
+        num, den = (int(x) for x in v["time_base"].split("/"))
+        step = Fraction(den, num) * Fraction(1001, 30000)  # one frame in the track's ticks
+        assert step.denominator == 1
+        packets = _packets(path, "video")
+        pts = sorted(int(p["pts"]) for p in packets)
+        assert pts == [pts[0] + k * int(step) for k in range(SEGMENT_FRAMES)], seg.path
+        assert packets[0]["flags"].startswith("K") and int(packets[0]["pts"]) == pts[0]
+        assert sum(p["flags"].startswith("K") for p in packets) == 1
+        nals = _nal_types(path, length_prefixed=True)
+        assert 5 in nals and 1 not in nals[:nals.index(5)], nals
+        cuts.append(Fraction(pts[0] * num, den))
+    assert [c - cuts[0] for c in cuts] == [k * Fraction(6006, 1000) for k in range(3)]
