@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import math
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,13 @@ from manifests.pod import Candidate, ItemKind, plan_pod
 from stitcher import vast
 from stitcher.ads import AdDecider, CreativeLibrary
 from stitcher.channel import ChannelRuntime, ladder_frame_rate
-from stitcher.conditioning import Conditioner, ConditionedCreative, RenditionSpec, _plan, whole_frames
+from stitcher.conditioning import (
+    ConditionedCreative,
+    Conditioner,
+    RenditionSpec,
+    _plan,
+    whole_frames,
+)
 from stitcher.config import ChannelConfig
 from stitcher.ffmpeg import ffprobe_exe
 from stitcher.metrics import Metrics
@@ -343,7 +349,7 @@ def test_segments_frame_accurate(prepared, ntsc_media, index):
         assert abs(a_ticks - ticks) <= 2 * frame, seg.path
         starts.append(first)
     # consecutive segments tile the timeline: each starts where the last ended
-    assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == [SEGMENT_TICKS] * 2
+    assert [b - a for a, b in itertools.pairwise(starts)] == [SEGMENT_TICKS] * 2
 
 
 def test_cut_points_identical_in_every_rendition(prepared):
