@@ -6,8 +6,8 @@ file) is transcoded, in one ffmpeg process that decodes it once, to every
 players switch between without a hiccup: H.264 + AAC in the content's
 container (MPEG-TS with its PIDs, or fMP4 media segments behind one init
 segment), the same resolution (scaled and padded to keep the aspect, SAR 1),
-frame rate, pixel format, profile/level, AAC sample rate and channels, and loudness normalised
-with ``loudnorm`` (I=-24 LUFS, EBU R128 style).
+frame rate, pixel format, profile/level, AAC sample rate and channels, and
+loudness normalised with ``loudnorm`` (I=-24 LUFS, EBU R128 style).
 
 The output is cut into segments of exactly ``segment_duration`` (the
 content's cadence, ``round(segment_duration * fps)`` frames each) with an IDR
@@ -22,8 +22,8 @@ padded segment. No segment is ever shorter than ``segment_duration``.
 
 Layout: ``out_dir/<key>/<rendition>/seg_00000.ts`` ... (fMP4: ``init.mp4`` and
 ``seg_00000.m4s`` ...) and a ``done.json`` marker, written atomically after the
-segments are in place. A rendition whose marker matches the requested spec is reused without running ffmpeg;
-concurrent calls for the same key share one task; at most
+segments are in place. A rendition whose marker matches the requested spec is
+reused without running ffmpeg; concurrent calls for the same key share one task; at most
 ``max_concurrent`` ffmpeg processes run at once (a semaphore) and each has a
 timeout. The event loop never blocks: ffmpeg and ffprobe run with
 ``asyncio.create_subprocess_exec``.
