@@ -23,9 +23,9 @@ padded segment. No segment is ever shorter than ``segment_duration``.
 Layout: ``out_dir/<key>/<rendition>/seg_00000.ts`` ... (fMP4: ``init.mp4`` and
 ``seg_00000.m4s`` ...) and a ``done.json`` marker, written atomically after the
 segments are in place. A rendition whose marker matches the requested spec is
-reused without running ffmpeg; concurrent calls for the same key share one task; at most
-``max_concurrent`` ffmpeg processes run at once (a semaphore) and each has a
-timeout. The event loop never blocks: ffmpeg and ffprobe run with
+reused without running ffmpeg; concurrent calls for the same key share one
+task; at most ``max_concurrent`` ffmpeg processes run at once (a semaphore)
+and each has a timeout. The event loop never blocks: ffmpeg and ffprobe run with
 ``asyncio.create_subprocess_exec``.
 
 The slate is conditioned the same way (``key="slate"``) so the stitcher can
