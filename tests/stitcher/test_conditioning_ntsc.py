@@ -75,7 +75,8 @@ def _vast(url: str) -> bytes:
    <UniversalAdId idRegistry="ad-id.org">FIXT0015000H</UniversalAdId>
    <Linear><Duration>{VAST_DURATION}</Duration>
     <MediaFiles>
-     <Mezzanine delivery="progressive" type="video/quicktime" width="1920" height="1080"><![CDATA[{url}]]></Mezzanine>
+     <Mezzanine delivery="progressive" type="video/quicktime"
+                width="1920" height="1080"><![CDATA[{url}]]></Mezzanine>
     </MediaFiles>
    </Linear>
   </Creative></Creatives>
