@@ -17,16 +17,19 @@ import gzip
 import hashlib
 import itertools
 import logging
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from manifests.attributes import AttributeList
 from manifests.breaks import Break, BreakPolicy, prune, update_breaks
 from manifests.errors import SequenceRegressionError
 from manifests.layout import (
@@ -40,7 +43,7 @@ from manifests.layout import (
 from manifests.ledger import Ledger
 from manifests.markers import MarkerErrors, Observation, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
-from manifests.playlist import MediaPlaylist
+from manifests.playlist import MediaPlaylist, Segment
 from manifests.pod import EPS, Pod, PodItem
 from manifests.splice import (
     SpliceCache,
@@ -51,11 +54,12 @@ from manifests.splice import (
 )
 from manifests.timeline import choose_anchor, with_pdt
 from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
-from stitcher.conditioning import RenditionSpec, probe_rendition
+from stitcher.conditioning import RenditionSpec, probe_rendition, whole_frames
 from stitcher.config import ChannelConfig
 from stitcher.errors import NotFound, OriginUnavailable
 from stitcher.flight import Flights
 from stitcher.metrics import Metrics
+from stitcher.netpolicy import fetch_bounded
 from stitcher.origin import Fetched, OriginFetcher
 from stitcher.sessions import cohort_attributes
 from stitcher.shared_origin import SharedOrigin
@@ -69,6 +73,8 @@ COHORT = "cohort"
 
 #: How long a shared render is kept, in target durations.
 SHARED_RENDER_TTL = 3
+#: The most an init + media segment pair probed for the ladder may be (fMP4 content).
+PROBE_MAX_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,16 +273,17 @@ class ChannelRuntime:
             timings.setdefault(r.grid, grid_timing(fetched.playlist))
             seg = fetched.playlist.segments[-1]
             nominal = self.nominal or Fraction(fetched.playlist.target_duration or 2)
-            self.nominal = nominal
             if self.cfg.ladder is not None:  # given, not probed (replay: no ffprobe)
-                specs.append(_ladder_spec(self.cfg, r.id, nominal,
-                                          "fmp4" if seg.map is not None else "ts"))
-                continue
-            from urllib.parse import urljoin
-            spec = await probe_rendition(urljoin(r.uri, seg.uri), r.id, segment_duration=nominal)
-            if r.bandwidth:
-                from dataclasses import replace
-                spec = replace(spec, video_bitrate=int(r.bandwidth * 0.85))
+                spec = _ladder_spec(self.cfg, r.id, nominal,
+                                    "fmp4" if seg.map is not None else "ts")
+            else:
+                spec = await self._probe_content(r, seg, nominal)
+                if r.bandwidth:
+                    from dataclasses import replace
+                    spec = replace(spec, video_bitrate=int(r.bandwidth * 0.85))
+            # The cadence in whole frames (29.97 fps: a 6 s target is 6.006 s, 180
+            # frames): pods are laid out in it, so an ad's slots are its segments.
+            self.nominal = spec.segment_duration
             specs.append(spec)
         for r in mv.renditions:
             if r.grid not in self.cadences and r.kind != "video":
@@ -304,6 +311,33 @@ class ChannelRuntime:
             await self.library.ensure(SLATE_KEY, self.cfg.slate, specs)
         log.info("channel %s ready: %d renditions, segment %s s, pod layout unit %s s",
                  self.cfg.id, len(specs), self.nominal, self.unit)
+
+    async def _probe_content(self, r: Rendition, seg: Segment,
+                             nominal: Fraction) -> RenditionSpec:
+        """The spec of video rendition ``r`` from its newest segment ``seg``.
+
+        An fMP4 media segment is nothing without its Media Initialization Section
+        (RFC 8216bis 4.4.4.5), so the two are fetched and probed as one file.
+        """
+        from urllib.parse import urljoin
+
+        url = urljoin(r.uri, seg.uri)
+        if seg.map is None:
+            return await probe_rendition(url, r.id, segment_duration=nominal)
+        attrs = AttributeList.parse(seg.map.value or "")
+        if "BYTERANGE" in attrs or seg.byterange is not None:
+            raise ValueError(f"channel {self.cfg.id}: {r.id} is byte-range fMP4; probing "
+                             "it is not supported, give the channel a ladder")
+        init_uri = attrs.string("URI")
+        if not init_uri:
+            raise ValueError(f"channel {self.cfg.id}: {r.id}: EXT-X-MAP without a URI")
+        init_url = urljoin(url, init_uri)
+        parts = [await fetch_bounded(self._http, u, timeout=self._origin_timeout * 10,
+                                     max_bytes=PROBE_MAX_BYTES) for u in (init_url, url)]
+        with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
+            joined = Path(tmp) / "segment.mp4"
+            joined.write_bytes(b"".join(parts))
+            return await probe_rendition(joined, r.id, segment_duration=nominal)
 
     async def warm_up(self) -> int:
         """Probe the ladder, condition the slate and the ad server's current
@@ -687,10 +721,22 @@ def _ladder_spec(cfg: ChannelConfig, rid: str, nominal: Fraction,
     entry = next((e for e in cfg.ladder or () if e.name == rid), None)
     if entry is None:
         raise ValueError(f"channel {cfg.id}: ladder has no entry for rendition {rid!r}")
+    fps = ladder_frame_rate(entry.frame_rate)
     return RenditionSpec(name=rid, width=entry.width, height=entry.height,
                          video_bitrate=int(entry.bandwidth * 0.85),
-                         fps=Fraction(str(entry.frame_rate)), segment_duration=nominal,
+                         fps=fps, segment_duration=whole_frames(nominal, fps),
                          container=container)
+
+
+def ladder_frame_rate(value: float) -> Fraction:
+    """A configured frame rate as the exact rate: 29.97 is 30000/1001 (as 23.976,
+    59.94 ... are n*1000/1001, the NTSC family), not 2997/100: no content has
+    that rate, and ad frames timed on it fall off the content's 1001/30000 s grid."""
+    for n in (24, 30, 48, 60, 120):
+        ntsc = Fraction(n * 1000, 1001)
+        if abs(Fraction(str(value)) - ntsc) < Fraction(1, 100):
+            return ntsc
+    return Fraction(str(value))
 
 
 def _etag(body: bytes) -> str:

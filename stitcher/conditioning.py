@@ -3,10 +3,11 @@
 A creative (a file path or an http(s) URL of the VAST mezzanine / best media
 file) is transcoded, in one ffmpeg process that decodes it once, to every
 :class:`RenditionSpec` probed from the content, so ad segments are what
-players switch between without a hiccup: H.264 + AAC in MPEG-TS, the same
-resolution (scaled and padded to keep the aspect, SAR 1), frame rate, pixel
-format, profile/level, AAC sample rate and channels, and loudness normalised
-with ``loudnorm`` (I=-24 LUFS, EBU R128 style).
+players switch between without a hiccup: H.264 + AAC in the content's
+container (MPEG-TS with its PIDs, or fMP4 media segments behind one init
+segment), the same resolution (scaled and padded to keep the aspect, SAR 1),
+frame rate, pixel format, profile/level, AAC sample rate and channels, and
+loudness normalised with ``loudnorm`` (I=-24 LUFS, EBU R128 style).
 
 The output is cut into segments of exactly ``segment_duration`` (the
 content's cadence, ``round(segment_duration * fps)`` frames each) with an IDR
@@ -19,12 +20,12 @@ segment: a 15 s creative on 2 s segments gives 8 segments, the last holding
 0.1 s: mezzanines that run 10.02 s) is trimmed instead of costing a whole
 padded segment. No segment is ever shorter than ``segment_duration``.
 
-Layout: ``out_dir/<key>/<rendition>/seg_00000.ts`` ... and a ``done.json``
-marker, written atomically after the segments are in place. A rendition
-whose marker matches the requested spec is reused without running ffmpeg;
-concurrent calls for the same key share one task; at most
-``max_concurrent`` ffmpeg processes run at once (a semaphore) and each has a
-timeout. The event loop never blocks: ffmpeg and ffprobe run with
+Layout: ``out_dir/<key>/<rendition>/seg_00000.ts`` ... (fMP4: ``init.mp4`` and
+``seg_00000.m4s`` ...) and a ``done.json`` marker, written atomically after the
+segments are in place. A rendition whose marker matches the requested spec is
+reused without running ffmpeg; concurrent calls for the same key share one
+task; at most ``max_concurrent`` ffmpeg processes run at once (a semaphore)
+and each has a timeout. The event loop never blocks: ffmpeg and ffprobe run with
 ``asyncio.create_subprocess_exec``.
 
 The slate is conditioned the same way (``key="slate"``) so the stitcher can
@@ -59,7 +60,9 @@ LOUDNESS_I = -24.0  # LUFS (EBU R128 / ATSC A/85 style target)
 LOUDNESS_TP = -2.0  # dBTP
 LOUDNESS_LRA = 11.0
 MARKER = "done.json"
-MARKER_VERSION = 2  # 2: continuity counters run on across segments
+FMP4_INIT = "init.mp4"
+MARKER_VERSION = 3  # 2: continuity counters run on across segments; 3: the content's PIDs
+#                     (-streamid: earlier ads had ffmpeg's 0x100/0x101 whatever the content's)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 
 
@@ -388,6 +391,21 @@ def _rate(text: str | None) -> Fraction | None:
     return r if 0 < r <= 240 else None
 
 
+def whole_frames(duration: Fraction, fps: Fraction) -> Fraction:
+    """``duration`` as the nearest whole number of frames at ``fps``, in seconds.
+
+    A playlist's target duration is an integer (RFC 8216bis 4.4.3.1), but at
+    29.97 fps (30000/1001) a 6 s cadence is 179.82 frames: content packagers
+    cut 180, i.e. 6.006 s segments (2 s is 60 frames, 2.002 s). Ads conditioned
+    to that cadence cut where the content does, and a segment within half a
+    frame of the target never rounds above it.
+    """
+    frames = round(duration * fps)
+    if frames < 1:
+        raise ValueError(f"segment duration {duration} s is less than one frame at {fps} fps")
+    return Fraction(frames) / fps
+
+
 _AUDIO_BITRATES = (32000, 48000, 64000, 96000, 128000, 160000, 192000, 256000, 320000)
 _PROFILES = {"main": "main", "high": "high", "baseline": "baseline",
              "constrained baseline": "baseline"}
@@ -400,7 +418,9 @@ async def probe_rendition(
     """Probe a content segment (or any media) and return the spec ads must match.
 
     Without ``segment_duration`` the input must be one segment: its duration
-    is its video frame count over the frame rate.
+    is its video frame count over the frame rate. A given ``segment_duration``
+    (the channel's nominal cadence, e.g. the target duration) is taken as the
+    nearest whole number of frames at the probed rate (:func:`whole_frames`).
     """
     src = str(path_or_url)
     info = await _probe(src, count_frames=segment_duration is None, timeout=timeout)
@@ -416,6 +436,8 @@ async def probe_rendition(
         if frames <= 0:
             raise ConditioningError(f"{src}: cannot count video frames")
         segment_duration = Fraction(frames) / fps
+    else:
+        segment_duration = whole_frames(segment_duration, fps)
     fmt = info.get("format", {})
     # A short segment under-runs its nominal AAC rate (quiet audio): snap the
     # measurement up to the next common encoder setting.
@@ -448,9 +470,10 @@ async def probe_rendition(
         except ValueError:
             return None
 
-    # Only MPEG-TS is conditioned today; an fMP4 ladder probes as such and is refused.
     fmt_name = str(fmt.get("format_name", "mpegts"))
     container = "fmp4" if ("mp4" in fmt_name or "mov" in fmt_name) else "ts"
+    # An MP4 stream id is its track ID, not a PID: fMP4 renditions have none.
+    pids = (pid(v), pid(a)) if container == "ts" else (None, None)
     return RenditionSpec(
         name=name, width=int(v["width"]), height=int(v["height"]),
         video_bitrate=video_bitrate, fps=fps,
@@ -460,7 +483,7 @@ async def probe_rendition(
         video_profile=profile, video_level=video_level,
         pix_fmt=v.get("pix_fmt") or "yuv420p",
         audio_bitrate=audio_bitrate if a else 128000,
-        video_pid=pid(v), audio_pid=pid(a),
+        video_pid=pids[0], audio_pid=pids[1],
     )
 
 
@@ -611,17 +634,72 @@ def _build(
             # counters run on from one segment of an ad to the next as they do in
             # content (the plain segment muxer restarts them in every file).
             "f": "hls", "hls_time": float(spec.exact_segment_duration), "hls_list_size": 0,
-            "hls_playlist_type": "vod", "hls_segment_type": "mpegts",
-            "hls_segment_filename": str(plan.tmp_dir / "seg_%05d.ts"),
+            "hls_playlist_type": "vod",
+            "hls_segment_filename": str(plan.tmp_dir / f"seg_%05d.{_extension(spec)}"),
             "frames:v": plan.total,
         }
+        if spec.container == "fmp4":
+            # One init segment (EXT-X-MAP) for all of the ad's media segments, written
+            # next to the muxer's playlist (RFC 8216bis 3.1.2).
+            opts.update(hls_segment_type="fmp4", hls_fmp4_init_filename=FMP4_INIT)
+        else:
+            opts["hls_segment_type"] = "mpegts"
         if spec.video_level:
             opts["level:v"] = spec.video_level
-        if spec.video_pid is not None:
-            opts["mpegts_start_pid"] = spec.video_pid  # video first, then audio
+        if spec.video_profile in _X264_FEATURES:
+            opts["x264-params"] = _X264_FEATURES[spec.video_profile]
         outputs.append(ffmpeg.output(v, a, str(plan.tmp_dir / "segments.m3u8"), **opts))
     args = ffmpeg.merge_outputs(*outputs).get_args()
+    for plan in plans:  # ffmpeg-python cannot repeat an option: insert before the file name
+        at = args.index(str(plan.tmp_dir / "segments.m3u8"))
+        if plan.spec.container == "ts":
+            args[at:at] = _pid_args(plan.spec)
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"] + args
+
+
+#: x264 signals the lowest profile its coding tools allow, and the fast presets turn
+#: tools off (ultrafast: no CABAC, no 8x8 transform, so "main" or "high" come out as
+#: Constrained Baseline). Pin the tools the content's profile is named for, so every
+#: preset signals that profile.
+_X264_FEATURES = {"main": "cabac=1", "high": "cabac=1:8x8dct=1"}
+
+
+def _extension(spec: RenditionSpec) -> str:
+    return "m4s" if spec.container == "fmp4" else "ts"
+
+
+def _pids(spec: RenditionSpec) -> tuple[int, int] | None:
+    """(video PID, audio PID) of a rendition, None for ffmpeg's defaults."""
+    if spec.video_pid is None and spec.audio_pid is None:
+        return None
+    video = spec.video_pid if spec.video_pid is not None else 0x100
+    audio = spec.audio_pid if spec.audio_pid is not None else video + 1
+    return video, audio
+
+
+def _pid_args(spec: RenditionSpec) -> list[str]:
+    """``-streamid`` for both streams: the MPEG-TS muxer uses a stream's id as its PID.
+
+    (``mpegts_start_pid`` on the HLS muxer never reaches the MPEG-TS context it
+    writes segments with, and a content audio PID need not follow its video PID.)
+    """
+    pids = _pids(spec)
+    if pids is None:
+        return []
+    return ["-streamid", f"0:{pids[0]}", "-streamid", f"1:{pids[1]}"]
+
+
+def _check_pids(spec: RenditionSpec) -> None:
+    pids = _pids(spec)
+    if pids is None or spec.container != "ts":
+        return
+    # ISO/IEC 13818-1 2.4.4.3 (table 2-3): 0x0000-0x000F are reserved, 0x1FFF is
+    # the null packet; ffmpeg writes its PMT on 0x1000.
+    for pid in pids:
+        if not 0x10 <= pid < 0x1FFF or pid == 0x1000:
+            raise ValueError(f"{spec.name}: PID {pid:#x} cannot carry an elementary stream")
+    if pids[0] == pids[1]:
+        raise ValueError(f"{spec.name}: video and audio share PID {pids[0]:#x}")
 
 
 class Conditioner:
@@ -657,9 +735,11 @@ class Conditioner:
             raise ValueError("no rendition specs")
         for s in specs:
             _check_name("rendition name", s.name)
-            if s.container != "ts":
-                raise ValueError(f"{s.name}: container {s.container!r} not supported (ts only)")
+            if s.container not in ("ts", "fmp4"):
+                raise ValueError(f"{s.name}: container {s.container!r} not supported "
+                                 "(ts or fmp4)")
             s.frames_per_segment  # noqa: B018 - validates the cadence
+            _check_pids(s)
         if len({s.name for s in specs}) != len(specs):
             raise ValueError("duplicate rendition names")
         base = Path(out_dir).resolve() / key
@@ -741,11 +821,15 @@ class Conditioner:
     def _publish(self, base: Path, key: str, plan: _Plan, creative: str
                  ) -> ConditionedRendition:
         spec = plan.spec
-        names = sorted(p.name for p in plan.tmp_dir.glob("seg_*.ts"))
-        expected = [f"seg_{j:05d}.ts" for j in range(plan.segments)]
+        ext = _extension(spec)
+        names = sorted(p.name for p in plan.tmp_dir.glob(f"seg_*.{ext}"))
+        expected = [f"seg_{j:05d}.{ext}" for j in range(plan.segments)]
         if names != expected:
             raise ConditioningError(
                 f"{spec.name}: expected {plan.segments} segments, ffmpeg wrote {len(names)}")
+        init = FMP4_INIT if spec.container == "fmp4" else None
+        if init is not None and not (plan.tmp_dir / init).is_file():
+            raise ConditioningError(f"{spec.name}: ffmpeg wrote no fMP4 init segment")
         (plan.tmp_dir / "segments.m3u8").unlink(missing_ok=True)  # the HLS muxer's own list
         final = base / spec.name
         if final.exists():  # a stale, unmarked attempt: replace it
@@ -763,10 +847,12 @@ class Conditioner:
             "spec": spec.to_json(),
             "duration": str(duration),
             "segments": [[n, str(seg)] for n in expected],
+            "init": init,
             "created": time.time(),
         })
         return ConditionedRendition(spec, tuple(ConditionedSegment(final / n, seg)
-                                                for n in expected), duration)
+                                                for n in expected), duration,
+                                    None if init is None else final / init)
 
 
 def _creative_duration(info: dict[str, Any], src: str) -> Fraction:

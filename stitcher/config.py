@@ -51,6 +51,7 @@ class LadderEntry(BaseModel):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     bandwidth: int = Field(gt=0)
+    #: Frames per second; 23.976, 29.97, 59.94 ... mean the exact n*1000/1001 rates.
     frame_rate: float = Field(default=30.0, gt=0)
 
 
