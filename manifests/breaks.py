@@ -281,6 +281,9 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             result.new.append(new)
         elif obs.kind is SignalKind.IN:
             i = by_event(obs.event_id, obs.at)
+            if i is not None and (end := breaks[i].end) is not None and (
+                    abs(end - obs.at) <= SAME_BOUNDARY):
+                continue  # this very IN again (the next reload, another rendition)
             if i is not None and not closes(breaks[i], obs):
                 i = None
             if i is None:

@@ -588,6 +588,27 @@ def test_a_range_end_past_the_window_is_known_and_outlasts_the_plan() -> None:
     assert breaks_of(again, known=(brk,)) == (brk,)
 
 
+def test_a_range_end_seen_again_closes_only_its_own_break() -> None:
+    """A DATERANGE's IN repeated (the next reload, another rendition) is the same
+    close: it must not fall through to close another break. Here a break joined
+    from ID-less CONT tags (no CUE-IN ever comes) sits before range "201"; the
+    second pass once gave the joined break 201's end (found by the unaligned-grid
+    property: the renditions then disagreed on where content resumed)."""
+    playlist = window((["#EXT-X-CUE-OUT-CONT:ElapsedTime=4,Duration=6"], FOUR),
+                      ([], FOUR), ([], FOUR),
+                      ([f'#EXT-X-DATERANGE:ID="201",START-DATE="{format_pdt(at(12))}",'
+                        'PLANNED-DURATION=6,SCTE35-OUT=0xFC'], FOUR),
+                      ([], FOUR),
+                      ([f'#EXT-X-DATERANGE:ID="201",START-DATE="{format_pdt(at(12))}",'
+                        f'END-DATE="{format_pdt(at(20))}",SCTE35-IN=0xFC'], FOUR),
+                      start=0)
+    once = breaks_of(playlist)
+    joined, ranged = once
+    assert (joined.start, joined.end, joined.planned_duration) == (at(-4), None, 6)
+    assert (ranged.event_id, ranged.end, ranged.end_declared) == ("201", at(20), True)
+    assert breaks_of(playlist, playlist, playlist) == once
+
+
 def test_a_repeated_daterange_whose_start_left_the_window_is_the_same_break() -> None:
     """An origin re-sending the OUT after its START-DATE's segment left: one break."""
     opening = (f'#EXT-X-DATERANGE:ID="r",START-DATE="{format_pdt(at(5))}",'

@@ -204,6 +204,10 @@ COHORTS = {
 STATS: Counter[str] = Counter()
 
 
+#: The break policy's maximum duration (seconds) in stitch_stream.
+MAX_BREAK = 60
+
+
 def stitch_stream(planned: list[PlannedBreak], edges: list[int], window: int,
                   grids: tuple[Grid, ...] = GRIDS, outcomes: dict[str, str] | None = None,
                   ) -> tuple[dict[str, list[Snapshot]], int]:
@@ -213,7 +217,7 @@ def stitch_stream(planned: list[PlannedBreak], edges: list[int], window: int,
     grids' common boundaries, learnt from the first reload's playlists as the
     service learns them; ``outcomes`` gets each break's placement: "aligned"
     (nothing moved), "moved" (rounded to common boundaries) or "content"."""
-    policy = BreakPolicy(max_duration=Fraction(60))
+    policy = BreakPolicy(max_duration=Fraction(MAX_BREAK))
     unit = Fraction(max(g.cadence for g in grids))
     known: tuple[Break, ...] = ()
     pods: dict[tuple[str, str], Pod] = {}
@@ -390,6 +394,14 @@ def unaligned_streams(draw: st.DrawFn) -> tuple[str, list[PlannedBreak], list[Fr
         # engine plans to the policy maximum, so an on-time CUE-IN is an early one
         # to it, and one between common boundaries is the limitation above.
         breaks[0] = replace(first, actual_end=None)
+    if (edges[0] - window > first.start and first.dialect in DURATIONLESS_CONT
+            and breaks[0].actual_end is None):
+        # The same join with no CUE-IN: the break is open to the policy maximum, so
+        # a later CUE-OUT inside that span is an overlap (the open break wins,
+        # manifests/breaks.py) and its CUE-IN would close the first break early,
+        # off the common boundaries: the limitation again. Such breaks are dropped.
+        horizon = first.start + MAX_BREAK
+        breaks = [breaks[0], *(b for b in breaks[1:] if b.start >= horizon)]
     return shape, breaks, edges, window
 
 
