@@ -111,6 +111,10 @@ class Break:
     #: ``end`` is the range's own (END-DATE / DURATION): the actual end, which
     #: overrides the planned duration instead of only shortening it.
     end_declared: bool = False
+    #: Known ahead of the live edge (a DATERANGE listed before its START-DATE):
+    #: ``start`` is the signalled time until a reload places it on its boundary
+    #: (the id stays: decisions were made under it).
+    ahead: bool = False
 
     def planned_end(self, policy: BreakPolicy = BreakPolicy()) -> datetime:
         """The event's start + its planned duration (the policy's maximum if none)."""
@@ -252,6 +256,8 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                 if (abs(b.start - obs.at) <= SAME_BOUNDARY or b.event_id == obs.event_id
                         or same_cue(obs) == i):
                     breaks[i] = _completed(b, obs)
+                    if b.ahead and not obs.ahead:
+                        breaks[i] = _placed(breaks[i], obs.at)
                 else:
                     result.ignored.append(
                         f"OUT {obs.event_id or ''} at {obs.at.isoformat()} overlaps break {b.id}")
@@ -260,7 +266,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                         planned_duration=obs.planned_duration, dialect=obs.dialect,
                         event_id=obs.event_id, segmentation_type_id=obs.segmentation_type_id,
                         upid=obs.upid, params=obs.params, pts=obs.pts,
-                        event_start=_event_start(obs.at, obs.event_at))
+                        event_start=_event_start(obs.at, obs.event_at), ahead=obs.ahead)
             breaks.append(new)
             result.new.append(new)
         elif obs.kind is SignalKind.CONT:
@@ -392,6 +398,13 @@ def _completed(b: Break, obs: Observation) -> Break:
         params=b.params or obs.params,
         event_start=b.event_start or _event_start(b.start, obs.event_at),
     )
+
+
+def _placed(b: Break, boundary: datetime) -> Break:
+    """An announced break placed on the first boundary at or after its START-DATE."""
+    signalled = b.event_start or b.start
+    return replace(b, start=boundary, ahead=False,
+                   event_start=None if boundary == signalled else signalled)
 
 
 def break_covering(breaks: tuple[Break, ...], pdt: datetime, duration: Fraction,

@@ -538,6 +538,10 @@ class Observation:
     #: DURATION), the break's actual length, which overrides the planned one. Such
     #: an end past the window is observed at that time itself, like a time before it.
     declared: bool = False
+    #: For an OUT: announced ahead, its START-DATE past the window's last segment
+    #: (RFC 8216bis 4.4.5.1 lets a DATERANGE precede its start): ``at`` is that
+    #: time itself, not yet a boundary; a later reload places it.
+    ahead: bool = False
 
 
 #: PDT is written to the millisecond: times this close are the same instant.
@@ -688,7 +692,16 @@ class _WindowState:
             self.starts.setdefault(key, begin)
             placed = self.place(begin)
             if placed is None:
-                return []  # not yet in the window: a later reload places it
+                # Ahead of the live edge: known now (decisions are fetched before it
+                # starts), placed on its boundary by the reload that lists it.
+                last = self.timed[-1]
+                ahead = Observation(SignalKind.OUT, begin, last.msn + 1, sig.dialect,
+                                    sig.event_id, sig.planned_duration, None,
+                                    sig.segmentation_type_id, sig.upid, (), sig.pts, nestable,
+                                    event_at=begin, ahead=True)
+                end = sig.end or (add_seconds(begin, sig.duration) if sig.duration is not None
+                                  else None)
+                return [ahead] + ([self.declared_end(sig, end, None)] if end is not None else [])
             self.open = True
             out = [Observation(SignalKind.OUT, placed[0], placed[1], sig.dialect, sig.event_id,
                                sig.planned_duration, None, sig.segmentation_type_id, sig.upid,

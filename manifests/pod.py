@@ -173,3 +173,18 @@ def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
         items.append(PodItem(ItemKind.SLATE, "slate", remainder, seconds(cursor), remainder,
                              max(1, slate_segments)))
     return Pod(break_id, tuple(items), nominal)
+
+
+def slate_pod(break_id: str, *, start: Fraction, available: Fraction, nominal: Fraction,
+              slate_segments: int) -> Pod:
+    """A break filled with slate only: the fallback when no decision could be made
+    and the channel prefers slate to the content underneath."""
+    return Pod(break_id, (PodItem(ItemKind.SLATE, "slate", available, start, available,
+                                  max(1, slate_segments)),), nominal)
+
+
+def unplayed(pod: Pod, played: Fraction) -> list[int]:
+    """Indexes of the pod's ads that start at or after ``played`` seconds into the
+    break: a break cancelled (``played`` 0) or ended early never reaches them."""
+    return [i for i, item in enumerate(pod.items)
+            if item.kind is ItemKind.AD and pod.personalized and item.start >= played - EPS]

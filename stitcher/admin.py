@@ -378,11 +378,15 @@ async def apply_channel(app: web.Application, channel: str,
     runtimes = _runtimes(app)
     current = runtimes.get(channel)
     if cfg is None:
-        if runtimes.pop(channel, None) is not None:
+        removed = runtimes.pop(channel, None)
+        if removed is not None:
+            await removed.close()  # its decisions scheduled ahead are not needed any more
             log.info("channel %s removed", channel, extra={"channel": channel})
         return
     if current is None or current.cfg != cfg:
         factory: Callable[[ChannelConfig], ChannelRuntime] = app[RUNTIME_FACTORY]  # type: ignore[assignment]
+        if current is not None:
+            await current.close()
         current = runtimes[channel] = factory(cfg)
         log.info("channel %s %s", channel, "configured" if record else "loaded",
                  extra={"channel": channel})

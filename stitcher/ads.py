@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ import aiohttp
 from manifests.breaks import Break
 from manifests.pod import Candidate, Pod, plan_pod
 from stitcher import vast
+from stitcher.adservers import AdServerFailed, AdServerPolicy, AdServers, AdServerUnavailable
 from stitcher.conditioning import (
     ConditionedCreative,
     Conditioner,
@@ -37,7 +37,6 @@ from stitcher.conditioning import (
 )
 from stitcher.config import ChannelConfig
 from stitcher.metrics import Metrics
-from stitcher.netpolicy import fetch_bounded
 from stitcher.store import pod_from_json, pod_to_json
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,10 @@ class Decision:
     pod: Pod
     ads: tuple[AdInfo, ...]
     reason: str = ""
+    #: The ad server could not be asked or did not answer (not a no-fill): the
+    #: caller replaces it with the channel's fallback. Never stored (a frozen
+    #: decision is whatever replaced it).
+    failed: bool = False
 
     def ad(self, item: int) -> AdInfo | None:
         return next((a for a in self.ads if a.item == item), None)
@@ -274,14 +277,30 @@ def ad_request_url(channel: ChannelConfig, brk: Break, cohort_attrs: dict[str, s
 
 
 class AdDecider:
+    """One channel's ad decisions: VAST request, wrappers, ready creatives, pod.
+
+    Requests go through the process's :class:`~stitcher.adservers.AdServers`
+    (budget, retries, Retry-After, circuit breaker, rate cap); a decision the ad
+    server could not give (``Decision.failed``) is the caller's to replace with
+    its fallback.
+    """
+
     def __init__(self, session: aiohttp.ClientSession, library: CreativeLibrary,
-                 metrics: Metrics, *, timeout: float = 2.0,
-                 on_error: ErrorSink | None = None) -> None:
+                 metrics: Metrics, *, timeout: float = 5.0,
+                 on_error: ErrorSink | None = None, servers: AdServers | None = None) -> None:
         self._session = session
         self._library = library
         self._metrics = metrics
         self._timeout = timeout
         self._on_error = on_error
+        self.servers = servers or AdServers(AdServerPolicy(), metrics)
+
+    def unavailable(self, channel: ChannelConfig) -> AdServerUnavailable | None:
+        """Why the channel's ad server must not be asked now (circuit open,
+        Retry-After), or None."""
+        if not channel.ad_server_url:
+            return None
+        return self.servers.unavailable(channel.ad_server_url)
 
     async def decide(self, channel: ChannelConfig, brk: Break, cohort: str,
                      cohort_attrs: dict[str, str], *, start: Fraction, nominal: Fraction,
@@ -295,18 +314,33 @@ class AdDecider:
         if available <= 0 or not channel.ad_server_url:
             return Decision(Pod(brk.id, (), nominal, personalized=False), (), "no avail")
         url = ad_request_url(channel, brk, cohort_attrs, available)
-        started = time.monotonic()
+        deadline = self.servers.clock() + self._timeout
+        #: Why the ad request itself failed, if it did (wrapper failures are the ads').
+        failed: list[Exception] = []
 
         async def fetch(u: str) -> bytes:
-            left = max(0.1, self._timeout - (time.monotonic() - started))
-            return await fetch_bounded(self._session, u, timeout=left)
+            try:
+                return await self.servers.fetch(self._session, u, deadline=deadline,
+                                                limited=u == url)
+            except (AdServerUnavailable, AdServerFailed) as exc:
+                if u == url:
+                    failed.append(exc)
+                raise
 
         try:
             resolution = await vast.resolve(url, fetch, max_depth=5)
         except Exception as exc:  # noqa: BLE001 - the ad server must never take the stream down
             self._metrics.ad_errors.labels(channel.id, "resolve").inc()
             log.warning("ad decision failed for %s/%s: %s", brk.id, cohort, exc)
-            return Decision(Pod(brk.id, (), nominal, personalized=False), (), f"error: {exc}")
+            return Decision(Pod(brk.id, (), nominal, personalized=False), (), f"error: {exc}",
+                            failed=True)
+        if failed:
+            why = failed[0]
+            kind = why.kind if isinstance(why, AdServerUnavailable) else "301"
+            self._metrics.ad_errors.labels(channel.id, kind).inc()
+            log.warning("ad decision for %s/%s: %s", brk.id, cohort, why)
+            return Decision(Pod(brk.id, (), nominal, personalized=False), (), f"error: {why}",
+                            failed=True)
         for report in resolution.errors:
             self._metrics.ad_errors.labels(channel.id, str(report.code)).inc()
             if self._on_error and report.urls:
@@ -362,9 +396,11 @@ class AdDecider:
 
         probe = Break(id="prefetch", start=datetime.now(UTC), planned_duration=duration)
         url = ad_request_url(channel, probe, {}, duration)
+        deadline = self.servers.clock() + self._timeout
 
         async def fetch(u: str) -> bytes:
-            return await fetch_bounded(self._session, u, timeout=self._timeout)
+            return await self.servers.fetch(self._session, u, deadline=deadline,
+                                            limited=u == url)
 
         resolution = await vast.resolve(url, fetch, max_depth=5)
         tasks = [self._library.prepare(ad, specs, channel.id) for ad in resolution.ads]

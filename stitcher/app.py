@@ -22,6 +22,7 @@ Every player-facing response carries CORS headers and answers preflight.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -38,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from manifests.ledger import SlotKind
 from stitcher.ads import AdDecider, CreativeLibrary, Decision
+from stitcher.adservers import AdServerPolicy, AdServers
 from stitcher.beacon_stream import StreamBeaconQueue
 from stitcher.beacons import BeaconQueue, BeaconSink, BeaconTracker, RedisProgress
 from stitcher.channel import COHORT, ChannelRuntime, Rendered
@@ -436,9 +438,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(config: StitcherConfig, *, store: Store | None = None,
                conditioner: Conditioner | None = None,
-               clock: Callable[[], float] | None = None) -> web.Application:
-    """The service. ``clock`` (seconds, monotonic) paces origin refreshes: tests pass the
-    fixture origin's virtual clock so an accelerated stream is refetched in step."""
+               clock: Callable[[], float] | None = None,
+               sleep: Callable[[float], Awaitable[None]] | None = None) -> web.Application:
+    """The service. ``clock`` (seconds, monotonic) paces origin refreshes and the
+    decisions fetched ahead of a break; ``sleep`` waits on it: tests pass the fixture
+    origin's virtual clock so an accelerated stream is refetched in step."""
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG] = config
     app[TRUSTED] = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
@@ -457,7 +461,8 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     # (epoch seconds), not each host's monotonic one.
     shared = config.redis_url is not None or isinstance(store, RedisStore)
     default_clock = time.time if shared else time.monotonic
-    app.cleanup_ctx.append(_resources(store, conditioner, clock or default_clock))
+    app.cleanup_ctx.append(_resources(store, conditioner, clock or default_clock,
+                                      sleep or asyncio.sleep))
     r = app.router
     r.add_post("/v1/session/{channel}", start_session, name="session")
     r.add_get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
@@ -486,7 +491,8 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
 
 
 def _resources(store: Store | None, conditioner: Conditioner | None,
-               clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
+               clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]],
+               ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         m = app[METRICS]
@@ -526,19 +532,30 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         flights = the_store.flights if isinstance(the_store, RedisStore) else None
         assets_base = (config.assets_base_url or "/assets").rstrip("/")
 
+        # One state per ad server (breaker, rate cap, Retry-After) for every channel.
+        servers = AdServers(AdServerPolicy(
+            request_timeout=config.ad_request_timeout, max_rate=config.ad_max_rate,
+            failure_threshold=config.ad_breaker_failures,
+            cool_down=config.ad_breaker_cool_down, retries=config.ad_retries,
+            backoff=config.ad_retry_backoff,
+            default_retry_after=config.ad_default_retry_after), m)
+
         def make_runtime(cfg: ChannelConfig) -> ChannelRuntime:
             decider = AdDecider(open_http if cfg.allow_private_ad_hosts else strict_http,
-                                library, m, timeout=config.ad_timeout, on_error=tracker.error)
+                                library, m, timeout=config.ad_timeout, on_error=tracker.error,
+                                servers=servers)
             return ChannelRuntime(
                 cfg, http=origin_http, store=the_store, decider=decider, library=library,
                 metrics=m, assets_base=assets_base, origin_timeout=config.origin_timeout,
-                clock=clock, flights=flights)
+                clock=clock, sleep=sleep, flights=flights, on_unused=tracker.not_used)
 
         # Channels created or changed later (the admin API) are built the same way.
         app[RUNTIME_FACTORY] = make_runtime
         for cfg in config.channels:
             app[CHANNELS][cfg.id] = make_runtime(cfg)
         yield
+        for runtime in list(app[CHANNELS].values()):
+            await runtime.close()
         await queue.close()
         if owned is not None:
             await owned.close()

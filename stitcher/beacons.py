@@ -332,3 +332,12 @@ class BeaconTracker:
                                                 "CACHEBUSTING": random.randrange(10**8),
                                                 "TIMESTAMP": datetime.now(UTC)})
             self._queue.put_soon(Beacon(("error", url, str(code), expanded), expanded))
+
+    def not_used(self, scope: str, item: str, ad: AdInfo) -> None:
+        """Fire the ad's ``notUsed`` trackers (VAST 4.1+: a decided ad that will not
+        play, e.g. prefetched for a break that was cancelled or cut short). Per
+        decision, not per session: ``scope`` is channel/break/cohort."""
+        for url in ad.tracking.get("notUsed", ()):
+            expanded = vast.expand_macros(url, {"CACHEBUSTING": random.randrange(10**8),
+                                                "TIMESTAMP": datetime.now(UTC)})
+            self._queue.put_soon(Beacon(("notUsed", scope, item, url), expanded))

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import heapq
 import itertools
 import logging
+import random
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -44,7 +46,8 @@ from manifests.ledger import Ledger
 from manifests.markers import MarkerErrors, Observation, observe
 from manifests.multivariant import Multivariant, Rendition, parse_multivariant, rewrite_multivariant
 from manifests.playlist import MediaPlaylist, Segment
-from manifests.pod import EPS, Pod, PodItem
+from manifests.pod import EPS, Pod, PodItem, slate_pod, unplayed
+from manifests.prefetch import prefetch_times
 from manifests.splice import (
     SpliceCache,
     SpliceOptions,
@@ -53,7 +56,8 @@ from manifests.splice import (
     splice,
 )
 from manifests.timeline import choose_anchor, with_pdt
-from stitcher.ads import SLATE_KEY, AdDecider, CreativeLibrary, Decision
+from manifests.timing import seconds_between
+from stitcher.ads import SLATE_KEY, AdDecider, AdInfo, CreativeLibrary, Decision
 from stitcher.conditioning import RenditionSpec, probe_rendition, whole_frames
 from stitcher.config import ChannelConfig
 from stitcher.errors import NotFound, OriginUnavailable
@@ -155,7 +159,9 @@ class ChannelRuntime:
                  decider: AdDecider, library: CreativeLibrary, metrics: Metrics,
                  assets_base: str, origin_timeout: float = 3.0,
                  clock: Callable[[], float] = time.monotonic,
-                 flights: Flights | None = None) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 flights: Flights | None = None,
+                 on_unused: Callable[[str, str, AdInfo], None] | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.decider = decider
@@ -167,6 +173,8 @@ class ChannelRuntime:
         self.fetcher = OriginFetcher(http, metrics, cfg.id, timeout=origin_timeout, clock=clock,
                                      shared=shared)
         self._clock = clock
+        self._sleep = sleep
+        self._on_unused = on_unused
         self._http = http
         self._origin_timeout = origin_timeout
         self.policy = BreakPolicy(max_duration=Fraction(str(cfg.max_break)))
@@ -209,6 +217,11 @@ class ChannelRuntime:
         self._decisions: dict[tuple[str, str], Decision] = {}
         self._decision_tasks: dict[tuple[str, str], asyncio.Task[Decision]] = {}
         self.active_cohorts: dict[str, float] = {}
+        #: One task per break known ahead: its cohorts' decisions, spread out.
+        self._prefetches: dict[str, asyncio.Task[None]] = {}
+        #: (break, cohort) whose unplayed ads got ``notUsed`` already.
+        self._unused_done: set[tuple[str, str]] = set()
+        self._rng = random.Random()
         self.breaks: tuple[Break, ...] = ()
         #: Breaks ad ops inserted or cancelled (``stitcher.admin``), as the marker
         #: observations they stand for: merged into the shared breaks on every render
@@ -456,6 +469,7 @@ class ChannelRuntime:
                     breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
                 if breaks != known:
                     await self.store.put_breaks(self.cfg.id, breaks)
+                    self._not_used(breaks)
                 for seq in unstored:  # in the store now (or were already)
                     self._unstored.pop(seq, None)
                 self.breaks = breaks
@@ -579,20 +593,37 @@ class ChannelRuntime:
             return await asyncio.wait_for(asyncio.shield(task), self.cfg.decision_budget)
         except TimeoutError:
             self.metrics.ad_errors.labels(self.cfg.id, "decision_timeout").inc()
-            log.warning("decision for %s/%s not ready within budget: content", break_id, cohort)
-            fallback = Decision(Pod(break_id, (), self.unit or self.nominal or Fraction(2), False), (),
-                                "decision timeout")
-            return await self._freeze(key, fallback)
+            log.warning("decision for %s/%s not ready within budget: %s", break_id, cohort,
+                        self.cfg.ad_fallback)
+            reason = "decision timeout"
+        except _NotFrozen as exc:  # a prefetch that failed just now: no time to ask again
+            reason = exc.decision.reason
+        return await self._freeze(key, await self._fallback(brk, start, reason))
 
-    def _decision_task(self, brk: Break, cohort: str, start: Fraction) -> asyncio.Task[Decision]:
+    def _decision_task(self, brk: Break, cohort: str, start: Fraction, *,
+                       prefetch: bool = False) -> asyncio.Task[Decision]:
         key = (brk.id, cohort)
         task = self._decision_tasks.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._decide(brk, cohort, start))
+            task = asyncio.ensure_future(self._decide(brk, cohort, start, prefetch=prefetch))
             self._decision_tasks[key] = task
+
+            def done(t: asyncio.Task[Decision]) -> None:
+                # A prefetch the ad server could not answer froze nothing: let the
+                # render (or a later prefetch) ask again.
+                if (not t.cancelled() and t.exception() is not None
+                        and self._decision_tasks.get(key) is t):
+                    del self._decision_tasks[key]
+
+            task.add_done_callback(done)
         return task
 
-    async def _decide(self, brk: Break, cohort: str, start: Fraction) -> Decision:
+    async def _decide(self, brk: Break, cohort: str, start: Fraction, *,
+                      prefetch: bool = False) -> Decision:
+        """Ask the ad server and freeze the result (once across instances). A
+        failed answer freezes the channel's fallback, except ahead of the break
+        (``prefetch``): then nothing is frozen (``_NotFrozen``) and the break's
+        render asks again."""
         if self._prepared is not None and not self._prepared.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._prepared), 1.0)
@@ -601,41 +632,83 @@ class ChannelRuntime:
             except Exception as exc:  # noqa: BLE001 - preparation failing must not stop decisions
                 log.warning("channel %s preparation failed (%s): deciding with what is ready",
                             self.cfg.id, exc)
-        slate = self.library.get(SLATE_KEY, [s.name for s in self.specs])
-
-        unit = self.unit or self.nominal or Fraction(2)
-        slate_loop = 0
-        if slate is not None and self.specs:
-            # The slate loops in whole layout units, the same instants in every grid.
-            slate_seconds = slate.segment_count * (self.nominal or unit)
-            slate_loop = max(1, int(slate_seconds // unit))
-
-        available: Fraction | None = None
-        if self.layout is not None:
-            duration = (brk.duration_hint if brk.duration_hint is not None
-                        else Fraction(str(self.cfg.max_break)))
-            try:
-                window = pod_window(brk, start, self.layout, duration=duration, unit=unit)
-            except NoCommonSpan as exc:
-                # Invariant 5 over filling it: the content underneath in every rendition.
-                self.metrics.unaligned_breaks.labels(self.cfg.id).inc()
-                log.warning("%s: left to the content underneath", exc)
-                return await self._freeze((brk.id, cohort), Decision(
-                    Pod(brk.id, (), unit, personalized=False), (), "grids not aligned"))
-            start, available = window.start, window.available
-            if abs(window.unit - unit) > EPS:
-                unit = window.unit  # else the unit the creatives are padded to (6 vs 6.006)
+        window = self._window(brk, start)
+        if window is None:
+            # Invariant 5 over filling it: the content underneath in every rendition.
+            self.metrics.unaligned_breaks.labels(self.cfg.id).inc()
+            return await self._freeze((brk.id, cohort), Decision(
+                Pod(brk.id, (), self.unit or self.nominal or Fraction(2), personalized=False),
+                (), "grids not aligned"))
+        start, available, unit = window
+        produced: list[Decision] = []
 
         async def produce() -> str:
             decision = await self.decider.decide(
                 self.cfg, brk, cohort, cohort_attributes(self.cfg, cohort), start=start,
-                nominal=unit, specs=self.specs, slate_segments=slate_loop, available=available)
+                nominal=unit, specs=self.specs, slate_segments=self._slate_loop(unit),
+                available=available)
+            if decision.failed:
+                if prefetch:
+                    self.metrics.prefetch.labels(self.cfg.id, "failed").inc()
+                    raise _NotFrozen(decision)
+                decision = await self._fallback(brk, start, decision.reason)
+            produced.append(decision)
             return decision.to_json()
 
         # Across instances the store asks the ad server once per (break, cohort).
         winner = await self.store.decide_once(self.cfg.id, brk.id, cohort, produce)
         frozen = self._decisions[(brk.id, cohort)] = Decision.from_json(winner)
+        if prefetch:
+            self.metrics.prefetch.labels(self.cfg.id, "ok").inc()
+        if produced and produced[0].ads and winner != produced[0].to_json():
+            # Another decision was frozen first (a fallback after the budget, another
+            # instance): the ads this answer placed will never play.
+            self._fire_not_used(brk.id, cohort, produced[0].ads)
         return frozen
+
+    def _window(self, brk: Break, start: Fraction) -> tuple[Fraction, Fraction | None, Fraction] | None:
+        """(pod start, seconds available or None for "to the break's end", layout
+        unit) of a decision; None when no span lies on boundaries every grid shares."""
+        unit = self.unit or self.nominal or Fraction(2)
+        if self.layout is None:
+            return start, None, unit
+        duration = (brk.duration_hint if brk.duration_hint is not None
+                    else Fraction(str(self.cfg.max_break)))
+        try:
+            window = pod_window(brk, start, self.layout, duration=duration, unit=unit)
+        except NoCommonSpan as exc:
+            log.warning("%s: left to the content underneath", exc)
+            return None
+        if abs(window.unit - unit) > EPS:
+            unit = window.unit  # else the unit the creatives are padded to (6 vs 6.006)
+        return window.start, window.available, unit
+
+    def _slate_loop(self, unit: Fraction) -> int:
+        """The slate's loop in whole layout units (the same instants in every grid)."""
+        slate = self.library.get(SLATE_KEY, [s.name for s in self.specs])
+        if slate is None or not self.specs:
+            return 0
+        return max(1, int(slate.segment_count * (self.nominal or unit) // unit))
+
+    async def _fallback(self, brk: Break | None, start: Fraction, reason: str) -> Decision:
+        """What a break shows when no decision could be made: the content
+        underneath, or (``ad_fallback: slate``, slate ready) slate over the avail."""
+        unit = self.unit or self.nominal or Fraction(2)
+        content = Decision(Pod(brk.id if brk else "", (), unit, personalized=False), (), reason)
+        if brk is None or self.cfg.ad_fallback != "slate":
+            return content
+        window = self._window(brk, start)
+        if window is None:
+            return content
+        start, available, unit = window
+        if available is None:
+            available = (brk.duration_hint if brk.duration_hint is not None
+                         else Fraction(str(self.cfg.max_break))) - start
+        loop = self._slate_loop(unit)
+        if loop == 0 or available < unit:
+            return content
+        return Decision(slate_pod(brk.id, start=start, available=available, nominal=unit,
+                                  slate_segments=loop), (), f"{reason}: slate")
 
     async def _freeze(self, key: tuple[str, str], decision: Decision) -> Decision:
         winner = await self.store.put_decision_if_absent(self.cfg.id, key[0], key[1],
@@ -687,17 +760,103 @@ class ChannelRuntime:
         return playlist, fetched, self._clock()
 
     def _prefetch(self, brk: Break, playlist: MediaPlaylist) -> None:
-        """Decide for every recently active cohort as soon as a break is seen at the
-        live edge. A break first seen deep in the window (a join) is decided by the
-        render that needs it, from the first unpublished slot, not from its start."""
-        newest = playlist.segments[-1].pdt if playlist.segments else None
-        if brk.joined or newest is None or brk.start < newest - timedelta(
+        """Decide for every recently active cohort before the break needs it.
+
+        A break seen at the live edge is decided at once (the rate cap spreads
+        the requests). One known ahead of the live edge (a DATERANGE START-DATE
+        in the future, an ad-ops break scheduled later) is decided over the
+        channel's prefetch window, ending ``prefetch_guard`` seconds before it
+        starts (:func:`manifests.prefetch.prefetch_times`). A break first seen
+        deep in the window (a join) is decided by the render that needs it,
+        from the first unpublished slot, not from its start."""
+        last = playlist.segments[-1] if playlist.segments else None
+        if brk.joined or last is None or last.pdt is None or brk.start < last.pdt - timedelta(
                 seconds=float(playlist.target_duration or 2)):
             return
+        edge = last.pdt + last.step
+        lead = (brk.start - edge).total_seconds()
         now = time.monotonic()
-        for cohort, seen in list(self.active_cohorts.items()):
-            if now - seen < 600:
+        cohorts = sorted(c for c, seen in self.active_cohorts.items() if now - seen < 600)
+        if lead <= self.cfg.prefetch_guard or self.cfg.prefetch_window <= 0:
+            for cohort in cohorts:
                 self._decision_task(brk, cohort, Fraction(0))
+            return
+        if brk.id not in self._prefetches:
+            self._prefetches[brk.id] = asyncio.ensure_future(
+                self._prefetch_ahead(brk.id, cohorts, lead))
+
+    async def _prefetch_ahead(self, break_id: str, cohorts: list[str], lead: float) -> None:
+        """Each cohort's decision at its time; a server that asked to wait (or whose
+        circuit is open) is asked again when it allows, if that is still in time."""
+        cfg = self.cfg
+        policy = self.decider.servers.policy
+        offsets = prefetch_times(len(cohorts), lead=lead, window=cfg.prefetch_window,
+                                 guard=cfg.prefetch_guard, max_rate=policy.max_rate,
+                                 jitter=cfg.prefetch_jitter, uniform=self._rng.random)
+        t0 = self._clock()
+        last_call = t0 + max(0.0, lead - cfg.prefetch_guard)
+        queue = [(t0 + off, cohort) for off, cohort in zip(offsets, cohorts, strict=True)]
+        heapq.heapify(queue)
+        log.info("%s: break %s in %.1f s: %d decisions over %.1f s", cfg.id, break_id, lead,
+                 len(cohorts), (max(offsets) - min(offsets)) if offsets else 0.0)
+        try:
+            while queue:
+                at, cohort = heapq.heappop(queue)
+                wait = at - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+                brk = next((b for b in self.breaks if b.id == break_id), None)
+                if brk is None or brk.cancelled:
+                    return  # cancelled (or gone): nothing to decide
+                key = (break_id, cohort)
+                if key in self._decisions or key in self._decision_tasks:
+                    continue
+                blocked = self.decider.unavailable(cfg)
+                if blocked is not None:
+                    if blocked.until is not None and blocked.until < last_call:
+                        heapq.heappush(queue, (blocked.until + self._rng.random(), cohort))
+                    self.metrics.prefetch.labels(cfg.id, "deferred").inc()
+                    continue
+                self._decision_task(brk, cohort, Fraction(0), prefetch=True)
+        finally:
+            self._prefetches.pop(break_id, None)
+
+    def _not_used(self, breaks: tuple[Break, ...]) -> None:
+        """``notUsed`` for decided ads that will not play: the break was cancelled,
+        or it ended (early CUE-IN) before the ad's place in the pod."""
+        for b in breaks:
+            if not b.cancelled and b.end is None:
+                continue
+            played = (Fraction(0) if b.cancelled
+                      else seconds_between(b.start, b.effective_end(self.policy)))
+            for (break_id, cohort), decision in list(self._decisions.items()):
+                if break_id != b.id or (break_id, cohort) in self._unused_done:
+                    continue
+                self._unused_done.add((break_id, cohort))
+                items = set(unplayed(decision.pod, played))
+                self._fire_not_used(break_id, cohort,
+                                    tuple(a for a in decision.ads if a.item in items))
+
+    def _fire_not_used(self, break_id: str, cohort: str, ads: tuple[AdInfo, ...]) -> None:
+        for ad in ads:
+            self.metrics.not_used.labels(self.cfg.id).inc()
+            if self._on_unused is not None:
+                self._on_unused(f"{self.cfg.id}/{break_id}/{cohort}", str(ad.item), ad)
+
+    async def close(self) -> None:
+        """Stop the decisions scheduled ahead (the channel is going away)."""
+        tasks = list(self._prefetches.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _NotFrozen(Exception):
+    """A decision made ahead of its break failed; nothing was frozen."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
 
 
 def _until(playlist: MediaPlaylist, main: MediaPlaylist) -> MediaPlaylist:

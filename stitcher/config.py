@@ -76,6 +76,20 @@ class ChannelConfig(BaseModel):
     max_break: Seconds = 120.0
     #: How long a render may wait for an ad decision before falling back.
     decision_budget: Seconds = 2.0
+    #: What a break shows when its decision could not be made (ad server down,
+    #: circuit open, Retry-After, over budget): ``content`` (the content
+    #: underneath) or ``slate`` (the channel's slate over the whole avail).
+    #: An ad server that answers with no ads is a no-fill: content.
+    ad_fallback: Literal["content", "slate"] = "content"
+    #: Breaks known ahead (a DATERANGE START-DATE past the live edge, an ad-ops
+    #: break scheduled later): decisions for every active cohort are spread over
+    #: this many seconds, ending ``prefetch_guard`` before the break starts (or
+    #: over what lead time is left). 0: every cohort at once, when it is seen.
+    prefetch_window: Seconds = 30.0
+    prefetch_guard: Seconds = 5.0
+    #: Each cohort's time is random within its share of the window, by this
+    #: fraction of the share (0: evenly spaced, 1: anywhere in its share).
+    prefetch_jitter: float = Field(default=1.0, ge=0, le=1)
     passthrough_markers: bool = False
     #: One EXT-X-DATERANGE per inserted ad, for players that beacon themselves.
     ad_dateranges: bool = False
@@ -154,7 +168,24 @@ class StitcherConfig(BaseModel):
     #: Attempts per beacon before it is dead-lettered (both queues).
     beacon_max_attempts: int = Field(default=5, ge=1, le=50)
     origin_timeout: Seconds = 3.0
-    ad_timeout: Seconds = 2.0
+    #: Total budget of one ad decision: every request of it (wrappers, retries,
+    #: waiting for a rate slot) must end within it.
+    ad_timeout: Seconds = 5.0
+    #: Per-request timeout of a VAST request, inside ``ad_timeout``.
+    ad_request_timeout: Seconds = Field(default=3.0, gt=0)
+    #: Decision requests per second per ad server (any window of one second); None: no cap.
+    ad_max_rate: float | None = Field(default=20.0, gt=0, allow_inf_nan=False)
+    #: Retries of a request where safe (refused connection, 502/503/504), with
+    #: exponential backoff from ``ad_retry_backoff`` seconds, within the budget.
+    ad_retries: int = Field(default=1, ge=0, le=5)
+    ad_retry_backoff: Seconds = 0.2
+    #: The circuit of an ad server opens after this many consecutive failures
+    #: (errors, timeouts, 5xx); requests then fail fast for ``ad_breaker_cool_down``
+    #: seconds, after which one probe request closes it on success.
+    ad_breaker_failures: int = Field(default=5, ge=1)
+    ad_breaker_cool_down: Seconds = 30.0
+    #: Hold-off after a 429 without a usable Retry-After.
+    ad_default_retry_after: Seconds = 30.0
     #: Worker processes sharing the port (SO_REUSEPORT); more than one needs
     #: ``redis_url``, since the embedded store lives in one process.
     workers: int = Field(default=1, ge=1, le=256)

@@ -33,6 +33,30 @@ class Metrics:
                                    ["channel", "result"], registry=r)
         self.ad_errors = Counter("stitcher_ad_errors_total", "Ad server faults by kind",
                                  ["channel", "kind"], registry=r)
+        self.ad_circuit_state = Gauge(
+            "stitcher_ad_circuit_state",
+            "Circuit breaker per ad server: 0 closed, 1 half-open (probing), 2 open",
+            ["server"], registry=r)
+        self.ad_circuit_opened = Counter("stitcher_ad_circuit_opened_total",
+                                         "Times an ad server's circuit opened", ["server"],
+                                         registry=r)
+        self.ad_fail_fast = Counter(
+            "stitcher_ad_fail_fast_total",
+            "Ad requests not sent (kind: circuit_open, retry_after, rate_limited)",
+            ["server", "kind"], registry=r)
+        self.ad_retry_after = Counter("stitcher_ad_retry_after_total",
+                                      "Ad server answers asking to wait (429, 503 + Retry-After)",
+                                      ["server"], registry=r)
+        self.ad_retries = Counter("stitcher_ad_retries_total",
+                                  "Ad requests retried (refused connection, 502/503/504)",
+                                  ["server"], registry=r)
+        self.prefetch = Counter(
+            "stitcher_prefetch_decisions_total",
+            "Decisions fetched ahead of their break (result: ok, deferred, late)",
+            ["channel", "result"], registry=r)
+        self.not_used = Counter("stitcher_ads_not_used_total",
+                                "Decided ads that will not play (notUsed fired)",
+                                ["channel"], registry=r)
         self.ads_not_ready = Counter("stitcher_ads_not_ready_total",
                                      "Ads skipped because conditioning was not done",
                                      ["channel"], registry=r)

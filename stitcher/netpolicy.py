@@ -81,7 +81,8 @@ async def fetch_bounded(session: aiohttp.ClientSession, url: str, *, timeout: fl
                            max_redirects=max_redirects) as resp:
         if resp.status >= 300:
             raise aiohttp.ClientResponseError(resp.request_info, resp.history,
-                                              status=resp.status, message=resp.reason or "")
+                                              status=resp.status, message=resp.reason or "",
+                                              headers=resp.headers)  # Retry-After
         if str(resp.url.scheme) not in ("http", "https"):
             raise ForbiddenDestination("redirected to a forbidden scheme")
         body = await resp.content.read(max_bytes + 1)

@@ -257,6 +257,7 @@ async def start_stack(
     warm_up: bool = False,
     instances: int = 1,
     subtitles: bool = False,
+    ad_host: str | None = None,
 ) -> AsyncIterator[Stack]:
     """Start origin, ad server and stitcher; stop all three on exit.
 
@@ -270,6 +271,9 @@ async def start_stack(
 
     ``subtitles``: the origin also serves its WebVTT rendition (``subs``, cues naming
     their PDT; see :mod:`fixtures.origin`).
+
+    ``ad_host``: the host the channel's VAST URL names for the ad server (default
+    ``127.0.0.1``; e.g. ``localhost`` or a private address, to test the address policy).
 
     ``instances``: how many stitcher apps to run (same config, each on its own
     port, all sharing the origin, the ad server and ``assets_dir``, as a CDN'd
@@ -298,14 +302,15 @@ async def start_stack(
                    if media is not None else [])
         creatives = media.ads[0].path.parent if media is not None else None
         ad_runner = web.AppRunner(create_adserver(AdServerConfig(
-            ads=ads, creatives_dir=creatives, **(adserver or {}))), access_log=None)
+            ads=ads, creatives_dir=creatives, **{"clock": clock, **(adserver or {})})),
+            access_log=None)
         await ad_runner.setup()
         runners.append(ad_runner)
         await web.TCPSite(ad_runner, "127.0.0.1", 0).start()
         ad_port = ad_runner.addresses[0][1]
         ad_base = f"http://127.0.0.1:{ad_port}"
 
-        vast = f"{ad_base}/vast?duration={{duration}}&cb=[CACHEBUSTING]"
+        vast = f"http://{ad_host or '127.0.0.1'}:{ad_port}/vast?duration={{duration}}&cb=[CACHEBUSTING]"
         if ad_query:
             vast += "&" + ad_query
         ch: dict[str, Any] = {
@@ -326,7 +331,7 @@ async def start_stack(
         for i in range(instances):
             store = None if config.redis_url else MemoryStore(
                 data_dir if i == 0 else data_dir / f"instance{i}")
-            app = create_app(config, store=store, clock=clock.now)
+            app = create_app(config, store=store, clock=clock.now, sleep=clock.sleep)
             app.middlewares.insert(0, _recorder(requests))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
