@@ -538,7 +538,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
             failure_threshold=config.ad_breaker_failures,
             cool_down=config.ad_breaker_cool_down, retries=config.ad_retries,
             backoff=config.ad_retry_backoff,
-            default_retry_after=config.ad_default_retry_after), m)
+            default_retry_after=config.ad_default_retry_after), m, clock=clock, sleep=sleep)
 
         def make_runtime(cfg: ChannelConfig) -> ChannelRuntime:
             decider = AdDecider(open_http if cfg.allow_private_ad_hosts else strict_http,

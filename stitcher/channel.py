@@ -843,6 +843,11 @@ class ChannelRuntime:
             if self._on_unused is not None:
                 self._on_unused(f"{self.cfg.id}/{break_id}/{cohort}", str(ad.item), ad)
 
+    def pending_decisions(self) -> int:
+        """Decisions in flight plus breaks whose prefetch schedule is still running."""
+        return (sum(1 for t in self._decision_tasks.values() if not t.done())
+                + sum(1 for t in self._prefetches.values() if not t.done()))
+
     async def close(self) -> None:
         """Stop the decisions scheduled ahead (the channel is going away)."""
         tasks = list(self._prefetches.values())

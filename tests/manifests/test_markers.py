@@ -652,3 +652,51 @@ def test_corpus_hasp_asset_caid_equals_the_cue_upid() -> None:
     assert brk.upid == "00000000381b85ce"  # UPID type 0x08 (TI), as hex
     assert int(dict(brk.params)["CAID"], 16) == int(brk.upid, 16)
     assert brk.event_id == "1074086507"  # the ID attribute = segmentation_event_id
+
+
+# --- breaks announced ahead of the live edge -----------------------------------------
+
+
+def test_a_daterange_ahead_of_the_window_is_known_at_once_and_placed_later() -> None:
+    """RFC 8216bis 4.4.5.1 lets a DATERANGE be listed before its START-DATE: the
+    break is known (for decisions before it starts) and its id stays when the
+    reload that lists its boundary places it there."""
+    opening = (f'#EXT-X-DATERANGE:ID="ahead",START-DATE="{format_pdt(at(60))}",'
+               'PLANNED-DURATION=20,SCTE35-OUT=0xFC')
+    early = window(([opening], FOUR), ([], FOUR), ([], FOUR))  # the window ends at 12 s
+    [ahead] = breaks_of(early)
+    assert (ahead.start, ahead.planned_duration, ahead.event_id, ahead.ahead) == (
+        at(60), Fraction(20), "ahead", True)
+    assert covered(early, (ahead,)) == []
+    # Reloads in between repeat it: still one break.
+    middle = window(([opening], FOUR), *(([], FOUR) for _ in range(5)), start=0)
+    assert breaks_of(middle, known=(ahead,)) == (ahead,)
+    # The boundary at 60 s is listed (the tag repeated there): placed, same id.
+    late = window(*(([], FOUR) for _ in range(2)), ([opening], FOUR),
+                  *(([], FOUR) for _ in range(6)), msn=13, start=52)
+    [placed] = breaks_of(late, known=(ahead,))
+    assert (placed.id, placed.start, placed.ahead, placed.event_start) == (
+        ahead.id, at(60), False, None)
+    assert covered(late, (placed,)) == [15, 16, 17, 18, 19]
+
+
+def test_a_daterange_ahead_inside_a_segment_snaps_to_the_next_boundary_keeping_its_id() -> None:
+    opening = (f'#EXT-X-DATERANGE:ID="mid",START-DATE="{format_pdt(at(61))}",'
+               'PLANNED-DURATION=8,SCTE35-OUT=0xFC')
+    [ahead] = breaks_of(window(([opening], FOUR), ([], FOUR)))
+    assert ahead.start == at(61) and ahead.ahead
+    late = window(([], FOUR), ([], FOUR), ([], FOUR), ([], FOUR), ([], FOUR), msn=14, start=56)
+    later = window(([opening], FOUR), *(([], FOUR) for _ in range(4)), msn=14, start=56)
+    assert breaks_of(late, known=(ahead,)) == (ahead,), "no tag, no change"
+    [placed] = breaks_of(later, known=(ahead,))
+    # 61 s lies inside 60-64: the break starts at 64, its event (and end) from 61.
+    assert (placed.id, placed.start, placed.event_start, placed.ahead) == (
+        ahead.id, at(64), at(61), False)
+    assert covered(later, (placed,)) == [16, 17]
+
+
+def test_a_daterange_ahead_with_its_own_duration_knows_its_end() -> None:
+    opening = (f'#EXT-X-DATERANGE:ID="d",START-DATE="{format_pdt(at(40))}",'
+               'DURATION=12,SCTE35-OUT=0xFC')
+    [brk] = breaks_of(window(([opening], FOUR), ([], FOUR)))
+    assert (brk.start, brk.end, brk.end_declared, brk.ahead) == (at(40), at(52), True, True)
