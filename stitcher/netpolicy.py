@@ -85,7 +85,14 @@ async def fetch_bounded(session: aiohttp.ClientSession, url: str, *, timeout: fl
                                               headers=resp.headers)  # Retry-After
         if str(resp.url.scheme) not in ("http", "https"):
             raise ForbiddenDestination("redirected to a forbidden scheme")
-        body = await resp.content.read(max_bytes + 1)
-        if len(body) > max_bytes:
-            raise ForbiddenDestination(f"response larger than {max_bytes} bytes")
-        return body
+        if resp.content_length is not None and resp.content_length > max_bytes:
+            raise ForbiddenDestination(f"response of {resp.content_length} bytes, "
+                                       f"more than {max_bytes}")
+        # Read to the end (``read(n)`` returns what has arrived, up to n: a body of
+        # several TCP segments would be cut short), stopping at the limit.
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > max_bytes:
+                raise ForbiddenDestination(f"response larger than {max_bytes} bytes")
+        return bytes(body)

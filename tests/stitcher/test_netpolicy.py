@@ -53,3 +53,45 @@ async def test_a_strict_session_refuses_loopback_however_spelled(loopback_port: 
     if host != "[::ffff:127.0.0.1]":  # (a v4-mapped literal needs an IPv6 socket)
         async with client_session(allow_private=True) as open_:
             assert await fetch_bounded(open_, url, timeout=5) == b"reached"
+
+
+async def test_fetch_bounded_reads_a_body_of_many_segments_whole_and_refuses_past_the_limit(
+        ) -> None:
+    """``StreamReader.read(n)`` returns what has arrived (up to n): a body sent in
+    pieces must still come back whole, and one past the limit must be refused (it
+    was once cut at the first piece and parsed as broken XML)."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from stitcher.netpolicy import ForbiddenDestination, fetch_bounded
+
+    piece = b"x" * 50_000
+
+    async def slow_body(request: web.Request) -> web.StreamResponse:
+        count = int(request.query["n"])
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(count):
+                await response.write(piece)
+                await asyncio.sleep(0.01)
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return response
+
+    app = web.Application()
+    app.router.add_get("/body", slow_body)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/body"
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = await fetch_bounded(http, base + "?n=10", timeout=5, max_bytes=1 << 20)
+            assert body == piece * 10
+            with pytest.raises(ForbiddenDestination, match="larger than"):
+                await fetch_bounded(http, base + "?n=30", timeout=5, max_bytes=1 << 20)
+    finally:
+        await runner.cleanup()
