@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from types import TracebackType
+from typing import Self
 
 
 class LagProbe:
@@ -47,7 +48,7 @@ class LagProbe:
             self.samples.append(late)
             self.busy.append(min(late, time.thread_time() - cpu))
 
-    async def __aenter__(self) -> LagProbe:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.ensure_future(self._run())
         await asyncio.sleep(0)
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -56,5 +57,5 @@ def test_every_time_lies_in_its_own_share_before_the_guard(
         assert end - span + share * i - 1e-9 <= t <= end - span + share * (i + 1) + 1e-9
     assert all(0 <= t < end + 1e-9 for t in times)
     if rate and span >= count / rate - 1e-9 and jitter == 0:
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(g >= 1 / rate - 1e-6 for g in gaps)

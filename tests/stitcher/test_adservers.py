@@ -218,7 +218,7 @@ async def test_circuit_opens_fails_fast_and_a_probe_closes_it() -> None:
 
 async def test_timeouts_count_as_failures_and_are_not_retried() -> None:
     clock = FakeClock()
-    servers, metrics = _servers(clock, failure_threshold=2, request_timeout=0.2, retries=3)
+    servers, _ = _servers(clock, failure_threshold=2, request_timeout=0.2, retries=3)
     async with _server(["hang"]) as (url, log), aiohttp.ClientSession() as http:
         for _ in range(2):
             with pytest.raises(AdServerFailed) as caught:
@@ -257,7 +257,7 @@ async def test_429_with_an_http_date() -> None:
     servers = AdServers(AdServerPolicy(retries=0, max_rate=None), metrics, clock=clock,
                         sleep=clock.sleep, wall=lambda: wall)
     header = format_datetime(wall + timedelta(seconds=45), usegmt=True)
-    async with _server([(429, {"Retry-After": header}), "ok"]) as (url, log), \
+    async with _server([(429, {"Retry-After": header}), "ok"]) as (url, _log), \
             aiohttp.ClientSession() as http:
         with pytest.raises(AdServerFailed):
             await servers.fetch(http, url, deadline=clock.t + 5)
@@ -327,7 +327,7 @@ async def test_a_refused_connection_is_retried() -> None:
 
 async def test_rate_cap_applies_to_decision_requests_only() -> None:
     clock = FakeClock()
-    servers, metrics = _servers(clock, max_rate=2)
+    servers, _ = _servers(clock, max_rate=2)
     async with _server(["ok"]) as (url, log), aiohttp.ClientSession() as http:
         for _ in range(4):
             await servers.fetch(http, url, deadline=clock.t + 5, limited=True)
