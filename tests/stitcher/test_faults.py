@@ -475,3 +475,116 @@ async def _serving(serving: dict[str, str]) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
     finally:
         await runner.cleanup()
+
+
+# ------------------------------------------ 429 Retry-After and the circuit breaker
+
+async def _play_break(stack: Stack, url: str, seconds: int = 6) -> tuple[Any, dict[int, str]]:
+    """Insert a break at the next segment and reload through it; the slots' URIs."""
+    edge = stack.origin.live_edge_msn()
+    assert edge is not None
+    brk = stack.origin.insert_break(edge + 1, seconds)
+    uris: dict[int, str] = {}
+    for _ in range(brk.segments + 1):
+        await _advance(stack)
+        started = time.monotonic()
+        status, headers, body = await stack.get(url)
+        assert status == 200, body
+        assert time.monotonic() - started < 2.5, "a render waited on the ad server"
+        assert "X-Stitcher-Stale" not in headers
+        for seg in parse_media(body.decode()).segments:
+            uris.setdefault(seg.msn, seg.uri)
+    return brk, {m: uris[m] for m in range(brk.start_msn, brk.end_msn)}
+
+
+def _kinds(uris: dict[int, str]) -> set[str]:
+    return {"ad" if u.startswith("ad/") or "/ad/" in u else "slate" if "slate" in u
+            else "content" for u in uris.values()}
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+async def test_429_retry_after_is_honoured_and_breaks_fall_back_to_slate_meanwhile(
+        media: Any, assets_dir: Path, tmp_path: Path, form: str) -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    clock = ManualClock(1_700_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True,
+                           channel_config={"decision_budget": 1.0, "ad_fallback": "slate",
+                                           "max_break": 12}) as stack:
+        session = await stack.start_session()
+        url = session.media_url((await stack.stitcher_renditions())[0])
+        await _good_playlist(stack, url)
+        await stack.runtime.prepare()
+        before = len(stack.vast_requests())
+        switches = adserver_faults(stack.adserver)
+        switches.status = 429
+        switches.retry_after = ("30" if form == "seconds" else format_datetime(
+            datetime.now(UTC) + timedelta(seconds=30), usegmt=True))
+        refused_at = clock.now()
+
+        _, first = await _play_break(stack, url)
+        assert _kinds(first) == {"slate"}, first
+        # The ad server said when to come back; a break before then asks nothing.
+        switches.status = None
+        _, second = await _play_break(stack, url)
+        assert _kinds(second) == {"slate"}, second
+        asked = stack.vast_requests()[before:]
+        assert len(asked) == 1 and asked[0].fault == "status", asked
+        assert await stack.metric("stitcher_ad_errors_total", channel=stack.channel,
+                                  kind="retry_after") == 1
+        assert await stack.metric("stitcher_ad_retry_after_total") == 1
+
+        # Past Retry-After, the next break asks again and plays ads.
+        while clock.now() < refused_at + 30:
+            await _advance(stack)
+            assert (await stack.get(url))[0] == 200
+        _, third = await _play_break(stack, url, 12)
+        asked = stack.vast_requests()[before:]
+        assert len(asked) == 2, asked
+        assert asked[1].clock_time is not None and asked[1].clock_time >= refused_at + 30
+        assert "ad" in _kinds(third), third
+
+
+async def test_circuit_breaker_opens_fails_fast_and_closes_after_a_successful_probe(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    clock = ManualClock(1_700_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True,
+                           stitcher_config={"ad_breaker_failures": 2,
+                                            "ad_breaker_cool_down": 20},
+                           channel_config={"decision_budget": 1.0, "max_break": 12}) as stack:
+        session = await stack.start_session()
+        url = session.media_url((await stack.stitcher_renditions())[0])
+        await _good_playlist(stack, url)
+        await stack.runtime.prepare()
+        before = len(stack.vast_requests())
+        adserver_faults(stack.adserver).status = 500
+
+        for _ in range(2):  # two consecutive failures open it
+            _, slots = await _play_break(stack, url)
+            assert _kinds(slots) == {"content"}, slots
+        assert len(stack.vast_requests()) - before == 2
+        assert await stack.metric("stitcher_ad_circuit_state") == 2
+        assert await stack.metric("stitcher_ad_circuit_opened_total") == 1
+
+        # Open: the next break is decided at once without asking (content, no stall),
+        # even though the server has recovered.
+        adserver_faults(stack.adserver).status = None
+        opened_at = clock.now()
+        _, slots = await _play_break(stack, url)
+        assert _kinds(slots) == {"content"}
+        assert len(stack.vast_requests()) - before == 2, "an open circuit sends nothing"
+        assert await stack.metric("stitcher_ad_errors_total", channel=stack.channel,
+                                  kind="circuit_open") == 1
+
+        # After the cool-down, the next decision is the probe: it succeeds, closes it.
+        while clock.now() < opened_at + 20:
+            await _advance(stack)
+            assert (await stack.get(url))[0] == 200
+        _, slots = await _play_break(stack, url, 12)
+        assert len(stack.vast_requests()) - before == 3
+        assert "ad" in _kinds(slots), slots
+        assert await stack.metric("stitcher_ad_circuit_state") == 0
+        assert await stack.metric("stitcher_ad_circuit_opened_total") == 1
