@@ -132,3 +132,62 @@ async def test_a_break_known_60_s_ahead_is_decided_for_every_cohort_before_it_st
         assert len(orders) == 2, "rotated pods: the decisions are the ad server's 20 answers"
         assert await stack.metric("stitcher_prefetch_decisions_total",
                                   channel=stack.channel, result="ok") == len(COHORTS)
+
+
+async def test_an_adops_break_scheduled_ahead_is_prefetched_and_cancelling_it_fires_not_used(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """``POST /admin/.../breaks {"after": 40}``: decisions made over the window before
+    it; ``DELETE`` before it starts: every decided ad gets ``notUsed`` (once per
+    cohort's decision, in the ad server's own hit log)."""
+    token = "adops-token-0123456789"
+    auth = {"Authorization": f"Bearer {token}"}
+    cohorts = ["a", "b", "c"]
+    clock = ManualClock(1_700_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True,
+                           channel_config={
+                               "cohorts": [{"attribute": "geo", "values": cohorts,
+                                            "default": "a"}],
+                               "prefetch_window": 10.0, "prefetch_guard": 5.0},
+                           stitcher_config={"admin_token": token}) as stack:
+        sessions = {c: await stack.start_session(geo=c) for c in cohorts}
+        rid = (await stack.stitcher_renditions())[0]
+        for s in sessions.values():
+            assert (await stack.get(s.media_url(rid)))[0] == 200
+        await stack.ready()
+        before = len(stack.vast_requests())
+        async with stack.http.post(f"{stack.base}/admin/channels/{stack.channel}/breaks",
+                                   json={"duration": 20, "after": 40}, headers=auth) as resp:
+            assert resp.status == 201, await resp.text()
+            inserted = await resp.json()
+        poll = sessions["a"].media_url(rid)
+        asked_at = clock.now()
+        while len(stack.vast_requests()) - before < len(cohorts):
+            assert clock.now() < asked_at + 40, "every cohort decided before the break"
+            await _step(stack, clock, poll)
+        times = [r.clock_time for r in stack.vast_requests()[before:]]
+        assert all(t is not None and asked_at + 20 <= t < asked_at + 36 for t in times), (
+            asked_at, times)
+        break_id = next(b.id for b in stack.runtime.breaks)
+        decided = [Decision.from_json(await stack.runtime.store.get_decision(
+            stack.channel, break_id, c) or "") for c in cohorts]
+        placed = sum(len(d.ads) for d in decided)
+        assert placed >= len(cohorts), [d.reason for d in decided]
+        assert not any(h.event == "notUsed" for h in stack.beacon_hits())
+
+        async with stack.http.delete(
+                f"{stack.base}/admin/channels/{stack.channel}/breaks/{inserted['id']}",
+                headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+        for _ in range(5):  # the next origin refresh merges the cancel
+            await _step(stack, clock, poll)
+        deadline = time.monotonic() + 10
+        while len([h for h in stack.beacon_hits() if h.event == "notUsed"]) < placed:
+            assert time.monotonic() < deadline, stack.beacon_hits()
+            await asyncio.sleep(0.05)
+        for _ in range(4):  # later reloads fire nothing more
+            await _step(stack, clock, poll)
+        await asyncio.sleep(0.2)
+        hits = [h for h in stack.beacon_hits() if h.event == "notUsed"]
+        assert len(hits) == placed
+        assert len(stack.vast_requests()) - before == len(cohorts)

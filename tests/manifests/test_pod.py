@@ -1,0 +1,37 @@
+"""Pods: the fallback slate pod and which ads a cut-short break never reaches."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from manifests.pod import Candidate, ItemKind, Pod, plan_pod, slate_pod, unplayed
+
+
+def _pod() -> Pod:
+    # 10 s + 6 s ads, 4 s slate over a 20 s break in 2 s slots.
+    return plan_pod("b", [Candidate("a", Fraction(10)), Candidate("b", Fraction(5.5))],
+                    available=Fraction(20), nominal=Fraction(2), slate_segments=3)
+
+
+def test_unplayed_ads_of_a_cancelled_or_shortened_break() -> None:
+    pod = _pod()
+    assert [(it.kind, it.start) for it in pod.items] == [
+        (ItemKind.AD, 0), (ItemKind.AD, 10), (ItemKind.SLATE, 16)]
+    assert unplayed(pod, Fraction(0)) == [0, 1], "cancelled before it started"
+    assert unplayed(pod, Fraction(4)) == [1], "the ad in progress was cut, not unused"
+    assert unplayed(pod, Fraction(10)) == [1], "ended exactly where the second ad starts"
+    assert unplayed(pod, Fraction(12)) == []
+    assert unplayed(pod, Fraction(20)) == [], "slate is not an ad"
+    assert unplayed(Pod("b", (), Fraction(2), personalized=False), Fraction(0)) == []
+
+
+def test_slate_pod_fills_the_whole_avail_with_slate() -> None:
+    pod = slate_pod("b", start=Fraction(4), available=Fraction(16), nominal=Fraction(2),
+                    slate_segments=5)
+    assert pod.personalized
+    [item] = pod.items
+    assert (item.kind, item.start, item.span, item.segments) == (
+        ItemKind.SLATE, 4, 16, 5)
+    found = pod.item_at(Fraction(14))
+    assert found is not None and found[0] == 0
+    assert pod.item_at(Fraction(2)) is None, "before the pod's start: the content shows"
