@@ -348,12 +348,52 @@ async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
             "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
 
 
+async def test_reloads_during_the_backoff_after_a_failure_are_still_announced_stale() -> None:
+    """Found by the drill: after a failed fetch the fetcher backs off (Retry-After, at
+    least a refresh interval) and serves the last good playlist meanwhile; the first
+    answer said stale, the reloads inside the backoff did not, so players saw a
+    playlist stop advancing with no announcement (the checker's playlist-stalled)."""
+    import aiohttp
+
+    from stitcher.metrics import Metrics
+    from stitcher.origin import OriginFetcher
+
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2",
+             "#EXT-X-MEDIA-SEQUENCE:10"]
+    for msn in range(10, 16):
+        lines += ["#EXTINF:2.000,", f"seg{msn}.ts"]
+    serving = {"body": "\n".join(lines) + "\n"}
+    now = [0.0]
+    async with _serving(serving) as url, aiohttp.ClientSession() as http:
+        fetcher = OriginFetcher(http, Metrics(), "ch", clock=lambda: now[0])
+        good = await fetcher.get(url)
+        assert not good.stale
+        serving.update(status="429", retry_after="3")
+        now[0] += 2
+        first = await fetcher.get(url)
+        assert first.stale and first.text == good.text
+        for _ in range(5):  # inside the 3 s backoff: no new fetch, still announced
+            now[0] += 0.5
+            during = await fetcher.get(url)
+            assert during.stale and during.error == first.error, now[0]
+            assert during.text == good.text
+        serving["status"] = "200"
+        now[0] += 1
+        after = await fetcher.get(url)
+        assert not after.stale, "recovered: fresh and no longer announced stale"
+        now[0] += 0.1
+        assert not (await fetcher.get(url)).stale
+
+
 @contextlib.asynccontextmanager
 async def _serving(serving: dict[str, str]) -> AsyncIterator[str]:
     """A one-playlist origin on a loopback port answering ``serving["body"]``."""
     from aiohttp import web
 
     async def playlist(_request: web.Request) -> web.Response:
+        if serving.get("status", "200") != "200":  # an error answer, with Retry-After
+            return web.Response(status=int(serving["status"]), text="fault\n",
+                                headers={"Retry-After": serving.get("retry_after", "0")})
         return web.Response(text=serving["body"])
 
     app = web.Application()
