@@ -512,7 +512,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
                                       max_attempts=config.beacon_max_attempts)
             tracker = BeaconTracker(queue, progress=RedisProgress(
                 the_store.client, prefix=the_store.prefix,
-                ttl=config.session_ttl + config.session_grace))
+                ttl=config.session_ttl + config.session_grace), metrics=m)
         else:
             queue = BeaconQueue(beacon_http, m, max_attempts=config.beacon_max_attempts)
             tracker = BeaconTracker(queue)
@@ -539,6 +539,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         for cfg in config.channels:
             app[CHANNELS][cfg.id] = make_runtime(cfg)
         yield
+        await tracker.close()
         await queue.close()
         if owned is not None:
             await owned.close()

@@ -405,3 +405,76 @@ async def _serving(serving: dict[str, str]) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
     finally:
         await runner.cleanup()
+
+
+# ----------------------------------------------------------- the shared store going away
+
+class _StoreAway:
+    """The channel's store, its backend gone for the methods in ``failing`` (what
+    redis-py raises when Redis is SIGKILLed or restarting)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.failing: set[str] = set()
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not asyncio.iscoroutinefunction(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if name in self.failing or "*" in self.failing:
+                from redis.exceptions import ConnectionError as RedisConnectionError
+
+                self.failures += 1
+                raise RedisConnectionError("Connection closed by server.")
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+async def test_the_store_going_away_mid_break_serves_stale_then_the_break_once_back(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by the drill (Redis SIGKILLed as a break started): every render raised,
+    players got 500s; and the decision that failed to freeze stayed cached as a failed
+    task, so that cohort's playlists stayed 500s after Redis was back. Now: the last
+    good playlist, announced stale, while the store is away; the decision asked again
+    and the break stitched once it answers."""
+    async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                           data_dir=tmp_path / "state", assets_dir=assets_dir, warm_up=True,
+                           channel_config={"decision_budget": 1.0}) as stack:
+        session = await stack.start_session()
+        rid = (await stack.stitcher_renditions())[0]
+        url = session.media_url(rid)
+        good = await _good_playlist(stack, url)
+        await stack.runtime.prepare()
+        store = _StoreAway(stack.runtime.store)
+        stack.runtime.store = store
+        edge = stack.origin.live_edge_msn()
+        assert edge is not None
+        brk = stack.origin.insert_break(edge + 2, 10)
+
+        store.failing = {"*"}  # all of it away: the last good playlist, said stale
+        await _advance(stack)
+        status, headers, body = await stack.get(url)
+        assert status == 200, body
+        assert body == good and "store unavailable" in headers.get("X-Stitcher-Stale", "")
+
+        store.failing = {"decide_once", "put_decision_if_absent"}  # freezing fails
+        await _advance(stack, 4.0)  # the CUE-OUT is published now
+        status, headers, body = await stack.get(url)
+        assert status == 200, body
+        assert headers.get("X-Stitcher-Stale"), "no new slot without a frozen decision"
+        assert store.failures >= 2
+
+        store.failing = set()  # back
+        await _advance(stack)
+        status, headers, body = await stack.get(url)
+        assert status == 200, body
+        assert "X-Stitcher-Stale" not in headers
+        playlist = parse_media(body.decode())
+        ads = [s for s in playlist.segments if s.uri.startswith("ad/")]
+        assert ads and all(brk.start_msn <= s.msn < brk.end_msn for s in ads), body
+        assert await stack.metric("stitcher_store_errors_total", channel=stack.channel,
+                                  where="render") >= 2
