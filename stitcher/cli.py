@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "drill":
         from stitcher.drill.run import main as drill_main
 
-        return drill_main(args)
+        return drill_main(args, run=_run)
     if args.command == "check":
         from stitcher.check import main as check_main
 

@@ -61,6 +61,8 @@ class Raw:
     #: Frozen decisions: break id -> cohort -> pod JSON (``stitcher.store.pod_to_json``).
     decisions: Mapping[str, Mapping[str, str]]
     breaks: Sequence[BreakInfo]
+    #: Store ids of every break the origin signalled (late ones included).
+    known_breaks: set[str]
     segment: float
     violations: Sequence[tuple[float, str, dict[str, Any]]]
     poller_fetch_errors: Sequence[tuple[float, str, str, str]]
@@ -174,8 +176,7 @@ def build_report(raw: Raw) -> dict[str, Any]:
             "expected_beacons": expected_by_break[b.id],
             "decisions": decisions,
         })
-    known_breaks = {b.id for b in raw.breaks}
-    stray_decisions = sorted(set(raw.decisions) - known_breaks)
+    stray_decisions = sorted(set(raw.decisions) - raw.known_breaks - {b.id for b in raw.breaks})
 
     phases_out: list[dict[str, Any]] = []
     for i, p in enumerate(phases):
@@ -236,6 +237,8 @@ def build_report(raw: Raw) -> dict[str, Any]:
         "checker_violations": len(raw.violations),
         "poller_reloads": raw.poller_reloads,
         "poller_fetch_errors": len(raw.poller_fetch_errors),
+        "live_edge_drift_max_s": _r(max((x[4] for x in raw.playlists if x[4] is not None),
+                                        default=None)),
         "latency_ms": {"p50": _r(percentile([x[1] for x in raw.playlists if x[2]], 50)),
                        "p99": _r(percentile([x[1] for x in raw.playlists if x[2]], 99))},
     }
@@ -248,6 +251,7 @@ def build_report(raw: Raw) -> dict[str, Any]:
                   "session_failures": raw.session_failures[:20],
                   "breaks_planned": {"first": s.breaks.first, "every": s.breaks.every,
                                      "duration": s.breaks.duration},
+                  "max_drift": s.max_drift,
                   "wall_seconds": round(raw.wall_seconds, 1), **dict(raw.setup)},
         "ok": all(c["ok"] for c in checks),
         "checks": checks,
@@ -293,6 +297,11 @@ def _verdict(raw: Raw, totals: Mapping[str, Any], breaks: Sequence[Mapping[str, 
         ("checker", totals["checker_violations"] == 0 and totals["poller_reloads"] > 0,
          f"{totals['checker_violations']} violations over {totals['poller_reloads']} "
          f"poller reloads"),
+        ("live-edge drift", raw.schedule.max_drift is None
+         or (totals["live_edge_drift_max_s"] or 0) <= raw.schedule.max_drift,
+         f"viewers at most {totals['live_edge_drift_max_s']} s behind the origin's live edge"
+         + (f" (limit {raw.schedule.max_drift:g} s: further, a player's buffer runs dry)"
+            if raw.schedule.max_drift is not None else " (no limit set)")),
         ("poller fetches", totals["poller_fetch_errors"] == 0,
          f"{totals['poller_fetch_errors']} failed poller fetches"),
     ]

@@ -39,8 +39,8 @@ from fixtures.origin import (
     FaultRule,
     OriginConfig,
     OriginState,
-    renditions_from_media,
     run_origin,
+    synthetic_renditions,
 )
 from stitcher.drill.schedule import Phase, Schedule
 
@@ -48,8 +48,12 @@ log = logging.getLogger("stitcher.drill")
 
 CHANNEL = "drill"
 ATTRIBUTE = "geo"
-#: Origin window: 10 segments of 2 s, as a live packager's sliding window.
-WINDOW = 10
+#: Origin window: a minute of content, as a live packager's sliding window.
+WINDOW_SECONDS = 60
+#: The drill's content ladder. No player decodes drill content (viewers HEAD a
+#: sample of it), so the origin serves synthetic segments and the channel gets
+#: this ladder instead of probing it; only the ads and the slate are real media.
+LADDER = (("360p", 800_000, (640, 360)), ("720p", 2_500_000, (1280, 720)))
 #: A hanging origin / a stopped Redis: longer than any timeout the stitcher has.
 _DOWN = 3600.0
 
@@ -160,6 +164,8 @@ class Rig:
     def channel_config(self, slate: str | None) -> dict[str, Any]:
         speed = self.schedule.speed
         return {
+            "ladder": [{"name": f"v{i}", "width": w, "height": h, "bandwidth": bw}
+                       for i, (_rid, bw, (w, h)) in enumerate(LADDER)],
             "id": self.channel,
             "origin_url": f"{self.origin_base}/live/{self.channel}/master.m3u8",
             "ad_server_url": (f"{self.ad_base}/vast?duration={{duration}}&cb=[CACHEBUSTING]"
@@ -270,13 +276,14 @@ async def start_rig(schedule: Schedule, *, media: Any, data_dir: Path,
     work = Path(tempfile.mkdtemp(prefix="stitcher-drill-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
     clock = ScaledClock(schedule.speed)
-    renditions = renditions_from_media(media)
-    d = renditions[0].segment_duration
+    d = Fraction(str(schedule.segment))
+    window = max(3, int(WINDOW_SECONDS // d))
+    renditions = synthetic_renditions(LADDER, count=max(window, 60), segment_duration=d)
     # The origin "started" one window ago, so the window is full from the first fetch;
     # breaks are placed on drill time once the rig is up (below).
-    start_epoch = Fraction(int(clock.now() // float(d)) * int(d)) - WINDOW * d
+    start_epoch = (Fraction(clock.now()) // d) * d - window * d
     origin_cfg = OriginConfig(renditions=renditions, channel=channel, start_epoch=start_epoch,
-                              window_segments=WINDOW, break_interval=None)
+                              window_segments=window, break_interval=None)
     runners: list[web.AppRunner] = []
     origin_runner, origin_bound = await run_origin(origin_cfg, clock, host="127.0.0.1",
                                                    port=origin_port)
@@ -311,7 +318,10 @@ async def start_rig(schedule: Schedule, *, media: Any, data_dir: Path,
                     i, {**base_config, "port": free_port()}, clock, work))
             await asyncio.gather(*(_wait_ready(s, ready_timeout) for s in rig.stitchers))
             rig.stitcher_bases = [s.base for s in rig.stitchers]
-        rig.epoch = clock.now() + lead
+        # Drill time zero on a segment boundary: a break planned at a multiple of the
+        # segment duration starts exactly then.
+        d = float(rig.origin.d)
+        rig.epoch = -(-(clock.now() + lead) // d) * d
         _schedule_breaks(rig)
     except BaseException:
         await rig.close()

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +54,10 @@ class DrillOptions:
     target: str | None = None
     channel: str = CHANNEL
     stitchers: int = 1
-    connections: int = 256
+    #: The viewers' one HTTP client: at most this many sockets (default: one per
+    #: viewer, as players each keep their own; fewer makes the drill queue its own
+    #: requests and measure that).
+    connections: int | None = None
     origin_port: int = 0
     adserver_port: int = 0
     media_cache: str | None = None
@@ -160,26 +163,34 @@ async def _decisions(rig: Rig) -> tuple[dict[str, dict[str, str]], dict[int, str
         await client.aclose()
 
 
-def _origin_breaks(rig: Rig, store_ids: dict[int, str]) -> list[BreakInfo]:
-    """The breaks the origin signalled that started inside the drill, soon enough
-    for viewers to see them (their CUE-OUT segment published two segments before
-    the end), named as the store names them (by start PDT)."""
+def _origin_breaks(rig: Rig, store_ids: dict[int, str]) -> tuple[list[BreakInfo], set[str]]:
+    """(the breaks the origin signalled that started inside the drill soon enough for
+    viewers to see them: their CUE-OUT segment published two segments before the end,
+    named as the store names them (by start PDT); the store ids of every break the
+    origin signalled, for telling a stray decision record from a late break's)."""
     state = rig.origin
     d = float(state.d)
     out: list[BreakInfo] = []
+    known: set[str] = set()
     for b in state.breaks_between(state.msn(0), state.live_edge_msn() or 0):
-        start = float(state.segment_epoch(b.start_msn)) - rig.epoch
+        epoch = float(state.segment_epoch(b.start_msn))
+        ms = round(epoch * 1000)
+        if ms in store_ids:
+            known.add(store_ids[ms])
+        start = epoch - rig.epoch
         if not 0 <= start < rig.schedule.duration - 2 * d:
             continue
-        ms = round(float(state.segment_epoch(b.start_msn)) * 1000)
         out.append(BreakInfo(store_ids.get(ms, f"(not in the store: starts at {ms} ms)"),
                              start, float(b.planned_duration)))
-    return out
+    return out, known
 
 
 async def run_drill(opts: DrillOptions, *, media: Any = None,
-                    progress_stream: TextIO | None = None) -> dict[str, Any]:
-    """Run the drill and return its report (also written to ``--json`` / ``--html``)."""
+                    progress_stream: TextIO | None = None,
+                    inspect: Callable[[Rig], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """Run the drill and return its report (also written to ``--json`` / ``--html``).
+    ``inspect`` sees the rig after the run, before it is torn down (tests read the
+    fixtures' logs and the store there, to check the report against them)."""
     if media is None:
         from fixtures.media import ensure_media
 
@@ -195,7 +206,8 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
                           origin_port=opts.origin_port, adserver_port=opts.adserver_port,
                           workdir=opts.workdir, lead=RAMP + 2)
     try:
-        connector = aiohttp.TCPConnector(limit=opts.connections, limit_per_host=0)
+        connector = aiohttp.TCPConnector(limit=opts.connections or s.viewers + 2 * len(
+            s.cohorts) + 16, limit_per_host=0)
         async with aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
             pop = Population(http, rig.clock, rig.stitcher_bases, rig.channel, s.cohorts,
@@ -219,6 +231,8 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
             await _settle_beacons(rig)
             duplicates = await _possible_duplicates(http, rig.stitcher_bases)
         decisions, store_ids = await _decisions(rig)
+        if inspect is not None:
+            await inspect(rig)
         raw = _gather(rig, pop, poller, decisions, store_ids, duplicates, opts)
         raw.wall_seconds = time.monotonic() - wall0
         raw.setup = {**raw.setup, "drill_wall_seconds": round(drill_wall, 1)}
@@ -255,18 +269,20 @@ def _gather(rig: Rig, pop: Population, poller: Poller, decisions: dict[str, dict
     hits = [(h.query.get("session", ["?"])[0], h.ad_id, h.event, h.query_string)
             for h in adserver_hits(rig.ad_app)]
     obs = pop.obs
+    breaks, known = _origin_breaks(rig, store_ids)
     return Raw(
         schedule=s, viewers_requested=s.viewers, viewers_started=pop.started,
         session_failures=obs.session_failures, playlists=obs.playlists,
         ad_segments=obs.ad_segments, content=obs.content, ad_requests=obs.ad_requests,
         sessions=obs.sessions, origin_requests=origin_requests, vast_requests=vast,
-        hits=hits, decisions=decisions, breaks=_origin_breaks(rig, store_ids),
+        hits=hits, decisions=decisions, breaks=breaks, known_breaks=known,
         segment=rig.segment(),
         violations=[(t, c, v.to_json()) for t, c, v in poller.violations],
         poller_fetch_errors=poller.fetch_errors, poller_reloads=poller.reloads,
         possible_duplicates=duplicates, errors=dict(obs.errors),
         setup={"stitchers": len(rig.stitcher_bases), "target": opts.target,
-               "connections": opts.connections, "segment": rig.segment(),
+               "connections": pop.http.connector.limit if pop.http.connector else None,
+               "segment": rig.segment(),
                "renditions": sorted(rig.origin.renditions)})
 
 
@@ -292,8 +308,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--origin-port", type=int, default=0)
     p.add_argument("--adserver-port", type=int, default=0)
     p.add_argument("--stitchers", type=int, default=1, help="stitcher processes (one Redis)")
-    p.add_argument("--connections", type=int, default=256,
-                   help="connection limit of the viewers' one HTTP client")
+    p.add_argument("--connections", type=int, default=None,
+                   help="connection limit of the viewers' one HTTP client "
+                        "(default: one per viewer)")
     p.add_argument("--data-dir", type=Path,
                    default=Path.home() / ".cache" / "ssai-stitcher" / "drill-assets",
                    help="conditioned ads, kept between runs")
@@ -327,6 +344,7 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
 
 
 def main(args: argparse.Namespace, *, run: Callable[..., Any] = asyncio.run) -> int:
+    """The command; ``run`` runs the coroutine (the CLI passes its uvloop runner)."""
     # The fixture ad server logs every VAST request at INFO: not on the drill's terminal.
     logging.getLogger("fixtures.adserver").setLevel(logging.WARNING)
     try:

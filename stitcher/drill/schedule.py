@@ -7,9 +7,11 @@ JSON file) is::
     name: big-event
     description: one line for the report
     speed: 1.0                  # drill clock: virtual seconds per real second
+    segment: 6                  # content segment duration (s): 2, 4 or 6
     viewers: 2000
     cohorts: [us, fr, de]       # values of the channel's one targeting attribute
     breaks: {first: 10, every: 30, duration: 12}   # origin ad breaks (drill seconds)
+    limits: {max_drift: 40}     # optional: a viewer further behind the live edge fails
     phases:                     # back to back, in order
       - {name: baseline, duration: 16}
       - name: origin-latency
@@ -159,6 +161,12 @@ class Schedule:
     viewers: int = 2000
     cohorts: tuple[str, ...] = ("us", "fr", "de")
     breaks: BreakPlan = field(default_factory=BreakPlan)
+    #: Seconds behind the origin's live edge a viewer may be served (stale serving hides
+    #: an upstream fault only while the player's buffer lasts); None: not checked.
+    max_drift: float | None = None
+    #: Content segment duration: players reload every target duration, so 6 s
+    #: segments (Apple's recommendation) cost a third of the reloads of 2 s ones.
+    segment: int = 6
 
     @property
     def duration(self) -> float:
@@ -285,7 +293,7 @@ def _adserver(data: Any, where: str) -> AdServerFault:
 def parse_schedule(data: Any, *, source: str = "schedule") -> Schedule:
     """A :class:`Schedule` from the parsed YAML / JSON document."""
     d = _known(data, {"name", "description", "speed", "viewers", "cohorts", "breaks",
-                      "phases"}, source)
+                      "limits", "segment", "phases"}, source)
     name = d.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise _fail(f"{source}.name", "must be a non-empty string")
@@ -310,6 +318,14 @@ def parse_schedule(data: Any, *, source: str = "schedule") -> Schedule:
                        _number(b, "duration", f"{source}.breaks", 12.0, positive=True))
     if breaks.duration >= breaks.every:
         raise _fail(f"{source}.breaks.duration", "must be shorter than breaks.every")
+    segment = d.get("segment", 6)
+    if segment not in (2, 4, 6) or isinstance(segment, bool):
+        raise _fail(f"{source}.segment", f"must be 2, 4 or 6 seconds, not {segment!r}")
+    if breaks.duration < segment:
+        raise _fail(f"{source}.breaks.duration", f"must be at least one segment ({segment} s)")
+    limits = _known(d.get("limits") or {}, {"max_drift"}, f"{source}.limits")
+    max_drift = (_number(limits, "max_drift", f"{source}.limits", positive=True)
+                 if limits.get("max_drift") is not None else None)
     raw_phases = d.get("phases")
     if not isinstance(raw_phases, Sequence) or isinstance(raw_phases, str) or not raw_phases:
         raise _fail(f"{source}.phases", "must be a non-empty list")
@@ -335,7 +351,7 @@ def parse_schedule(data: Any, *, source: str = "schedule") -> Schedule:
             redis))
         t += duration
     return Schedule(name, tuple(phases), description, speed, viewers,
-                    tuple(cohorts), breaks)
+                    tuple(cohorts), breaks, max_drift, segment)
 
 
 def profile_names() -> list[str]:

@@ -289,6 +289,9 @@ class Poller:
                     continue
                 playlists[rid] = body
                 target = _target(body)
+            # Timed when the answers are in: a reload that took long is judged on
+            # what it brought, when it brought it.
+            t = self.drill_time()
             self.violations += [(t, cohort, v) for v in checker.feed(
                 Snapshot(reload, playlists, time=t, stale=frozenset(stale)))]
             reload += 1
