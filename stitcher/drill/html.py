@@ -45,7 +45,8 @@ def _polyline(ts: Sequence[float], ys: Sequence[float | None], t_end: float, y_m
 
 def _frame(phases: Sequence[Mapping[str, Any]], t_end: float, title: str,
            y_labels: Sequence[tuple[float, str]], body: str,
-           legend: Sequence[tuple[str, str]]) -> str:
+           legend: Sequence[tuple[str, str]],
+           breaks: Sequence[tuple[float, float, str]] = ()) -> str:
     parts = [f'<svg viewBox="0 0 {W} {H}" width="100%" role="img" '
              f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">']
     for i, p in enumerate(phases):
@@ -76,14 +77,23 @@ def _frame(phases: Sequence[Mapping[str, Any]], t_end: float, title: str,
                  f'{escape(title)}</text>')
     lx = W - PAD_R - 10
     for color, name in reversed(legend):
-        lx -= 8 + 6.5 * len(name)
+        lx -= 24 + 6 * len(name)
         parts.append(f'<rect x="{lx:.1f}" y="4" width="10" height="3" fill="{color}"/>'
                      f'<text x="{lx + 13:.1f}" y="10" font-size="10">{escape(name)}</text>')
     parts.append(f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" '
                  f'height="{H - PAD_T - PAD_B}" fill="none" stroke="#999"/>')
+    for start, duration, name in breaks:  # ad breaks: a bar along the time axis
+        x0 = _scale(start, 0, t_end, PAD_L, W - PAD_R)
+        x1 = _scale(min(start + duration, t_end), 0, t_end, PAD_L, W - PAD_R)
+        parts.append(f'<rect x="{x0:.1f}" y="{H - PAD_B - 4}" width="{max(1, x1 - x0):.1f}" '
+                     f'height="4" fill="#1a202c"><title>break {escape(name)}</title></rect>')
     parts.append(body)
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _breaks(report: Mapping[str, Any]) -> list[tuple[float, float, str]]:
+    return [(float(b["start"]), float(b["duration"]), str(b["id"])) for b in report["breaks"]]
 
 
 def latency_chart(report: Mapping[str, Any]) -> str:
@@ -99,7 +109,7 @@ def latency_chart(report: Mapping[str, Any]) -> str:
     body = (_polyline(s["t"], s["p50_ms"], t_end, top, "#2b6cb0", log=True)
             + _polyline(s["t"], s["p99_ms"], t_end, top, "#c53030", log=True))
     return _frame(report["phases"], t_end, "Playlist latency seen by viewers (log scale)",
-                  labels, body, [("#2b6cb0", "p50"), ("#c53030", "p99")])
+                  labels, body, [("#2b6cb0", "p50"), ("#c53030", "p99")], _breaks(report))
 
 
 def availability_chart(report: Mapping[str, Any]) -> str:
@@ -111,7 +121,8 @@ def availability_chart(report: Mapping[str, Any]) -> str:
     body = (_polyline(s["t"], avail, t_end, 100, "#2f855a")
             + _polyline(s["t"], stale, t_end, 100, "#b7791f"))
     return _frame(report["phases"], t_end, "Playlist availability and announced stale serves",
-                  labels, body, [("#2f855a", "available"), ("#b7791f", "stale (announced)")])
+                  labels, body, [("#2f855a", "available"), ("#b7791f", "stale (announced)")],
+                  _breaks(report))
 
 
 def upstream_chart(report: Mapping[str, Any]) -> str:
@@ -122,8 +133,9 @@ def upstream_chart(report: Mapping[str, Any]) -> str:
               for v in (0, top / 4, top / 2, 3 * top / 4, top)]
     body = _polyline(s["t"], s["upstream_calls"], t_end, top, "#553c9a")
     return _frame(report["phases"], t_end,
-                  "Upstream calls per second (fixture origin's own request log)", labels, body,
-                  [("#553c9a", "origin playlist requests")])
+                  f"Upstream calls per {s.get('bucket_s', 1):g} s (fixture origin's own "
+                  f"request log)", labels, body,
+                  [("#553c9a", "origin playlist requests")], _breaks(report))
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -208,7 +220,8 @@ p50 {_cell(t['latency_ms']['p50'])} ms, p99 {_cell(t['latency_ms']['p99'])} ms.<
 <figure>{latency_chart(report)}</figure>
 <figure>{availability_chart(report)}</figure>
 <figure>{upstream_chart(report)}</figure>
-<p class="muted">Shaded: degradation phases (hover for the faults).</p>
+<p class="muted">Shaded: degradation phases (hover for the faults); black bars on the
+time axis: ad breaks.</p>
 <h2>Per phase</h2>{phases}
 <h2>Breaks (decision records from the stitcher's store, VAST requests from the ad server's log)</h2>
 {breaks}

@@ -149,8 +149,9 @@ def build_report(raw: Raw) -> dict[str, Any]:
             observed[(sid, ad_id, event)] += 1
         else:
             other_hits[event if sid in raw.sessions else f"{event} (not a viewer)"] += 1
-    lost = sum(max(0, n - observed[k]) for k, n in expected.items())
-    duplicated = sum(max(0, n - expected[k]) for k, n in observed.items())
+    lost_keys = {k: n - observed[k] for k, n in expected.items() if n > observed[k]}
+    dup_keys = {k: n - expected[k] for k, n in observed.items() if n > expected[k]}
+    lost, duplicated = sum(lost_keys.values()), sum(dup_keys.values())
     vast_by_break: Counter[str] = Counter(b for _, b, _, _ in raw.vast_requests)
 
     breaks_out: list[dict[str, Any]] = []
@@ -222,7 +223,10 @@ def build_report(raw: Raw) -> dict[str, Any]:
     beacons = {"expected": sum(expected.values()), "delivered": sum(observed.values()),
                "lost": lost, "duplicated": duplicated,
                "possible_duplicates_reported": int(raw.possible_duplicates),
-               "other_hits": dict(sorted(other_hits.items()))}
+               "other_hits": dict(sorted(other_hits.items())),
+               # (session, ad id, event): how many missing / extra, the first few
+               "lost_sample": [[*k, n] for k, n in sorted(lost_keys.items())[:20]],
+               "duplicated_sample": [[*k, n] for k, n in sorted(dup_keys.items())[:20]]}
     totals = {
         "playlist_requests": len(raw.playlists),
         "playlist_errors": sum(1 for x in raw.playlists if x[2] != 200),
@@ -308,8 +312,10 @@ def _verdict(raw: Raw, totals: Mapping[str, Any], breaks: Sequence[Mapping[str, 
     return [{"name": n, "ok": bool(ok), "detail": d} for n, ok, d in checks]
 
 
-def series(raw: Raw, bucket: float = 1.0) -> dict[str, list[Any]]:
-    """Per-``bucket`` (drill seconds) time series for the charts."""
+def series(raw: Raw, bucket: float | None = None) -> dict[str, list[Any]]:
+    """Per-``bucket`` (drill seconds; default half a segment, so every bucket holds
+    reloads) time series for the charts."""
+    bucket = bucket or max(1.0, raw.segment / 2)
     end = raw.schedule.duration
     n = max(1, math.ceil(end / bucket))
     lat: list[list[float]] = [[] for _ in range(n)]
@@ -335,6 +341,7 @@ def series(raw: Raw, bucket: float = 1.0) -> dict[str, list[Any]]:
         if i is not None:
             up[i] += 1
     return {
+        "bucket_s": bucket,
         "t": [round(i * bucket, 3) for i in range(n)],
         "requests": reqs,
         "availability": [round(1 - e / r, 5) if r else None for e, r in zip(errs, reqs)],

@@ -64,6 +64,8 @@ class DrillOptions:
     content_head_rate: float = 0.02
     #: Keep the stitchers' logs and Redis' files here (default: a temporary folder).
     workdir: Path | None = None
+    #: With ``target``: that stitcher's Redis, where its decision records are read.
+    target_redis: str | None = None
 
 
 class Progress:
@@ -136,14 +138,16 @@ async def _possible_duplicates(http: aiohttp.ClientSession, bases: list[str]) ->
     return total
 
 
-async def _decisions(rig: Rig) -> tuple[dict[str, dict[str, str]], dict[int, str]]:
+async def _decisions(rig: Rig, url: str | None
+                     ) -> tuple[dict[str, dict[str, str]], dict[int, str]]:
     """The frozen decision records in the stitcher's store (Redis, read directly) and
     the store's break ids by start (epoch ms)."""
     import redis.asyncio as aioredis
 
-    if rig.redis is None:
+    url = rig.redis.url if rig.redis is not None else url
+    if url is None:
         return {}, {}
-    client = aioredis.from_url(rig.redis.url)
+    client = aioredis.from_url(url)
     try:
         prefix = f"ss:{{ch:{rig.channel}}}:"
         out: dict[str, dict[str, str]] = {}
@@ -201,6 +205,9 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
     progress.show(f"drill {s.name}: starting the origin, the ad server, Redis and "
                   f"{opts.stitchers if opts.target is None else 'no'} stitcher(s) "
                   f"(the first run conditions the ads)", final=True)
+    if opts.target is not None:
+        progress.show(f"drill {s.name}: target {opts.target}, its channel {opts.channel!r} "
+                      f"must use the origin and ad server the drill starts now", final=True)
     rig = await start_rig(s, media=media, data_dir=opts.data_dir, stitchers=opts.stitchers,
                           target=opts.target, channel=opts.channel,
                           origin_port=opts.origin_port, adserver_port=opts.adserver_port,
@@ -230,7 +237,7 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
                           final=True)
             await _settle_beacons(rig)
             duplicates = await _possible_duplicates(http, rig.stitcher_bases)
-        decisions, store_ids = await _decisions(rig)
+        decisions, store_ids = await _decisions(rig, opts.target_redis)
         if inspect is not None:
             await inspect(rig)
         raw = _gather(rig, pop, poller, decisions, store_ids, duplicates, opts)
@@ -304,6 +311,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--html", type=Path, dest="html_out", help="write the HTML report here")
     p.add_argument("--target", help="a running stitcher's base URL (its channel --channel "
                                     "must point at --origin-port / --adserver-port)")
+    p.add_argument("--target-redis", help="with --target: its redis_url (decision records "
+                                          "are read there)")
     p.add_argument("--channel", default=CHANNEL)
     p.add_argument("--origin-port", type=int, default=0)
     p.add_argument("--adserver-port", type=int, default=0)
@@ -338,9 +347,13 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
         schedule = schedule.with_duration(args.duration)
     if args.stitchers < 1:
         raise ScheduleError("--stitchers must be at least 1")
+    if args.target and any(p.redis for p in schedule.phases):
+        raise ScheduleError("Redis phases need the drill's own Redis: not with --target "
+                            f"({', '.join(p.name for p in schedule.phases if p.redis)})")
     return DrillOptions(schedule, args.data_dir, args.json_out, args.html_out, args.target,
                         args.channel, args.stitchers, args.connections, args.origin_port,
-                        args.adserver_port, args.media_cache, workdir=args.workdir)
+                        args.adserver_port, args.media_cache, workdir=args.workdir,
+                        target_redis=args.target_redis)
 
 
 def main(args: argparse.Namespace, *, run: Callable[..., Any] = asyncio.run) -> int:

@@ -145,7 +145,8 @@ def test_report_on_a_clean_run_passes_and_counts_what_it_saw() -> None:
     report = build_report(_raw())
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
     assert report["beacons"] == {"expected": 6, "delivered": 6, "lost": 0, "duplicated": 0,
-                                 "possible_duplicates_reported": 0, "other_hits": {}}
+                                 "possible_duplicates_reported": 0, "other_hits": {},
+                                 "lost_sample": [], "duplicated_sample": []}
     (brk,) = report["breaks"]
     assert brk["decision_records"] == 1 and brk["fill_rate"] == pytest.approx(10 / 12, abs=1e-3)
     (phase,) = report["phases"]
@@ -161,6 +162,8 @@ def test_report_fails_a_lost_beacon_an_unreported_duplicate_and_a_missing_record
     failed = {c["name"] for c in report["checks"] if not c["ok"]}
     assert failed == {"beacons lost", "beacon duplicates", "decision records"}, failed
     assert (report["beacons"]["lost"], report["beacons"]["duplicated"]) == (1, 1)
+    assert report["beacons"]["lost_sample"] == [["s1", "ad-a", "midpoint", 1]]
+    assert report["beacons"]["duplicated_sample"] == [["s1", "ad-a", "start", 1]]
     assert report["stray_decisions"] == ["b9"]
     # The same duplicate, reported by the stitcher as possible: accepted.
     reported = build_report(_raw(hits=[*_raw().hits, ("s1", "ad-a", "start", "again")],
@@ -183,15 +186,17 @@ DRILL = {
     "segment": 6, "breaks": {"first": 6, "every": 24, "duration": 12},
     "limits": {"max_drift": 40},
     "phases": [
-        {"name": "baseline", "duration": 12},
-        {"name": "origin-latency", "duration": 12,
+        # A break is seen a segment after it starts (its first segment published):
+        # the one at 30 s while Redis is away, the one at 54 s while the ad server hangs.
+        {"name": "baseline", "duration": 14},
+        {"name": "origin-latency", "duration": 14,
          "origin": {"latency": {"from": 0.2, "to": 4.0}}},
         {"name": "redis-down", "duration": 12, "redis": "kill"},
         {"name": "origin-429", "duration": 8,
          "origin": {"status": 429, "retry_after": 2, "burst": {"seconds": 2, "every": 3}}},
         {"name": "origin-5xx", "duration": 6, "origin": {"status": 503}},
-        {"name": "ad-timeout", "duration": 12, "adserver": {"hang": 20}},
-        {"name": "recovery", "duration": 8},
+        {"name": "ad-timeout", "duration": 14, "adserver": {"hang": 20}},
+        {"name": "recovery", "duration": 6},
     ],
 }
 
@@ -258,16 +263,17 @@ async def test_a_2000_viewer_drill_over_a_degradation_schedule(
         (6, "baseline"), (30, "redis-down"), (54, "ad-timeout")]
     assert all(b["decision_records"] == 3 for b in breaks), breaks
     assert t["decision_records"] == 3 * len(breaks) == len(seen["records"])
-    hung = next(b for b in breaks if b["phase"] == "ad-timeout")
+    hung = breaks[-1]  # seen, and decided, while the ad server hung
     assert hung["no_fill"] == 3 and hung["fill_rate"] == 0
-    assert all(b["no_fill"] == 0 for b in breaks if b is not hung)
+    assert breaks[0]["no_fill"] == 0 and breaks[0]["fill_rate"] == 1.0  # 10 s ad, 12 s slot pair
+    # (the break seen while Redis was away: decided, filled or not, once it was back)
     # The ad server's own log: each (break, cohort) asked once, for exactly these breaks.
     assert set(seen["vast"]) == {(b["id"], c) for b in breaks for c in d["cohorts"]}, \
         seen["vast"]
     assert all(n == 1 for n in seen["vast"].values()), seen["vast"]
     # Beacons: none lost, duplicates only as reported; the raw log agrees.
     b = report["beacons"]
-    assert b["expected"] > 2000 * 6, b  # most viewers saw two whole ads
+    assert b["expected"] >= 0.9 * 2000 * 6, b  # (nearly) every viewer saw the first ad whole
     assert b["lost"] == 0 and b["duplicated"] <= b["possible_duplicates_reported"]
     raw_viewer_hits = sum(n for (sid, _ad, ev), n in seen["hits"].items() if ev in EVENTS)
     assert b["delivered"] == raw_viewer_hits
