@@ -614,9 +614,9 @@ class ChannelRuntime:
         again by the next render. Kept, the failed task answered every later render of
         the (break, cohort) with the same error, after Redis was back too (found by the
         drill: a cohort's playlists were 500s until the break left the window)."""
-        if task.cancelled() or task.exception() is not None:
-            if self._decision_tasks.get(key) is task:
-                del self._decision_tasks[key]
+        failed = task.cancelled() or task.exception() is not None
+        if failed and self._decision_tasks.get(key) is task:
+            del self._decision_tasks[key]
 
     async def _decide(self, brk: Break, cohort: str, start: Fraction) -> Decision:
         if self._prepared is not None and not self._prepared.done():

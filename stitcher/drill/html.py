@@ -47,8 +47,8 @@ def _frame(phases: Sequence[Mapping[str, Any]], t_end: float, title: str,
            y_labels: Sequence[tuple[float, str]], body: str,
            legend: Sequence[tuple[str, str]],
            breaks: Sequence[tuple[float, float, str]] = ()) -> str:
-    parts = [f'<svg viewBox="0 0 {W} {H}" width="100%" role="img" '
-             f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [(f'<svg viewBox="0 0 {W} {H}" width="100%" role="img" '
+             f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">')]
     for i, p in enumerate(phases):
         x0 = _scale(p["start"], 0, t_end, PAD_L, W - PAD_R)
         x1 = _scale(min(p["end"], t_end), 0, t_end, PAD_L, W - PAD_R)
@@ -103,7 +103,7 @@ def latency_chart(report: Mapping[str, Any]) -> str:
     t_end = float(report["drill"]["duration"])
     values = [v for v in s["p99_ms"] + s["p50_ms"] if v is not None]
     top = max([10.0, *values])
-    decades = [10.0 ** k for k in range(0, math.ceil(math.log10(top)) + 1)]
+    decades = [10.0 ** k for k in range(math.ceil(math.log10(top)) + 1)]
     labels = [(_scale(math.log10(d), 0, math.log10(max(top, 10.0)), H - PAD_B, PAD_T),
                f"{d:g} ms") for d in decades if d <= top * 1.0001]
     body = (_polyline(s["t"], s["p50_ms"], t_end, top, "#2b6cb0", log=True)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import math
-from fractions import Fraction
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from stitcher.drill.schedule import Phase, Schedule
@@ -282,25 +282,25 @@ def _verdict(raw: Raw, totals: Mapping[str, Any], breaks: Sequence[Mapping[str, 
          f"{raw.viewers_started} of {raw.viewers_requested} viewers started"
          + (f" (first failure: {raw.session_failures[0]})" if raw.session_failures else "")),
         ("playlist errors", totals["playlist_errors"] == 0,
-         f"{totals['playlist_errors']} player-visible playlist errors, "
-         f"{totals['stale_serves']} announced stale serves"),
+         (f"{totals['playlist_errors']} player-visible playlist errors, "
+         f"{totals['stale_serves']} announced stale serves")),
         ("ad segment errors", totals["ad_segment_errors"] == 0,
-         f"{totals['ad_segment_errors']} of {totals['ad_segment_requests']} ad segment "
-         f"requests failed"),
+         (f"{totals['ad_segment_errors']} of {totals['ad_segment_requests']} ad segment "
+         f"requests failed")),
         ("breaks", bool(breaks), f"{len(breaks)} breaks started during the drill"),
         ("decision records", not bad_breaks and not stray,
          f"{sum(b['decision_records'] for b in breaks)} records for {len(breaks)} breaks x "
          f"{n_cohorts} cohorts" + (f"; wrong: {', '.join(bad_breaks)}" if bad_breaks else "")
          + (f"; records for unknown breaks: {', '.join(stray)}" if stray else "")),
         ("beacons lost", beacons["lost"] == 0 and beacons["expected"] > 0,
-         f"{beacons['lost']} of {beacons['expected']} expected beacons never reached the "
-         f"ad server"),
+         (f"{beacons['lost']} of {beacons['expected']} expected beacons never reached the "
+         f"ad server")),
         ("beacon duplicates", beacons["duplicated"] <= beacons["possible_duplicates_reported"],
-         f"{beacons['duplicated']} duplicates at the ad server, "
-         f"{beacons['possible_duplicates_reported']} reported as possible by the stitcher"),
+         (f"{beacons['duplicated']} duplicates at the ad server, "
+         f"{beacons['possible_duplicates_reported']} reported as possible by the stitcher")),
         ("checker", totals["checker_violations"] == 0 and totals["poller_reloads"] > 0,
-         f"{totals['checker_violations']} violations over {totals['poller_reloads']} "
-         f"poller reloads"),
+         (f"{totals['checker_violations']} violations over {totals['poller_reloads']} "
+         f"poller reloads")),
         ("live-edge drift", raw.schedule.max_drift is None
          or (totals["live_edge_drift_max_s"] or 0) <= raw.schedule.max_drift,
          f"viewers at most {totals['live_edge_drift_max_s']} s behind the origin's live edge"
@@ -312,7 +312,7 @@ def _verdict(raw: Raw, totals: Mapping[str, Any], breaks: Sequence[Mapping[str, 
     return [{"name": n, "ok": bool(ok), "detail": d} for n, ok, d in checks]
 
 
-def series(raw: Raw, bucket: float | None = None) -> dict[str, list[Any]]:
+def series(raw: Raw, bucket: float | None = None) -> dict[str, Any]:
     """Per-``bucket`` (drill seconds; default half a segment, so every bucket holds
     reloads) time series for the charts."""
     bucket = bucket or max(1.0, raw.segment / 2)
@@ -355,9 +355,9 @@ def series(raw: Raw, bucket: float | None = None) -> dict[str, list[Any]]:
 def summary_text(report: Mapping[str, Any]) -> str:
     """The terminal summary: one line per phase, then the checks."""
     d = report["drill"]
-    lines = [f"drill {d['schedule']}: {d['viewers_started']}/{d['viewers_requested']} viewers, "
+    lines = [(f"drill {d['schedule']}: {d['viewers_started']}/{d['viewers_requested']} viewers, "
              f"{len(d['cohorts'])} cohorts, {d['duration']:g} s at speed {d['speed']:g} "
-             f"({d['wall_seconds']:g} s wall)", ""]
+             f"({d['wall_seconds']:g} s wall)"), ""]
     head = (f"{'phase':<16} {'avail':>7} {'stale':>6} {'p50ms':>7} {'p99ms':>7} "
             f"{'up/view':>8} {'drift':>6} {'fill':>5} {'viol':>4}  faults")
     lines.append(head)
@@ -371,10 +371,10 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f"{p['upstream_calls_per_viewer']:>8.3f} {_fmt(drift):>6} {fill:>5} "
             f"{p['checker_violations']:>4}  {p['faults']}")
     b = report["beacons"]
-    lines += ["", f"breaks: {len(report['breaks'])}; decision records "
+    lines += ["", (f"breaks: {len(report['breaks'])}; decision records "
                   f"{report['totals']['decision_records']}; beacons expected {b['expected']}, "
                   f"delivered {b['delivered']}, lost {b['lost']}, duplicated {b['duplicated']} "
-                  f"(reported possible: {b['possible_duplicates_reported']})", ""]
+                  f"(reported possible: {b['possible_duplicates_reported']})"), ""]
     for c in report["checks"]:
         lines.append(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}")
     lines.append("")

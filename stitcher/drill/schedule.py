@@ -34,6 +34,7 @@ field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -216,7 +217,7 @@ def _number(data: Mapping[str, Any], key: str, where: str, default: float | None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(f"{where}.{key}", f"must be a number of seconds, not {value!r}")
     value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise _fail(f"{where}.{key}", "must be finite")
     if value < minimum or (positive and value <= 0):
         raise _fail(f"{where}.{key}", f"must be {'>' if positive else '>='} {minimum:g}")
@@ -363,7 +364,7 @@ def profile_names() -> list[str]:
 
 def _parse_text(text: str, source: str, yaml_like: bool) -> Schedule:
     if yaml_like:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
         try:
             data = yaml.safe_load(text)
