@@ -277,11 +277,19 @@ class BeaconTracker:
         self._max_deferred = max_deferred
         self._retry_every = retry_every
         self._replayer: asyncio.Task[None] | None = None
+        #: Beacons whose progress was recorded but whose queueing failed, in order.
+        self._unqueued: list[Beacon] = []
 
     @property
     def deferred(self) -> int:
-        """Ad segment requests waiting for the store, to be turned into beacons."""
-        return self._deferred_count
+        """Ad segment requests and beacons waiting for the store."""
+        return self._deferred_count + len(self._unqueued)
+
+    def _defer_beacons(self, beacons: list[Beacon]) -> None:
+        self._unqueued.extend(beacons)
+        self._count("deferred", len(beacons))
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.ensure_future(self._replay())
 
     async def on_ad_segment(self, *, session_id: str, break_id: str, ad: AdInfo,
                             segment: int, nominal: Fraction, client_ip: str,
@@ -331,8 +339,15 @@ class BeaconTracker:
     async def _replay(self) -> None:
         """Every ``retry_every`` s, replay the deferred requests, oldest first, until the
         store answers for all of them."""
-        while self._deferred:
+        while self._deferred or self._unqueued:
             await asyncio.sleep(self._retry_every)
+            try:
+                while self._unqueued:
+                    await self._queue.put(self._unqueued[0])  # idempotent by its key
+                    self._unqueued.pop(0)
+                    self._count("replayed")
+            except STORE_ERRORS:
+                continue  # still down: wait and sweep again
             while self._deferred:
                 key, calls = next(iter(self._deferred.items()))
                 try:
@@ -350,10 +365,10 @@ class BeaconTracker:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
-        if self._deferred_count:
-            log.error("%d deferred ad segment requests never reached the store: their "
-                      "beacons are lost", self._deferred_count)
-            self._count("dropped", self._deferred_count)
+        if self._deferred_count or self._unqueued:
+            log.error("%d deferred ad segment requests and %d beacons never reached the "
+                      "store: lost", self._deferred_count, len(self._unqueued))
+            self._count("dropped", self._deferred_count + len(self._unqueued))
 
     async def _record(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
                       nominal: Fraction, client_ip: str, user_agent: str) -> list[str]:
@@ -391,24 +406,39 @@ class BeaconTracker:
             "BREAKPOSITION": 2,
             "SESSIONID": session_id,
         }
-        try:
-            for event, at in due:
-                urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
-                for url in urls:
-                    expanded = vast.expand_macros(url, {**macros, "ADPLAYHEAD": at})
-                    await self._queue.put(Beacon(
-                        (session_id, break_id, str(ad.item), event, url), expanded, headers))
+        beacons = [(event, Beacon((session_id, break_id, str(ad.item), event, url),
+                                  vast.expand_macros(url, {**macros, "ADPLAYHEAD": at}),
+                                  headers))
+                   for event, at in due
+                   for url in (ad.impressions if event == "impression"
+                               else ad.tracking.get(event, ()))]
+        for i, (event, beacon) in enumerate(beacons):
+            try:
+                await self._queue.put(beacon)
+            except STORE_ERRORS as exc:
+                if self._shared is None:
+                    raise
+                # The progress is recorded (these events are this request's), the queue
+                # is what failed: queue the rest once the store is back. Un-recording
+                # instead needs the store that just failed (found by the drill: Redis
+                # SIGKILLed mid-break, the un-recording failed too, and the replayed
+                # request found nothing new to fire: the beacons were lost).
+                log.warning("beacons not queued (store unavailable: %s): deferred", exc)
+                self._defer_beacons([b for _e, b in beacons[i:]])
+                return [e for e, _at in due]
+            except Exception:
+                # Not queued for another reason: un-record, so the player's retry fires
+                # them (puts are idempotent, what did get queued is not queued twice).
+                if self._shared is not None:
+                    try:
+                        await self._shared.forget(
+                            session_id, break_id, ad.item,
+                            sorted({e for e, _b in beacons[i:]}, key=[x for x, _ in due].index))
+                    except Exception:
+                        log.warning("could not un-record beacon progress", exc_info=True)
+                raise
+            if i + 1 == len(beacons) or beacons[i + 1][0] != event:
                 fired.append(event)
-        except Exception:
-            # Not queued (Redis unreachable): un-record, so the player's retry fires
-            # them (puts are idempotent, what did get queued is not queued twice).
-            if self._shared is not None:
-                try:
-                    await self._shared.forget(session_id, break_id, ad.item,
-                                              [e for e, _at in due if e not in fired])
-                except Exception:
-                    log.warning("could not un-record beacon progress", exc_info=True)
-            raise
         return fired
 
     def error(self, urls: list[str], code: int) -> None:

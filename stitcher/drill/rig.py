@@ -1,8 +1,12 @@
 """The drill's upstreams and stitchers: start them, degrade them, stop them (the IO edge).
 
-The fixture origin and the fixture ad server run in the drill's own event loop
-(their fault hooks and raw logs are read in-process: ``OriginState.set_faults``,
-``fixtures.adserver.faults``, their request and hit logs). ``redis-server`` and
+The fixture origin and the fixture ad server run in the drill's process, on an
+event loop of their own in a thread (:class:`FixtureLoop`): 2,000 viewers keep
+the drill's main loop busy, and an origin queued behind them answered the
+stitcher late enough to look down. Their fault hooks and raw logs are read
+in-process (``OriginState.set_faults``, ``fixtures.adserver.faults``, their
+request and hit logs: plain attribute writes and list copies, safe across the
+two threads). ``redis-server`` and
 the stitcher processes are child processes: Redis can be SIGKILLed or stopped
 and brought back on the same port with its append-only file, as the README asks
 production to run it; each stitcher is ``python -m stitcher.drill.serve`` on
@@ -22,11 +26,13 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -45,6 +51,7 @@ from fixtures.origin import (
 from stitcher.drill.schedule import Phase, Schedule
 
 log = logging.getLogger("stitcher.drill")
+T = TypeVar("T")
 
 CHANNEL = "drill"
 ATTRIBUTE = "geo"
@@ -76,6 +83,26 @@ def _ping(port: int) -> bool:
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+class FixtureLoop:
+    """An event loop in a daemon thread for the fixtures; :meth:`run` awaits a
+    coroutine on it from the drill's loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="drill-fixtures",
+                                        daemon=True)
+        self._thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 @dataclass
@@ -154,6 +181,7 @@ class Rig:
     epoch: float = 0.0
     _runners: list[web.AppRunner] = field(default_factory=list)
     _own_workdir: bool = False
+    fixtures: FixtureLoop | None = None
 
     def drill_time(self) -> float:
         return self.clock.now() - self.epoch
@@ -193,7 +221,8 @@ class Rig:
             if on and (o.status is not None or o.body is not None):
                 rules.append(FaultRule(kinds=kinds, status=o.status,
                                        retry_after=o.retry_after, body=o.body))
-        self.origin.set_faults(*rules)
+        # One assignment (the origin's thread reads the list): never a moment without.
+        self.origin.faults = rules
         switches = adserver_faults(self.ad_app)
         a = phase.adserver
         switches.hang = a.hang if a else 0.0
@@ -231,8 +260,10 @@ class Rig:
                 await s.proc.wait()
         if self.redis is not None:
             await self.redis.close()
-        for r in reversed(self._runners):
-            await r.cleanup()
+        if self.fixtures is not None:
+            for r in reversed(self._runners):
+                await self.fixtures.run(r.cleanup())
+            self.fixtures.close()
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -285,20 +316,29 @@ async def start_rig(schedule: Schedule, *, media: Any, data_dir: Path,
     origin_cfg = OriginConfig(renditions=renditions, channel=channel, start_epoch=start_epoch,
                               window_segments=window, break_interval=None)
     runners: list[web.AppRunner] = []
-    origin_runner, origin_bound = await run_origin(origin_cfg, clock, host="127.0.0.1",
-                                                   port=origin_port)
-    runners.append(origin_runner)
+    fixtures = FixtureLoop()
     ads = [FixtureAd(id=a.id, duration=a.duration, media_file=a.path.name,
                      title=f"Fixture {a.id}") for a in media.ads]
-    ad_runner = web.AppRunner(create_adserver(AdServerConfig(
-        ads=ads, creatives_dir=media.ads[0].path.parent)), access_log=None)
-    await ad_runner.setup()
-    runners.append(ad_runner)
-    await web.TCPSite(ad_runner, "127.0.0.1", adserver_port).start()
-    ad_bound = ad_runner.addresses[0][1]
+
+    async def serve_fixtures() -> tuple[web.AppRunner, int, web.AppRunner, int]:
+        origin_runner, origin_bound = await run_origin(origin_cfg, clock, host="127.0.0.1",
+                                                       port=origin_port)
+        ad_runner = web.AppRunner(create_adserver(AdServerConfig(
+            ads=ads, creatives_dir=media.ads[0].path.parent)), access_log=None)
+        await ad_runner.setup()
+        await web.TCPSite(ad_runner, "127.0.0.1", adserver_port).start()
+        return origin_runner, origin_bound, ad_runner, ad_runner.addresses[0][1]
+
+    try:
+        origin_runner, origin_bound, ad_runner, ad_bound = await fixtures.run(serve_fixtures())
+    except BaseException:
+        fixtures.close()
+        raise
+    runners += [origin_runner, ad_runner]
     rig = Rig(schedule, clock, origin_runner.app[ORIGIN_STATE], ad_runner.app, ads,
               f"http://127.0.0.1:{origin_bound}", f"http://127.0.0.1:{ad_bound}", [],
-              channel=channel, workdir=work, _runners=runners, _own_workdir=own)
+              channel=channel, workdir=work, _runners=runners, _own_workdir=own,
+              fixtures=fixtures)
     try:
         if target is not None:
             rig.stitcher_bases = [target.rstrip("/")]
