@@ -69,6 +69,10 @@ class Raw:
     poller_reloads: int
     possible_duplicates: float
     errors: Mapping[str, int] = field(default_factory=dict)
+    #: Ads a request of which got no answer: the stitcher may or may not have seen it,
+    #: so their beacons are left out of the comparison (and the ad segment error fails).
+    uncertain: set[tuple[str, str, int]] = field(default_factory=set)
+    ad_retries: int = 0
     setup: Mapping[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
@@ -108,6 +112,8 @@ def expected_beacons(raw: Raw) -> tuple[Counter[tuple[str, str, str]], Counter[s
     expected: Counter[tuple[str, str, str]] = Counter()
     per_break: Counter[str] = Counter()
     for (sid, brk, position), segments in raw.ad_requests.items():
+        if (sid, brk, position) in raw.uncertain:
+            continue
         record = records.get(brk, {}).get(raw.sessions.get(sid, ""))
         if record is None or not segments:
             continue
@@ -144,8 +150,11 @@ def build_report(raw: Raw) -> dict[str, Any]:
     expected, expected_by_break = expected_beacons(raw)
     observed: Counter[tuple[str, str, str]] = Counter()
     other_hits: Counter[str] = Counter()
+    uncertain_sessions = {sid for sid, _b, _p in raw.uncertain}
     for sid, ad_id, event, _query in raw.hits:
-        if event in EVENTS and sid in raw.sessions:
+        if sid in uncertain_sessions:
+            other_hits["(session with an unanswered ad request)"] += 1
+        elif event in EVENTS and sid in raw.sessions:
             observed[(sid, ad_id, event)] += 1
         else:
             other_hits[event if sid in raw.sessions else f"{event} (not a viewer)"] += 1
@@ -233,6 +242,8 @@ def build_report(raw: Raw) -> dict[str, Any]:
         "stale_serves": sum(1 for x in raw.playlists if x[2] == 200 and x[3]),
         "ad_segment_requests": len(raw.ad_segments),
         "ad_segment_errors": sum(1 for x in raw.ad_segments if x[2] not in _REDIRECT),
+        "ad_segment_retries": raw.ad_retries,
+        "ads_left_out_of_beacon_count": len(raw.uncertain),
         "content_heads": len(raw.content),
         "upstream_calls": len(raw.origin_requests),
         "upstream_calls_per_viewer": round(len(raw.origin_requests) / n_viewers, 4),

@@ -37,7 +37,10 @@ from stitcher.check import STALE_HEADER
 
 #: A player starts this many segments from the end of a live playlist.
 START_SEGMENTS = 3
+#: Tries per ad segment (a player retries a failed segment load).
+AD_ATTEMPTS = 3
 _AD_PART = "/media/ad/"
+_REDIRECTS = (200, 301, 302, 303, 307, 308)
 
 
 def session_id_of(token: str) -> str:
@@ -103,6 +106,9 @@ class Observations:
     content: list[tuple[float, float, int]] = field(default_factory=list)
     ad_requests: dict[tuple[str, str, int], list[int]] = field(
         default_factory=lambda: defaultdict(list))
+    #: (session, break, pod position) with a request that got no answer at all.
+    uncertain: set[tuple[str, str, int]] = field(default_factory=set)
+    ad_retries: int = 0
     sessions: dict[str, str] = field(default_factory=dict)  # session id -> cohort
     session_failures: list[str] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -223,14 +229,23 @@ class Population:
         url = uri if "://" in uri else prefix + uri
         if _AD_PART in url:
             t = self.drill_time()
-            status, ms, _, _ = await self._get(url, redirects=False)
+            # .../media/ad/<rendition>/<break>/<pod position>/<segment>.ts
+            parts = url.split(_AD_PART, 1)[1].split("/")
+            for attempt in range(AD_ATTEMPTS):  # players retry a failed segment
+                status, ms, _, _ = await self._get(url, redirects=False)
+                if status in _REDIRECTS or 400 <= status < 500:
+                    break
+                self.obs.ad_retries += attempt + 1 < AD_ATTEMPTS
             self.obs.ad_segments.append((t, ms, status))
-            if status in (200, 301, 302, 303, 307, 308):
-                # .../media/ad/<rendition>/<break>/<pod position>/<segment>.ts
-                parts = url.split(_AD_PART, 1)[1].split("/")
-                if len(parts) == 4:
-                    self.obs.ad_requests[(sid, parts[1], int(parts[2]))].append(
-                        int(parts[3].split(".", 1)[0]))
+            if len(parts) != 4:
+                return
+            key = (sid, parts[1], int(parts[2]))
+            if status in _REDIRECTS:
+                self.obs.ad_requests[key].append(int(parts[3].split(".", 1)[0]))
+            elif status == 0:
+                # No answer: the stitcher may or may not have seen it (and fired its
+                # beacons). This ad's beacons are left out of the comparison.
+                self.obs.uncertain.add(key)
         elif self._rng.random() < self.content_head_rate:
             t = self.drill_time()
             status, ms, _, _ = await self._get(url, method="HEAD")

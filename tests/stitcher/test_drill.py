@@ -238,9 +238,11 @@ async def test_a_2000_viewer_drill_over_a_degradation_schedule(
     schedule = parse_schedule(DRILL)
     out = tmp_path / "drill.json"
     started = time.monotonic()
+    # Two stitcher processes on the one Redis (viewers round robin over them): the
+    # scale-out path under the faults, and the stitchers' share of a loaded machine.
     report = await run_drill(DrillOptions(schedule, assets_dir, json_out=out,
                                           html_out=tmp_path / "drill.html",
-                                          workdir=tmp_path / "work"),
+                                          workdir=tmp_path / "work", stitchers=2),
                              media=media, inspect=inspect)
     wall = time.monotonic() - started
     logs = "".join(p.read_text(errors="replace")[-3000:]
