@@ -265,8 +265,10 @@ def _gather(rig: Rig, pop: Population, poller: Poller, decisions: dict[str, dict
     def from_wall(w: float) -> float:  # the ad server logs wall time
         return clock.start + (w - clock.start) * clock.speed - rig.epoch
 
+    # The stitchers' playlist fetches from drill time zero (warm-up and session
+    # start-up before it are not the drill's).
     origin_requests = [(r.time - rig.epoch, r.kind, r.status) for r in rig.origin.log
-                       if r.kind in ("multivariant", "media")]
+                       if r.kind in ("multivariant", "media") and r.time >= rig.epoch]
     vast: list[tuple[float, str, str, str | None]] = []
     for v in vast_requests(rig.ad_app):
         q = parse_qs(v.query_string)
