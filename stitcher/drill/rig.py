@@ -16,7 +16,6 @@ the drill's :class:`~fixtures.clock.ScaledClock`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -379,11 +378,3 @@ def _schedule_breaks(rig: Rig) -> None:
         state.insert_break(state.msn(int(k)), Fraction(str(rig.schedule.breaks.duration)),
                            event_id=2000 + j)
 
-
-@contextlib.asynccontextmanager
-async def rig_context(schedule: Schedule, **kw: Any):  # type: ignore[no-untyped-def]
-    rig = await start_rig(schedule, **kw)
-    try:
-        yield rig
-    finally:
-        await rig.close()
