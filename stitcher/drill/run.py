@@ -212,6 +212,10 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
                           target=opts.target, channel=opts.channel,
                           origin_port=opts.origin_port, adserver_port=opts.adserver_port,
                           workdir=opts.workdir, lead=RAMP + 2)
+    if opts.target is not None:
+        progress.show("the target's channel config (the drill content is synthetic: keep "
+                      "the ladder, so nothing is probed): "
+                      + json.dumps(rig.channel_config(str(media.slate))), final=True)
     try:
         connector = aiohttp.TCPConnector(limit=opts.connections or s.viewers + 2 * len(
             s.cohorts) + 16, limit_per_host=0)
@@ -339,7 +343,11 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
             raise ScheduleError("--viewers must be at least 1")
         changes["viewers"] = args.viewers
     if args.cohorts:
-        changes["cohorts"] = tuple(c for item in args.cohorts for c in item.split(",") if c)
+        cohorts = tuple(c for item in args.cohorts for c in item.split(",") if c)
+        if (len(set(cohorts)) != len(cohorts)
+                or any("." in c or "/" in c or not c.strip() for c in cohorts)):
+            raise ScheduleError("--cohorts: distinct names without '.' or '/'")
+        changes["cohorts"] = cohorts
     if args.speed is not None:
         if not 0 < args.speed <= 10:
             raise ScheduleError("--speed must be in (0, 10]")
