@@ -73,6 +73,8 @@ class Raw:
     #: so their beacons are left out of the comparison (and the ad segment error fails).
     uncertain: set[tuple[str, str, int]] = field(default_factory=set)
     ad_retries: int = 0
+    #: Beacons the stitchers dead-lettered after their last attempt (None: unknown).
+    dead_letters: int | None = None
     setup: Mapping[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
@@ -232,6 +234,7 @@ def build_report(raw: Raw) -> dict[str, Any]:
     beacons = {"expected": sum(expected.values()), "delivered": sum(observed.values()),
                "lost": lost, "duplicated": duplicated,
                "possible_duplicates_reported": int(raw.possible_duplicates),
+               "dead_lettered": raw.dead_letters,
                "other_hits": dict(sorted(other_hits.items())),
                # (session, ad id, event): how many missing / extra, the first few
                "lost_sample": [[*k, n] for k, n in sorted(lost_keys.items())[:20]],
@@ -305,7 +308,9 @@ def _verdict(raw: Raw, totals: Mapping[str, Any], breaks: Sequence[Mapping[str, 
          + (f"; records for unknown breaks: {', '.join(stray)}" if stray else "")),
         ("beacons lost", beacons["lost"] == 0 and beacons["expected"] > 0,
          (f"{beacons['lost']} of {beacons['expected']} expected beacons never reached the "
-         f"ad server")),
+          f"ad server")
+         + (f" ({beacons['dead_lettered']} dead-lettered by the stitchers)"
+            if beacons["dead_lettered"] else "")),
         ("beacon duplicates", beacons["duplicated"] <= beacons["possible_duplicates_reported"],
          (f"{beacons['duplicated']} duplicates at the ad server, "
          f"{beacons['possible_duplicates_reported']} reported as possible by the stitcher")),

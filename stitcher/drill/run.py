@@ -42,7 +42,9 @@ RAMP = 4.0
 #: has not grown for this long (real seconds) ...
 SETTLE = 3.0
 #: ... or at the latest after this long.
-SETTLE_MAX = 90.0
+SETTLE_MAX = 120.0
+#: The stitchers' beacon_shards (the config's default, which the drill keeps).
+BEACON_SHARDS = 8
 
 
 @dataclass
@@ -115,16 +117,79 @@ async def _drive(rig: Rig, pop: Population, progress: Progress) -> None:
         await asyncio.sleep(0.25 / speed)
 
 
-async def _settle_beacons(rig: Rig) -> None:
+async def _settle_beacons(rig: Rig, http: aiohttp.ClientSession) -> None:
+    """Until beacon delivery is over: nothing waiting in the stitchers' queue (read in
+    Redis) nor deferred in a stitcher, and the ad server's hit log still for
+    ``SETTLE`` s; at the latest ``SETTLE_MAX`` s (a retry's backoff can outlast a
+    quiet hit log, so the log alone says too little)."""
     last, since = -1, time.monotonic()
     deadline = time.monotonic() + SETTLE_MAX
     while time.monotonic() < deadline:
         n = len(adserver_hits(rig.ad_app))
         if n != last:
             last, since = n, time.monotonic()
-        elif time.monotonic() - since >= SETTLE:
+        elif time.monotonic() - since >= SETTLE and await _beacons_waiting(rig, http) == 0:
             return
         await asyncio.sleep(0.5)
+
+
+async def _beacons_waiting(rig: Rig, http: aiohttp.ClientSession) -> int:
+    """Beacons not yet delivered: in the Redis Streams queue (undelivered, pending,
+    retrying; ``stitcher/beacon_stream.py``) and deferred in each stitcher while the
+    store was away (its ``stitcher_beacons_deferred_total`` counters)."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from stitcher.beacon_stream import GROUP
+
+    waiting = 0
+    for base in rig.stitcher_bases:
+        counts = await _metric(http, base, "stitcher_beacons_deferred_total")
+        waiting += int(counts.get("deferred", 0) - counts.get("replayed", 0)
+                       - counts.get("dropped", 0))
+    if rig.redis is None:
+        return waiting
+    client = aioredis.from_url(rig.redis.url)
+    try:
+        for shard in range(BEACON_SHARDS):
+            stream = f"ss:beacons:{{{shard}}}"
+            try:
+                groups = await client.xinfo_groups(stream)
+            except RedisError:
+                continue  # no beacon ever went to this shard
+            for g in groups:
+                name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                if name == GROUP:
+                    waiting += int(g["pending"]) + int(g.get("lag") or 0)
+            waiting += int(await client.zcard(f"{stream}:retry"))
+    finally:
+        await client.aclose()
+    return waiting
+
+
+async def _dead_letters(url: str | None) -> int | None:
+    """Beacons the stitchers gave up on (``ss:beacons:dead``); None: no store to read."""
+    import redis.asyncio as aioredis
+
+    if url is None:
+        return None
+    client = aioredis.from_url(url)
+    try:
+        return int(await client.xlen("ss:beacons:dead"))
+    finally:
+        await client.aclose()
+
+
+async def _metric(http: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
+    """A counter's samples by their one label value (``name{result="x"} 3`` -> x: 3)."""
+    async with http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            label = line.split('"', 2)[1]
+            out[label] = out.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 async def _possible_duplicates(http: aiohttp.ClientSession, bases: list[str]) -> float:
@@ -239,12 +304,14 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
             await rig.heal()
             progress.show(f"drill {s.name}: viewers stopped; waiting for beacon delivery",
                           final=True)
-            await _settle_beacons(rig)
+            await _settle_beacons(rig, http)
             duplicates = await _possible_duplicates(http, rig.stitcher_bases)
         decisions, store_ids = await _decisions(rig, opts.target_redis)
+        dead = await _dead_letters(rig.redis.url if rig.redis else opts.target_redis)
         if inspect is not None:
             await inspect(rig)
         raw = _gather(rig, pop, poller, decisions, store_ids, duplicates, opts)
+        raw.dead_letters = dead
         raw.wall_seconds = time.monotonic() - wall0
         raw.setup = {**raw.setup, "drill_wall_seconds": round(drill_wall, 1)}
     finally:
