@@ -518,7 +518,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
                                       max_attempts=config.beacon_max_attempts)
             tracker = BeaconTracker(queue, progress=RedisProgress(
                 the_store.client, prefix=the_store.prefix,
-                ttl=config.session_ttl + config.session_grace))
+                ttl=config.session_ttl + config.session_grace), metrics=m)
         else:
             queue = BeaconQueue(beacon_http, m, max_attempts=config.beacon_max_attempts)
             tracker = BeaconTracker(queue)
@@ -556,6 +556,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         yield
         for runtime in list(app[CHANNELS].values()):
             await runtime.close()
+        await tracker.close()
         await queue.close()
         if owned is not None:
             await owned.close()

@@ -21,6 +21,7 @@ instance and each event still fires once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import OrderedDict
@@ -35,6 +36,7 @@ import aiohttp
 from stitcher import vast
 from stitcher.ads import AdInfo
 from stitcher.metrics import Metrics
+from stitcher.store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -260,18 +262,116 @@ class BeaconTracker:
     in Redis with ``progress`` so every instance shares it)."""
 
     def __init__(self, queue: BeaconSink, *, max_sessions: int = 1_000_000,
-                 progress: RedisProgress | None = None) -> None:
+                 progress: RedisProgress | None = None, metrics: Metrics | None = None,
+                 max_deferred: int = 200_000, retry_every: float = 1.0) -> None:
         self._queue = queue
         self._progress: OrderedDict[tuple[str, str, int], set[str] | str] = OrderedDict()
         self._max = max_sessions
         self._shared = progress
+        self._metrics = metrics
         self.late_joins = 0
+        #: Ad segment requests the shared store could not record, per (session, break,
+        #: pod position), in arrival order: replayed once it answers again.
+        self._deferred: OrderedDict[tuple[str, str, int], list[dict[str, Any]]] = OrderedDict()
+        self._deferred_count = 0
+        self._max_deferred = max_deferred
+        self._retry_every = retry_every
+        self._replayer: asyncio.Task[None] | None = None
+        #: Beacons whose progress was recorded but whose queueing failed, in order.
+        self._unqueued: list[Beacon] = []
+
+    @property
+    def deferred(self) -> int:
+        """Ad segment requests and beacons waiting for the store."""
+        return self._deferred_count + len(self._unqueued)
+
+    def _defer_beacons(self, beacons: list[Beacon]) -> None:
+        self._unqueued.extend(beacons)
+        self._count("deferred", len(beacons))
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.ensure_future(self._replay())
 
     async def on_ad_segment(self, *, session_id: str, break_id: str, ad: AdInfo,
                             segment: int, nominal: Fraction, client_ip: str,
                             user_agent: str) -> list[str]:
         """Record a segment request and queue its beacons (queued when this returns:
-        durably, with the stream queue); returns the events fired (for logs and tests)."""
+        durably, with the stream queue); returns the events fired (for logs and tests).
+
+        With shared progress and the store not answering (Redis going away), the
+        request is kept in process and replayed, in order, once the store is back:
+        the player gets its segment at once and the beacons still fire (found by the
+        drill: the player got a 500 and, as it moves on to the next segment, the
+        ad's beacons were lost or, with segment 0 missed, the session counted late).
+        A later request of the same ad waits behind the deferred ones (its order
+        decides what fires)."""
+        call = {"session_id": session_id, "break_id": break_id, "ad": ad,
+                "segment": segment, "nominal": nominal, "client_ip": client_ip,
+                "user_agent": user_agent}
+        key = (session_id, break_id, ad.item)
+        if key in self._deferred:
+            self._defer(key, call)
+            return []
+        try:
+            return await self._record(**call)
+        except STORE_ERRORS as exc:
+            if self._shared is None:
+                raise
+            log.warning("beacon progress not recorded (store unavailable: %s): deferred", exc)
+            self._defer(key, call)
+            return []
+
+    def _count(self, result: str, n: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.beacons_deferred.labels(result).inc(n)
+
+    def _defer(self, key: tuple[str, str, int], call: dict[str, Any]) -> None:
+        while self._deferred_count >= self._max_deferred and self._deferred:
+            _old, calls = self._deferred.popitem(last=False)
+            self._deferred_count -= len(calls)
+            self._count("dropped", len(calls))
+            log.error("deferred beacon progress over its bound: %d requests dropped", len(calls))
+        self._deferred.setdefault(key, []).append(call)
+        self._deferred_count += 1
+        self._count("deferred")
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.ensure_future(self._replay())
+
+    async def _replay(self) -> None:
+        """Every ``retry_every`` s, replay the deferred requests, oldest first, until the
+        store answers for all of them."""
+        while self._deferred or self._unqueued:
+            await asyncio.sleep(self._retry_every)
+            try:
+                while self._unqueued:
+                    await self._queue.put(self._unqueued[0])  # idempotent by its key
+                    self._unqueued.pop(0)
+                    self._count("replayed")
+            except STORE_ERRORS:
+                continue  # still down: wait and sweep again
+            while self._deferred:
+                key, calls = next(iter(self._deferred.items()))
+                try:
+                    while calls:
+                        await self._record(**calls[0])
+                        calls.pop(0)
+                        self._deferred_count -= 1
+                        self._count("replayed")
+                except STORE_ERRORS:
+                    break  # still down: wait and sweep again
+                del self._deferred[key]
+
+    async def close(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+        if self._deferred_count or self._unqueued:
+            log.error("%d deferred ad segment requests and %d beacons never reached the "
+                      "store: lost", self._deferred_count, len(self._unqueued))
+            self._count("dropped", self._deferred_count + len(self._unqueued))
+
+    async def _record(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
+                      nominal: Fraction, client_ip: str, user_agent: str) -> list[str]:
         seg_end = (segment + 1) * nominal
         due = [(event, at) for event, at in ad_events(ad) if at < seg_end]
         if self._shared is not None:
@@ -306,24 +406,39 @@ class BeaconTracker:
             "BREAKPOSITION": 2,
             "SESSIONID": session_id,
         }
-        try:
-            for event, at in due:
-                urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
-                for url in urls:
-                    expanded = vast.expand_macros(url, {**macros, "ADPLAYHEAD": at})
-                    await self._queue.put(Beacon(
-                        (session_id, break_id, str(ad.item), event, url), expanded, headers))
+        beacons = [(event, Beacon((session_id, break_id, str(ad.item), event, url),
+                                  vast.expand_macros(url, {**macros, "ADPLAYHEAD": at}),
+                                  headers))
+                   for event, at in due
+                   for url in (ad.impressions if event == "impression"
+                               else ad.tracking.get(event, ()))]
+        for i, (event, beacon) in enumerate(beacons):
+            try:
+                await self._queue.put(beacon)
+            except STORE_ERRORS as exc:
+                if self._shared is None:
+                    raise
+                # The progress is recorded (these events are this request's), the queue
+                # is what failed: queue the rest once the store is back. Un-recording
+                # instead needs the store that just failed (found by the drill: Redis
+                # SIGKILLed mid-break, the un-recording failed too, and the replayed
+                # request found nothing new to fire: the beacons were lost).
+                log.warning("beacons not queued (store unavailable: %s): deferred", exc)
+                self._defer_beacons([b for _e, b in beacons[i:]])
+                return [e for e, _at in due]
+            except Exception:
+                # Not queued for another reason: un-record, so the player's retry fires
+                # them (puts are idempotent, what did get queued is not queued twice).
+                if self._shared is not None:
+                    try:
+                        await self._shared.forget(
+                            session_id, break_id, ad.item,
+                            sorted({e for e, _b in beacons[i:]}, key=[x for x, _ in due].index))
+                    except Exception:
+                        log.warning("could not un-record beacon progress", exc_info=True)
+                raise
+            if i + 1 == len(beacons) or beacons[i + 1][0] != event:
                 fired.append(event)
-        except Exception:
-            # Not queued (Redis unreachable): un-record, so the player's retry fires
-            # them (puts are idempotent, what did get queued is not queued twice).
-            if self._shared is not None:
-                try:
-                    await self._shared.forget(session_id, break_id, ad.item,
-                                              [e for e, _at in due if e not in fired])
-                except Exception:
-                    log.warning("could not un-record beacon progress", exc_info=True)
-            raise
         return fired
 
     def error(self, urls: list[str], code: int) -> None:

@@ -67,7 +67,7 @@ from stitcher.netpolicy import fetch_bounded
 from stitcher.origin import Fetched, OriginFetcher
 from stitcher.sessions import cohort_attributes
 from stitcher.shared_origin import SharedOrigin
-from stitcher.store import RenderBlob, Store
+from stitcher.store import STORE_ERRORS, RenderBlob, Store
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,10 @@ class ChannelRuntime:
             task.add_done_callback(lambda _t: self._render_tasks.pop(task_key, None))
         else:
             self.metrics.render_cache.labels(self.cfg.id, cohort, "coalesced").inc()
-        rendered = await asyncio.shield(task)
+        try:
+            rendered = await asyncio.shield(task)
+        except STORE_ERRORS as exc:
+            return self._store_down(rid, cohort, mode, exc)
         self._renders[key] = rendered
         while len(self._renders) > 256:
             self._renders.popitem(last=False)
@@ -514,6 +517,19 @@ class ChannelRuntime:
         self._last_good[(rendition.id, cohort, mode)] = rendered
         return rendered
 
+    def _store_down(self, rid: str, cohort: str, mode: str, exc: BaseException) -> Rendered:
+        """The shared store failed under a render (Redis going away, found by the drill):
+        the last good render, announced stale, as for an origin fault; nothing new is
+        published without the ledger. Only a cohort never rendered here gets the error."""
+        last = self._last_good.get((rid, cohort, mode))
+        if last is None:
+            raise exc
+        self.metrics.store_errors.labels(self.cfg.id, "render").inc()
+        log.warning("%s/%s: store unavailable (%s): serving the last good playlist",
+                    self.cfg.id, rid, exc)
+        self.metrics.stale_serves.labels(self.cfg.id).inc()
+        return replace(last, stale=True, stale_reason=f"store unavailable: {exc}")
+
     def _behind(self, rendition: Rendition, cohort: str, mode: str, fetched: Fetched,
                 exc: SequenceRegressionError) -> Rendered:
         """The origin's window ends below what was already published (older or
@@ -607,16 +623,18 @@ class ChannelRuntime:
         if task is None:
             task = asyncio.ensure_future(self._decide(brk, cohort, start, prefetch=prefetch))
             self._decision_tasks[key] = task
-
-            def done(t: asyncio.Task[Decision]) -> None:
-                # A prefetch the ad server could not answer froze nothing: let the
-                # render (or a later prefetch) ask again.
-                if (not t.cancelled() and t.exception() is not None
-                        and self._decision_tasks.get(key) is t):
-                    del self._decision_tasks[key]
-
-            task.add_done_callback(done)
+            task.add_done_callback(lambda t, key=key: self._forget_failed(key, t))
         return task
+
+    def _forget_failed(self, key: tuple[str, str], task: asyncio.Task[Decision]) -> None:
+        """A decision that failed is asked again by the next render (or a later
+        prefetch): a prefetch the ad server could not answer froze nothing, and a
+        decision the store could not freeze (Redis unreachable) must not answer every
+        later render with the same error once Redis is back (found by the drill: a
+        cohort's playlists were 500s until the break left the window)."""
+        failed = task.cancelled() or task.exception() is not None
+        if failed and self._decision_tasks.get(key) is task:
+            del self._decision_tasks[key]
 
     async def _decide(self, brk: Break, cohort: str, start: Fraction, *,
                       prefetch: bool = False) -> Decision:

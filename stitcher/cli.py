@@ -396,12 +396,19 @@ def main(argv: list[str] | None = None) -> int:
     from stitcher.replay import add_parser as add_replay_parser
 
     add_replay_parser(sub)  # stitcher replay PATH [--update] [--out DIR] [--json]
+    from stitcher.drill.run import add_parser as add_drill_parser
+
+    add_drill_parser(sub)  # stitcher drill [--profile NAME | --schedule FILE] ...
     args = parser.parse_args(argv)
     _logging(args.verbose)
     if args.command == "replay":
         from stitcher.replay import main as replay_main
 
         return replay_main(args)
+    if args.command == "drill":
+        from stitcher.drill.run import main as drill_main
+
+        return drill_main(args, run=_run)
     if args.command == "check":
         from stitcher.check import main as check_main
 

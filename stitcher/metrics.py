@@ -26,6 +26,9 @@ class Metrics:
                                       ["channel", "result"], registry=r)
         self.origin_errors = Counter("stitcher_origin_errors_total", "Origin faults by kind",
                                      ["channel", "kind"], registry=r)
+        self.store_errors = Counter("stitcher_store_errors_total",
+                                    "Shared store failures a player did not see (where)",
+                                    ["channel", "where"], registry=r)
         self.stale_serves = Counter("stitcher_stale_serves_total",
                                     "Playlists served from the last good origin response",
                                     ["channel"], registry=r)
@@ -77,6 +80,10 @@ class Metrics:
             ["channel"], registry=r)
         self.beacons = Counter("stitcher_beacons_total", "Beacon deliveries", ["result"],
                                registry=r)
+        self.beacons_deferred = Counter(
+            "stitcher_beacons_deferred_total",
+            "Ad segment requests whose beacon progress waited for the store (deferred), "
+            "recorded later (replayed) or never (dropped)", ["result"], registry=r)
         self.beacon_queue = Gauge("stitcher_beacon_queue_depth", "Beacons waiting", registry=r)
         self.beacon_possible_duplicates = Counter(
             "stitcher_beacon_possible_duplicates",

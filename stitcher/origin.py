@@ -56,6 +56,9 @@ class _Entry:
     etag: str | None = None
     last_modified: str | None = None
     retry_not_before: float = 0.0
+    #: The last good playlist marked stale, while the last attempt failed: what the
+    #: backoff window serves (the last good as is would be an unannounced stale serve).
+    stale: Fetched | None = None
     parser: IncrementalParser = field(default_factory=IncrementalParser)
 
 
@@ -81,8 +84,13 @@ class OriginFetcher:
         now = self._clock()
         if e.good is not None:
             interval = (e.good.playlist.target_duration or 2) / 2
-            if now - e.good.fetched_at < interval or now < e.retry_not_before:
+            if now - e.good.fetched_at < interval:
                 return e.good
+            if now < e.retry_not_before:
+                # Backing off after a failure: still the last good playlist, and still
+                # announced as stale (found by the drill: the first failure said so, the
+                # reloads during the backoff did not, and the checker saw a stall).
+                return e.stale or e.good
         if e.inflight is None:
             e.inflight = asyncio.ensure_future(self._refresh(url, e))
             e.inflight.add_done_callback(lambda _t, e=e: setattr(e, "inflight", None))
@@ -110,9 +118,11 @@ class OriginFetcher:
             self._metrics.stale_serves.labels(self._channel).inc()
             stale = Fetched(e.good.url, e.good.text, e.good.playlist, e.good.version,
                             e.good.fetched_at, stale=True, error=f"{kind}: {exc}")
+            e.stale = stale
             return stale
         self._metrics.origin_fetches.labels(self._channel, how).inc()
         e.good = fetched
+        e.stale = None
         return fetched
 
     async def _fetch_shared(self, url: str, e: _Entry,

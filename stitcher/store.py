@@ -21,11 +21,18 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
+from redis.exceptions import RedisError
+
 from manifests.breaks import Break
 from manifests.ledger import Ledger, SlotEntry
 from manifests.pod import ItemKind, Pod, PodItem
 
 log = logging.getLogger(__name__)
+
+#: What a store that is not answering raises (Redis gone, a connection reset, a
+#: timeout; an embedded store's disk): callers that can serve something else catch
+#: these, never a bare Exception.
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 #: Timeline anchors kept per grid (a window's worth of reloads is plenty).
 ANCHORS_KEPT = 16

@@ -106,3 +106,143 @@ async def test_b24_retries_and_refetches_count_once(
     assert queue.stats.dead == []
     # Fired on the first seg0 and the first seg1 only (retry and re-fetch fire nothing).
     assert [bool(f) for f in fired] == [True, False, True, False, False], fired
+
+
+class _GoneAway:
+    """Shared progress whose Redis is away while ``down`` (what redis-py raises)."""
+
+    def __init__(self, inner: RedisProgress) -> None:
+        self.inner, self.down, self.calls = inner, True, 0
+
+    async def record(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.down:
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            raise RedisConnectionError("Connection closed by server.")
+        return await self.inner.record(*args)
+
+    async def forget(self, *args: Any) -> Any:
+        return await self.inner.forget(*args)
+
+
+async def test_ad_segments_while_the_store_is_away_fire_their_beacons_once_it_is_back(
+        tracker_endpoint: tuple[str, list[str]], redis_url: str) -> None:
+    """Found by the drill (Redis SIGKILLed mid-break): the ad segment request raised,
+    the player got a 500 and the ad's beacons never fired. Now the requests are kept
+    and replayed in order once the store answers: every event exactly once, in order,
+    and a request made after the store came back waits behind the deferred ones (had
+    it gone first, segment 3 first would have made the session a late join)."""
+    import redis.asyncio as redis
+
+    base, hits = tracker_endpoint
+    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
+                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    client = redis.Redis.from_url(redis_url)
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as http:
+        queue = BeaconQueue(http, metrics, base_backoff=0.05)
+        flaky = _GoneAway(RedisProgress(client, prefix=f"away-{uuid.uuid4().hex}"))
+        tracker = BeaconTracker(queue, progress=flaky, metrics=metrics,  # type: ignore[arg-type]
+                                retry_every=0.05)
+
+        async def segment(n: int) -> list[str]:
+            return await tracker.on_ad_segment(
+                session_id="S1", break_id="brk1", ad=ad, segment=n, nominal=Fraction(2),
+                client_ip="203.0.113.7", user_agent="player")
+
+        for n in range(3):  # the store is away: no error for the player, nothing fired
+            assert await segment(n) == []
+        assert tracker.deferred == 3
+        await asyncio.sleep(0.2)  # sweeps while still away: nothing lost, nothing sent
+        assert tracker.deferred == 3 and hits == []
+        flaky.down = False
+        assert await segment(3) == [], "waits behind the deferred requests of this ad"
+        for _ in range(100):
+            if tracker.deferred == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert tracker.deferred == 0
+        assert await segment(4) == ["complete"]
+        await asyncio.wait_for(queue.drain(), 10)
+        await tracker.close()
+        await queue.close()
+    await client.aclose()
+    # Every event once (the fixture endpoint fails the first impression, then takes
+    # the retry: two impression hits, one delivery).
+    assert Counter(hits) == Counter({**{e: 1 for e in EVENTS}, "impression": 2}), hits
+    assert metrics.registry.get_sample_value(
+        "stitcher_beacons_deferred_total", {"result": "deferred"}) == 4
+    assert metrics.registry.get_sample_value(
+        "stitcher_beacons_deferred_total", {"result": "replayed"}) == 4
+
+
+class _QueueAway:
+    """The beacon queue, its Redis gone while ``down`` (progress already recorded)."""
+
+    def __init__(self, inner: BeaconQueue) -> None:
+        self.inner, self.down = inner, False
+        self.stats = inner.stats
+
+    async def put(self, beacon: Any) -> bool:
+        if self.down:
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return await self.inner.put(beacon)
+
+    def put_soon(self, beacon: Any) -> None:
+        self.inner.put_soon(beacon)
+
+
+async def test_beacons_whose_queueing_fails_after_their_progress_was_recorded_are_queued_later(
+        tracker_endpoint: tuple[str, list[str]], redis_url: str) -> None:
+    """Found by the drill (Redis SIGKILLed mid-break): the progress was recorded, the
+    queueing failed, un-recording failed too (the same Redis), and the replayed request
+    found nothing new to fire: the beacons were lost. The unqueued beacons are now kept
+    and queued once the store answers."""
+    import redis.asyncio as redis
+
+    base, hits = tracker_endpoint
+    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
+                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    client = redis.Redis.from_url(redis_url)
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as http:
+        inner = BeaconQueue(http, metrics, base_backoff=0.05)
+        queue = _QueueAway(inner)
+        progress = _GoneAway(RedisProgress(client, prefix=f"unq-{uuid.uuid4().hex}"))
+        progress.down = False
+        real_forget = progress.forget
+
+        async def forget(*args: Any) -> Any:  # un-recording needs the Redis that failed
+            if queue.down:
+                from redis.exceptions import ConnectionError as RedisConnectionError
+
+                raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+            return await real_forget(*args)
+
+        progress.forget = forget  # type: ignore[method-assign]
+        tracker = BeaconTracker(queue, progress=progress,  # type: ignore[arg-type]
+                                metrics=metrics, retry_every=0.05)
+        queue.down = True
+        fired = await tracker.on_ad_segment(
+            session_id="S1", break_id="brk1", ad=ad, segment=0, nominal=Fraction(2),
+            client_ip="203.0.113.7", user_agent="player")
+        assert set(fired) == {"impression", "creativeView", "start"}, fired
+        assert tracker.deferred > 0
+        await asyncio.sleep(0.2)
+        assert hits == []
+        queue.down = False
+        for _ in range(100):
+            if tracker.deferred == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert tracker.deferred == 0
+        await asyncio.wait_for(inner.drain(), 10)
+        await tracker.close()
+        await inner.close()
+    await client.aclose()
+    # Segment 0 of a 10 s ad on 2 s segments: impression, creativeView, start (the
+    # endpoint fails the first impression once, then takes the retry).
+    assert Counter(hits) == Counter({"impression": 2, "creativeView": 1, "start": 1}), hits

@@ -458,12 +458,52 @@ async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
             "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
 
 
+async def test_reloads_during_the_backoff_after_a_failure_are_still_announced_stale() -> None:
+    """Found by the drill: after a failed fetch the fetcher backs off (Retry-After, at
+    least a refresh interval) and serves the last good playlist meanwhile; the first
+    answer said stale, the reloads inside the backoff did not, so players saw a
+    playlist stop advancing with no announcement (the checker's playlist-stalled)."""
+    import aiohttp
+
+    from stitcher.metrics import Metrics
+    from stitcher.origin import OriginFetcher
+
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2",
+             "#EXT-X-MEDIA-SEQUENCE:10"]
+    for msn in range(10, 16):
+        lines += ["#EXTINF:2.000,", f"seg{msn}.ts"]
+    serving = {"body": "\n".join(lines) + "\n"}
+    now = [0.0]
+    async with _serving(serving) as url, aiohttp.ClientSession() as http:
+        fetcher = OriginFetcher(http, Metrics(), "ch", clock=lambda: now[0])
+        good = await fetcher.get(url)
+        assert not good.stale
+        serving.update(status="429", retry_after="3")
+        now[0] += 2
+        first = await fetcher.get(url)
+        assert first.stale and first.text == good.text
+        for _ in range(5):  # inside the 3 s backoff: no new fetch, still announced
+            now[0] += 0.5
+            during = await fetcher.get(url)
+            assert during.stale and during.error == first.error, now[0]
+            assert during.text == good.text
+        serving["status"] = "200"
+        now[0] += 1
+        after = await fetcher.get(url)
+        assert not after.stale, "recovered: fresh and no longer announced stale"
+        now[0] += 0.1
+        assert not (await fetcher.get(url)).stale
+
+
 @contextlib.asynccontextmanager
 async def _serving(serving: dict[str, str]) -> AsyncIterator[str]:
     """A one-playlist origin on a loopback port answering ``serving["body"]``."""
     from aiohttp import web
 
     async def playlist(_request: web.Request) -> web.Response:
+        if serving.get("status", "200") != "200":  # an error answer, with Retry-After
+            return web.Response(status=int(serving["status"]), text="fault\n",
+                                headers={"Retry-After": serving.get("retry_after", "0")})
         return web.Response(text=serving["body"])
 
     app = web.Application()
@@ -588,3 +628,76 @@ async def test_circuit_breaker_opens_fails_fast_and_closes_after_a_successful_pr
         assert "ad" in _kinds(slots), slots
         assert await stack.metric("stitcher_ad_circuit_state") == 0
         assert await stack.metric("stitcher_ad_circuit_opened_total") == 1
+
+
+# ----------------------------------------------------------- the shared store going away
+
+class _StoreAway:
+    """The channel's store, its backend gone for the methods in ``failing`` (what
+    redis-py raises when Redis is SIGKILLed or restarting)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.failing: set[str] = set()
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not asyncio.iscoroutinefunction(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if name in self.failing or "*" in self.failing:
+                from redis.exceptions import ConnectionError as RedisConnectionError
+
+                self.failures += 1
+                raise RedisConnectionError("Connection closed by server.")
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+async def test_the_store_going_away_mid_break_serves_stale_then_the_break_once_back(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by the drill (Redis SIGKILLed as a break started): every render raised,
+    players got 500s; and the decision that failed to freeze stayed cached as a failed
+    task, so that cohort's playlists stayed 500s after Redis was back. Now: the last
+    good playlist, announced stale, while the store is away; the decision asked again
+    and the break stitched once it answers."""
+    async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                           data_dir=tmp_path / "state", assets_dir=assets_dir, warm_up=True,
+                           channel_config={"decision_budget": 1.0}) as stack:
+        session = await stack.start_session()
+        rid = (await stack.stitcher_renditions())[0]
+        url = session.media_url(rid)
+        good = await _good_playlist(stack, url)
+        await stack.runtime.prepare()
+        store = _StoreAway(stack.runtime.store)
+        stack.runtime.store = store
+        edge = stack.origin.live_edge_msn()
+        assert edge is not None
+        brk = stack.origin.insert_break(edge + 2, 10)
+
+        store.failing = {"*"}  # all of it away: the last good playlist, said stale
+        await _advance(stack)
+        status, headers, body = await stack.get(url)
+        assert status == 200, body
+        assert body == good and "store unavailable" in headers.get("X-Stitcher-Stale", "")
+
+        store.failing = {"decide_once", "put_decision_if_absent"}  # freezing fails
+        await _advance(stack, 4.0)  # the CUE-OUT is published now
+        status, headers, body = await stack.get(url)
+        assert status == 200, body
+        assert headers.get("X-Stitcher-Stale"), "no new slot without a frozen decision"
+        assert store.failures >= 2
+
+        store.failing = set()  # back
+        await _advance(stack)
+        status, headers, body = await stack.get(url)
+        assert status == 200, body
+        assert "X-Stitcher-Stale" not in headers
+        playlist = parse_media(body.decode())
+        ads = [s for s in playlist.segments if s.uri.startswith("ad/")]
+        assert ads and all(brk.start_msn <= s.msn < brk.end_msn for s in ads), body
+        assert await stack.metric("stitcher_store_errors_total", channel=stack.channel,
+                                  where="render") >= 2

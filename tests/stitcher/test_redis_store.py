@@ -280,3 +280,22 @@ async def test_discontinuity_anchor_mirrors_the_model(stores: Callable[[], Any])
         assert got == model
     assert [model.dsn_before(m) for m in (127, 131, 132, 133)] == [None, 10, 10, None]
     assert await stores(reopen=True).get_ledger(ch, "us", "g") == model
+
+
+async def test_a_burst_above_the_pool_size_waits_for_connections(redis_url: str) -> None:
+    """Found by the drill: 2,000 viewers entering a break sent more concurrent store
+    commands than redis-py's default pool holds, which raises MaxConnectionsError
+    ("Too many connections") with Redis healthy: 500s and lost beacons. The store's
+    pool blocks at its limit instead: every command of the burst succeeds."""
+    from stitcher.redis_store import POOL_SIZE
+
+    store = RedisStore.from_url(redis_url)
+    ch = _ch()
+    try:
+        await store.put_decision_if_absent(ch, "b1", "us", "frozen")
+        # Scripts hold their connection for a round trip each: 4x the pool at once.
+        results = await asyncio.gather(*(store.put_decision_if_absent(ch, "b1", "us", f"x{i}")
+                                         for i in range(4 * POOL_SIZE)))
+        assert set(results) == {"frozen"}
+    finally:
+        await store.close()
