@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from manifests.ledger import SlotKind
 from stitcher.ads import AdDecider, CreativeLibrary, Decision
@@ -50,6 +51,7 @@ from stitcher.errors import (
     NotFound,
     SessionInvalid,
     StitcherError,
+    StoreUnavailable,
     to_response,
 )
 from stitcher.metrics import Metrics
@@ -285,12 +287,18 @@ async def ad_segment(request: web.Request) -> web.Response:
     decision, item, segment, url = await _ad_target(request, runtime, session.cohort)
     ad = decision.ad(item)
     if ad is not None and request.method == "GET":
-        await request.app[TRACKER].on_ad_segment(
-            session_id=session.session_id, break_id=request.match_info["brk"], ad=ad,
-            # Segment indexes count in this (video) grid's cadence, not the pod's unit.
-            segment=segment, nominal=runtime.nominal or decision.pod.nominal,
-            client_ip=_client_ip(request),
-            user_agent=request.headers.get("User-Agent", ""))
+        try:
+            await request.app[TRACKER].on_ad_segment(
+                session_id=session.session_id, break_id=request.match_info["brk"], ad=ad,
+                # Segment indexes count in this (video) grid's cadence, not the pod's unit.
+                segment=segment, nominal=runtime.nominal or decision.pod.nominal,
+                client_ip=_client_ip(request),
+                user_agent=request.headers.get("User-Agent", ""))
+        except (RedisError, OSError) as exc:
+            request.app[METRICS].beacons.labels("store_unavailable").inc()
+            log.warning("beacons of %s not queued (store unavailable: %s): 503, the "
+                        "player retries", request.path[-60:], exc)
+            raise StoreUnavailable("beacon store unavailable, retry", retry_after=1) from exc
     raise web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 
 
@@ -512,15 +520,15 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         # every instance sees; embedded, the in-process queue.
         queue: BeaconSink
         if isinstance(the_store, RedisStore):
-            queue = StreamBeaconQueue(the_store.client, beacon_http, m,
-                                      prefix=the_store.prefix, shards=config.beacon_shards,
-                                      claim_idle=config.beacon_claim_idle,
-                                      max_attempts=config.beacon_max_attempts)
+            queue = stream_queue(config, the_store, beacon_http, m)
             tracker = BeaconTracker(queue, progress=RedisProgress(
                 the_store.client, prefix=the_store.prefix,
                 ttl=config.session_ttl + config.session_grace), metrics=m)
         else:
-            queue = BeaconQueue(beacon_http, m, max_attempts=config.beacon_max_attempts)
+            queue = BeaconQueue(beacon_http, m, max_attempts=config.beacon_max_attempts,
+                                timeout=config.beacon_timeout,
+                                base_backoff=config.beacon_backoff,
+                                per_host=config.beacon_per_host)
             tracker = BeaconTracker(queue)
         library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(metrics=m), m,
                                   download=_downloader(open_http if any(
@@ -564,6 +572,16 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
             await s.close()
 
     return ctx
+
+
+def stream_queue(config: StitcherConfig, store: RedisStore, http: aiohttp.ClientSession,
+                 metrics: Metrics) -> StreamBeaconQueue:
+    """The durable beacon queue as the config sets it (stitchers and ``stitcher beacons``)."""
+    return StreamBeaconQueue(store.client, http, metrics, prefix=store.prefix,
+                             shards=config.beacon_shards, claim_idle=config.beacon_claim_idle,
+                             max_attempts=config.beacon_max_attempts,
+                             timeout=config.beacon_timeout, base_backoff=config.beacon_backoff,
+                             per_host=config.beacon_per_host)
 
 
 def _downloader(session: aiohttp.ClientSession) -> Callable[[str], AsyncIterator[bytes]]:

@@ -4,9 +4,10 @@ At-least-once delivery shared by every stitcher instance, with the one window no
 queue can close measured rather than hidden.
 
 Keys (prefix ``ss``; ``k`` is a hash of the idempotency key (session, break, pod
-position, event, URL); shard ``n = k mod S``, so a beacon's keys share the slot
-of the hash tag ``{n}`` and every script below touches one cluster slot, while
-the S shards spread the queue over S slots):
+position, event, URL); shard ``n`` is a hash of the ad view (session, break, pod
+position) mod S, so a beacon's keys, and those of its predecessor in firing order,
+share the slot of the hash tag ``{n}`` and every script below touches one cluster
+slot, while the S shards spread the queue over S slots):
 
 =====================================  ==============================================
 ``ss:beacons:{n}``                     stream: one entry per beacon to send
@@ -20,7 +21,11 @@ the S shards spread the queue over S slots):
 ``ss:beacons:{n}:sending:<k>``         ``<consumer>|<lease deadline ms>``: a send
                                        has begun (evidence for possible duplicates)
 ``ss:beacons:{n}:sent:<k>``            ``sent`` / ``dead``: never send again
-``ss:beacons:dead``                    stream of dead letters (``reason`` kept)
+``ss:beacons:{n}:failed:<k>``          an attempt failed (its successors stop waiting)
+``ss:beacons:{n}:dead``                stream of dead letters (``reason`` kept)
+``ss:beacons:possible-duplicates``     stream: each beacon resent after a consumer
+                                       died mid-send (``k``, ``key``, ``url``, the
+                                       dead ``owner``), for reconciliation
 =====================================  ==============================================
 
 Life of a beacon: ``put`` runs one script (``SET NX`` on ``queued``, then
@@ -31,8 +36,9 @@ skip) and writes the ``sending`` lease. Success: one script records ``sent`` and
 ``XACK``\\s (atomically: no window between them). Failure: one script puts the
 entry in the retry set (exponential backoff with jitter) and ``XACK``\\s; a mover
 loop re-adds due retries to the stream (``ZRANGEBYSCORE`` + ``ZREM`` + ``XADD``
-in one script). After ``max_attempts`` the entry goes to ``ss:beacons:dead``
-with the reason and is marked ``dead``.
+in one script). After ``max_attempts`` one script adds the entry to its shard's
+``dead`` stream with the reason, marks it ``dead`` and acks it (atomically: a
+consumer killed there leaves no second dead letter behind).
 
 Crash safety: entries a dead consumer read and never acked stay pending; live
 consumers take them with ``XAUTOCLAIM`` once idle ``claim_idle`` seconds. A live
@@ -42,6 +48,20 @@ slot), so only a dead consumer's entries are reclaimed.
 Acked entries are trimmed with ``XTRIM MINID`` only below the smallest pending
 id and the group's last delivered id, so nothing unacknowledged is ever
 trimmed. Run the Redis with ``appendonly yes``.
+
+Order: an entry naming a predecessor (``p``: its ``k``) is sent only once the
+predecessor's ``sent`` marker exists (sent or dead), or its ``failed`` one (it
+waits out a backoff: order yields to delivery), or ``order_wait`` seconds after
+it was queued (a predecessor held by a dead consumer until its reclaim). A
+predecessor this consumer handles is awaited in place: it was read first, holds
+its own slot and never waits on its successor. One another consumer holds is not
+waited on with a slot held (two consumers whose slots all wait on each other's
+entries would stall): the entry goes back to the retry set for a moment, same
+attempt. So one tracker hears an ad view's events in firing order unless the
+predecessor is being retried or its consumer died.
+
+Redis restarts: the groups are created again where one is missing (``NOGROUP``:
+a Redis that came back without its data), and every loop rides out the outage.
 
 The window: a consumer killed after sending and before the ``sent`` script
 ran. A reclaimed entry (delivery count > 1) with no ``sent`` record whose
@@ -67,7 +87,7 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError, ResponseError
 
-from stitcher.beacons import Beacon, BeaconStats, HostLimiter
+from stitcher.beacons import ORDER_WAIT, Beacon, BeaconStats, HostLimiter
 from stitcher.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -107,14 +127,16 @@ if cur and string.sub(cur, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then redis.call('D
 return redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 """
 
-#: KEYS: sending, retry set, stream. ARGV: group, id, due ms, member, consumer,
-#: release the lease ('1') or not (someone else holds it).
+#: KEYS: sending, retry set, stream, failed marker. ARGV: group, id, due ms, member,
+#: consumer, release the lease and mark the beacon failed once ('1') or not (someone
+#: else holds it), ttl.
 _RETRY = """
 if ARGV[6] == '1' then
   local cur = redis.call('GET', KEYS[1])
   if cur and string.sub(cur, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then
     redis.call('DEL', KEYS[1])
   end
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[7])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -128,6 +150,23 @@ for _, m in ipairs(due) do
   redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(m)))
 end
 return #due
+"""
+
+#: KEYS: sent, sending, stream, the shard's dead-letter stream. ARGV: ttl, group, id,
+#: consumer, then the dead letter's field/value pairs. Dead-letters once, atomically.
+_DEAD = """
+if not redis.call('GET', KEYS[1]) then
+  redis.call('XADD', KEYS[4], '*', unpack(ARGV, 5))
+  redis.call('SET', KEYS[1], 'dead', 'EX', ARGV[1])
+end
+local cur = redis.call('GET', KEYS[2])
+if cur and string.sub(cur, 1, #ARGV[4] + 1) == ARGV[4] .. '|' then redis.call('DEL', KEYS[2]) end
+return redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
+"""
+
+#: KEYS: the possible-duplicates stream. ARGV: its fields.
+_REPORT = """
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV))
 """
 
 GROUP = "stitchers"
@@ -147,8 +186,11 @@ def dedicated_client(client: Any, max_connections: int) -> tuple[Any, bool]:
     if not isinstance(client, Redis):
         return client, False
     pool = client.connection_pool
+    # Never an unbounded wait: a pool drained (by a Redis restart, say) must surface
+    # as an error the loops retry on, not stall every read loop (suspected in a
+    # fault run that left 6,656 beacons unread after redis-server restarted).
     blocking = BlockingConnectionPool(connection_class=pool.connection_class,
-                                      max_connections=max_connections, timeout=None,
+                                      max_connections=max_connections, timeout=10,
                                       **pool.connection_kwargs)
     return Redis(connection_pool=blocking), True
 
@@ -187,7 +229,8 @@ class StreamBeaconQueue:
                  claim_idle: float = 10.0, claim_interval: float | None = None,
                  mover_interval: float = 0.5, block: float = 1.0, batch: int = 64,
                  max_inflight: int = 256, ttl: float = 2 * 86400,
-                 trim_interval: float = 30.0, lease_margin: float = 1.0) -> None:
+                 trim_interval: float = 30.0, lease_margin: float = 1.0,
+                 order_wait: float = ORDER_WAIT) -> None:
         # One blocking read per shard, plus sends in flight, puts and the loops.
         self._client, self._owned = dedicated_client(client, shards + 64)
         client = self._client
@@ -207,16 +250,25 @@ class StreamBeaconQueue:
         self._ttl = max(1, int(ttl))
         self._trim_interval = trim_interval
         self._lease_ms = int((timeout + lease_margin) * 1000)
+        self._order_wait = order_wait
+        #: How long an entry waiting on another consumer's predecessor is deferred.
+        self._defer_ms = max(10, int(min(mover_interval, 0.2) * 1000))
+        self.deferred = 0
         self._put_script = client.register_script(_PUT)
         self._begin = client.register_script(_BEGIN)
         self._done = client.register_script(_DONE)
         self._retry = client.register_script(_RETRY)
         self._move = client.register_script(_MOVE)
+        self._report = client.register_script(_REPORT)
+        self._dead = client.register_script(_DEAD)
         self._slots = asyncio.Semaphore(max_inflight)
         self._inflight: set[asyncio.Task[None]] = set()
         #: Entry ids of each shard this consumer is handling (read or claimed, not yet
         #: recorded): the claim loop keeps them from looking idle (see _heartbeat).
         self._handling: dict[int, set[str]] = {n: set() for n in range(shards)}
+        #: The task handling each beacon (by ``k``) here: a successor read by this
+        #: consumer waits on it instead of asking Redis.
+        self._local: dict[str, asyncio.Task[None]] = {}
         self._closing = False
         self._puts: set[asyncio.Task[bool]] = set()
         self._groups_ready: asyncio.Future[None] | None = None
@@ -236,12 +288,17 @@ class StreamBeaconQueue:
     def retry_set(self, shard: int) -> str:
         return f"{self.stream(shard)}:retry"
 
-    @property
-    def dead_stream(self) -> str:
-        return f"{self.prefix}:beacons:dead"
+    def dead_stream(self, shard: int) -> str:
+        return f"{self.stream(shard)}:dead"
 
-    def shard_of(self, k: str) -> int:
-        return int(k[:8], 16) % self.shards
+    @property
+    def duplicates_stream(self) -> str:
+        return f"{self.prefix}:beacons:possible-duplicates"
+
+    def shard_of(self, key: tuple[str, ...]) -> int:
+        """The shard of a beacon: by its ad view (session, break, pod position), so a
+        beacon and its predecessor share one stream and one cluster slot."""
+        return int(idempotency_hash(key[:3])[:8], 16) % self.shards
 
     def _marker(self, shard: int, what: str, k: str) -> str:
         return f"{self.stream(shard)}:{what}:{k}"
@@ -249,10 +306,12 @@ class StreamBeaconQueue:
     # ------------------------------------------------------------------ put side
     async def put(self, beacon: Beacon) -> bool:
         k = idempotency_hash(beacon.key)
-        shard = self.shard_of(k)
+        shard = self.shard_of(beacon.key)
         fields = ["k", k, "key", json.dumps(list(beacon.key)), "url", beacon.url,
                   "h", json.dumps([list(h) for h in beacon.headers]), "a", "1",
                   "q", str(int(time.time() * 1000))]
+        if beacon.after is not None and beacon.after[:3] == beacon.key[:3]:
+            fields += ["p", idempotency_hash(beacon.after)]
         added = await self._put_script(keys=[self._marker(shard, "queued", k),
                                              self.stream(shard)], args=[self._ttl, *fields])
         if not added:
@@ -276,9 +335,22 @@ class StreamBeaconQueue:
 
     # ------------------------------------------------------------------ lifecycle
     async def _ensure_groups(self) -> None:
-        if self._groups_ready is None:
-            self._groups_ready = asyncio.ensure_future(self._create_groups())
-        await asyncio.shield(self._groups_ready)
+        """Create the groups once, again after a failure (Redis down at start) or
+        after :meth:`_lost_groups`."""
+        ready = self._groups_ready
+        if ready is None or (ready.done() and (ready.cancelled()
+                                               or ready.exception() is not None)):
+            ready = self._groups_ready = asyncio.ensure_future(self._create_groups())
+        await asyncio.shield(ready)
+
+    def _lost_groups(self, exc: BaseException) -> None:
+        """A Redis that restarted without its data answers NOGROUP: create them again
+        (what the lost streams held is gone; what is queued from now on is not)."""
+        if "NOGROUP" in str(exc) and self._groups_ready is not None \
+                and self._groups_ready.done():
+            log.warning("beacon consumer group missing (Redis restarted empty?): "
+                        "creating it again")
+            self._groups_ready = None
 
     async def _create_groups(self) -> None:
         for n in range(self.shards):
@@ -296,9 +368,14 @@ class StreamBeaconQueue:
         undelivered = pending = retrying = 0
         for n in range(self.shards):
             stream = self.stream(n)
-            info = await self._client.xinfo_stream(stream)
-            group = next(g for g in await self._client.xinfo_groups(stream)
-                         if _s(g["name"]) == GROUP)
+            try:
+                info = await self._client.xinfo_stream(stream)
+                group = await self._group(stream)
+            except ResponseError as exc:  # Redis came back empty: groups again
+                self._lost_groups(exc)
+                await self._ensure_groups()
+                info = await self._client.xinfo_stream(stream)
+                group = await self._group(stream)
             last = _s(info["last-generated-id"])
             delivered = _s(group["last-delivered-id"])
             if _id_key(last) > _id_key(delivered):
@@ -307,6 +384,12 @@ class StreamBeaconQueue:
             pending += int(group["pending"])
             retrying += int(await self._client.zcard(self.retry_set(n)))
         return {"undelivered": undelivered, "pending": pending, "retrying": retrying}
+
+    async def _group(self, stream: str) -> dict[str, Any]:
+        for g in await self._client.xinfo_groups(stream):
+            if _s(g["name"]) == GROUP:
+                return dict(g)
+        raise ResponseError(f"NOGROUP no group {GROUP} on {stream}")
 
     async def drain(self) -> None:
         """Until the shared queue is empty: every beacon any instance queued is sent
@@ -359,6 +442,7 @@ class StreamBeaconQueue:
                 pause = 0.1
             except (RedisError, OSError) as exc:
                 log.warning("beacon stream %s: read failed: %s", stream, exc)
+                self._lost_groups(exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
                 continue
@@ -376,6 +460,7 @@ class StreamBeaconQueue:
                     await self._reclaim(shard)
                 except (RedisError, OSError) as exc:
                     log.warning("beacon reclaim on shard %d failed: %s", shard, exc)
+                    self._lost_groups(exc)
 
     async def _heartbeat(self, shard: int) -> None:
         """Reset the idle time of the entries this consumer is still handling (an
@@ -429,6 +514,7 @@ class StreamBeaconQueue:
                 self._metrics.beacon_queue.set(sum(d.values()))
             except (RedisError, OSError) as exc:
                 log.warning("beacon stream maintenance failed: %s", exc)
+                self._lost_groups(exc)
 
     async def trim(self) -> None:
         """XTRIM MINID below both the smallest pending id and the first entry not yet
@@ -438,8 +524,7 @@ class StreamBeaconQueue:
         await self._ensure_groups()
         for n in range(self.shards):
             stream = self.stream(n)
-            group = next(g for g in await self._client.xinfo_groups(stream)
-                         if _s(g["name"]) == GROUP)
+            group = await self._group(stream)
             delivered = _s(group["last-delivered-id"])
             if delivered == "0-0":
                 continue
@@ -470,9 +555,14 @@ class StreamBeaconQueue:
             raise
         task = asyncio.ensure_future(self._handle(shard, entry_id, fields, reclaimed))
         self._inflight.add(task)
+        k = _s(fields.get(b"k", fields.get("k", b"")))
+        if k:
+            self._local[k] = task
 
         def done(t: asyncio.Task[None]) -> None:
             self._inflight.discard(t)
+            if self._local.get(k) is t:
+                del self._local[k]
             handling.discard(entry_id)
             self._slots.release()
             if not t.cancelled() and t.exception() is not None:
@@ -492,11 +582,47 @@ class StreamBeaconQueue:
         if self.simulate_kill == "after_read":
             self._killed.set()
             return
+        if "p" in f and not await self._predecessor_done(shard, f["p"], int(f.get("q") or 0)):
+            # Its predecessor is another consumer's, not sent yet: look again shortly
+            # (re-queued as it is, same attempt; no slot held meanwhile).
+            k = f["k"]
+            due = int(time.time() * 1000) + self._defer_ms
+            await self._finish(self._retry, keys=[
+                self._marker(shard, "sending", k), self.retry_set(shard), self.stream(shard),
+                self._marker(shard, "failed", k)], args=[
+                GROUP, entry_id, due, self._member(f, int(f["a"])), self.consumer, "0",
+                self._ttl])
+            self.deferred += 1
+            return
         # The lease covers the send only: wait for the host's slot before taking it.
         async with self._sender.slot(beacon.url):
             if self._killed.is_set():
                 return
             await self._deliver(shard, entry_id, f, beacon)
+
+    async def _predecessor_done(self, shard: int, p: str, queued_ms: int) -> bool:
+        """Whether the entry may be sent now: its predecessor is sent or dead (its
+        ``sent`` marker), has failed an attempt (``failed``: order yields), was never
+        queued, or the entry has waited ``order_wait`` seconds since it was queued.
+        A predecessor this consumer handles is awaited here (it was read earlier, so
+        it holds its own slot and never waits on this one); one another consumer
+        holds is not waited on while holding a slot (two consumers whose slots were
+        all taken by such waits would each wait on entries the other cannot take):
+        False, and the caller defers the entry. A Redis error: True (best effort)."""
+        local = self._local.get(p)
+        if local is not None:  # then its outcome, below (it may have been deferred)
+            await asyncio.wait({local}, timeout=self._order_wait)
+        if time.time() * 1000 - queued_ms > self._order_wait * 1000:
+            return True
+        keys = [self._marker(shard, what, p) for what in ("sent", "failed", "queued")]
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                sent, failed, queued = await pipe.execute()
+        except (RedisError, OSError):
+            return True
+        return bool(sent or failed or not queued)
 
     async def _deliver(self, shard: int, entry_id: str, f: dict[str, str],
                        beacon: Beacon) -> None:
@@ -512,18 +638,25 @@ class StreamBeaconQueue:
             return
         if state == "busy":  # another consumer is sending this beacon right now: look later
             due = now + self._lease_ms + random.randint(0, 500)
-            await self._retry(keys=[sending_key, self.retry_set(shard), stream],
+            await self._retry(keys=[sending_key, self.retry_set(shard), stream,
+                                    self._marker(shard, "failed", k)],
                               args=[GROUP, entry_id, due, self._member(f, attempt),
-                                    self.consumer, "0"])
+                                    self.consumer, "0", self._ttl])
             return
-        if state == "stale":
-            # A consumer began sending and never recorded the outcome: it may have
-            # reached the endpoint. Send anyway (at least once) and count it.
+        if state == "stale" or f.get("m") == "1":
+            # A consumer began sending and never recorded the outcome, or the last
+            # attempt failed in a way the endpoint may have counted (a timeout): it
+            # may have reached the endpoint. Send anyway (at least once), count it
+            # and report which beacon.
             self.stats.possible_duplicates += 1
             self._metrics.beacon_possible_duplicates.inc()
-            log.warning("beacon %s: %s died mid-send; resending (possible duplicate)",
-                        k, owner)
-        ok, what = await self._sender.send(beacon, limited=False)
+            why = (f"{owner} died mid-send" if state == "stale"
+                   else "the last attempt may have reached it")
+            log.warning("beacon %s: %s; resending (possible duplicate)", k, why)
+            await self._finish(self._report, keys=[self.duplicates_stream], args=[
+                "k", k, "key", f["key"], "url", f["url"], "owner", owner or "",
+                "why", why, "consumer", self.consumer, "time", str(int(time.time() * 1000))])
+        ok, what, reached = await self._sender.send(beacon, limited=False)
         if self.simulate_kill == "after_send" or self._killed.is_set():
             self._killed.set()  # SIGKILL here: sent, nothing recorded, nothing acked
             return
@@ -534,21 +667,24 @@ class StreamBeaconQueue:
             self._metrics.beacons.labels("sent").inc()
         elif attempt >= self._max_attempts:
             reason = f"gave up after {attempt} attempts: {what}"
-            await self._client.xadd(self.dead_stream, {
-                "k": k, "key": f["key"], "url": f["url"], "attempts": str(attempt),
-                "reason": reason, "consumer": self.consumer, "queued": f.get("q", ""),
-                "time": str(int(time.time() * 1000))})
-            await self._finish(self._done, keys=[sent_key, sending_key, stream],
-                               args=[self._ttl, GROUP, entry_id, "dead", self.consumer])
+            await self._finish(self._dead, keys=[sent_key, sending_key, stream,
+                                                 self.dead_stream(shard)], args=[
+                self._ttl, GROUP, entry_id, self.consumer,
+                "k", k, "key", f["key"], "url", f["url"], "attempts", str(attempt),
+                "reason", reason, "consumer", self.consumer, "queued", f.get("q", ""),
+                "time", str(int(time.time() * 1000))])
             self.stats.dead.append((beacon.url, reason))
             self._metrics.beacons.labels("dead").inc()
         else:
             delay = min(self._max_backoff,
                         self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
             due = int(time.time() * 1000 + delay * 1000)
-            await self._finish(self._retry, keys=[sending_key, self.retry_set(shard), stream],
-                               args=[GROUP, entry_id, due, self._member(f, attempt + 1),
-                                     self.consumer, "1"])
+            await self._finish(self._retry, keys=[sending_key, self.retry_set(shard), stream,
+                                                  self._marker(shard, "failed", k)],
+                               args=[GROUP, entry_id, due,
+                                     self._member({**f, "m": "1" if reached else "0"},
+                                                  attempt + 1),
+                                     self.consumer, "1", self._ttl])
             self.stats.failed_attempts += 1
             self._metrics.beacons.labels("retry").inc()
 
@@ -572,8 +708,17 @@ class StreamBeaconQueue:
             flat += [name, value]
         return json.dumps(flat)
 
-    async def dead_letters(self) -> list[dict[str, str]]:
-        """The dead-letter stream's entries (oldest first)."""
+    async def possible_duplicates(self) -> list[dict[str, str]]:
+        """Every beacon resent after a consumer died mid-send (oldest first): the
+        endpoint may have heard each twice."""
         return [{_s(k): _s(v) for k, v in fields.items()}
-                for _id, fields in await self._client.xrange(self.dead_stream)]
+                for _id, fields in await self._client.xrange(self.duplicates_stream)]
+
+    async def dead_letters(self) -> list[dict[str, str]]:
+        """Every shard's dead letters (oldest first)."""
+        found = []
+        for n in range(self.shards):
+            found += [(_id_key(_s(i)), {_s(k): _s(v) for k, v in fields.items()})
+                      for i, fields in await self._client.xrange(self.dead_stream(n))]
+        return [entry for _key, entry in sorted(found, key=lambda e: e[0])]
 

@@ -16,6 +16,18 @@ event, URL); macros are expanded once, when a beacon is queued, so retries
 send identical URLs. With Redis, session progress lives there too
 (:class:`RedisProgress`), so a session's ad segment requests may land on any
 instance and each event still fires once.
+
+Progress is recorded only once the beacons are queued: an instance killed in
+between leaves the events unrecorded, so the player's retry (on any instance)
+queues them again, and the queue's idempotency key makes that a no-op for what
+did get queued. (Recording first lost them: the retry found them fired.)
+
+Order: each beacon names its predecessor (:attr:`Beacon.after`: the previous
+event of the same ad view with a URL on the same host), and both queues hold a
+beacon back until its predecessor is delivered or dead, for at most
+``ORDER_WAIT`` seconds, so one tracker sees an ad's events in firing order even
+when several consumers send concurrently. A predecessor that fails an attempt
+releases its successors at once: order yields to delivery.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -42,13 +54,19 @@ log = logging.getLogger(__name__)
 
 LATE = "joined-late"
 _EPS = Fraction(1, 1000)
+#: Seconds at most a beacon waits for its predecessor's delivery (one that fails an
+#: attempt releases it at once): longer than a backlog under load or a reclaim.
+ORDER_WAIT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class Beacon:
+    #: The idempotency key: (session, break, pod position, event, URL as in the VAST).
     key: tuple[str, ...]
     url: str
     headers: tuple[tuple[str, str], ...] = ()
+    #: The key of the beacon that must reach its host first (None: no predecessor).
+    after: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -85,6 +103,17 @@ class BeaconSink(Protocol):
     async def close(self) -> None: ...
 
 
+class Outcome(NamedTuple):
+    """One send attempt. ``reached``: a failed attempt the endpoint may have counted
+    all the same (a timeout, or a connection cut after the request went out; an
+    error status is an answer that it did not): the next attempt is a possible
+    duplicate, counted and reported like a consumer's death mid-send."""
+
+    ok: bool
+    what: str
+    reached: bool = False
+
+
 class HostLimiter:
     """One GET per beacon under a per-host concurrency limit and a total timeout."""
 
@@ -100,8 +129,8 @@ class HostLimiter:
         host = urlsplit(url).netloc
         return self._hosts.setdefault(host, asyncio.Semaphore(self._per_host))
 
-    async def send(self, beacon: Beacon, *, limited: bool = True) -> tuple[bool, str]:
-        """(delivered, what happened): 5xx, 429, timeouts and connection errors fail.
+    async def send(self, beacon: Beacon, *, limited: bool = True) -> Outcome:
+        """What happened: 5xx, 429, timeouts and connection errors fail.
         ``limited=False``: the caller holds :meth:`slot` already."""
         if limited:
             async with self.slot(beacon.url):
@@ -113,13 +142,16 @@ class HostLimiter:
                     timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                 await resp.read()
                 ok = resp.status < 500 and resp.status != 429
-                return ok, f"HTTP {resp.status}"
+                return Outcome(ok, f"HTTP {resp.status}")
         except TimeoutError:
             log.info("beacon to %s timed out", host)
-            return False, f"timeout after {self.timeout:g} s"
+            return Outcome(False, f"timeout after {self.timeout:g} s", reached=True)
+        except aiohttp.ClientConnectorError as exc:  # no connection: never reached it
+            log.info("beacon to %s failed: %s", host, exc)
+            return Outcome(False, f"{type(exc).__name__}: {exc}"[:200], reached=False)
         except aiohttp.ClientError as exc:
             log.info("beacon to %s failed: %s", host, exc)
-            return False, f"{type(exc).__name__}: {exc}"[:200]
+            return Outcome(False, f"{type(exc).__name__}: {exc}"[:200], reached=True)
 
 
 def ad_events(ad: AdInfo) -> list[tuple[str, Fraction]]:
@@ -142,7 +174,12 @@ class BeaconQueue:
         self._sender = HostLimiter(session, per_host=per_host, timeout=timeout)
         self._metrics = metrics
         self._queue: asyncio.Queue[tuple[Beacon, int]] = asyncio.Queue()
-        self._done: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        #: Keys whose last failed attempt may have reached the endpoint.
+        self._maybe_reached: set[tuple[str, ...]] = set()
+        #: Every key queued (dedupe), with an event set once it is sent, dead or has
+        #: failed an attempt: what its successor waits for.
+        self._done: OrderedDict[tuple[str, ...], asyncio.Event] = OrderedDict()
+        self.order_wait = ORDER_WAIT
         self._max_attempts = max_attempts
         self._backoff = base_backoff
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(workers)]
@@ -164,7 +201,7 @@ class BeaconQueue:
             return False
         self.stats.queued += 1
         self._metrics.beacons.labels("queued").inc()
-        self._done[beacon.key] = None
+        self._done[beacon.key] = asyncio.Event()
         while len(self._done) > 500_000:
             self._done.popitem(last=False)
         self._pending += 1
@@ -181,26 +218,51 @@ class BeaconQueue:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
 
+    async def _after_predecessor(self, beacon: Beacon) -> None:
+        """Wait (bounded) for the predecessor queued before it (FIFO: a worker has it)
+        to be sent, dead, or to fail an attempt (order yields to delivery)."""
+        before = self._done.get(beacon.after) if beacon.after is not None else None
+        if before is None or before.is_set():
+            return
+        try:
+            await asyncio.wait_for(before.wait(), self.order_wait)
+        except TimeoutError:
+            pass
+
     async def _work(self) -> None:
         while True:
             beacon, attempt = await self._queue.get()
-            ok, what = await self._sender.send(beacon)
+            await self._after_predecessor(beacon)
+            if beacon.key in self._maybe_reached:
+                self._maybe_reached.discard(beacon.key)
+                self.stats.possible_duplicates += 1
+                self._metrics.beacon_possible_duplicates.inc()
+            ok, what, reached = await self._sender.send(beacon)
+            if reached:
+                self._maybe_reached.add(beacon.key)
             if ok:
                 self.stats.sent += 1
                 self._metrics.beacons.labels("sent").inc()
-                self._finish()
+                self._finish(beacon)
             elif attempt >= self._max_attempts:
                 self.stats.dead.append((beacon.url, f"gave up after {attempt} attempts: {what}"))
                 self._metrics.beacons.labels("dead").inc()
-                self._finish()
+                self._finish(beacon)
             else:
                 self.stats.failed_attempts += 1
                 self._metrics.beacons.labels("retry").inc()
+                self._release(beacon)
                 delay = self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
                 asyncio.get_running_loop().call_later(
                     delay, self._queue.put_nowait, (beacon, attempt + 1))
 
-    def _finish(self) -> None:
+    def _release(self, beacon: Beacon) -> None:
+        done = self._done.get(beacon.key)
+        if done is not None:
+            done.set()
+
+    def _finish(self, beacon: Beacon) -> None:
+        self._release(beacon)
         self._pending -= 1
         self._metrics.beacon_queue.set(self._pending)
         if self._pending == 0:
@@ -209,9 +271,9 @@ class BeaconQueue:
 
 #: KEYS[1]: one (session, break, pod position)'s progress hash. ARGV: segment index,
 #: TTL seconds, then the events due by the end of that segment, in firing order.
-#: Returns {late?, newly late?, events newly recorded...}: the in-process rule
-#: (a first request that is not segment 0 marks the session late for that ad),
-#: atomically, so instances handling one session's segments never fire twice.
+#: Returns {late?, newly late?, events due and not yet recorded...}: the in-process
+#: rule (a first request that is not segment 0 marks the session late for that ad),
+#: atomically. The events are recorded by :meth:`RedisProgress.mark` once queued.
 _PROGRESS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[1] ~= '0' then
@@ -220,13 +282,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     return {'late', '1'}
   end
   redis.call('HSET', KEYS[1], '~seen', '1')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 if redis.call('HEXISTS', KEYS[1], '~late') == 1 then return {'late', '0'} end
 local out = {'ok', '0'}
 for i = 3, #ARGV do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], '1') == 1 then table.insert(out, ARGV[i]) end
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
 return out
 """
 
@@ -241,20 +303,40 @@ class RedisProgress:
         self._prefix = prefix
         self._ttl = max(1, int(ttl))
 
-    async def record(self, session_id: str, break_id: str, item: int, segment: int,
-                     due: list[str]) -> tuple[bool, bool, list[str]]:
-        """(late, newly late, events newly recorded out of ``due``)."""
-        key = f"{self._prefix}:bp:{session_id}:{break_id}:{item}"
-        raw = await self._script(keys=[key], args=[segment, self._ttl, *due])
+    def _key(self, session_id: str, break_id: str, item: int) -> str:
+        return f"{self._prefix}:bp:{session_id}:{break_id}:{item}"
+
+    async def due(self, session_id: str, break_id: str, item: int, segment: int,
+                  due: list[str]) -> tuple[bool, bool, list[str]]:
+        """(late, newly late, events of ``due`` not recorded yet)."""
+        raw = await self._script(keys=[self._key(session_id, break_id, item)],
+                                 args=[segment, self._ttl, *due])
         out = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         return out[0] == "late", out[1] == "1", out[2:]
 
-    async def forget(self, session_id: str, break_id: str, item: int,
-                     events: list[str]) -> None:
-        """Un-record events that could not be queued, so a retried request fires them."""
+    async def mark(self, session_id: str, break_id: str, item: int,
+                   events: list[str]) -> None:
+        """Record events as fired (they are queued): later requests skip them."""
         if events:
-            await self._client.hdel(f"{self._prefix}:bp:{session_id}:{break_id}:{item}",
-                                    *events)
+            key = self._key(session_id, break_id, item)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=dict.fromkeys(events, "1"))
+                pipe.expire(key, self._ttl)
+                await pipe.execute()
+
+
+def predecessors(ad: AdInfo) -> dict[tuple[str, str], tuple[str, str] | None]:
+    """(event, URL) -> the (event, URL) that must reach the same host before it: the
+    last URL on that host of the closest earlier event (firing order) that has one."""
+    out: dict[tuple[str, str], tuple[str, str] | None] = {}
+    last: dict[str, tuple[str, str]] = {}
+    for event, _at in ad_events(ad):
+        urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
+        for url in urls:
+            out[(event, url)] = last.get(urlsplit(url).netloc)
+        for url in urls:
+            last[urlsplit(url).netloc] = (event, url)
+    return out
 
 
 class BeaconTracker:
@@ -375,7 +457,7 @@ class BeaconTracker:
         seg_end = (segment + 1) * nominal
         due = [(event, at) for event, at in ad_events(ad) if at < seg_end]
         if self._shared is not None:
-            late, newly_late, new = await self._shared.record(
+            late, newly_late, new = await self._shared.due(
                 session_id, break_id, ad.item, segment, [e for e, _at in due])
             if late:
                 self.late_joins += newly_late
@@ -406,39 +488,39 @@ class BeaconTracker:
             "BREAKPOSITION": 2,
             "SESSIONID": session_id,
         }
-        beacons = [(event, Beacon((session_id, break_id, str(ad.item), event, url),
-                                  vast.expand_macros(url, {**macros, "ADPLAYHEAD": at}),
-                                  headers))
-                   for event, at in due
-                   for url in (ad.impressions if event == "impression"
-                               else ad.tracking.get(event, ()))]
+        chain = predecessors(ad) if due else {}
+        view = (session_id, break_id, str(ad.item))
+        beacons = []
+        for event, at in due:
+            for url in (ad.impressions if event == "impression" else ad.tracking.get(event, ())):
+                before = chain.get((event, url))
+                beacons.append((event, Beacon(
+                    (*view, event, url), vast.expand_macros(url, {**macros, "ADPLAYHEAD": at}),
+                    headers, after=(*view, *before) if before is not None else None)))
+        # Queued before recorded (with Redis): a failure or a kill in between leaves
+        # them unrecorded, and the player's retry queues them again (idempotent).
         for i, (event, beacon) in enumerate(beacons):
             try:
                 await self._queue.put(beacon)
             except STORE_ERRORS as exc:
                 if self._shared is None:
                     raise
-                # The progress is recorded (these events are this request's), the queue
-                # is what failed: queue the rest once the store is back. Un-recording
-                # instead needs the store that just failed (found by the drill: Redis
-                # SIGKILLed mid-break, the un-recording failed too, and the replayed
-                # request found nothing new to fire: the beacons were lost).
+                # The queue's store failed: queue the rest once it is back (found by
+                # the drill: Redis SIGKILLed mid-break, the replayed request found
+                # nothing new to fire: the beacons were lost). Unrecorded, a later
+                # request of this ad queues them again too (idempotent).
                 log.warning("beacons not queued (store unavailable: %s): deferred", exc)
                 self._defer_beacons([b for _e, b in beacons[i:]])
                 return [e for e, _at in due]
-            except Exception:
-                # Not queued for another reason: un-record, so the player's retry fires
-                # them (puts are idempotent, what did get queued is not queued twice).
-                if self._shared is not None:
-                    try:
-                        await self._shared.forget(
-                            session_id, break_id, ad.item,
-                            sorted({e for e, _b in beacons[i:]}, key=[x for x, _ in due].index))
-                    except Exception:
-                        log.warning("could not un-record beacon progress", exc_info=True)
-                raise
             if i + 1 == len(beacons) or beacons[i + 1][0] != event:
                 fired.append(event)
+        fired += [e for e, _at in due if e not in fired]  # events no URL tracks
+        fired.sort(key=[e for e, _at in due].index)
+        if self._shared is not None:
+            try:
+                await self._shared.mark(session_id, break_id, ad.item, fired)
+            except STORE_ERRORS as exc:  # queued: a later request re-queues (a no-op)
+                log.warning("beacon progress not recorded (store unavailable: %s)", exc)
         return fired
 
     def error(self, urls: list[str], code: int) -> None:

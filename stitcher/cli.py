@@ -111,6 +111,55 @@ async def serve_main(config: StitcherConfig) -> int:
     return 0
 
 
+async def beacons_main(config: StitcherConfig) -> int:
+    """``stitcher beacons``: a beacon sender only, one more consumer of the durable
+    queue the stitchers share (scale sending apart from serving). It answers
+    ``/healthz`` and ``/metrics`` on the config's host and port; SIGTERM stops it
+    (what it holds unsent is reclaimed by the other consumers)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from stitcher.app import stream_queue
+    from stitcher.metrics import Metrics
+    from stitcher.netpolicy import client_session
+    from stitcher.redis_store import RedisStore
+
+    if not config.redis_url:
+        log.error("stitcher beacons needs redis_url: it consumes the shared beacon queue")
+        return 2
+    store = RedisStore.from_url(config.redis_url, cluster=config.redis_cluster)
+    metrics = Metrics()
+    http = client_session(allow_private=any(c.allow_private_ad_hosts for c in config.channels))
+    queue = stream_queue(config, store, http, metrics)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "pid": os.getpid(),
+                                  "consumer": queue.consumer})
+
+    async def metrics_route(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_route)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, config.host, config.port).start()
+        except OSError as exc:
+            raise PortInUse(f"cannot listen on {config.host}:{config.port}: "
+                            f"{exc.strerror}") from exc
+        log.info("beacon sender %s on http://%s:%s", queue.consumer, config.host, config.port)
+        await _until_interrupted()
+    finally:
+        await queue.close()
+        await runner.cleanup()
+        await store.close()
+        await http.close()
+    return 0
+
+
 # ------------------------------------------------------------------ worker processes
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 #: A worker that dies this soon after starting counts towards giving up.
@@ -374,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--workers", type=int, default=None,
                          help="worker processes sharing the port (needs redis_url); "
                               "default: the config's workers (1)")
+    p_beacons = sub.add_parser("beacons", help="send beacons only: one more consumer of "
+                                                "the shared queue (needs redis_url)")
+    p_beacons.add_argument("--config", help="YAML or JSON config file (the stitchers')")
+    p_beacons.add_argument("--port", type=int, help="/healthz and /metrics port")
     p_demo = sub.add_parser("demo", help="run fixture origin + ad server + stitcher")
     p_demo.add_argument("--host", default="127.0.0.1")
     p_demo.add_argument("--port", type=int, default=8080)
@@ -414,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_main(args)
     try:
-        if args.command == "serve":
+        if args.command in ("serve", "beacons"):
+            if args.command == "beacons":
+                args.workers = None
             if args.workers is not None and args.workers < 1:
                 parser.error("--workers must be at least 1")
             try:
@@ -432,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if config.log_format == "json":
                 configure_logs("json", verbose=args.verbose)
+            if args.command == "beacons":
+                return _run(beacons_main(config))
             if config.workers > 1:
                 return serve_workers(config, args.verbose)
             return _run(serve_main(config))

@@ -167,6 +167,12 @@ class StitcherConfig(BaseModel):
     beacon_claim_idle: Seconds = Field(default=10.0, gt=0)
     #: Attempts per beacon before it is dead-lettered (both queues).
     beacon_max_attempts: int = Field(default=5, ge=1, le=50)
+    #: First retry delay (doubled per attempt, with jitter x0.5-1.5) and the timeout
+    #: of one beacon request (both queues).
+    beacon_backoff: Seconds = Field(default=0.5, gt=0)
+    beacon_timeout: Seconds = Field(default=5.0, gt=0)
+    #: Beacon requests in flight per tracking host, per instance (both queues).
+    beacon_per_host: int = Field(default=8, ge=1, le=1024)
     origin_timeout: Seconds = 3.0
     #: Total budget of one ad decision: every request of it (wrappers, retries,
     #: waiting for a rate slot) must end within it.

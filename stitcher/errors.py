@@ -88,6 +88,16 @@ class OriginUnavailable(StitcherError):
     code = "origin_unavailable"
 
 
+class StoreUnavailable(StitcherError):
+    """The shared store (Redis) is unreachable where a request must write to it: an
+    ad segment request whose beacons cannot be queued. A 503 with Retry-After, so
+    the player's retry (players retry segments) fires them once the store is back;
+    redirecting anyway would lose them (a lost first segment loses the whole ad)."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class UpstreamError(StitcherError):
     """An upstream (origin, ad server) answered badly; callers fall back."""
 

@@ -351,3 +351,146 @@ async def start_stack(
         for r in reversed(runners):
             await r.cleanup()
 
+
+
+# ------------------------------------------------------------- OS processes
+# Shared by the multi-process tests (test_processes, test_tracking_e2e).
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ChildProcess:
+    """One child OS process serving HTTP on ``port`` (``stitcher serve``, a scaled
+    stitcher, ``stitcher beacons``), its output in ``log``."""
+
+    index: int
+    port: int
+    proc: Any  # asyncio.subprocess.Process
+    log: Path
+    argv: tuple[str, ...] = ()
+    alive: bool = True
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+async def spawn(index: int, argv: list[str], log_dir: Path, *, port: int | None = None,
+                name: str = "stitcher") -> ChildProcess:
+    """Start ``python <argv> --port P`` in the repository (output appended to
+    ``log_dir/<name><index>.log``, so a restart keeps the first run's lines)."""
+    import asyncio
+    import os
+    import sys
+
+    port = port or free_port()
+    log = log_dir / f"{name}{index}.log"
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, "--port", str(port), cwd=ROOT, stdout=out, stderr=out,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return ChildProcess(index, port, proc, log, tuple(argv))
+
+
+async def respawn(child: ChildProcess, log_dir: Path, name: str = "stitcher") -> ChildProcess:
+    """The same command on the same port (a restarted instance behind its address)."""
+    return await spawn(child.index, list(child.argv), log_dir, port=child.port, name=name)
+
+
+async def until_up(http: aiohttp.ClientSession, child: ChildProcess, path: str,
+                   timeout: float = 60.0) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert child.proc.returncode is None, f"process {child.index} exited:\n{child.log_text()}"
+        try:
+            async with http.get(child.base + path) as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, f"{child.index}: {path} not 200:\n{child.log_text()}"
+        await asyncio.sleep(0.1)  # a child process starting up: nothing to block on
+
+
+async def stop_children(children: list[ChildProcess], timeout: float = 15.0) -> None:
+    """SIGTERM each still running, SIGKILL what has not exited after ``timeout``."""
+    import asyncio
+    import signal
+
+    for c in children:
+        if c.proc.returncode is None:
+            c.proc.send_signal(signal.SIGTERM)
+    for c in children:
+        try:
+            await asyncio.wait_for(c.proc.wait(), timeout)
+        except TimeoutError:
+            c.proc.kill()
+            await c.proc.wait()
+
+
+async def warm_up_assets(config: StitcherConfig, channel: str, state: Path) -> None:
+    """Probe, condition the slate and the ad server's creatives into the config's
+    ``data_dir`` (ffmpeg only the first time in a test session) with an in-process
+    stitcher, as a deployment warmed up before the event would have them on disk."""
+    app = create_app(config, store=MemoryStore(state))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        ready = await app[CHANNELS][channel].warm_up()
+        assert ready >= 1, "no creative conditioned at warm-up"
+    finally:
+        await runner.cleanup()
+
+
+# ------------------------------------------------------------- expected beacons
+#: The linear events the fixture ad server tracks, in VAST firing order, plus the
+#: impression (``creativeView`` has no URL there).
+FIXTURE_EVENTS = ("impression", "start", "firstQuartile", "midpoint", "thirdQuartile",
+                  "complete")
+
+
+def event_offsets(duration: Fraction) -> dict[str, Fraction]:
+    """When each fixture event is due into an ad of ``duration`` (VAST 4.3 2.3.5.1:
+    quartiles of the creative's own duration; complete at its last frame)."""
+    return {"impression": Fraction(0), "start": Fraction(0),
+            "firstQuartile": duration / 4, "midpoint": duration / 2,
+            "thirdQuartile": 3 * duration / 4, "complete": duration - Fraction(1, 1000)}
+
+
+def expected_events(duration: Fraction, nominal: Fraction, segments: set[int]) -> list[str]:
+    """The events one session owes one ad, by the documented rule, written apart from
+    the stitcher's code: nothing unless it requested the ad's first segment (a later
+    first request is a late join); otherwise every event due before the end of the
+    furthest segment it requested (skipped ones catch up), each once, in order."""
+    if 0 not in segments:
+        return []
+    end = (max(segments) + 1) * nominal
+    return [e for e, at in event_offsets(duration).items() if at < end]
+
+
+def fill_pod(durations: list[Fraction], available: Fraction,
+             nominal: Fraction) -> list[int]:
+    """Which ads of a VAST pod (indexes, in order) a break of ``available`` seconds
+    plays, by the documented fill policy: whole ads in pod order, each padded to
+    whole segments, skipping one that does not fit."""
+    placed, cursor = [], Fraction(0)
+    for i, d in enumerate(durations):
+        span = math.ceil((d - Fraction(1, 1000)) / nominal) * nominal
+        if cursor + span <= available:
+            placed.append(i)
+            cursor += span
+    return placed

@@ -70,6 +70,54 @@ def redis_server(workdir: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+class RedisProcess:
+    """A redis-server with append-only persistence that a test can SIGKILL and start
+    again on the same port and folder, as a crashed and restarted Redis.
+
+    ``fsync``: ``always`` (every write on disk before Redis answers) or ``everysec``
+    (Redis answers first; when a background fsync is slow it even postpones the
+    write, so a crash can lose a second or two of acknowledged writes)."""
+
+    def __init__(self, workdir: Path, fsync: str = "always") -> None:
+        self.fsync = fsync
+        self.binary = require_redis_server()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not _ping(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)  # a child process starting to listen: nothing to block on
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final fsync."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.start()
+        self.restarts += 1
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
 def require_redis_cli() -> str:
     path = shutil.which("redis-cli")
     if path is None:

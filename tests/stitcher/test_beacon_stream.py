@@ -14,6 +14,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from prometheus_client import generate_latest
 from fixtures.adserver import AdServerConfig, BeaconHit, faults, hits
 from fixtures.adserver import create_app as create_adserver
 from fixtures.clock import ManualClock
+from stitcher.ads import AdInfo
 from stitcher.app import BEACONS
 from stitcher.beacon_stream import GROUP, StreamBeaconQueue
-from stitcher.beacons import Beacon
+from stitcher.beacons import Beacon, BeaconTracker, RedisProgress
 from stitcher.metrics import Metrics
 from tests.harness import start_stack
 
@@ -297,10 +299,13 @@ async def test_trimming_keeps_every_unacknowledged_entry(
     queue = make_queue(shards=1)
     stream = queue.stream(0)
     # A consumer that reads and never acks (a dead instance, before any reclaim).
+    # Killed by simulation right after its read: a live queue closed at once could
+    # still send (and ack) the entry first on a fast turn of its read loop.
+    queue.simulate_kill = "after_read"
     await queue.put(sink.beacon("held", "start"))
-    await queue._ensure_groups()
+    await _until(lambda: queue._killed.is_set())
     await queue.close(grace=0)
-    await redis_client.xreadgroup(GROUP, "dead-consumer", {stream: ">"}, count=1)
+    assert (await redis_client.xpending(stream, GROUP))["pending"] == 1
     held = await redis_client.xrange(stream)
     assert len(held) == 1
 
@@ -383,3 +388,109 @@ async def test_two_instances_with_redis_fire_each_beacon_once(
         sent = [stack.stitcher_runners[i].app[BEACONS].stats.sent for i in range(2)]
         assert sum(sent) >= len(ours), sent
         assert elapsed < 60, elapsed
+
+
+# ------------------------------------------------- kills, restarts, timeouts, order
+def _ad(base: str) -> AdInfo:
+    events = ("start", "firstQuartile", "midpoint", "thirdQuartile", "complete")
+    return AdInfo(0, "ad-a", "c-ad-a", Fraction(10),
+                  (f"{base}/beacon/ad-a/impression?session=[SESSIONID]",), (),
+                  {e: (f"{base}/beacon/ad-a/{e}?session=[SESSIONID]",) for e in events})
+
+
+async def test_a_stitcher_killed_between_queueing_and_recording_loses_nothing(
+        sink: Sink, make_queue: QueueFactory, redis_client: Any) -> None:
+    """The instance handling segment 0 dies after queueing the impression (nothing
+    after it runs: no clean-up); the player retries segment 0 on another instance,
+    then plays on. Every event reaches the endpoint once: progress is recorded only
+    after queueing (recorded first, the retry found the events fired: lost)."""
+    queue = make_queue()
+    progress = RedisProgress(redis_client, prefix="killed-between")
+    ad = _ad(sink.base)
+
+    class DiesAfterOnePut:
+        stats = queue.stats
+
+        def __init__(self) -> None:
+            self.puts = 0
+
+        async def put(self, beacon: Beacon) -> bool:
+            self.puts += 1
+            if self.puts > 1:
+                raise asyncio.CancelledError  # SIGKILL: no except clause runs
+            return await queue.put(beacon)
+
+    args = {"session_id": "S1", "break_id": "b1", "ad": ad, "nominal": Fraction(2),
+            "client_ip": "203.0.113.9", "user_agent": "player"}
+    dying = BeaconTracker(DiesAfterOnePut(), progress=progress)  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await dying.on_ad_segment(segment=0, **args)
+    survivor = BeaconTracker(queue, progress=progress)
+    fired = [await survivor.on_ad_segment(segment=seg, **args) for seg in (0, 1, 2, 3, 4)]
+    await asyncio.wait_for(queue.drain(), 20)
+
+    assert fired[0] == ["impression", "creativeView", "start"], fired
+    got = [h.event for h in sink.hits()]
+    assert got == ["impression", "start", "firstQuartile", "midpoint", "thirdQuartile",
+                   "complete"], got
+    assert queue.stats.duplicates_suppressed == 1  # the retry's impression: queued already
+
+
+async def test_a_redis_restarted_empty_gets_its_groups_back(
+        sink: Sink, make_queue: QueueFactory, redis_client: Any) -> None:
+    """Redis came back without its data (no append-only file): the consumers' reads
+    answer NOGROUP; they create the groups again and deliver what is queued next."""
+    queue = make_queue()
+    await queue.put(sink.beacon("s1", "start"))
+    await asyncio.wait_for(queue.drain(), 10)
+    await redis_client.flushall()
+    await asyncio.sleep(0.3)  # the read loops hit NOGROUP
+    await queue.put(sink.beacon("s2", "start"))
+    await asyncio.wait_for(queue.drain(), 10)
+    assert sorted(sink.per_beacon()) == ["/beacon/ad-a/start?s=s1", "/beacon/ad-a/start?s=s2"]
+    assert queue.stats.sent == 2
+
+
+async def test_a_resend_after_a_timeout_is_reported_as_a_possible_duplicate(
+        sink: Sink, make_queue: QueueFactory, redis_client: Any) -> None:
+    """A tracker that counts the request but answers after the send timeout: the
+    retry is a duplicate at the endpoint, and the queue reports exactly which one."""
+    queue = make_queue(timeout=0.3, lease_margin=0.2, claim_idle=2.0)
+    faults(sink.app).beacon_hang = 0.8
+    slow = sink.beacon("s1", "impression")
+    await queue.put(slow)
+    await _until(lambda: len(sink.hits()) == 1)
+    faults(sink.app).beacon_hang = 0.0
+    await asyncio.wait_for(queue.drain(), 10)
+
+    assert sink.per_beacon() == {"/beacon/ad-a/impression?s=s1": 2}
+    reported = await queue.possible_duplicates()
+    assert [d["url"] for d in reported] == [slow.url]
+    assert queue.stats.possible_duplicates == 1 and queue.stats.sent == 1
+
+
+async def test_each_tracker_hears_an_ad_views_events_in_firing_order(
+        sink: Sink, make_queue: QueueFactory, redis_client: Any) -> None:
+    """Two consumers, eight sends in flight per host each: 40 ad views' events (each
+    naming its predecessor, as the tracker queues them) reach the endpoint in firing
+    order per view, though they were all queued at once."""
+    a, b = make_queue(batch=8), make_queue(batch=8)
+    await asyncio.gather(a._ensure_groups(), b._ensure_groups())
+    events = ("impression", "start", "firstQuartile", "midpoint", "thirdQuartile", "complete")
+    beacons = []
+    for i in range(40):
+        previous = None
+        for e in events:
+            x = sink.beacon(f"s{i}", e)
+            beacons.append(Beacon(x.key, x.url, x.headers, after=previous))
+            previous = x.key
+    for i, x in enumerate(beacons):
+        await (a if i % 2 else b).put(x)
+    await asyncio.wait_for(a.drain(), 30)
+
+    by_view: dict[str, list[str]] = {}
+    for h in sink.hits():
+        by_view.setdefault(h.query["session"][0], []).append(h.event)
+    assert len(by_view) == 40
+    assert all(got == list(events) for got in by_view.values()), by_view
+    assert a.stats.sent > 0 and b.stats.sent > 0

@@ -18,15 +18,18 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from fixtures.clock import ManualClock
 from stitcher.ads import AdInfo
 from stitcher.beacons import BeaconQueue, BeaconTracker, RedisProgress
 from stitcher.metrics import Metrics
+from tests.harness import SessionHandle
 from tests.manifests.test_corpus_hls import bundle_files
 
 EVENTS = ("impression", "creativeView", "start", "firstQuartile", "midpoint",
@@ -114,16 +117,20 @@ class _GoneAway:
     def __init__(self, inner: RedisProgress) -> None:
         self.inner, self.down, self.calls = inner, True, 0
 
-    async def record(self, *args: Any) -> Any:
-        self.calls += 1
+    def _check(self) -> None:
         if self.down:
             from redis.exceptions import ConnectionError as RedisConnectionError
 
             raise RedisConnectionError("Connection closed by server.")
-        return await self.inner.record(*args)
 
-    async def forget(self, *args: Any) -> Any:
-        return await self.inner.forget(*args)
+    async def due(self, *args: Any) -> Any:
+        self.calls += 1
+        self._check()
+        return await self.inner.due(*args)
+
+    async def mark(self, *args: Any) -> Any:
+        self._check()
+        return await self.inner.mark(*args)
 
 
 async def test_ad_segments_while_the_store_is_away_fire_their_beacons_once_it_is_back(
@@ -213,16 +220,16 @@ async def test_beacons_whose_queueing_fails_after_their_progress_was_recorded_ar
         queue = _QueueAway(inner)
         progress = _GoneAway(RedisProgress(client, prefix=f"unq-{uuid.uuid4().hex}"))
         progress.down = False
-        real_forget = progress.forget
+        real_mark = progress.mark
 
-        async def forget(*args: Any) -> Any:  # un-recording needs the Redis that failed
+        async def mark(*args: Any) -> Any:  # recording needs the Redis that failed
             if queue.down:
                 from redis.exceptions import ConnectionError as RedisConnectionError
 
                 raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
-            return await real_forget(*args)
+            return await real_mark(*args)
 
-        progress.forget = forget  # type: ignore[method-assign]
+        progress.mark = mark  # type: ignore[method-assign]
         tracker = BeaconTracker(queue, progress=progress,  # type: ignore[arg-type]
                                 metrics=metrics, retry_every=0.05)
         queue.down = True
@@ -246,3 +253,93 @@ async def test_beacons_whose_queueing_fails_after_their_progress_was_recorded_ar
     # Segment 0 of a 10 s ad on 2 s segments: impression, creativeView, start (the
     # endpoint fails the first impression once, then takes the retry).
     assert Counter(hits) == Counter({"impression": 2, "creativeView": 1, "start": 1}), hits
+
+
+# ------------------------------------------------- joins, seeks, variant switches
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_join_mid_ad_seek_back_and_variant_switch_fire_the_right_events(
+        media: Any, assets_dir: Path, tmp_path: Path, store: str, request: Any) -> None:
+    """Three sessions through one 30 s break (ad A 10 s, ad B 15 s, slate), over
+    real HTTP, counted from the fixture ad server's raw log; the expected events
+    come from the documented rules (``tests.harness.expected_events``), per ad:
+
+    * joins mid-ad (first request: A's segment 2): not counted for A (a late join,
+      docs/architecture.md "Beacons"), every event of B;
+    * seeks back into the break (A whole, B to segment 3, then A and B's first
+      segments again, then the rest of B): each event once, nothing re-fired;
+    * switches variant mid-ad (A on v0 then v1, B on v1 then v0): each event once,
+      in order, across the renditions.
+    """
+    from stitcher.app import BEACONS
+    from tests.harness import event_offsets, expected_events, fill_pod, start_stack
+
+    config: dict[str, Any] = {}
+    if store == "redis":
+        import redis.asyncio as redis
+
+        url = request.getfixturevalue("redis_url")
+        client = redis.Redis.from_url(url)
+        await client.flushdb()
+        await client.aclose()
+        config = {"redis_url": url}
+    clock = ManualClock(start=1_850_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True,
+                           stitcher_config=config) as stack:
+        queue = stack.app[BEACONS]
+        await asyncio.wait_for(queue.drain(), 30)
+        joiner, seeker, switcher = [await stack.start_session() for _ in range(3)]
+        edge = stack.origin.live_edge_msn()
+        assert edge is not None
+        asked = len(stack.vast_requests())  # the warm-up's prefetch before
+        stack.origin.insert_break(edge + 2, 30)
+        v0, v1 = (await stack.stitcher_renditions())[:2]
+        breaks: set[str] = set()
+        for _ in range(20):  # the whole break is published (and decided)
+            status, _h, body = await stack.get(joiner.media_url(v0))
+            assert status == 200
+            breaks |= {line.split("/")[2] for line in body.decode().splitlines()
+                       if line.startswith("ad/")}
+            clock.advance(2)
+            await asyncio.sleep(0)
+        (brk,) = breaks
+        # What the ad server answered and the fill policy make of it (not the stitcher's
+        # records): ad A in pod position 0, ad B in 1.
+        (vast,) = stack.vast_requests()[asked:]
+        durations = {a.id: Fraction(a.duration) for a in media.ads}
+        placed = [vast.ads[i] for i in fill_pod([durations[a] for a in vast.ads],
+                                                Fraction(30), Fraction(2))]
+        assert placed == ["ad-a", "ad-b"], (vast.ads, placed)
+
+        async def play(session: SessionHandle, steps: list[tuple[str, int, int]]) -> None:
+            for rid, item, seg in steps:
+                status, _h, _b = await stack.get(
+                    f"{session.base}/media/ad/{rid}/{brk}/{item}/{seg}.ts")
+                assert status == 302, (rid, item, seg, status)
+
+        a_segs, b_segs = list(range(5)), list(range(8))
+        await play(joiner, [(v0, 0, s) for s in a_segs[2:]] + [(v0, 1, s) for s in b_segs])
+        await play(seeker, [(v0, 0, s) for s in a_segs] + [(v0, 1, s) for s in b_segs[:4]]
+                   + [(v0, 0, s) for s in a_segs] + [(v0, 1, s) for s in b_segs])
+        await play(switcher, [(v0, 0, s) for s in a_segs[:3]] + [(v1, 0, s) for s in a_segs[3:]]
+                   + [(v1, 1, s) for s in b_segs[:4]] + [(v0, 1, s) for s in b_segs[4:]])
+        await asyncio.wait_for(queue.drain(), 30)
+
+        def owed(segments: dict[str, set[int]]) -> dict[str, list[str]]:
+            return {ad: expected_events(durations[ad], Fraction(2), segs)
+                    for ad, segs in segments.items()}
+
+        expected = {
+            joiner.session_id: owed({"ad-a": {2, 3, 4}, "ad-b": set(b_segs)}),
+            seeker.session_id: owed({"ad-a": set(a_segs), "ad-b": set(b_segs)}),
+            switcher.session_id: owed({"ad-a": set(a_segs), "ad-b": set(b_segs)}),
+        }
+        assert expected[joiner.session_id]["ad-a"] == []
+        assert expected[seeker.session_id]["ad-b"] == list(event_offsets(durations["ad-b"]))
+        for sid, per_ad in expected.items():
+            hits = stack.beacon_hits(session_id=sid)
+            for ad, events in per_ad.items():
+                got = [h.event for h in hits if h.ad_id == ad]
+                assert got == events, (sid, ad, got, events)  # once each, in order
+            assert {h.ad_id for h in hits} == {ad for ad, evs in per_ad.items() if evs}
+            assert all(h.status == 204 for h in hits)

@@ -40,8 +40,6 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -58,8 +56,8 @@ import yaml
 from aiohttp import web
 
 from fixtures.adserver import AdServerConfig, FixtureAd, vast_requests
-from fixtures.adserver import hits as adserver_hits
 from fixtures.adserver import create_app as create_adserver
+from fixtures.adserver import hits as adserver_hits
 from fixtures.clock import ManualClock, SystemClock
 from fixtures.origin import (
     ORIGIN_STATE,
@@ -71,10 +69,14 @@ from fixtures.origin import (
 )
 from manifests.checker import Checker, Snapshot, Violation, check, format_text
 from manifests.playlist import MediaPlaylist, parse_media
-from stitcher.app import CHANNELS, create_app
 from stitcher.config import StitcherConfig
-from stitcher.store import MemoryStore
-from tests.harness import default_start_epoch
+from tests.harness import (
+    ChildProcess,
+    default_start_epoch,
+    spawn,
+    until_up,
+    warm_up_assets,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -88,29 +90,9 @@ BREAK = 10  # seconds: five slots, ad A (10 s) fits
 SESSION_KEYS = {"k1": "processes-test-key"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ------------------------------------------------------------------ the setup
-@dataclass
-class Stitcher:
-    """One ``stitcher serve`` OS process."""
-
-    index: int
-    port: int
-    proc: asyncio.subprocess.Process
-    log: Path
-    alive: bool = True
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+#: One ``stitcher serve`` OS process.
+Stitcher = ChildProcess
 
 
 @dataclass
@@ -174,43 +156,9 @@ def _channel_config(channel: str, origin_base: str, ad_base: str, media: Any) ->
     }
 
 
-async def _warm_up(config: StitcherConfig, channel: str, state: Path) -> None:
-    """Probe, condition the slate and this ad server's creatives into ``data_dir``
-    (ffmpeg only the first time in a test session) with an in-process stitcher."""
-    app = create_app(config, store=MemoryStore(state))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        ready = await app[CHANNELS][channel].warm_up()
-        assert ready >= 1, "no creative conditioned at warm-up"
-    finally:
-        await runner.cleanup()
-
-
 async def _spawn(index: int, config_path: Path, log_dir: Path) -> Stitcher:
-    port = _free_port()
-    log = log_dir / f"stitcher{index}.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "stitcher.cli", "serve", "--config", str(config_path),
-            "--port", str(port), cwd=ROOT, stdout=out, stderr=out,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return Stitcher(index, port, proc, log)
-
-
-async def _until_up(http: aiohttp.ClientSession, s: Stitcher, path: str,
-                    timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert s.proc.returncode is None, f"stitcher {s.index} exited:\n{s.log_text()}"
-        try:
-            async with http.get(s.base + path) as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        assert time.monotonic() < deadline, f"stitcher {s.index}: {path} not 200:\n{s.log_text()}"
-        await asyncio.sleep(0.1)  # a child process starting up: nothing to block on
+    return await spawn(index, ["-m", "stitcher.cli", "serve", "--config", str(config_path)],
+                       log_dir)
 
 
 @asynccontextmanager
@@ -236,13 +184,13 @@ async def _rig(media: Any, assets_dir: Path, tmp_path: Path, redis_url: str,
                "origin_timeout": 3.0, "shutdown_timeout": 5.0,
                "channels": [_channel_config(channel, f"http://127.0.0.1:{origin_port}",
                                             ad_base, media)]}
-        await _warm_up(StitcherConfig.model_validate({**raw, "redis_url": None}), channel,
+        await warm_up_assets(StitcherConfig.model_validate({**raw, "redis_url": None}), channel,
                        tmp_path / "warm-state")
         config_path = tmp_path / "stitcher.yaml"
         config_path.write_text(yaml.safe_dump(raw))
         stitchers = list(await asyncio.gather(*(_spawn(i, config_path, tmp_path)
                                                 for i in range(PROCESSES))))
-        await asyncio.gather(*(_until_up(http, s, "/healthz") for s in stitchers))
+        await asyncio.gather(*(until_up(http, s, "/healthz") for s in stitchers))
         rig = Rig(channel, origin_runner.app[ORIGIN_STATE], ad_runner.app, stitchers, http)
         # A player's first request (the multivariant) on every process starts the
         # channel's preparation there (ffprobe the ladder, load the slate from disk).
@@ -254,7 +202,7 @@ async def _rig(media: Any, assets_dir: Path, tmp_path: Path, redis_url: str,
         rig.renditions = [line.removeprefix("media/").removesuffix(".m3u8")
                           for line in text.splitlines() if line.startswith("media/")]
         assert rig.renditions == ["v0", "v1"], text
-        await asyncio.gather(*(_until_up(http, s, "/readyz") for s in stitchers))
+        await asyncio.gather(*(until_up(http, s, "/readyz") for s in stitchers))
         yield rig
     finally:
         await http.close()
