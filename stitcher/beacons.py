@@ -274,23 +274,53 @@ class BeaconQueue:
 #: Returns {late?, newly late?, events due and not yet recorded...}: the in-process
 #: rule (a first request that is not segment 0 marks the session late for that ad),
 #: atomically. The events are recorded by :meth:`RedisProgress.mark` once queued.
+#: KEYS: the view's progress hash. ARGV: segment, ttl, replayed ('1': a request kept
+#: while the store was away), then the events due. -> {'late', newly late ('1'|'0')}
+#: | {'ok', '', events not recorded yet...} | {'revived', highest segment, events...}.
+#: A view first seen past segment 0 is a late join (``~late``, its highest segment
+#: kept in ``~max``), unless segment 0's request was only kept back: one instance
+#: deferred it (the store away), another recorded a later one first once the store
+#: was back. Its replay revives the view (found by the tracking fault run: whole ad
+#: views lost that way), and the caller fires what is due up to ``~max``.
 _PROGRESS = """
+local seg = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[1] ~= '0' then
-    redis.call('HSET', KEYS[1], '~late', '1')
+  if seg ~= 0 then
+    redis.call('HSET', KEYS[1], '~late', '1', '~max', seg)
     redis.call('EXPIRE', KEYS[1], ARGV[2])
     return {'late', '1'}
   end
   redis.call('HSET', KEYS[1], '~seen', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
-if redis.call('HEXISTS', KEYS[1], '~late') == 1 then return {'late', '0'} end
-local out = {'ok', '0'}
-for i = 3, #ARGV do
+local out = {'ok', ''}
+if redis.call('HEXISTS', KEYS[1], '~late') == 1 then
+  local top = tonumber(redis.call('HGET', KEYS[1], '~max') or '0')
+  if seg ~= 0 or ARGV[3] ~= '1' then
+    if seg > top then redis.call('HSET', KEYS[1], '~max', seg) end
+    return {'late', '0'}
+  end
+  redis.call('HDEL', KEYS[1], '~late', '~max')
+  redis.call('HSET', KEYS[1], '~seen', '1')
+  out = {'revived', tostring(top)}
+end
+for i = 4, #ARGV do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
 end
 return out
 """
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A segment request against the view's shared progress: a late join (nothing
+    fires), or the due events not recorded yet; ``reached``: a revived view's
+    highest segment requested meanwhile (what is due up to it fires now)."""
+
+    late: bool = False
+    newly_late: bool = False
+    new: list[str] = field(default_factory=list)
+    reached: int | None = None
 
 
 class RedisProgress:
@@ -307,12 +337,15 @@ class RedisProgress:
         return f"{self._prefix}:bp:{session_id}:{break_id}:{item}"
 
     async def due(self, session_id: str, break_id: str, item: int, segment: int,
-                  due: list[str]) -> tuple[bool, bool, list[str]]:
-        """(late, newly late, events of ``due`` not recorded yet)."""
+                  due: list[str], *, replayed: bool = False) -> Progress:
+        """What this segment request fires (see ``_PROGRESS``); ``replayed``: it was
+        kept while the store was away."""
         raw = await self._script(keys=[self._key(session_id, break_id, item)],
-                                 args=[segment, self._ttl, *due])
+                                 args=[segment, self._ttl, "1" if replayed else "0", *due])
         out = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
-        return out[0] == "late", out[1] == "1", out[2:]
+        if out[0] == "late":
+            return Progress(late=True, newly_late=out[1] == "1")
+        return Progress(new=out[2:], reached=int(out[1]) if out[0] == "revived" else None)
 
     async def mark(self, session_id: str, break_id: str, item: int,
                    events: list[str]) -> None:
@@ -434,7 +467,7 @@ class BeaconTracker:
                 key, calls = next(iter(self._deferred.items()))
                 try:
                     while calls:
-                        await self._record(**calls[0])
+                        await self._record(**calls[0], replayed=True)
                         calls.pop(0)
                         self._deferred_count -= 1
                         self._count("replayed")
@@ -453,17 +486,25 @@ class BeaconTracker:
             self._count("dropped", self._deferred_count + len(self._unqueued))
 
     async def _record(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
-                      nominal: Fraction, client_ip: str, user_agent: str) -> list[str]:
+                      nominal: Fraction, client_ip: str, user_agent: str,
+                      replayed: bool = False) -> list[str]:
         seg_end = (segment + 1) * nominal
         due = [(event, at) for event, at in ad_events(ad) if at < seg_end]
         if self._shared is not None:
-            late, newly_late, new = await self._shared.due(
-                session_id, break_id, ad.item, segment, [e for e, _at in due])
-            if late:
-                self.late_joins += newly_late
+            got = await self._shared.due(session_id, break_id, ad.item, segment,
+                                         [e for e, _at in due], replayed=replayed)
+            if got.late:
+                self.late_joins += got.newly_late
                 return []
-            chosen = set(new)
-            due = [(e, at) for e, at in due if e in chosen]
+            if got.reached is not None and got.reached > segment:
+                # Revived: the later segments requested meanwhile fired nothing.
+                log.info("ad view %s/%s/%s: segment 0 replayed after segment %d; "
+                         "not a late join", session_id, break_id, ad.item, got.reached)
+                reach = (got.reached + 1) * nominal
+                due = [(e, at) for e, at in ad_events(ad) if at < reach]
+            else:
+                chosen = set(got.new)
+                due = [(e, at) for e, at in due if e in chosen]
         else:
             key = (session_id, break_id, ad.item)
             state = self._progress.get(key)

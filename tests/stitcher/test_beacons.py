@@ -123,10 +123,10 @@ class _GoneAway:
 
             raise RedisConnectionError("Connection closed by server.")
 
-    async def due(self, *args: Any) -> Any:
+    async def due(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         self._check()
-        return await self.inner.due(*args)
+        return await self.inner.due(*args, **kwargs)
 
     async def mark(self, *args: Any) -> Any:
         self._check()
@@ -182,6 +182,58 @@ async def test_ad_segments_while_the_store_is_away_fire_their_beacons_once_it_is
         "stitcher_beacons_deferred_total", {"result": "deferred"}) == 4
     assert metrics.registry.get_sample_value(
         "stitcher_beacons_deferred_total", {"result": "replayed"}) == 4
+
+
+async def test_segment_0_kept_on_one_instance_while_another_records_later_ones_is_no_late_join(
+        tracker_endpoint: tuple[str, list[str]], redis_url: str) -> None:
+    """Found by the tracking fault run (Redis SIGKILLed mid-break, whole ad views
+    lost): instance A kept segment 0's request while the store was away; once it was
+    back, instance B recorded segments 1 and 2 of the same view first, which made it
+    a late join, and A's replay of segment 0 then fired nothing. The replay revives
+    the view: what is due up to segment 2 fires then, the rest as it comes, every
+    event once and in firing order. A view whose first request really is past
+    segment 0 stays a late join."""
+    import redis.asyncio as redis
+
+    base, hits = tracker_endpoint
+    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
+                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"revive-{uuid.uuid4().hex}"
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as http:
+        queue = BeaconQueue(http, metrics, base_backoff=0.05)
+        away = _GoneAway(RedisProgress(client, prefix=prefix))
+        a = BeaconTracker(queue, progress=away, metrics=metrics,  # type: ignore[arg-type]
+                          retry_every=0.05)
+        b = BeaconTracker(queue, progress=RedisProgress(client, prefix=prefix))
+
+        async def segment(tracker: BeaconTracker, n: int, session: str = "S1") -> list[str]:
+            return await tracker.on_ad_segment(
+                session_id=session, break_id="brk1", ad=ad, segment=n, nominal=Fraction(2),
+                client_ip="203.0.113.7", user_agent="player")
+
+        assert await segment(a, 0) == [] and a.deferred == 1  # kept: A's store is away
+        assert await segment(b, 1) == [] and await segment(b, 2) == []  # late, for now
+        away.down = False
+        for _ in range(100):
+            if a.deferred == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert a.deferred == 0
+        assert await segment(b, 3) == ["thirdQuartile"]
+        assert await segment(b, 4) == ["complete"]
+        # A real late join (first request: segment 2, no segment 0 kept anywhere).
+        assert await segment(b, 2, "S2") == [] and await segment(b, 3, "S2") == []
+        assert await segment(b, 0, "S2") == [], "a seek back to the start is no revival"
+        await asyncio.wait_for(queue.drain(), 10)
+        for t in (a, b):
+            await t.close()
+        await queue.close()
+    await client.aclose()
+    # The fixture fails the first impression once (two hits, one delivery).
+    assert Counter(hits) == Counter({**{e: 1 for e in EVENTS}, "impression": 2}), hits
+    assert [h for h in hits if h != "impression"] == [e for e in EVENTS if e != "impression"]
 
 
 class _QueueAway:

@@ -463,6 +463,20 @@ class Poller:
             await _tick(tick)
 
 
+def _no_ads_yet(rig: Rig, poller: Poller, brk: AdBreak, polling: float) -> str:
+    """What a run that saw no ads saw instead: the break's slots as served, the ad
+    server's log, the stitchers' logs."""
+    slots = {m: sorted({(x.uri[-48:], x.process) for s in poller.sessions
+                        for x in poller.served[(s.path, "v0", m)]})[:3]
+             for m in range(brk.start_msn, brk.end_msn + 1)}
+    vast = [(round(r.time - time.time(), 1), r.query_string[-60:], r.fault)
+            for r in vast_requests(rig.ad_app)]
+    return (f"no ad segment in 30 s of polling ({poller.reloads} reloads, edge "
+            f"{_edge(rig.origin)}, break {brk.start_msn}..{brk.end_msn - 1}, "
+            f"{time.monotonic() - polling:.1f} s); slots {slots}; VAST (s ago) {vast}; "
+            f"errors {poller.errors[:3]}\n{rig.logs()}")
+
+
 BEACON_EVENTS = ("impression", "start", "firstQuartile", "midpoint", "thirdQuartile",
                  "complete")
 
@@ -558,7 +572,10 @@ async def test_sigkill_mid_break_loses_nothing(media: Any, assets_dir: Path, tmp
         polling = time.monotonic()
         tasks = [asyncio.ensure_future(poller.run(stop)), asyncio.ensure_future(load())]
         try:
-            await asyncio.wait_for(poller.first_ads.wait(), 30)
+            try:
+                await asyncio.wait_for(poller.first_ads.wait(), 30)
+            except TimeoutError:
+                raise AssertionError(_no_ads_yet(rig, poller, first, polling)) from None
             assert poller.ad_process is not None
             # Killed once it has taken ad segment requests (progress recorded, beacons
             # queued on it): what it had not sent yet must still arrive.
