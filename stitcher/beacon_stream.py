@@ -21,7 +21,9 @@ slot, while the S shards spread the queue over S slots):
 ``ss:beacons:{n}:sending:<k>``         ``<consumer>|<lease deadline ms>``: a send
                                        has begun (evidence for possible duplicates)
 ``ss:beacons:{n}:sent:<k>``            ``sent`` / ``dead``: never send again
-``ss:beacons:{n}:failed:<k>``          an attempt failed (its successors stop waiting)
+``ss:beacons:{n}:failed:<k>``          an attempt failed: the attempt queued next
+                                       (its successors stop waiting; a copy of an
+                                       earlier attempt is superseded, not sent)
 ``ss:beacons:{n}:dead``                stream of dead letters (``reason`` kept)
 ``ss:beacons:possible-duplicates``     stream: each beacon resent after a consumer
                                        died mid-send (``k``, ``key``, ``url``, the
@@ -100,11 +102,15 @@ end
 return false
 """
 
-#: KEYS: sent, sending. ARGV: consumer, now ms, lease ms, ttl.
-#: -> {'done', value} | {'busy', owner} | {'stale', owner} | {'go', ''}
+#: KEYS: sent, sending, failed marker. ARGV: consumer, now ms, lease ms, ttl, the
+#: entry's attempt. -> {'done', value} | {'superseded', next attempt} | {'busy', owner}
+#: | {'stale', owner} | {'go', ''}. Superseded: a second copy of an attempt that has
+#: been made and failed since (its successor is queued): never sent again.
 _BEGIN = """
 local s = redis.call('GET', KEYS[1])
 if s then return {'done', s} end
+local after = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if after > tonumber(ARGV[5]) then return {'superseded', tostring(after)} end
 local lease = ARGV[1] .. '|' .. (tonumber(ARGV[2]) + tonumber(ARGV[3]))
 local cur = redis.call('GET', KEYS[2])
 if cur then
@@ -128,15 +134,16 @@ return redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 """
 
 #: KEYS: sending, retry set, stream, failed marker. ARGV: group, id, due ms, member,
-#: consumer, release the lease and mark the beacon failed once ('1') or not (someone
-#: else holds it), ttl.
+#: consumer, an attempt failed here: release the lease and mark the beacon failed
+#: ('1'), or not (a look-later copy, someone else holds it: '0'), ttl, the attempt
+#: queued next (the failed marker's value: copies of earlier attempts are superseded).
 _RETRY = """
 if ARGV[6] == '1' then
   local cur = redis.call('GET', KEYS[1])
   if cur and string.sub(cur, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then
     redis.call('DEL', KEYS[1])
   end
-  redis.call('SET', KEYS[4], '1', 'EX', ARGV[7])
+  redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[7])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -591,7 +598,7 @@ class StreamBeaconQueue:
                 self._marker(shard, "sending", k), self.retry_set(shard), self.stream(shard),
                 self._marker(shard, "failed", k)], args=[
                 GROUP, entry_id, due, self._member(f, int(f["a"])), self.consumer, "0",
-                self._ttl])
+                self._ttl, "0"])
             self.deferred += 1
             return
         # The lease covers the send only: wait for the host's slot before taking it.
@@ -629,19 +636,24 @@ class StreamBeaconQueue:
         k, attempt, stream = f["k"], int(f["a"]), self.stream(shard)
         sent_key, sending_key = self._marker(shard, "sent", k), self._marker(shard, "sending", k)
         now = int(time.time() * 1000)
+        failed_key = self._marker(shard, "failed", k)
         state, owner = (_s(v) for v in await self._begin(
-            keys=[sent_key, sending_key], args=[self.consumer, now, self._lease_ms, self._ttl]))
-        if state == "done":  # a redelivery or a second copy: sent (or dead) already
+            keys=[sent_key, sending_key, failed_key],
+            args=[self.consumer, now, self._lease_ms, self._ttl, attempt]))
+        if state in ("done", "superseded"):
+            # A redelivery or a second copy: sent (or dead) already, or this attempt
+            # was made and failed since and its successor is queued (found by the
+            # tracking fault run: a look-later copy, made while the attempt was under
+            # way, made it again unreported: a hit too many, a duplicate unreported).
             await self._client.xack(stream, GROUP, entry_id)
             self.stats.duplicates_suppressed += 1
             self._metrics.beacons.labels("suppressed").inc()
             return
         if state == "busy":  # another consumer is sending this beacon right now: look later
             due = now + self._lease_ms + random.randint(0, 500)
-            await self._retry(keys=[sending_key, self.retry_set(shard), stream,
-                                    self._marker(shard, "failed", k)],
+            await self._retry(keys=[sending_key, self.retry_set(shard), stream, failed_key],
                               args=[GROUP, entry_id, due, self._member(f, attempt),
-                                    self.consumer, "0", self._ttl])
+                                    self.consumer, "0", self._ttl, "0"])
             return
         if state == "stale" or f.get("m") == "1":
             # A consumer began sending and never recorded the outcome, or the last
@@ -680,11 +692,11 @@ class StreamBeaconQueue:
                         self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
             due = int(time.time() * 1000 + delay * 1000)
             await self._finish(self._retry, keys=[sending_key, self.retry_set(shard), stream,
-                                                  self._marker(shard, "failed", k)],
+                                                  failed_key],
                                args=[GROUP, entry_id, due,
                                      self._member({**f, "m": "1" if reached else "0"},
                                                   attempt + 1),
-                                     self.consumer, "1", self._ttl])
+                                     self.consumer, "1", self._ttl, attempt + 1])
             self.stats.failed_attempts += 1
             self._metrics.beacons.labels("retry").inc()
 

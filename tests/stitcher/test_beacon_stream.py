@@ -469,6 +469,30 @@ async def test_a_resend_after_a_timeout_is_reported_as_a_possible_duplicate(
     assert queue.stats.possible_duplicates == 1 and queue.stats.sent == 1
 
 
+async def test_a_copy_of_an_attempt_that_failed_meanwhile_is_not_sent_again(
+        sink: Sink, make_queue: QueueFactory, redis_client: Any) -> None:
+    """A second copy of an entry (a look-later copy made while its attempt was under
+    way, or one reclaimed from a slow consumer) that comes up after the attempt
+    failed and its successor was queued is superseded: sent again, it was a hit too
+    many and, on a tracker that counts it, a duplicate nobody reported (found by the
+    tracking fault run: 7 hits on a tracker that gets 6 attempts, none reported)."""
+    queue = make_queue(shards=1, max_attempts=2, base_backoff=3.0)
+    faults(sink.app).beacon_status = 503
+    doomed = sink.beacon("s1", "complete")
+    await queue.put(doomed)
+    [(_id, fields)] = await redis_client.xrange(queue.stream(0))
+    k = fields[b"k"].decode()
+    await _until(lambda: len(sink.hits()) == 1)
+    while not await redis_client.exists(queue._marker(0, "failed", k)):
+        await asyncio.sleep(0.02)  # attempt 1 failed; attempt 2 waits out its backoff
+    await redis_client.xadd(queue.stream(0), fields)  # the copy of attempt 1
+    await _until(lambda: queue.stats.duplicates_suppressed == 1)
+    await asyncio.wait_for(queue.drain(), 15)
+    assert len(sink.hits()) == 2, "exactly max_attempts attempts (the copy sent none)"
+    assert [d["attempts"] for d in await queue.dead_letters()] == ["2"]
+    assert queue.stats.possible_duplicates == 0
+
+
 async def test_each_tracker_hears_an_ad_views_events_in_firing_order(
         sink: Sink, make_queue: QueueFactory, redis_client: Any) -> None:
     """Two consumers, eight sends in flight per host each: 40 ad views' events (each
