@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from stitcher.errors import (
     to_response,
 )
 from stitcher.metrics import Metrics
-from stitcher.netpolicy import client_session
+from stitcher.netpolicy import PublicOnlyConnector, client_session
 from stitcher.redis_store import RedisStore
 from stitcher.sessions import Session, SessionSigner, cohort_for, is_cohort
 from stitcher.store import MemoryStore, Store
@@ -507,10 +507,10 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         origin_http = aiohttp.ClientSession()
-        strict_http = client_session(allow_private=False)
-        open_http = client_session(allow_private=True)
-        beacon_http = client_session(allow_private=any(c.allow_private_ad_hosts
-                                                       for c in config.channels))
+        ad_sessions = AdSessions()
+        # Beacons and creative downloads serve every channel: the channels' exceptions
+        # together (channels added later through the admin API: theirs too).
+        beacon_http = ad_sessions.for_all(config.channels)
         owned: RedisStore | None = None
         if store is None and config.redis_url:
             owned = RedisStore.from_url(config.redis_url, cluster=config.redis_cluster)
@@ -531,9 +531,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
                                 per_host=config.beacon_per_host)
             tracker = BeaconTracker(queue)
         library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(metrics=m), m,
-                                  download=_downloader(open_http if any(
-                                      c.allow_private_ad_hosts for c in config.channels)
-                                      else strict_http))
+                                  download=_downloader(beacon_http))
         app[BEACONS], app[TRACKER], app[LIBRARY] = queue, tracker, library
         app[STORE] = the_store
         # Scale-out: origin fetches and ad decisions single-flight across instances.
@@ -549,7 +547,8 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
             default_retry_after=config.ad_default_retry_after), m, clock=clock, sleep=sleep)
 
         def make_runtime(cfg: ChannelConfig) -> ChannelRuntime:
-            decider = AdDecider(open_http if cfg.allow_private_ad_hosts else strict_http,
+            ad_sessions.allow(cfg)
+            decider = AdDecider(ad_sessions.for_channel(cfg),
                                 library, m, timeout=config.ad_timeout, on_error=tracker.error,
                                 servers=servers)
             return ChannelRuntime(
@@ -568,10 +567,47 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
         await queue.close()
         if owned is not None:
             await owned.close()
-        for s in (origin_http, strict_http, open_http, beacon_http):
-            await s.close()
+        await origin_http.close()
+        await ad_sessions.close()
 
     return ctx
+
+
+class AdSessions:
+    """Client sessions for untrusted URLs, one per network policy: a channel's own
+    (its ``private_ad_hosts``) for its ad requests, and one for what every channel
+    shares (beacons, creative downloads) with all the channels' exceptions."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[bool, frozenset[str]], aiohttp.ClientSession] = {}
+        self._shared: aiohttp.ClientSession | None = None
+
+    def for_channel(self, cfg: ChannelConfig) -> aiohttp.ClientSession:
+        key = (cfg.allow_private_ad_hosts,
+               frozenset() if cfg.allow_private_ad_hosts else frozenset(cfg.private_ad_hosts))
+        if key not in self._sessions:
+            self._sessions[key] = client_session(allow_private=key[0], private_hosts=key[1])
+        return self._sessions[key]
+
+    def for_all(self, channels: Iterable[ChannelConfig]) -> aiohttp.ClientSession:
+        """The shared session (made once): every channel's exceptions, and those of
+        channels :meth:`allow` adds later."""
+        if self._shared is None:
+            channels = list(channels)
+            self._shared = client_session(
+                allow_private=any(c.allow_private_ad_hosts for c in channels),
+                private_hosts={h for c in channels for h in c.private_ad_hosts})
+        return self._shared
+
+    def allow(self, cfg: ChannelConfig) -> None:
+        """Add a (new or changed) channel's exceptions to the shared session's."""
+        connector = self._shared.connector if self._shared is not None else None
+        if isinstance(connector, PublicOnlyConnector):
+            connector.trust(cfg.private_ad_hosts)
+
+    async def close(self) -> None:
+        for s in [*self._sessions.values(), *([self._shared] if self._shared else [])]:
+            await s.close()
 
 
 def stream_queue(config: StitcherConfig, store: RedisStore, http: aiohttp.ClientSession,

@@ -128,7 +128,8 @@ async def beacons_main(config: StitcherConfig) -> int:
         return 2
     store = RedisStore.from_url(config.redis_url, cluster=config.redis_cluster)
     metrics = Metrics()
-    http = client_session(allow_private=any(c.allow_private_ad_hosts for c in config.channels))
+    http = client_session(allow_private=any(c.allow_private_ad_hosts for c in config.channels),
+                          private_hosts={h for c in config.channels for h in c.private_ad_hosts})
     queue = stream_queue(config, store, http, metrics)
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -354,7 +355,7 @@ async def demo_main(args: argparse.Namespace) -> int:
     channel = ChannelConfig(
         id="demo", origin_url=f"http://127.0.0.1:{origin_port}/live/demo/master.m3u8",
         ad_server_url=f"http://127.0.0.1:{ad_port}/vast?duration={{duration}}&cb=[CACHEBUSTING]",
-        allow_private_ad_hosts=True, slate=str(media.slate))
+        private_ad_hosts=[f"127.0.0.1:{ad_port}"], slate=str(media.slate))
     # Conditioned ads are cached across runs; the live state (ledgers, decisions) is
     # per run, since the fixture origin starts a new timeline every time.
     from stitcher.store import MemoryStore

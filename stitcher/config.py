@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from stitcher.netpolicy import parse_host
+
 #: Finite (a YAML ``.inf`` or a JSON ``1e999`` is refused, naming the field: it
 #: would otherwise fail later, in exact time arithmetic).
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -63,7 +65,11 @@ class ChannelConfig(BaseModel):
     origin_url: str = Field(pattern=r"^https?://")
     #: VAST ad server URL template; macros like [CACHEBUSTING], {duration}, {cohort.geo}.
     ad_server_url: str | None = Field(default=None, pattern=r"^https?://")
-    #: Hosts on private/loopback networks may be fetched only when allowed (fixtures).
+    #: Ad servers, wrappers, creatives and trackers on private or loopback networks
+    #: are refused, except these hosts (``host`` or ``host:port``): the fixture ad
+    #: server on loopback, an ad server on the operator's own network.
+    private_ad_hosts: list[str] = Field(default_factory=list)
+    #: Every private host allowed (development only; prefer ``private_ad_hosts``).
     allow_private_ad_hosts: bool = False
     #: Mezzanine of the slate that fills what ads do not (path or http URL).
     slate: str | None = None
@@ -107,6 +113,13 @@ class ChannelConfig(BaseModel):
     @property
     def nominal(self) -> Fraction | None:
         return None if self.segment_duration is None else Fraction(str(self.segment_duration))
+
+    @field_validator("private_ad_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for h in hosts:
+            parse_host(h)  # ValueError names the entry
+        return hosts
 
 
 class StitcherConfig(BaseModel):

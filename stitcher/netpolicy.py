@@ -4,19 +4,22 @@ Only http/https; the destination is checked on the *resolved* address at
 connect time (a resolver that refuses private, loopback, link-local, multicast
 and reserved addresses, IPv6 and IPv4-mapped included), which also covers every
 redirect since each hop connects anew; redirects, size and time are bounded.
-Fixture ad servers on loopback are allowed only by an explicit config flag.
+A private host is reached only when named: a channel's ``private_ad_hosts``
+(``host`` or ``host:port``, the fixture ad server on loopback, an ad server on
+the operator's own network), or every one with ``allow_private_ad_hosts`` (a
+development switch). A wrapper or redirect hop to any other private address,
+or a name that resolves to one, is refused.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.abc import ResolveResult
 
 
 class ForbiddenDestination(aiohttp.ClientError):
@@ -31,44 +34,56 @@ def is_public(address: str) -> bool:
                 or ip.is_reserved or ip.is_unspecified)
 
 
-class PublicOnlyResolver(AbstractResolver):
-    """Resolves like the default resolver, then drops non-public addresses."""
-
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if is_public(r["host"])]
-        if not allowed:
-            raise ForbiddenDestination(f"{host} resolves only to non-public addresses")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
+def parse_host(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[v6]:port`` as (lower-case host, port or None);
+    ValueError for anything else (a scheme, a path, a bad port)."""
+    parts = urlsplit(f"//{entry.strip()}")
+    if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in entry:
+        raise ValueError(f"not a host or host:port: {entry!r}")
+    return parts.hostname.lower(), parts.port  # .port raises ValueError when out of range
 
 
 class PublicOnlyConnector(aiohttp.TCPConnector):
     """Checks every address it would connect to, IP literals included.
 
     aiohttp does not ask the resolver about a URL whose host is an IP literal
-    (``http://127.0.0.1/``, ``http://[::ffff:10.0.0.1]/``), so the resolver alone
+    (``http://127.0.0.1/``, ``http://[::ffff:10.0.0.1]/``), so a resolver alone
     lets those through; this is the one place every connection (and so every
-    redirect hop) passes, whatever the host was spelled as."""
+    redirect hop) passes, whatever the host was spelled as. ``private_hosts``
+    are the named exceptions: those hosts (on that port, when one is given) may
+    be private; a name not in it that resolves to a private address is refused."""
+
+    def __init__(self, *args: Any, private_hosts: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._private_hosts = frozenset(parse_host(h) for h in private_hosts)
+
+    def trust(self, hosts: Iterable[str]) -> None:
+        """Name more exceptions (a channel added while running)."""
+        self._private_hosts |= {parse_host(h) for h in hosts}
+
+    def trusted(self, host: str, port: int) -> bool:
+        host = host.strip("[]").lower()
+        return (host, port) in self._private_hosts or (host, None) in self._private_hosts
 
     async def _resolve_host(self, host: str, port: int, *args: Any,
                             **kwargs: Any) -> list[ResolveResult]:
         results = await super()._resolve_host(host, port, *args, **kwargs)
+        if self.trusted(host, port):
+            return results
         allowed = [r for r in results if is_public(r["host"])]
         if not allowed:
-            raise ForbiddenDestination(f"{host} is not a public address")
+            raise ForbiddenDestination(f"{host} is not a public address"
+                                       if host.strip("[]") in {r["host"] for r in results}
+                                       else f"{host} resolves only to non-public addresses")
         return allowed
 
 
-def client_session(*, allow_private: bool, **kwargs: Any) -> aiohttp.ClientSession:
+def client_session(*, allow_private: bool = False, private_hosts: Iterable[str] = (),
+                   **kwargs: Any) -> aiohttp.ClientSession:
+    """A session for untrusted URLs: public destinations only, plus ``private_hosts``
+    (or, with ``allow_private``, every destination)."""
     connector = (aiohttp.TCPConnector(limit_per_host=32) if allow_private else
-                 PublicOnlyConnector(resolver=PublicOnlyResolver(), limit_per_host=32))
+                 PublicOnlyConnector(private_hosts=private_hosts, limit_per_host=32))
     return aiohttp.ClientSession(connector=connector, **kwargs)
 
 

@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 from xml.etree import ElementTree as ET
 
 import aiohttp
@@ -464,7 +464,7 @@ def _channel_config(stream: Stream, origin_base: str, ads_base: str,
         "origin_url": f"{origin_base}/live/{CHANNEL}/master.m3u8",
         "ad_server_url": f"{ads_base}/vast?break={{break_id}}&duration={{duration}}"
                          f"&cb=[CACHEBUSTING]{query}",
-        "allow_private_ad_hosts": True,
+        "private_ad_hosts": [urlsplit(ads_base).netloc],  # the fixture ad server only
         "slate": str(slate),
     })
     return ch

@@ -315,7 +315,10 @@ async def start_stack(
             vast += "&" + ad_query
         ch: dict[str, Any] = {
             "id": channel, "origin_url": f"http://127.0.0.1:{origin_port}/live/{channel}/master.m3u8",
+            # The fixture ad server named; every other private host allowed too unless
+            # a test sets ``allow_private_ad_hosts: False`` (the address policy cases).
             "ad_server_url": vast, "allow_private_ad_hosts": True,
+            "private_ad_hosts": [f"127.0.0.1:{ad_port}"],
             "slate": str(media.slate) if media is not None else None,
         }
         ch.update(channel_config or {})

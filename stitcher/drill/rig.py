@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -197,7 +198,8 @@ class Rig:
             "origin_url": f"{self.origin_base}/live/{self.channel}/master.m3u8",
             "ad_server_url": (f"{self.ad_base}/vast?duration={{duration}}&cb=[CACHEBUSTING]"
                               f"&break={{break_id}}&{ATTRIBUTE}={{cohort.{ATTRIBUTE}}}"),
-            "allow_private_ad_hosts": True, "slate": slate,
+            # The fixture ad server on loopback, by name: any other private host refused.
+            "private_ad_hosts": [urlsplit(self.ad_base).netloc], "slate": slate,
             "decision_budget": 2.0 / speed,
             "cohorts": [{"attribute": ATTRIBUTE, "values": list(self.schedule.cohorts),
                          "default": self.schedule.cohorts[0]}],

@@ -34,6 +34,7 @@ INVALID: dict[str, Any] = {
     "id": "bad id!",
     "origin_url": "ftp://origin.example.com/master.m3u8",
     "ad_server_url": "javascript:alert(1)",
+    "private_ad_hosts": ["http://10.0.0.5/vast"],
     "allow_private_ad_hosts": "sometimes",
     "slate": 42,
     "segment_duration": -2,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from fixtures.adserver import HUGE_BYTES, Faults, vast_requests
 from fixtures.adserver import faults as adserver_faults
@@ -232,6 +233,9 @@ class AdFault:
     not_used: bool = False
     #: The break's length (12 s: room for the 10 s fixture ad).
     break_seconds: int = 6
+    #: ``{sentinel}`` in the switches is another private server (loopback, a port
+    #: the channel does not name), which must never be reached.
+    sentinel: bool = False
 
 
 AD_FAULTS: dict[str, AdFault] = {
@@ -257,6 +261,18 @@ AD_FAULTS: dict[str, AdFault] = {
     "hostname-resolving-to-private": AdFault({}, "301",
                                              channel={"allow_private_ad_hosts": False},
                                              ad_host="localhost", requests=0),
+    # The ad server is private but named in private_ad_hosts (127.0.0.1:<its port>);
+    # a hop it points at is refused when it is any other private host, however
+    # spelled, and the wrapper's Error URL hears 301 (VAST: wrapper URI unreachable).
+    "wrapper-to-private-address": AdFault(
+        {"wrapper_to": "http://127.0.0.1:{sentinel}/vast"}, "301",
+        channel={"allow_private_ad_hosts": False}, error_code=301, sentinel=True),
+    "wrapper-to-name-resolving-to-private": AdFault(
+        {"wrapper_to": "http://localhost:{sentinel}/vast"}, "301",
+        channel={"allow_private_ad_hosts": False}, error_code=301, sentinel=True),
+    "redirect-to-private-address": AdFault(
+        {"redirect_to": "http://[::ffff:127.0.0.1]:{sentinel}/vast"}, "301",
+        channel={"allow_private_ad_hosts": False}, sentinel=True),
 }
 
 #: Event-loop lag allowed during a fault case (see ``tests/lag.py``). On an idle
@@ -279,9 +295,37 @@ def loop_lag() -> LagProbe:
     return LagProbe(interval=0.01)
 
 
+@dataclass
+class Sentinel:
+    """A private server nobody named: its hits prove a policy leak."""
+
+    port: int
+    hits: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def sentinel() -> AsyncIterator[Sentinel]:
+    """A loopback server on a port no channel names."""
+    async def anything(request: web.Request) -> web.Response:
+        found.hits.append(str(request.rel_url))
+        return web.Response(text='<VAST version="4.2"/>', content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    found = Sentinel(runner.addresses[0][1])
+    try:
+        yield found
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize("fault", sorted(AD_FAULTS))
 async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
-        media: Any, assets_dir: Path, tmp_path: Path, fault: str, loop_lag: LagProbe) -> None:
+        media: Any, assets_dir: Path, tmp_path: Path, fault: str, loop_lag: LagProbe,
+        sentinel: Sentinel) -> None:
     case = AD_FAULTS[fault]
     budget = 1.0
     # Warmed up (slate conditioned before the faults start), so the decision's
@@ -293,6 +337,8 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
                            channel_config={"decision_budget": budget, **case.channel}) as stack:
         before = len(vast_requests(stack.adserver))
         for name, value in case.switches.items():
+            if isinstance(value, str):
+                value = value.replace("{sentinel}", str(sentinel.port))
             setattr(adserver_faults(stack.adserver), name, value)
         session = await stack.start_session()
         rid = (await stack.stitcher_renditions())[0]
@@ -361,6 +407,9 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
             assert len(hits) == len(placed), "one notUsed per unused ad"
             assert await stack.metric("stitcher_ads_not_used_total",
                                       channel=stack.channel) == len(placed)
+
+        if case.sentinel:
+            assert sentinel.hits == [], "a private host the channel does not name was reached"
 
         # The ad server recovers: the break, published as content, is never rewritten.
         for name in case.switches:

@@ -95,3 +95,43 @@ async def test_fetch_bounded_reads_a_body_of_many_segments_whole_and_refuses_pas
                 await fetch_bounded(http, base + "?n=30", timeout=5, max_bytes=1 << 20)
     finally:
         await runner.cleanup()
+
+
+async def test_named_private_hosts_are_the_only_private_ones_reached(loopback_port: int) -> None:
+    """``private_ad_hosts``: the named host (and port) is reached although private;
+    the same address on another port, or under another name, is not."""
+    async with client_session(private_hosts=[f"127.0.0.1:{loopback_port}"]) as named:
+        assert await fetch_bounded(named, f"http://127.0.0.1:{loopback_port}/",
+                                   timeout=5) == b"reached"
+        for url in (f"http://localhost:{loopback_port}/",           # a name resolving to it
+                    f"http://127.0.0.1:{loopback_port + 1}/",       # another port
+                    f"http://[::ffff:127.0.0.1]:{loopback_port}/"):  # another spelling
+            with pytest.raises(ForbiddenDestination):
+                await fetch_bounded(named, url, timeout=5)
+    async with client_session(private_hosts=["LOCALHOST"]) as by_name:  # any port
+        assert await fetch_bounded(by_name, f"http://localhost:{loopback_port}/",
+                                   timeout=5) == b"reached"
+        with pytest.raises(ForbiddenDestination):
+            await fetch_bounded(by_name, f"http://127.0.0.1:{loopback_port}/", timeout=5)
+
+
+@pytest.mark.parametrize("entry, parsed", [
+    ("127.0.0.1:8081", ("127.0.0.1", 8081)), ("ads.internal", ("ads.internal", None)),
+    ("[::1]:9000", ("::1", 9000)), ("Ads.Example:80", ("ads.example", 80)),
+])
+def test_parse_host(entry: str, parsed: tuple[str, int | None]) -> None:
+    from stitcher.netpolicy import parse_host
+
+    assert parse_host(entry) == parsed
+
+
+@pytest.mark.parametrize("entry", ["http://ads.internal", "ads.internal/vast", "host:99999",
+                                   "user@host", ""])
+def test_a_bad_private_ad_host_is_a_config_error_naming_it(entry: str) -> None:
+    from pydantic import ValidationError
+
+    from stitcher.config import ChannelConfig
+
+    with pytest.raises(ValidationError) as err:
+        ChannelConfig(id="c", origin_url="http://o.example/m.m3u8", private_ad_hosts=[entry])
+    assert "private_ad_hosts" in str(err.value)
