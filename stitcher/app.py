@@ -528,6 +528,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
             queue = BeaconQueue(beacon_http, m, max_attempts=config.beacon_max_attempts,
                                 timeout=config.beacon_timeout,
                                 base_backoff=config.beacon_backoff,
+                                max_backoff=config.beacon_max_backoff,
                                 per_host=config.beacon_per_host)
             tracker = BeaconTracker(queue)
         library = CreativeLibrary(data_dir / "assets", conditioner or Conditioner(metrics=m), m,
@@ -617,6 +618,7 @@ def stream_queue(config: StitcherConfig, store: RedisStore, http: aiohttp.Client
                              shards=config.beacon_shards, claim_idle=config.beacon_claim_idle,
                              max_attempts=config.beacon_max_attempts,
                              timeout=config.beacon_timeout, base_backoff=config.beacon_backoff,
+                             max_backoff=config.beacon_max_backoff,
                              per_host=config.beacon_per_host)
 
 

@@ -170,7 +170,8 @@ def ad_events(ad: AdInfo) -> list[tuple[str, Fraction]]:
 class BeaconQueue:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, *,
                  workers: int = 4, per_host: int = 8, max_attempts: int = 5,
-                 timeout: float = 5.0, base_backoff: float = 0.5) -> None:
+                 timeout: float = 5.0, base_backoff: float = 0.5,
+                 max_backoff: float = 300.0) -> None:
         self._sender = HostLimiter(session, per_host=per_host, timeout=timeout)
         self._metrics = metrics
         self._queue: asyncio.Queue[tuple[Beacon, int]] = asyncio.Queue()
@@ -182,6 +183,7 @@ class BeaconQueue:
         self.order_wait = ORDER_WAIT
         self._max_attempts = max_attempts
         self._backoff = base_backoff
+        self._max_backoff = max_backoff
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(workers)]
         self._pending = 0
         self._idle = asyncio.Event()
@@ -252,7 +254,8 @@ class BeaconQueue:
                 self.stats.failed_attempts += 1
                 self._metrics.beacons.labels("retry").inc()
                 self._release(beacon)
-                delay = self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+                delay = min(self._max_backoff,
+                            self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
                 asyncio.get_running_loop().call_later(
                     delay, self._queue.put_nowait, (beacon, attempt + 1))
 

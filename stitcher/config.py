@@ -184,6 +184,8 @@ class StitcherConfig(BaseModel):
     #: of one beacon request (both queues).
     beacon_backoff: Seconds = Field(default=0.5, gt=0)
     beacon_timeout: Seconds = Field(default=5.0, gt=0)
+    #: The longest retry delay: the doubling stops there (both queues).
+    beacon_max_backoff: Seconds = Field(default=300.0, gt=0)
     #: Beacon requests in flight per tracking host, per instance (both queues).
     beacon_per_host: int = Field(default=8, ge=1, le=1024)
     origin_timeout: Seconds = 3.0

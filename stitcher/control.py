@@ -286,6 +286,10 @@ return rev
 """
 
 
+#: How long one read of the change feed blocks on the server (ms).
+FEED_BLOCK_MS = 3_000
+
+
 class RedisControl:
     """:class:`Control` on the Redis client of the shared store."""
 
@@ -350,8 +354,10 @@ class RedisControl:
         yield Change(RESYNC, "")
         while True:
             # Blocks on the server until a change arrives (no polling); the timeout
-            # only bounds how long a dead connection can go unnoticed.
-            got = await self.client.xread({key: last}, block=10_000, count=100)
+            # only bounds how long a dead connection can go unnoticed, and stays
+            # under redis-py's 5 s socket timeout (a 10 s block timed out every 5 s:
+            # a warning and a resync of every channel each time).
+            got = await self.client.xread({key: last}, block=FEED_BLOCK_MS, count=100)
             for _stream, entries in got or ():
                 for entry_id, fields in entries:
                     last = _text(entry_id)

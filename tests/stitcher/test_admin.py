@@ -6,7 +6,9 @@ playlists), the audit log, and changes reaching another instance through Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import secrets
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -459,3 +461,27 @@ async def test_changes_reach_another_instance_through_redis(redis_url: str,
 
 def test_break_start_and_duration_keep_the_fraction() -> None:
     assert Fraction(str(14.0)) == 14 and Fraction(str(2.5)) == Fraction(5, 2)
+
+
+@pytest.mark.redis
+async def test_the_change_feed_waits_quietly_past_the_socket_timeout(redis_url: str) -> None:
+    """Found in the process tests' logs: the feed's 10 s blocking read outlived
+    redis-py's 5 s socket timeout, so every 5 s an idle feed raised, warned and
+    resynced every channel. Idle for 6 s, it must still be waiting."""
+    from stitcher.control import RedisControl
+    from stitcher.redis_store import RedisStore
+
+    store = RedisStore.from_url(redis_url)
+    feed = RedisControl(store.client, prefix=f"feed-{secrets.token_hex(4)}").changes()
+    try:
+        first = await anext(feed)
+        assert first.kind == "resync"
+        pending = asyncio.ensure_future(anext(feed))
+        done, _ = await asyncio.wait({pending}, timeout=6.0)
+        assert not done, pending.exception() if pending.done() else pending
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    finally:
+        await feed.aclose()
+        await store.close()

@@ -101,7 +101,13 @@ SESSIONS = 1000
 CONTROL = 50
 STITCHERS = 2
 SESSION_KEYS = {"k1": "tracking-e2e-key"}
-MAX_ATTEMPTS = 6
+#: Attempts per beacon, retries at most MAX_BACKOFF apart: the recovering tracker's
+#: outages (503 then hangs in break 1, hangs again in break 2: 25 s at most on a
+#: loaded machine, a hung attempt costing the 10 s send timeout) never outlast
+#: them; with 6 attempts, uncapped, a beacon queued in the 503s was dead-lettered
+#: in the second hang. The tracker that never recovers gets all 12 within 30 s.
+MAX_ATTEMPTS = 12
+MAX_BACKOFF = 3.0
 #: Seconds a hung tracking endpoint holds a beacon request (past the send timeout).
 HANG = 12.0
 
@@ -246,7 +252,8 @@ async def rig(media: Any, assets_dir: Path,
                # timed-out send that arrived is resent: a reported possible duplicate,
                # which the clean run must not have); the hang fault outlasts it.
                "beacon_claim_idle": 12.0, "beacon_timeout": 10.0, "beacon_backoff": 0.3,
-               "beacon_max_attempts": MAX_ATTEMPTS, "beacon_per_host": 32,
+               "beacon_max_attempts": MAX_ATTEMPTS, "beacon_max_backoff": MAX_BACKOFF,
+               "beacon_per_host": 32,
                "channels": [{
                    "id": CHANNEL, "origin_url": f"http://127.0.0.1:{origin_port}/live/"
                                                 f"{CHANNEL}/master.m3u8",
