@@ -435,7 +435,7 @@ class ChannelRuntime:
         return rendered
 
     async def _render(self, rendition: Rendition, cohort: str, fetched: Fetched,
-                      mode: str = SESSION) -> Rendered:
+                      mode: str = SESSION, *, asked_again: bool = False) -> Rendered:
         started = time.perf_counter()
         playlist = fetched.playlist
         if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
@@ -509,6 +509,12 @@ class ChannelRuntime:
                     result = splice(playlist, breaks=breaks, pods=pods, ledger=merged, uris=uris,
                                     options=options, cache=cache)
         except SequenceRegressionError as exc:
+            # Another instance published a newer window an instant ago: ask the origin
+            # itself once before calling it behind (found by the SIGKILL test: a
+            # playlist served stale at start-up, from a shared record a refresh older).
+            newer = None if asked_again else await self.fetcher.newer(fetched.url, fetched)
+            if newer is not None:
+                return await self._render(rendition, cohort, newer, mode, asked_again=True)
             return self._behind(rendition, cohort, mode, fetched, exc)
         body = result.text.encode("utf-8")
         rendered = Rendered(body, gzip.compress(body, 6, mtime=0), _etag(body),

@@ -60,6 +60,8 @@ class _Entry:
     #: backoff window serves (the last good as is would be an unannounced stale serve).
     stale: Fetched | None = None
     parser: IncrementalParser = field(default_factory=IncrementalParser)
+    #: When ``newer`` last asked the origin directly.
+    asked_again_at: float = float("-inf")
 
 
 class OriginFetcher:
@@ -96,6 +98,28 @@ class OriginFetcher:
             e.inflight.add_done_callback(lambda _t, e=e: setattr(e, "inflight", None))
         return await asyncio.shield(e.inflight)
 
+    async def newer(self, url: str, than: Fetched) -> Fetched | None:
+        """The origin asked directly, past the refresh interval and the shared record:
+        a playlist newer than ``than``, or None (the same one, or the fetch failed).
+        For a window that ended below what another instance had already published,
+        from a shared record an instant older than the one it rendered (a race at
+        each refresh, not an origin fault)."""
+        e = self._entries.setdefault(url, _Entry())
+        interval = (than.playlist.target_duration or 2) / 2
+        now = self._clock()
+        if now - e.asked_again_at < interval:
+            return None  # at most once per refresh interval (an origin really behind)
+        e.asked_again_at = now
+        try:
+            fetched = await self._fetch(url, e)
+        except Exception as exc:  # noqa: BLE001 - the caller serves the last good instead
+            log.info("origin asked again for %s: %s", url, exc)
+            return None
+        if fetched.version == than.version:
+            return None
+        e.good, e.stale = fetched, None
+        return fetched
+
     async def _refresh(self, url: str, e: _Entry) -> Fetched:
         try:
             if self._shared is None:
@@ -129,7 +153,10 @@ class OriginFetcher:
                             shared: SharedOrigin) -> tuple[Fetched, str]:
         """One fetch across instances; returns the playlist and how it came
         (``ok``: fetched here, ``shared``: another instance's fetch)."""
-        for _ in range(2):
+        # Until the wait budget is spent (real time: the waits block on Redis): a
+        # worker that died lets its short lease lapse, and the next acquire takes over.
+        deadline = time.monotonic() + shared.wait_budget
+        while time.monotonic() < deadline:
             out = await shared.acquire(url, self._clock())
             if out.status == "fresh":
                 return self._adopt(url, e, out.record), "shared"
@@ -141,7 +168,8 @@ class OriginFetcher:
                                     retry_after=float(out.record.get("error_hold", 0)))
             if out.status == "lock":
                 return await self._fetch_and_publish(url, e, shared, out.token), "ok"
-            status = await shared.wait(url, out.after, min(out.lease_left, shared.wait_budget))
+            status = await shared.wait(url, out.after, max(0.01, min(
+                out.lease_left, deadline - time.monotonic())))
             if status is None:
                 continue  # the worker went silent: try for the lease again
             record = await shared.read(url)
@@ -156,7 +184,8 @@ class OriginFetcher:
     async def _fetch_and_publish(self, url: str, e: _Entry, shared: SharedOrigin,
                                  token: int) -> Fetched:
         try:
-            fetched = await self._fetch(url, e)
+            async with shared.renewed(url, token):
+                fetched = await self._fetch(url, e)
         except Exception as exc:
             interval = ((e.good.playlist.target_duration or 2) / 2) if e.good else 1.0
             hold = max(float(getattr(exc, "retry_after", None) or 0), interval)

@@ -12,6 +12,7 @@ serve their last good playlist instead of all retrying the failing origin.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
@@ -28,12 +29,18 @@ class Published:
     fetched_at: float
 
 
+#: Seconds an origin-fetch lease lives unrenewed.
+LEASE = 1.5
+
+
 class SharedOrigin:
     def __init__(self, flights: Flights, channel: str, *, fetch_budget: float) -> None:
         self._flights = flights
         self._channel = channel
-        #: The lease outlives the fetch budget by far: a live worker never loses it.
-        self.lease = 3 * fetch_budget + 1.0
+        #: The worker's lease: short, and renewed while it fetches (``renewed``), so a
+        #: worker that dies mid-fetch lets the others take over within a second and a
+        #: half; a live one never loses it (its fence guards a stalled one anyway).
+        self.lease = LEASE
         #: A follower waits for the worker's result at most this long, then fetches itself.
         self.wait_budget = fetch_budget + 0.5
 
@@ -46,6 +53,10 @@ class SharedOrigin:
     async def acquire(self, url: str, now: float) -> Outcome:
         return await self._flights.acquire(self._channel, self._job(url), self._record_key(url),
                                            mode="fresh", now=now, lease=self.lease)
+
+    def renewed(self, url: str, token: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """The worker's lease kept alive while it fetches ``url``."""
+        return self._flights.renewed(self._channel, self._job(url), token, lease=self.lease)
 
     async def read(self, url: str) -> dict[str, bytes]:
         raw = await self._flights._r.hgetall(self._record_key(url))

@@ -442,6 +442,39 @@ async def test_the_lag_probe_catches_a_blocking_parse(loop_lag: LagProbe) -> Non
     assert loop_lag.max_lag >= loop_lag.max_busy
 
 
+# ------------------------------------------------- a window an instant older than published
+
+async def test_a_window_a_refresh_older_than_published_is_asked_again_not_served_stale(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by the SIGKILL test: one instance took the shared origin record an instant
+    before another published a newer one and rendered it; its own render then ended
+    below what was published and was served stale (to the player, a stall). Now the
+    origin is asked again, once, and the newer window served."""
+    from dataclasses import replace
+
+    async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                           data_dir=tmp_path / "state", assets_dir=assets_dir) as stack:
+        session = await stack.start_session()
+        rid = (await stack.stitcher_renditions())[0]
+        url = session.media_url(rid)
+        await _good_playlist(stack, url)
+        fetcher = stack.runtime.fetcher
+        older = {u: e.good for u, e in fetcher._entries.items() if e.good is not None}
+        await _advance(stack)
+        newest = parse_media((await _good_playlist(stack, url)).decode()).last_msn
+        # This instance's origin cache goes back a refresh (a shared record adopted
+        # just before another instance published), still within its refresh interval,
+        # and it never rendered that version (its renders are the other instance's).
+        for u, good in older.items():
+            fetcher._entries[u].good = replace(good, fetched_at=stack.clock.now())
+        stack.runtime._renders.clear()
+        status, headers, body = await stack.get(url)
+        assert status == 200 and "X-Stitcher-Stale" not in headers, headers
+        assert parse_media(body.decode()).last_msn == newest
+        assert await stack.metric("stitcher_origin_errors_total", channel=stack.channel,
+                                  kind="sequence_regressed") == 0
+
+
 # ------------------------------------------------- a body cut short, at a line boundary
 
 async def test_a_playlist_cut_between_segments_is_not_taken_as_good() -> None:

@@ -109,3 +109,67 @@ async def test_a_record_published_after_the_callers_clock_read_is_fresh(
     # Same for a published failure: it holds off a caller whose clock read came first.
     await sb.publish_error(url, untrusted.token, at=101.52, hold=3.0, reason="timeout", ttl=10)
     assert (await sa.acquire(url, now=101.51)).status == "failed"
+
+
+async def test_a_renewed_lease_outlives_a_slow_job_and_lapses_soon_after_its_worker_dies(
+        flights: list[Flights]) -> None:
+    """Origin-fetch leases are short and renewed while the fetch runs: a slow but
+    live worker keeps it (followers keep waiting, no second fetch), and one that
+    died mid-fetch loses it within a lease, so a follower takes over in about a
+    second and a half, not the ten a long lease held (found by the SIGKILL test:
+    the survivors' playlists stalled while a dead instance's lease lived)."""
+    a, b = flights
+    ch, job = f"f{next(_names)}", "origin:slow"
+    key = a.key(ch, job)
+    won = await a.acquire(ch, job, key, mode="fresh", now=1.0, lease=0.6)
+    assert won.status == "lock"
+    async with a.renewed(ch, job, won.token, lease=0.6):
+        await asyncio.sleep(1.5)  # two and a half leases: renewed meanwhile
+        held = await b.acquire(ch, job, key, mode="fresh", now=1.0, lease=0.6)
+        assert held.status == "wait" and held.lease_left > 0.2
+    # Leaving the block stops the renewal (a worker dead from here on): gone within a lease.
+    dead = await a.acquire(ch, job, key, mode="fresh", now=1.0, lease=0.6)
+    assert dead.status == "wait"
+    started = time.monotonic()
+    while (await b.acquire(ch, job, key, mode="fresh", now=1.0, lease=0.6)).status != "lock":
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started < 0.8
+
+
+async def test_a_follower_takes_over_from_a_worker_killed_mid_fetch_within_a_lease(
+        flights: list[Flights], redis_url: str) -> None:
+    """Through the fetcher: instance A holds the lease and never finishes (killed);
+    instance B's refresh fetches the origin itself about one lease later."""
+    import aiohttp
+    from aiohttp import web
+
+    from stitcher.metrics import Metrics
+    from stitcher.origin import OriginFetcher
+    from stitcher.shared_origin import LEASE
+
+    body = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n#EXTINF:2.0,\ns1.ts\n"
+
+    async def playlist(_request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/vnd.apple.mpegurl")
+
+    app = web.Application()
+    app.router.add_get("/v0.m3u8", playlist)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v0.m3u8"
+    a, b = flights
+    ch = f"f{next(_names)}"
+    try:
+        victim = SharedOrigin(a, ch, fetch_budget=3.0)
+        assert (await victim.acquire(url, now=time.time())).status == "lock"  # then killed
+        async with aiohttp.ClientSession() as http:
+            fetcher = OriginFetcher(http, Metrics(), ch, timeout=3.0, clock=time.time,
+                                    shared=SharedOrigin(b, ch, fetch_budget=3.0))
+            started = time.monotonic()
+            got = await fetcher.get(url)
+            took = time.monotonic() - started
+        assert not got.stale and got.playlist.segments[-1].uri == "s1.ts"
+        assert took < LEASE + 1.0 < 3.0, f"the follower waited {took:.1f} s on a dead worker"
+    finally:
+        await runner.cleanup()
