@@ -274,10 +274,9 @@ class BeaconQueue:
 
 #: KEYS[1]: one (session, break, pod position)'s progress hash. ARGV: segment index,
 #: TTL seconds, then the events due by the end of that segment, in firing order.
-#: Returns {late?, newly late?, events due and not yet recorded...}: the in-process
-#: rule (a first request that is not segment 0 marks the session late for that ad),
-#: atomically. The events are recorded by :meth:`RedisProgress.mark` once queued.
-#: KEYS: the view's progress hash. ARGV: segment, ttl, replayed ('1': a request kept
+#: The in-process rule (a first request that is not segment 0 marks the session late
+#: for that ad), atomically; the events are recorded by :meth:`RedisProgress.mark`
+#: once queued. KEYS: the view's progress hash. ARGV: segment, ttl, replayed ('1': a request kept
 #: while the store was away), then the events due. -> {'late', newly late ('1'|'0')}
 #: | {'ok', '', events not recorded yet...} | {'revived', highest segment, events...}.
 #: A view first seen past segment 0 is a late join (``~late``, its highest segment

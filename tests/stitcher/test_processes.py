@@ -575,6 +575,8 @@ async def test_sigkill_mid_break_loses_nothing(media: Any, assets_dir: Path, tmp
             try:
                 await asyncio.wait_for(poller.first_ads.wait(), 30)
             except TimeoutError:
+                if tasks[0].done() and tasks[0].exception() is not None:
+                    raise AssertionError("the poller stopped") from tasks[0].exception()
                 raise AssertionError(_no_ads_yet(rig, poller, first, polling)) from None
             assert poller.ad_process is not None
             # Killed once it has taken ad segment requests (progress recorded, beacons
