@@ -173,16 +173,22 @@ class Flights:
                     if not await self._renew(keys=[lock],
                                              args=[str(token), max(1, int(lease * 1000))]):
                         return  # not ours any more (finished, or lost): stop
-                except Exception as exc:  # noqa: BLE001 - the job goes on; its fence guards it
+                except Exception as exc:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        # redis-py can turn the cancellation of a read into a
+                        # connection error: the renewal must still stop.
+                        raise asyncio.CancelledError from exc
                     log.warning("flight lease %s not renewed: %s", job, exc)
 
         task = asyncio.ensure_future(renew())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
         try:
             yield
         finally:
+            # Stopped, never waited on for long: the job's caller must not hang on it.
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=1.0)
 
     async def wait(self, channel: str, job: str, after: str, timeout: float) -> str | None:
         """Block until the worker's entry arrives (its status), or ``None`` on timeout."""
