@@ -173,3 +173,36 @@ async def test_a_follower_takes_over_from_a_worker_killed_mid_fetch_within_a_lea
         assert took < LEASE + 1.0 < 3.0, f"the follower waited {took:.1f} s on a dead worker"
     finally:
         await runner.cleanup()
+
+
+async def test_leaving_a_renewed_lease_never_hangs_on_a_renewal_in_flight(
+        flights: list[Flights]) -> None:
+    """redis-py can turn the cancellation of a read into a connection error: a renewal
+    cancelled mid-call must still stop, and the job's caller must not wait on it (the
+    renewal swallowing the cancellation kept the fetch, and every render waiting on
+    it, from ever finishing)."""
+    a, _b = flights
+    calls = 0
+
+    async def renew_that_converts_cancellation(**_kw: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return 0  # (a renewal that went on would stop here: not ours any more)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("Connection closed by server.") from None
+        return 1
+
+    a._renew = renew_that_converts_cancellation  # type: ignore[assignment]
+
+    async def job() -> None:
+        async with a.renewed("ch", "origin:z", 1, lease=0.3):
+            await asyncio.sleep(0.2)  # the renewal is mid-call when the job ends
+
+    running = asyncio.ensure_future(job())
+    await asyncio.wait({running}, timeout=3.0)
+    assert running.done(), "the job's caller hung on the renewal"
+    await asyncio.sleep(0.3)
+    assert calls == 1, "the renewal went on after the job ended"
