@@ -254,12 +254,19 @@ async def rig(media: Any, assets_dir: Path,
                "beacon_claim_idle": 12.0, "beacon_timeout": 10.0, "beacon_backoff": 0.3,
                "beacon_max_attempts": MAX_ATTEMPTS, "beacon_max_backoff": MAX_BACKOFF,
                "beacon_per_host": 32,
+               # The fixture ad server shares this process's event loop with 1,050
+               # viewers: its answers can take seconds, and a decision over the
+               # default 2 s budget leaves a break to content (the us cohort's first
+               # break then owed the extra tracker nothing). Decisions are not what
+               # this test measures: room for them.
+               "ad_timeout": 8.0,
                "channels": [{
                    "id": CHANNEL, "origin_url": f"http://127.0.0.1:{origin_port}/live/"
                                                 f"{CHANNEL}/master.m3u8",
                    "ad_server_url": (f"{ad_base}/vast?duration={{duration}}&cb=[CACHEBUSTING]"
                                      f"&break={{break_id}}&geo={{cohort.geo}}"),
                    "allow_private_ad_hosts": True, "slate": str(media.slate),
+                   "decision_budget": 10.0,
                    "cohorts": [{"attribute": "geo", "values": list(GEOS), "default": "us"}]}]}
         await warm_up_assets(StitcherConfig.model_validate({**raw, "redis_url": None}),
                              CHANNEL, tmp / "warm-state")
