@@ -259,7 +259,7 @@ async def rig(media: Any, assets_dir: Path,
                # default 2 s budget leaves a break to content (the us cohort's first
                # break then owed the extra tracker nothing). Decisions are not what
                # this test measures: room for them.
-               "ad_timeout": 8.0,
+               "ad_timeout": 8.0, "ad_request_timeout": 8.0,
                "channels": [{
                    "id": CHANNEL, "origin_url": f"http://127.0.0.1:{origin_port}/live/"
                                                 f"{CHANNEL}/master.m3u8",
