@@ -22,6 +22,9 @@ slot, while the S shards spread the queue over S slots):
                                        has begun (evidence for possible duplicates)
 ``ss:beacons:{n}:sent:<k>``            ``sent`` / ``dead``: never send again
 ``ss:beacons:{n}:failed:<k>``          an attempt failed (its successors stop waiting)
+``ss:beacons:{n}:reached:<k>``         attempts that failed after they may have
+                                       reached the endpoint (a timeout), not yet
+                                       counted: the next send counts them
 ``ss:beacons:{n}:dead``                stream of dead letters (``reason`` kept)
 ``ss:beacons:possible-duplicates``     stream: each beacon resent after a consumer
                                        died mid-send (``k``, ``key``, ``url``, the
@@ -100,21 +103,26 @@ end
 return false
 """
 
-#: KEYS: sent, sending. ARGV: consumer, now ms, lease ms, ttl.
-#: -> {'done', value} | {'busy', owner} | {'stale', owner} | {'go', ''}
+#: KEYS: sent, sending, reached. ARGV: consumer, now ms, lease ms, ttl.
+#: -> {'done', value, 0} | {'busy', owner, 0} | {'stale', owner, n} | {'go', '', n}
+#: n: the attempts since the last send began that failed after they may have reached
+#: the endpoint (``_RETRY`` counts them per beacon, so whichever copy of its entry
+#: sends next, a reclaimed or a busy consumer's copy too, takes them; taken here).
 _BEGIN = """
 local s = redis.call('GET', KEYS[1])
-if s then return {'done', s} end
+if s then return {'done', s, 0} end
 local lease = ARGV[1] .. '|' .. (tonumber(ARGV[2]) + tonumber(ARGV[3]))
 local cur = redis.call('GET', KEYS[2])
+local state, owner = 'go', ''
 if cur then
-  local owner, deadline = string.match(cur, '^(.*)|(%d+)$')
-  if deadline and tonumber(deadline) > tonumber(ARGV[2]) then return {'busy', owner} end
-  redis.call('SET', KEYS[2], lease, 'EX', ARGV[4])
-  return {'stale', owner or cur}
+  local o, deadline = string.match(cur, '^(.*)|(%d+)$')
+  if deadline and tonumber(deadline) > tonumber(ARGV[2]) then return {'busy', o, 0} end
+  state, owner = 'stale', o or cur
 end
 redis.call('SET', KEYS[2], lease, 'EX', ARGV[4])
-return {'go', ''}
+local reached = tonumber(redis.call('GET', KEYS[3]) or '0')
+if reached > 0 then redis.call('DEL', KEYS[3]) end
+return {state, owner, reached}
 """
 
 #: KEYS: sent, sending, stream. ARGV: ttl, group, id, 'sent'|'dead', consumer.
@@ -127,9 +135,10 @@ if cur and string.sub(cur, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then redis.call('D
 return redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 """
 
-#: KEYS: sending, retry set, stream, failed marker. ARGV: group, id, due ms, member,
-#: consumer, release the lease and mark the beacon failed once ('1') or not (someone
-#: else holds it), ttl.
+#: KEYS: sending, retry set, stream, failed marker, reached counter. ARGV: group, id,
+#: due ms, member, consumer, release the lease and mark the beacon failed once ('1')
+#: or not (someone else holds it), ttl, the attempt may have reached the endpoint
+#: ('1': counted per beacon, see ``_BEGIN``).
 _RETRY = """
 if ARGV[6] == '1' then
   local cur = redis.call('GET', KEYS[1])
@@ -137,6 +146,10 @@ if ARGV[6] == '1' then
     redis.call('DEL', KEYS[1])
   end
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[7])
+end
+if ARGV[8] == '1' then
+  redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[7])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -589,9 +602,9 @@ class StreamBeaconQueue:
             due = int(time.time() * 1000) + self._defer_ms
             await self._finish(self._retry, keys=[
                 self._marker(shard, "sending", k), self.retry_set(shard), self.stream(shard),
-                self._marker(shard, "failed", k)], args=[
+                self._marker(shard, "failed", k), self._marker(shard, "reached", k)], args=[
                 GROUP, entry_id, due, self._member(f, int(f["a"])), self.consumer, "0",
-                self._ttl])
+                self._ttl, "0"])
             self.deferred += 1
             return
         # The lease covers the send only: wait for the host's slot before taking it.
@@ -628,9 +641,11 @@ class StreamBeaconQueue:
                        beacon: Beacon) -> None:
         k, attempt, stream = f["k"], int(f["a"]), self.stream(shard)
         sent_key, sending_key = self._marker(shard, "sent", k), self._marker(shard, "sending", k)
+        reached_key = self._marker(shard, "reached", k)
         now = int(time.time() * 1000)
-        state, owner = (_s(v) for v in await self._begin(
-            keys=[sent_key, sending_key], args=[self.consumer, now, self._lease_ms, self._ttl]))
+        state, owner, before = (_s(v) for v in await self._begin(
+            keys=[sent_key, sending_key, reached_key],
+            args=[self.consumer, now, self._lease_ms, self._ttl]))
         if state == "done":  # a redelivery or a second copy: sent (or dead) already
             await self._client.xack(stream, GROUP, entry_id)
             self.stats.duplicates_suppressed += 1
@@ -639,19 +654,23 @@ class StreamBeaconQueue:
         if state == "busy":  # another consumer is sending this beacon right now: look later
             due = now + self._lease_ms + random.randint(0, 500)
             await self._retry(keys=[sending_key, self.retry_set(shard), stream,
-                                    self._marker(shard, "failed", k)],
+                                    self._marker(shard, "failed", k), reached_key],
                               args=[GROUP, entry_id, due, self._member(f, attempt),
-                                    self.consumer, "0", self._ttl])
+                                    self.consumer, "0", self._ttl, "0"])
             return
-        if state == "stale" or f.get("m") == "1":
-            # A consumer began sending and never recorded the outcome, or the last
-            # attempt failed in a way the endpoint may have counted (a timeout): it
-            # may have reached the endpoint. Send anyway (at least once), count it
-            # and report which beacon.
+        # The earlier attempts of this beacon that may have reached the endpoint: a
+        # consumer that began sending and never recorded the outcome (stale), and
+        # each attempt that failed in a way the endpoint may have counted (a timeout,
+        # a connection lost mid-request), whichever copy of the entry made it (found
+        # by the drill: an entry reclaimed from a live consumer on a loaded machine
+        # timed out there, and the first copy sent again unreported; one flag on the
+        # retry entry missed that copy). Send anyway (at least once), count each and
+        # report which beacon.
+        whys = ([f"{owner} died mid-send"] if state == "stale" else []) \
+            + ["an earlier attempt may have reached it"] * int(before or 0)
+        for why in whys:
             self.stats.possible_duplicates += 1
             self._metrics.beacon_possible_duplicates.inc()
-            why = (f"{owner} died mid-send" if state == "stale"
-                   else "the last attempt may have reached it")
             log.warning("beacon %s: %s; resending (possible duplicate)", k, why)
             await self._finish(self._report, keys=[self.duplicates_stream], args=[
                 "k", k, "key", f["key"], "url", f["url"], "owner", owner or "",
@@ -680,11 +699,10 @@ class StreamBeaconQueue:
                         self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
             due = int(time.time() * 1000 + delay * 1000)
             await self._finish(self._retry, keys=[sending_key, self.retry_set(shard), stream,
-                                                  self._marker(shard, "failed", k)],
-                               args=[GROUP, entry_id, due,
-                                     self._member({**f, "m": "1" if reached else "0"},
-                                                  attempt + 1),
-                                     self.consumer, "1", self._ttl])
+                                                  self._marker(shard, "failed", k),
+                                                  reached_key],
+                               args=[GROUP, entry_id, due, self._member(f, attempt + 1),
+                                     self.consumer, "1", self._ttl, "1" if reached else "0"])
             self.stats.failed_attempts += 1
             self._metrics.beacons.labels("retry").inc()
 
