@@ -343,3 +343,72 @@ async def test_join_mid_ad_seek_back_and_variant_switch_fire_the_right_events(
                 assert got == events, (sid, ad, got, events)  # once each, in order
             assert {h.ad_id for h in hits} == {ad for ad, evs in per_ad.items() if evs}
             assert all(h.status == 204 for h in hits)
+
+
+class _ReplyLost:
+    """Shared progress whose commands run in Redis and whose reply never arrives
+    (Redis SIGKILLed after executing, before answering: redis-py raises), ``lose``
+    times each."""
+
+    def __init__(self, inner: RedisProgress, lose: int) -> None:
+        self.inner, self.lose_due, self.lose_mark = inner, lose, lose
+
+    @staticmethod
+    def _lost() -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        raise RedisConnectionError("Connection closed by server.")
+
+    async def due(self, *args: Any) -> Any:
+        result = await self.inner.due(*args)  # executed
+        if self.lose_due > 0:
+            self.lose_due -= 1
+            self._lost()
+        return result
+
+    async def mark(self, *args: Any) -> Any:
+        result = await self.inner.mark(*args)  # executed
+        if self.lose_mark > 0:
+            self.lose_mark -= 1
+            self._lost()
+        return result
+
+
+async def test_progress_commands_that_ran_in_redis_but_lost_their_reply_lose_no_beacon(
+        tracker_endpoint: tuple[str, list[str]], redis_url: str) -> None:
+    """The drill's 2 lost beacons of 24,000 (Redis SIGKILLed mid-break): with progress
+    recorded before queueing, a record that ran in Redis and lost its reply was
+    replayed, found its events recorded and queued nothing. With the queue first and
+    the record after (and the record's own reply lost too), every event still fires
+    once, and a player's retry of the segment fires nothing more."""
+    import redis.asyncio as redis
+
+    base, hits = tracker_endpoint
+    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
+                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    client = redis.Redis.from_url(redis_url)
+    async with aiohttp.ClientSession() as http:
+        queue = BeaconQueue(http, Metrics(), base_backoff=0.05)
+        progress = _ReplyLost(RedisProgress(client, prefix=f"lost-{uuid.uuid4().hex}"), 1)
+        tracker = BeaconTracker(queue, progress=progress,  # type: ignore[arg-type]
+                                retry_every=0.05)
+
+        async def segment(n: int) -> list[str]:
+            return await tracker.on_ad_segment(
+                session_id="S1", break_id="brk1", ad=ad, segment=n, nominal=Fraction(2),
+                client_ip="203.0.113.7", user_agent="player")
+
+        await segment(0)  # its progress read ran, the reply was lost: deferred
+        for _ in range(100):
+            if tracker.deferred == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert tracker.deferred == 0
+        await segment(0)  # a player's retry of the segment
+        await segment(4)
+        await asyncio.wait_for(queue.drain(), 10)
+        await tracker.close()
+        await queue.close()
+    await client.aclose()
+    # Every event once (the endpoint fails the first impression, then takes the retry).
+    assert Counter(hits) == Counter({**{e: 1 for e in EVENTS}, "impression": 2}), hits
