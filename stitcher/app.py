@@ -77,9 +77,7 @@ TRUSTED = web.AppKey("trusted", tuple)
 #: Builds a ChannelRuntime from a ChannelConfig with the app's shared resources.
 RUNTIME_FACTORY = web.AppKey("runtime_factory", object)
 #: Headers every response carries (CORS, and which worker answered with ``workers``).
-COMMON_HEADERS = web.AppKey("common_headers", dict)
-#: Prebuilt header sets of the hot responses (:class:`ResponseHeaders`).
-HEADERS = web.AppKey("headers", object)
+COMMON_HEADERS = web.AppKey("common_headers", dict[str, str])
 
 #: CORS on every response. The methods and request headers allowed are what a
 #: preflight asks (Fetch standard, "CORS-preflight fetch"): they go on the 204
@@ -102,8 +100,9 @@ async def errors_middleware(request: web.Request,
     """Errors as JSON, every request counted and timed, the common headers added
     (CORS; hot responses come with them prebuilt, :class:`ResponseHeaders`)."""
     if request.method == "OPTIONS":
-        return web.Response(status=204, headers={**request.app[COMMON_HEADERS],
-                                                 **PREFLIGHT_HEADERS})
+        preflight = request.app[COMMON_HEADERS].copy()
+        preflight.update(PREFLIGHT_HEADERS)
+        return web.Response(status=204, headers=preflight)
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -179,6 +178,10 @@ class ResponseHeaders:
                 self._redirects.clear()
             self._redirects[location] = found
         return found
+
+
+#: Prebuilt header sets of the hot responses.
+HEADERS = web.AppKey("headers", ResponseHeaders)
 
 
 def _channel(request: web.Request) -> ChannelRuntime:

@@ -59,7 +59,7 @@ class _RouteContext(Mapping[str, str]):
     """A request's log fields, read from its route's match info when a line is
     logged: most requests log nothing, and then nothing is computed for them."""
 
-    __slots__ = ("_info", "_fields")
+    __slots__ = ("_fields", "_info")
 
     def __init__(self, info: Mapping[str, str]) -> None:
         self._info = info

@@ -65,9 +65,10 @@ class RequestStats:
     recorded by one call per request (the error middleware)."""
 
     BOUNDS = Histogram.DEFAULT_BUCKETS  # ends with +Inf
+    _LE = tuple(floatToGoString(b) for b in BOUNDS)  # type: ignore[no-untyped-call]
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._counts: dict[tuple[str, int], int] = {}
+        self._counts: dict[tuple[str, int], float] = {}
         #: endpoint -> [count per bucket..., sum of seconds]
         self._latency: dict[str, list[float]] = {}
         registry.register(self)
@@ -82,7 +83,7 @@ class RequestStats:
         h[bisect_left(self.BOUNDS, seconds)] += 1  # le: inclusive upper bounds
         h[-1] += seconds
 
-    def count(self, endpoint: str, status: int) -> int:
+    def count(self, endpoint: str, status: int) -> float:
         return self._counts.get((endpoint, status), 0)
 
     def describe(self) -> list[Metric]:
@@ -100,9 +101,9 @@ class RequestStats:
                                         labels=["endpoint"])
         for endpoint, h in self._latency.items():
             cumulative, buckets = 0.0, []
-            for bound, n in zip(self.BOUNDS, h):
+            for le, n in zip(self._LE, h):
                 cumulative += n
-                buckets.append((floatToGoString(bound), cumulative))
+                buckets.append((le, cumulative))
             latency.add_metric([endpoint], buckets, h[-1])
         yield requests
         yield latency
