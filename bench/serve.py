@@ -5,12 +5,16 @@ On loopback, the server under test pinned to one core and the load generator
 
   (a) ``stitcher serve`` answering a cached cohort media playlist to many
       sessions (thousands of distinct signed tokens, one cohort: token check +
-      cached render + response);
+      cached render + response), reloading: each session requested once,
+      unmeasured, before the rounds (on every server alike), as players have
+      when a break comes;
   (b) a bare aiohttp handler returning the same bytes (same event loop choice);
   (c) nginx serving the same bytes as a static file;
   (d) the stitcher answering ad-segment requests during a break (token check,
       progress record, beacon enqueue, 302), every request a session's first
-      for that segment, with the beacons delivered by the same process.
+      for that segment, with tokens never seen before (the worst case: a
+      player has reloaded its playlist with them), and the beacons delivered
+      by the same process meanwhile (their CPU counts in (d)'s).
 
 (a), (b) and the stitcher's event loop are the same (uvloop when installed, as
 ``stitcher serve`` picks it; ``STITCHER_EVENT_LOOP=asyncio`` for both). Each load
@@ -75,6 +79,19 @@ function done(summary, latency, requests)
   io.write(string.format("RESULT %d %d %d %d %d %d %d %d %d\n", summary.requests,
     summary.duration, latency:percentile(50), latency:percentile(99),
     e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+# wrk: each path once (the connections share the walk), then stop.
+WRK_ONCE = r"""
+local paths, n, i = {}, 0, 0
+function init(args)
+  for line in io.lines(args[1]) do n = n + 1; paths[n] = wrk.format("GET", line) end
+end
+function request()
+  i = i + 1
+  if i > n then wrk.thread:stop(); i = n end
+  return paths[i]
 end
 """
 
@@ -319,6 +336,19 @@ class Bench:
             result.errors += f" (paths repeated: {len(paths):,} for {result.requests:,})"
         return result
 
+    async def once(self, port: int, paths: list[str]) -> None:
+        """Every path requested once, unmeasured: the sessions of (a) have started
+        playing (their tokens verified once, as a player's first reload does)."""
+        paths_file = self.tmp / f"once-{port}.txt"
+        paths_file.write_text("\n".join(paths) + "\n")
+        script = self.tmp / "once.lua"
+        script.write_text(WRK_ONCE)
+        proc = await asyncio.create_subprocess_exec(
+            self.wrk, "-t1", f"-c{self.args.connections}", "-d60s", "--timeout", "5s",
+            "-s", str(script), f"http://127.0.0.1:{port}", "--", str(paths_file),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await proc.wait()
+
     async def interleaved(self, phases: list[tuple[str, int, int, list[list[str]], bool]], *,
                           unique: bool = False) -> list[Result]:
         """Phases (name, port, pid, path chunks, profile) in ``--rounds`` rounds, one
@@ -484,7 +514,11 @@ class Bench:
         await self.wait_http(f"http://127.0.0.1:{nginx_port}/", ngx, "nginx.log")
         media_paths = [f"{s}/media/v0.m3u8" for s in sessions]
         bare_name = "(b) bare aiohttp, same bytes"
-        # (a) the stitcher: cached cohort playlist, thousands of sessions.
+        # (a) the stitcher: cached cohort playlist, thousands of sessions, reloading:
+        # each played once before (on every server alike), so a token is checked as
+        # a reload's is (remembered), not as a session's very first request.
+        for warm_port in (bare_port, nginx_port, port):
+            await self.once(warm_port, media_paths)
         b1, c, a = await self.interleaved([
             (bare_name, bare_port, bare.pid, [media_paths], False),
             ("(c) nginx, static file", nginx_port, ngx.pid, [media_paths], False),
