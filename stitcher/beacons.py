@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -176,9 +176,11 @@ class BeaconQueue:
         self._queue: asyncio.Queue[tuple[Beacon, int]] = asyncio.Queue()
         #: Keys whose last failed attempt may have reached the endpoint.
         self._maybe_reached: set[tuple[str, ...]] = set()
-        #: Every key queued (dedupe), with an event set once it is sent, dead or has
-        #: failed an attempt: what its successor waits for.
-        self._done: OrderedDict[tuple[str, ...], asyncio.Event] = OrderedDict()
+        #: Every key queued (dedupe), with what its successor waits for: True once it
+        #: is sent, dead or has failed an attempt; before that None, or the event a
+        #: waiting successor made (one Event per beacon would be most of the enqueue's
+        #: cost and of this map's memory, and few beacons ever have a successor waiting).
+        self._done: OrderedDict[tuple[str, ...], asyncio.Event | bool | None] = OrderedDict()
         self.order_wait = ORDER_WAIT
         self._max_attempts = max_attempts
         self._backoff = base_backoff
@@ -187,6 +189,8 @@ class BeaconQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = BeaconStats()
+        # Read at scrape, not set per beacon (the gauge takes a lock on every set).
+        metrics.beacon_queue.set_function(lambda: self._pending)
 
     async def put(self, beacon: Beacon) -> bool:
         return self.put_nowait(beacon)
@@ -201,13 +205,12 @@ class BeaconQueue:
             return False
         self.stats.queued += 1
         self._metrics.beacons.labels("queued").inc()
-        self._done[beacon.key] = asyncio.Event()
+        self._done[beacon.key] = None
         while len(self._done) > 500_000:
             self._done.popitem(last=False)
         self._pending += 1
         self._idle.clear()
         self._queue.put_nowait((beacon, 1))
-        self._metrics.beacon_queue.set(self._pending)
         return True
 
     async def drain(self) -> None:
@@ -221,9 +224,13 @@ class BeaconQueue:
     async def _after_predecessor(self, beacon: Beacon) -> None:
         """Wait (bounded) for the predecessor queued before it (FIFO: a worker has it)
         to be sent, dead, or to fail an attempt (order yields to delivery)."""
-        before = self._done.get(beacon.after) if beacon.after is not None else None
-        if before is None or before.is_set():
+        if beacon.after is None:
             return
+        before = self._done.get(beacon.after, True)  # forgotten: long done
+        if before is True:
+            return
+        if before is None:  # the first successor to wait for it
+            before = self._done[beacon.after] = asyncio.Event()
         try:
             await asyncio.wait_for(before.wait(), self.order_wait)
         except TimeoutError:
@@ -258,13 +265,14 @@ class BeaconQueue:
 
     def _release(self, beacon: Beacon) -> None:
         done = self._done.get(beacon.key)
-        if done is not None:
+        if isinstance(done, asyncio.Event):
             done.set()
+        if beacon.key in self._done:
+            self._done[beacon.key] = True  # (keeps its place in the eviction order)
 
     def _finish(self, beacon: Beacon) -> None:
         self._release(beacon)
         self._pending -= 1
-        self._metrics.beacon_queue.set(self._pending)
         if self._pending == 0:
             self._idle.set()
 
@@ -339,6 +347,53 @@ def predecessors(ad: AdInfo) -> dict[tuple[str, str], tuple[str, str] | None]:
     return out
 
 
+#: One tracking URL of an event: (URL as in the VAST, :func:`vast.macro_template` of it,
+#: the (event, URL) that must reach its host first or None).
+_Target = tuple[str, tuple[str, ...], tuple[str, str] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """One event due by the end of a segment: its time into the ad, that time as the
+    ``ADPLAYHEAD`` macro renders it, and its URLs (impressions for ``impression``)."""
+
+    event: str
+    at: Fraction
+    playhead: str
+    targets: tuple[_Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a request for ``segment`` of ``ad`` (``nominal`` seconds a segment) may fire,
+    in firing order: the same for every session of a break, so built once per (ad,
+    segment) (:meth:`BeaconTracker._plan`), not per request."""
+
+    ad: AdInfo
+    nominal: Fraction
+    due: tuple[_Due, ...]
+    #: Macro names the URLs use: only these are formatted per request.
+    names: frozenset[str]
+
+
+def _build_plan(ad: AdInfo, segment: int, nominal: Fraction) -> _Plan:
+    seg_end = (segment + 1) * nominal
+    chain = predecessors(ad)
+    due, names = [], set()
+    for event, at in ad_events(ad):
+        if not at < seg_end:
+            continue
+        urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
+        targets = []
+        for url in urls:
+            parts = vast.macro_template(url)
+            names.update(parts[1::2])
+            targets.append((url, parts, chain.get((event, url))))
+        due.append(_Due(event, at, vast.format_macros({"ADPLAYHEAD": at})["ADPLAYHEAD"],
+                        tuple(targets)))
+    return _Plan(ad, nominal, tuple(due), frozenset(names))
+
+
 class BeaconTracker:
     """Session progress through ads, turned into beacons (progress in process, or
     in Redis with ``progress`` so every instance shares it)."""
@@ -361,6 +416,10 @@ class BeaconTracker:
         self._replayer: asyncio.Task[None] | None = None
         #: Beacons whose progress was recorded but whose queueing failed, in order.
         self._unqueued: list[Beacon] = []
+        #: (id(ad), segment) -> its plan: the few ads of a break, requested by every
+        #: session. By identity (an AdInfo holds a dict: not hashable), the plan
+        #: keeping its ad alive so the id is never another's; bounded.
+        self._plans: dict[tuple[int, int], _Plan] = {}
 
     @property
     def deferred(self) -> int:
@@ -452,18 +511,29 @@ class BeaconTracker:
                       "store: lost", self._deferred_count, len(self._unqueued))
             self._count("dropped", self._deferred_count + len(self._unqueued))
 
+    def _plan(self, ad: AdInfo, segment: int, nominal: Fraction) -> _Plan:
+        key = (id(ad), segment)
+        plan = self._plans.get(key)
+        if plan is None or plan.ad is not ad or (plan.nominal is not nominal
+                                                 and plan.nominal != nominal):
+            plan = _build_plan(ad, segment, nominal)
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
     async def _record(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
                       nominal: Fraction, client_ip: str, user_agent: str) -> list[str]:
-        seg_end = (segment + 1) * nominal
-        due = [(event, at) for event, at in ad_events(ad) if at < seg_end]
+        plan = self._plan(ad, segment, nominal)
+        due: tuple[_Due, ...] | list[_Due] = plan.due
         if self._shared is not None:
             late, newly_late, new = await self._shared.due(
-                session_id, break_id, ad.item, segment, [e for e, _at in due])
+                session_id, break_id, ad.item, segment, [d.event for d in due])
             if late:
                 self.late_joins += newly_late
                 return []
             chosen = set(new)
-            due = [(e, at) for e, at in due if e in chosen]
+            due = [d for d in due if d.event in chosen]
         else:
             key = (session_id, break_id, ad.item)
             state = self._progress.get(key)
@@ -478,28 +548,36 @@ class BeaconTracker:
                     self._progress.popitem(last=False)
             if isinstance(state, str):
                 return []
-            due = [(e, at) for e, at in due if e not in state]
-            state.update(e for e, _at in due)
-        fired: list[str] = []
+            if state:
+                due = [d for d in due if d.event not in state]
+            state.update(d.event for d in due)
+        if not due:
+            return []
+        # The request's macro values, each formatted once (the URLs' templates were
+        # parsed once per ad): every retry of a beacon sends the URL built here.
+        # (As vast.format_macros renders them, without its type dispatch: the tests
+        # compare the URLs with expand_macros'.)
+        names = plan.names
+        formatted = {"BREAKPOSITION": "2"}
+        if "SESSIONID" in names:
+            formatted["SESSIONID"] = quote(session_id, safe="")
+        if "CACHEBUSTING" in names:
+            formatted["CACHEBUSTING"] = f"{random.randrange(10**8):08d}"
+        if "TIMESTAMP" in names:
+            formatted["TIMESTAMP"] = quote(datetime.now(UTC).isoformat(timespec="milliseconds"),
+                                           safe="")
         headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
-        macros: dict[str, vast.MacroValue] = {
-            "CACHEBUSTING": random.randrange(10**8),
-            "TIMESTAMP": datetime.now(UTC),
-            "BREAKPOSITION": 2,
-            "SESSIONID": session_id,
-        }
-        chain = predecessors(ad) if due else {}
         view = (session_id, break_id, str(ad.item))
-        beacons = []
-        for event, at in due:
-            for url in (ad.impressions if event == "impression" else ad.tracking.get(event, ())):
-                before = chain.get((event, url))
-                beacons.append((event, Beacon(
-                    (*view, event, url), vast.expand_macros(url, {**macros, "ADPLAYHEAD": at}),
-                    headers, after=(*view, *before) if before is not None else None)))
+        beacons: list[Beacon] = []
+        for d in due:
+            formatted["ADPLAYHEAD"] = d.playhead
+            for url, parts, before in d.targets:
+                beacons.append(Beacon(
+                    (*view, d.event, url), vast.expand_template(parts, formatted),
+                    headers, after=(*view, *before) if before is not None else None))
         # Queued before recorded (with Redis): a failure or a kill in between leaves
         # them unrecorded, and the player's retry queues them again (idempotent).
-        for i, (event, beacon) in enumerate(beacons):
+        for i, beacon in enumerate(beacons):
             try:
                 await self._queue.put(beacon)
             except STORE_ERRORS as exc:
@@ -510,12 +588,9 @@ class BeaconTracker:
                 # nothing new to fire: the beacons were lost). Unrecorded, a later
                 # request of this ad queues them again too (idempotent).
                 log.warning("beacons not queued (store unavailable: %s): deferred", exc)
-                self._defer_beacons([b for _e, b in beacons[i:]])
-                return [e for e, _at in due]
-            if i + 1 == len(beacons) or beacons[i + 1][0] != event:
-                fired.append(event)
-        fired += [e for e, _at in due if e not in fired]  # events no URL tracks
-        fired.sort(key=[e for e, _at in due].index)
+                self._defer_beacons(beacons[i:])
+                return [d.event for d in due]
+        fired = [d.event for d in due]  # in firing order, events no URL tracks too
         if self._shared is not None:
             try:
                 await self._shared.mark(session_id, break_id, ad.item, fired)
