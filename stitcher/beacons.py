@@ -445,21 +445,21 @@ class BeaconTracker:
         ad's beacons were lost or, with segment 0 missed, the session counted late).
         A later request of the same ad waits behind the deferred ones (its order
         decides what fires)."""
-        call = {"session_id": session_id, "break_id": break_id, "ad": ad,
-                "segment": segment, "nominal": nominal, "client_ip": client_ip,
-                "user_agent": user_agent}
         key = (session_id, break_id, ad.item)
-        if key in self._deferred:
-            self._defer(key, call)
-            return []
-        try:
-            return await self._record(**call)
-        except STORE_ERRORS as exc:
-            if self._shared is None:
-                raise
-            log.warning("beacon progress not recorded (store unavailable: %s): deferred", exc)
-            self._defer(key, call)
-            return []
+        if not self._deferred or key not in self._deferred:
+            try:
+                return await self._record(
+                    session_id=session_id, break_id=break_id, ad=ad, segment=segment,
+                    nominal=nominal, client_ip=client_ip, user_agent=user_agent)
+            except STORE_ERRORS as exc:
+                if self._shared is None:
+                    raise
+                log.warning("beacon progress not recorded (store unavailable: %s): deferred",
+                            exc)
+        self._defer(key, {"session_id": session_id, "break_id": break_id, "ad": ad,
+                          "segment": segment, "nominal": nominal, "client_ip": client_ip,
+                          "user_agent": user_agent})
+        return []
 
     def _count(self, result: str, n: int = 1) -> None:
         if self._metrics is not None:
