@@ -82,19 +82,6 @@ function done(summary, latency, requests)
 end
 """
 
-# wrk: each path once (the connections share the walk), then stop.
-WRK_ONCE = r"""
-local paths, n, i = {}, 0, 0
-function init(args)
-  for line in io.lines(args[1]) do n = n + 1; paths[n] = wrk.format("GET", line) end
-end
-function request()
-  i = i + 1
-  if i > n then wrk.thread:stop(); i = n end
-  return paths[i]
-end
-"""
-
 # wrk: POST /v1/session until ``limit`` responses, then stop.
 WRK_SESSIONS = r"""
 local limit, seen, path = 0, 0, "/"
@@ -338,16 +325,27 @@ class Bench:
 
     async def once(self, port: int, paths: list[str]) -> None:
         """Every path requested once, unmeasured: the sessions of (a) have started
-        playing (their tokens verified once, as a player's first reload does)."""
-        paths_file = self.tmp / f"once-{port}.txt"
-        paths_file.write_text("\n".join(paths) + "\n")
-        script = self.tmp / "once.lua"
-        script.write_text(WRK_ONCE)
-        proc = await asyncio.create_subprocess_exec(
-            self.wrk, "-t1", f"-c{self.args.connections}", "-d60s", "--timeout", "5s",
-            "-s", str(script), f"http://127.0.0.1:{port}", "--", str(paths_file),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await proc.wait()
+        playing (their tokens verified once, as a player's first reload does).
+        ``--connections`` client connections share the walk. (It was a wrk run whose
+        threads stopped at the end of the list, but wrk runs its whole ``-d`` however
+        soon they stop: a minute per server of the bench's time, idle.)"""
+        import aiohttp
+
+        walk = iter(paths)
+        failed = 0
+
+        async def walker(http: Any) -> None:
+            nonlocal failed
+            for path in walk:
+                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
+                    await resp.read()
+                    failed += resp.status >= 400
+
+        connector = aiohttp.TCPConnector(limit=self.args.connections)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await asyncio.gather(*(walker(http) for _ in range(self.args.connections)))
+        if failed:
+            sys.exit(f"{failed} of {len(paths)} warm-up requests to port {port} failed")
 
     async def interleaved(self, phases: list[tuple[str, int, int, list[list[str]], bool]], *,
                           unique: bool = False) -> list[Result]:

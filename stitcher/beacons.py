@@ -52,7 +52,8 @@ from stitcher.store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
-LATE = "joined-late"
+#: The progress of a session that joined an ad late (every event's bit set: none fires).
+LATE = -1
 _EPS = Fraction(1, 1000)
 #: Seconds at most a beacon waits for its predecessor's delivery (one that fails an
 #: attempt releases it at once): longer than a backlog under load or a reclaim.
@@ -123,11 +124,15 @@ class HostLimiter:
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._per_host = per_host
         self.timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)  # (made once, not per send)
 
     def slot(self, url: str) -> asyncio.Semaphore:
         """The per-host limit ``url`` sends under (``async with``)."""
         host = urlsplit(url).netloc
-        return self._hosts.setdefault(host, asyncio.Semaphore(self._per_host))
+        found = self._hosts.get(host)
+        if found is None:
+            found = self._hosts[host] = asyncio.Semaphore(self._per_host)
+        return found
 
     async def send(self, beacon: Beacon, *, limited: bool = True) -> Outcome:
         """What happened: 5xx, 429, timeouts and connection errors fail.
@@ -135,21 +140,22 @@ class HostLimiter:
         if limited:
             async with self.slot(beacon.url):
                 return await self.send(beacon, limited=False)
-        host = urlsplit(beacon.url).netloc
         try:
-            async with self._session.get(
-                    beacon.url, headers=dict(beacon.headers),
-                    timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+            async with self._session.get(beacon.url, headers=dict(beacon.headers),
+                                         timeout=self._timeout) as resp:
                 await resp.read()
                 ok = resp.status < 500 and resp.status != 429
                 return Outcome(ok, f"HTTP {resp.status}")
         except TimeoutError:
+            host = urlsplit(beacon.url).netloc
             log.info("beacon to %s timed out", host)
             return Outcome(False, f"timeout after {self.timeout:g} s", reached=True)
         except aiohttp.ClientConnectorError as exc:  # no connection: never reached it
+            host = urlsplit(beacon.url).netloc
             log.info("beacon to %s failed: %s", host, exc)
             return Outcome(False, f"{type(exc).__name__}: {exc}"[:200], reached=False)
         except aiohttp.ClientError as exc:
+            host = urlsplit(beacon.url).netloc
             log.info("beacon to %s failed: %s", host, exc)
             return Outcome(False, f"{type(exc).__name__}: {exc}"[:200], reached=True)
 
@@ -167,13 +173,20 @@ def ad_events(ad: AdInfo) -> list[tuple[str, Fraction]]:
     return events
 
 
+_Entry = tuple[tuple[str, ...], str, tuple[tuple[str, str], ...], tuple[str, ...] | None, int]
+
+
 class BeaconQueue:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, *,
                  workers: int = 4, per_host: int = 8, max_attempts: int = 5,
                  timeout: float = 5.0, base_backoff: float = 0.5) -> None:
         self._sender = HostLimiter(session, per_host=per_host, timeout=timeout)
         self._metrics = metrics
-        self._queue: asyncio.Queue[tuple[Beacon, int]] = asyncio.Queue()
+        #: (key, url, headers, after, attempt): a beacon's fields in a plain tuple of
+        #: strings, which the garbage collector stops tracking (a dataclass instance it
+        #: walks in every full collection: with a break's backlog queued, those doubled
+        #: the enqueue's cost).
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         #: Keys whose last failed attempt may have reached the endpoint.
         self._maybe_reached: set[tuple[str, ...]] = set()
         #: Every key queued (dedupe), with what its successor waits for: True once it
@@ -210,7 +223,7 @@ class BeaconQueue:
             self._done.popitem(last=False)
         self._pending += 1
         self._idle.clear()
-        self._queue.put_nowait((beacon, 1))
+        self._queue.put_nowait((beacon.key, beacon.url, beacon.headers, beacon.after, 1))
         return True
 
     async def drain(self) -> None:
@@ -238,7 +251,8 @@ class BeaconQueue:
 
     async def _work(self) -> None:
         while True:
-            beacon, attempt = await self._queue.get()
+            key, url, headers, after, attempt = await self._queue.get()
+            beacon = Beacon(key, url, headers, after)
             await self._after_predecessor(beacon)
             if beacon.key in self._maybe_reached:
                 self._maybe_reached.discard(beacon.key)
@@ -261,7 +275,7 @@ class BeaconQueue:
                 self._release(beacon)
                 delay = self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
                 asyncio.get_running_loop().call_later(
-                    delay, self._queue.put_nowait, (beacon, attempt + 1))
+                    delay, self._queue.put_nowait, (key, url, headers, after, attempt + 1))
 
     def _release(self, beacon: Beacon) -> None:
         done = self._done.get(beacon.key)
@@ -361,6 +375,8 @@ class _Due:
     at: Fraction
     playhead: str
     targets: tuple[_Target, ...]
+    #: The event's bit in a session's in-process progress (its place in firing order).
+    bit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +396,7 @@ def _build_plan(ad: AdInfo, segment: int, nominal: Fraction) -> _Plan:
     seg_end = (segment + 1) * nominal
     chain = predecessors(ad)
     due, names = [], set()
-    for event, at in ad_events(ad):
+    for n, (event, at) in enumerate(ad_events(ad)):
         if not at < seg_end:
             continue
         urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
@@ -390,7 +406,7 @@ def _build_plan(ad: AdInfo, segment: int, nominal: Fraction) -> _Plan:
             names.update(parts[1::2])
             targets.append((url, parts, chain.get((event, url))))
         due.append(_Due(event, at, vast.format_macros({"ADPLAYHEAD": at})["ADPLAYHEAD"],
-                        tuple(targets)))
+                        tuple(targets), 1 << n))
     return _Plan(ad, nominal, tuple(due), frozenset(names))
 
 
@@ -402,7 +418,10 @@ class BeaconTracker:
                  progress: RedisProgress | None = None, metrics: Metrics | None = None,
                  max_deferred: int = 200_000, retry_every: float = 1.0) -> None:
         self._queue = queue
-        self._progress: OrderedDict[tuple[str, str, int], set[str] | str] = OrderedDict()
+        #: (session, break, pod position) -> the events fired, one bit each (``_Due.bit``),
+        #: or LATE. An int, not a set of names: a fraction of the memory per session, and
+        #: nothing the garbage collector has to walk.
+        self._progress: OrderedDict[tuple[str, str, int], int] = OrderedDict()
         self._max = max_sessions
         self._shared = progress
         self._metrics = metrics
@@ -542,15 +561,16 @@ class BeaconTracker:
                     self._progress[key] = LATE
                     self.late_joins += 1
                     return []
-                state = set()
-                self._progress[key] = state
-                while len(self._progress) > self._max:
+                state = 0
+                while len(self._progress) >= self._max:
                     self._progress.popitem(last=False)
-            if isinstance(state, str):
+            if state == LATE:
                 return []
             if state:
-                due = [d for d in due if d.event not in state]
-            state.update(d.event for d in due)
+                due = [d for d in due if not state & d.bit]
+            for d in due:
+                state |= d.bit
+            self._progress[key] = state
         if not due:
             return []
         # The request's macro values, each formatted once (the URLs' templates were
