@@ -9,9 +9,11 @@ import hmac
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stitcher.errors import SessionInvalid
-from stitcher.sessions import Session, SessionSigner, _canonical, _Hmac
+from stitcher.sessions import Session, SessionSigner, _canonical, _Hmac, _unb64
 
 KEYS = {"k2": "second-key", "k1": "first-key"}
 GRACE = 3600
@@ -118,3 +120,30 @@ def test_refused_tokens_are_never_remembered() -> None:
     _refused(signer, forged)
     _refused(signer, "not-a-token")
     assert not signer._verified
+
+
+def _reference_unb64(text: str) -> bytes | None:
+    """The base64 module's decoding with the canonical check (what ``_unb64`` did)."""
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+    return data if base64.urlsafe_b64encode(data).rstrip(b"=").decode() == text else None
+
+
+_B64ISH = st.text(alphabet="ABCXYZabcxyz0189-_+/=. \né", max_size=24)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(_B64ISH, st.binary(max_size=18).map(
+    lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode())))
+def test_token_base64_decodes_exactly_the_canonical_spellings(text: str) -> None:
+    """``_unb64`` (binascii, for speed) accepts exactly what the base64 module's
+    decoding plus the canonical check accepted, with the same bytes: padding,
+    ``+``/``/``, stray characters and non-zero trailing bits are refused."""
+    expected = _reference_unb64(text)
+    try:
+        got: bytes | None = _unb64(text)
+    except ValueError:
+        got = None
+    assert got == expected
