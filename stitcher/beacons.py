@@ -240,10 +240,10 @@ class BeaconQueue:
         if beacon.after is None:
             return
         before = self._done.get(beacon.after, True)  # forgotten: long done
-        if before is True:
-            return
-        if before is None:  # the first successor to wait for it
-            before = self._done[beacon.after] = asyncio.Event()
+        if not isinstance(before, asyncio.Event):
+            if before is not None:  # released
+                return
+            before = self._done[beacon.after] = asyncio.Event()  # the first to wait
         try:
             await asyncio.wait_for(before.wait(), self.order_wait)
         except TimeoutError:
@@ -395,7 +395,8 @@ class _Plan:
 def _build_plan(ad: AdInfo, segment: int, nominal: Fraction) -> _Plan:
     seg_end = (segment + 1) * nominal
     chain = predecessors(ad)
-    due, names = [], set()
+    due: list[_Due] = []
+    names: set[str] = set()
     for n, (event, at) in enumerate(ad_events(ad)):
         if not at < seg_end:
             continue

@@ -440,6 +440,12 @@ class _Recorder:
     def put_soon(self, beacon: Beacon) -> None:
         self.got.append(beacon)
 
+    async def drain(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
 
 MACROS = "cb=[CACHEBUSTING]&ts=[TIMESTAMP]&sid=[SESSIONID]&ph=[ADPLAYHEAD]&bp=[BREAKPOSITION]"
 
@@ -558,11 +564,12 @@ async def test_the_in_process_queue_delivers_each_views_events_in_firing_order(
         async with aiohttp.ClientSession() as http:
             queue = BeaconQueue(http, Metrics(), base_backoff=1.0)
             for i in range(40):
-                previous = None
+                previous: tuple[str, ...] | None = None
                 for e in events:
                     key = (f"v{i}", "brk1", "0", e, f"{base}/v{i}/{e}")
                     assert queue.put_nowait(Beacon(key, f"{base}/v{i}/{e}", after=previous))
                     previous = key
+            assert previous is not None
             assert not queue.put_nowait(Beacon(previous, "again"))  # duplicate key
             await asyncio.wait_for(queue.drain(), 30)
             await queue.close()
