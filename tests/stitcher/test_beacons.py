@@ -588,3 +588,34 @@ async def test_the_in_process_queue_delivers_each_views_events_in_firing_order(
     assert queue.stats.sent == 240 and queue.stats.failed_attempts == 1
     assert queue.stats.duplicates_suppressed == 1 and queue.stats.dead == []
     assert all(v is True for v in queue._done.values())  # no Event kept per beacon
+
+
+async def test_in_process_progress_fires_each_event_once_and_forgets_the_oldest_views(
+        ) -> None:
+    """Progress per (session, break, pod position) as event bits: a repeated or earlier
+    segment fires nothing, a later one fires what is due and not fired yet; a view
+    whose first request is not segment 0 joined late and fires nothing for that ad;
+    past ``max_sessions`` views the oldest is forgotten (its next request is a late
+    join's: nothing fires twice)."""
+    sink = _Recorder()
+    tracker = BeaconTracker(sink, max_sessions=2)
+    ad = _macro_ad(0, "ad-0", 12)
+
+    async def seg(session: str, n: int, brk: str = "brk1") -> list[str]:
+        return await tracker.on_ad_segment(session_id=session, break_id=brk, ad=ad,
+                                           segment=n, nominal=Fraction(2),
+                                           client_ip="203.0.113.7", user_agent="player")
+
+    assert await seg("A", 0) == ["impression", "creativeView", "start"]
+    assert await seg("A", 0) == []
+    assert await seg("A", 1) == ["firstQuartile"]  # 3 s into the ad: segment 1 (2-4 s)
+    assert await seg("A", 1) == []
+    assert await seg("A", 5) == ["midpoint", "thirdQuartile", "complete"]  # catch-up
+    assert await seg("A", 2) == [] and await seg("A", 5) == []
+    assert await seg("B", 2) == [] and tracker.late_joins == 1  # joined late
+    assert await seg("B", 0) == []  # still late for this ad
+    assert await seg("A", 0, "brk2") == ["impression", "creativeView", "start"]  # A evicted
+    assert await seg("A", 1) == [] and tracker.late_joins == 2  # forgotten: a late join's
+    impressions = [b for b in sink.got if b.key[3] == "impression"]
+    assert [b.key[:2] for b in impressions] == [("A", "brk1"), ("A", "brk1"),
+                                                ("A", "brk2"), ("A", "brk2")]
