@@ -5,21 +5,31 @@ On loopback, the server under test pinned to one core and the load generator
 
   (a) ``stitcher serve`` answering a cached cohort media playlist to many
       sessions (thousands of distinct signed tokens, one cohort: token check +
-      cached render + response);
+      cached render + response), reloading: each session requested once,
+      unmeasured, before the rounds (on every server alike), as players have
+      when a break comes;
   (b) a bare aiohttp handler returning the same bytes (same event loop choice);
   (c) nginx serving the same bytes as a static file;
   (d) the stitcher answering ad-segment requests during a break (token check,
       progress record, beacon enqueue, 302), every request a session's first
-      for that segment, with the beacons delivered by the same process.
+      for that segment, with tokens never seen before (the worst case: a
+      player has reloaded its playlist with them), and the beacons delivered
+      by the same process meanwhile (their CPU counts in (d)'s).
 
+(a), (b) and the stitcher's event loop are the same (uvloop when installed, as
+``stitcher serve`` picks it; ``STITCHER_EVENT_LOOP=asyncio`` for both). Each load
+phase runs ``--seconds`` (10) in total, split into ``--rounds`` (5) slices run
+round robin with the phases it is compared with ((b), (c), (a); then (b), (d)),
+so the other work on a shared host weighs on each alike; each line also gives
+the server's CPU time per request, which contention disturbs less than req/s.
 Also the stitcher's resident memory idle and after 100,000 sessions have started
-(``POST /v1/session``). Each load phase runs ``--seconds`` (10); the run stops by
-itself. Installs Debian's ``wrk`` and ``nginx-light`` with apt-get when missing
+(``POST /v1/session``). The run stops by itself. Installs Debian's ``wrk`` and ``nginx-light`` with apt-get when missing
 (as root). The last line is ``serve_vs_bare=<a/b> serve_vs_nginx=<a/c>
 adseg_vs_bare=<d/b>``. Targets: a/b >= 0.8, d/b >= 0.5; RSS growth < 50 MB.
 A benchmark, not a test: nothing asserts on time.
 
-Run: .venv/bin/python bench/serve.py [--seconds 10] [--connections 64]
+Run: .venv/bin/python bench/serve.py [--seconds 10] [--rounds 5] [--connections 64]
+     [--profile DIR]
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 CHANNEL = "bench"
 SESSION_KEY = "bench-session-key"
 PLAYLIST_SESSIONS = 5000
-ADSEG_SESSIONS = 20000
+ADSEG_SESSIONS = 40000
 MEMORY_SESSIONS = 100_000
 ASSETS = Path.home() / ".cache" / "ssai-stitcher" / "bench-assets"
 
@@ -129,18 +139,18 @@ async def handler(request):
     return web.Response(body=body, content_type="application/vnd.apple.mpegurl")
 app = web.Application()
 app.router.add_get("/{tail:.*}", handler)
-loop_factory = None
+# The loop ``stitcher serve`` runs on (stitcher.cli._run): uvloop when installed unless
+# STITCHER_EVENT_LOOP=asyncio. run_app makes its own loop from the default policy
+# unless given one, so it is passed explicitly (setting a current loop is not enough).
+loop = None
 if os.environ.get("STITCHER_EVENT_LOOP", "auto") != "asyncio":
     try:
         import uvloop
-        loop_factory = uvloop.new_event_loop
+        loop = uvloop.new_event_loop()
     except ImportError:
         pass
-if loop_factory is not None:
-    import asyncio
-    asyncio.set_event_loop(loop_factory())
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
-            print=None, handle_signals=True)
+            print=None, handle_signals=True, loop=loop)
 """
 
 
@@ -152,14 +162,30 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: str
+    #: CPU seconds the server process used meanwhile (None: not measured).
+    cpu_s: float | None = None
+    slices: int = 1
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
+        cpu = (f"   CPU {1e6 * self.cpu_s / self.requests:5.0f} us/req"
+               if self.cpu_s is not None and self.requests else "")
         return (f"{self.name:<44} {self.rps:>10,.0f} req/s   p50 {self.p50_ms:6.2f} ms   "
-                f"p99 {self.p99_ms:6.2f} ms{'   ' + self.errors if self.errors else ''}")
+                f"p99 {self.p99_ms:6.2f} ms{cpu}{'   ' + self.errors if self.errors else ''}")
+
+    def plus(self, other: Result) -> Result:
+        """Two slices of one phase as one: counts and times add; p50 is the
+        request-weighted mean of the slices' p50s, p99 the worst slice's."""
+        n = self.requests + other.requests
+        p50 = (self.p50_ms * self.requests + other.p50_ms * other.requests) / n if n else 0.0
+        cpu = (None if self.cpu_s is None or other.cpu_s is None
+               else self.cpu_s + other.cpu_s)
+        errors = " ".join(e for e in (self.errors, other.errors) if e)
+        return Result(self.name, n, self.seconds + other.seconds, p50,
+                      max(self.p99_ms, other.p99_ms), errors, cpu, self.slices + other.slices)
 
 
 def _free_port() -> int:
@@ -190,6 +216,21 @@ def _cores() -> tuple[set[int] | None, set[int] | None]:
         print("warning: fewer than 2 CPUs: server and load generator share a core", flush=True)
         return None, None
     return {cpus[0]}, {cpus[1]}
+
+
+def _loop_name() -> str:
+    """The loop stitcher serve and the bare server both run on (same rule)."""
+    if os.environ.get("STITCHER_EVENT_LOOP", "auto") == "asyncio":
+        return "asyncio"
+    import importlib.util
+
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -251,29 +292,78 @@ class Bench:
                     sys.exit(f"{url} did not come up:\n{(self.tmp / log).read_text()[-3000:]}")
                 await asyncio.sleep(0.1)
 
-    async def load(self, name: str, port: int, paths: list[str], *,
-                   seconds: float | None = None, profile: int | None = None) -> Result:
-        """wrk on the load core, ``connections`` keep-alive connections, one thread;
-        with ``--profile``, py-spy samples process ``profile`` meanwhile."""
+    async def load(self, name: str, port: int, paths: list[str], *, seconds: float,
+                   pid: int, profile: bool = False, unique: bool = False) -> Result:
+        """wrk on the load core, ``connections`` keep-alive connections, one thread, and
+        the CPU time server process ``pid`` used meanwhile; with ``profile``
+        (``--profile``), py-spy samples that process too (raw stacks)."""
         paths_file = self.tmp / f"paths-{port}.txt"
         paths_file.write_text("\n".join(paths) + "\n")
         script = self.tmp / "paths.lua"
         script.write_text(WRK_PATHS)
         cmd = [self.wrk, "-t1", f"-c{self.args.connections}",
-               f"-d{int(seconds or self.args.seconds)}s", "--timeout", "5s", "-s", str(script),
+               f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script),
                f"http://127.0.0.1:{port}", "--", str(paths_file)]
-        if not (profile and self.args.profile):
-            return await self._wrk(name, cmd)
-        out = Path(self.args.profile) / (re.sub(r"\W+", "_", name).strip("_") + ".txt")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        spy = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(profile),
-            "-d", str(int(seconds or self.args.seconds) - 1), "-r", "250", "-f", "raw",
-            "-o", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = out = None
+        if profile and self.args.profile:
+            out = Path(self.args.profile) / (re.sub(r"\W+", "_", name).strip("_") + ".txt")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            spy = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid),
+                "--nonblocking", "-d", str(max(1, round(seconds) - 1)), "-r", "250",
+                "-f", "raw", "-o", str(out), stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+        cpu = _cpu_s(pid)
         result = await self._wrk(name, cmd)
-        await spy.wait()
-        print(f"profile of {name}: {out}", flush=True)
+        result.cpu_s = _cpu_s(pid) - cpu
+        if spy is not None:
+            await spy.wait()
+            print(f"profile of {name}: {out}", flush=True)
+        if unique and result.requests > len(paths):  # (d): each a session's first
+            result.errors += f" (paths repeated: {len(paths):,} for {result.requests:,})"
         return result
+
+    async def once(self, port: int, paths: list[str]) -> None:
+        """Every path requested once, unmeasured: the sessions of (a) have started
+        playing (their tokens verified once, as a player's first reload does).
+        ``--connections`` client connections share the walk. (It was a wrk run whose
+        threads stopped at the end of the list, but wrk runs its whole ``-d`` however
+        soon they stop: a minute per server of the bench's time, idle.)"""
+        import aiohttp
+
+        walk = iter(paths)
+        failed = 0
+
+        async def walker(http: Any) -> None:
+            nonlocal failed
+            for path in walk:
+                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
+                    await resp.read()
+                    failed += resp.status >= 400
+
+        connector = aiohttp.TCPConnector(limit=self.args.connections)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await asyncio.gather(*(walker(http) for _ in range(self.args.connections)))
+        if failed:
+            sys.exit(f"{failed} of {len(paths)} warm-up requests to port {port} failed")
+
+    async def interleaved(self, phases: list[tuple[str, int, int, list[list[str]], bool]], *,
+                          unique: bool = False) -> list[Result]:
+        """Phases (name, port, pid, path chunks, profile) in ``--rounds`` rounds, one
+        slice of each per round, round robin: load from the other work on the host
+        then falls on every phase alike, not on whichever ran when it peaked. Round
+        ``i`` of a phase walks chunk ``i`` of its paths (fresh paths for (d))."""
+        rounds = self.args.rounds
+        seconds = self.args.seconds / rounds
+        totals: list[Result | None] = [None] * len(phases)
+        for i in range(rounds):
+            for k, (name, port, pid, chunks, profile) in enumerate(phases):
+                r = await self.load(name, port, chunks[i % len(chunks)], seconds=seconds,
+                                    pid=pid, profile=profile and i == 0,
+                                    unique=unique and len(chunks) > 1)
+                prev = totals[k]
+                totals[k] = r if prev is None else prev.plus(r)
+        return [t for t in totals if t is not None]
 
     async def _wrk(self, name: str, cmd: list[str]) -> Result:
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE,
@@ -407,59 +497,73 @@ class Bench:
         report(f"stitcher RSS: idle {idle:.1f} MB, after {started.requests:,} sessions started "
                f"{after:.1f} MB (+{after - idle:.1f} MB; target < 50 MB)")
 
-        # (b) bare aiohttp, same bytes.
+        # (b) bare aiohttp and (c) nginx, same bytes, up alongside the stitcher: the
+        # phases run interleaved (``interleaved``), each on the server core alone.
         (self.tmp / "playlist.m3u8").write_bytes(body)
         bare_port = _free_port()
         (self.tmp / "bare.py").write_text(BARE)
         bare = await self.spawn(sys.executable, str(self.tmp / "bare.py"), str(bare_port),
                                 str(self.tmp / "playlist.m3u8"), log="bare.log")
         await self.wait_http(f"http://127.0.0.1:{bare_port}/", bare, "bare.log")
-        media_paths = [f"{s}/media/v0.m3u8" for s in sessions]
-        b = await self.load("(b) bare aiohttp, same bytes", bare_port, media_paths)
-        await self.stop(bare)
-
-        # (c) nginx, static file.
         nginx_port = _free_port()
         (self.tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=self.tmp, port=nginx_port))
         ngx = await self.spawn(self.nginx, "-c", str(self.tmp / "nginx.conf"), "-p",
                                str(self.tmp), log="nginx.log")
         await self.wait_http(f"http://127.0.0.1:{nginx_port}/", ngx, "nginx.log")
-        c = await self.load("(c) nginx, static file", nginx_port, media_paths)
+        media_paths = [f"{s}/media/v0.m3u8" for s in sessions]
+        bare_name = "(b) bare aiohttp, same bytes"
+        # (a) the stitcher: cached cohort playlist, thousands of sessions, reloading:
+        # each played once before (on every server alike), so a token is checked as
+        # a reload's is (remembered), not as a session's very first request.
+        for warm_port in (bare_port, nginx_port, port):
+            await self.once(warm_port, media_paths)
+        b1, c, a = await self.interleaved([
+            (bare_name, bare_port, bare.pid, [media_paths], False),
+            ("(c) nginx, static file", nginx_port, ngx.pid, [media_paths], False),
+            (f"(a) stitcher media playlist, {len(sessions)} sessions", port, stitcher.pid,
+             [media_paths], True)])
         await self.stop(ngx)
-
-        # (a) the stitcher: cached cohort playlist, thousands of sessions.
-        a = await self.load(f"(a) stitcher media playlist, {len(sessions)} sessions", port,
-                            media_paths, profile=stitcher.pid)
 
         # (d) ad segments during a break: a break 2 segments ahead of the live edge.
         edge = origin.live_edge_msn()
         origin.insert_break(edge + 2, 30)
         ad_uris = await self._ad_uris(base, sessions[0], aiohttp)
         if not ad_uris:
-            for r in (a, b, c):
+            for r in (a, b1, c):
                 report(r.line())
-            report(f"serve_vs_bare={a.rps / b.rps:.2f} serve_vs_nginx={a.rps / c.rps:.2f} "
+            report(f"serve_vs_bare={a.rps / b1.rps:.2f} serve_vs_nginx={a.rps / c.rps:.2f} "
                    f"adseg_vs_bare=n/a")
             return lines
         ad_sessions = session_paths(ADSEG_SESSIONS)
         # Every session asks segment 0 of the ad, then 1, then 2 ...: as players do, and
-        # each request is that session's first for its segment (progress and beacons).
+        # each request is that session's first for its segment (progress and beacons):
+        # round i walks the i-th part of that sequence.
         ad_paths = [f"{s}/media/{u}" for u in ad_uris for s in ad_sessions]
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}{ad_paths[0]}", allow_redirects=False) as resp:
                 assert resp.status == 302, (resp.status, await resp.text())
-        d = await self.load(f"(d) stitcher ad segment 302, {len(ad_sessions)} sessions",
-                            port, ad_paths, profile=stitcher.pid)
+        ad_paths = ad_paths[1:]
+        part = -(-len(ad_paths) // self.args.rounds)
+        b2, d = await self.interleaved([
+            (bare_name, bare_port, bare.pid, [media_paths], False),
+            (f"(d) stitcher ad segment 302, {len(ad_sessions)} sessions", port, stitcher.pid,
+             [ad_paths[i:i + part] for i in range(0, len(ad_paths), part)], True)],
+            unique=True)
+        await self.stop(bare)
+        b = b1.plus(b2)
         hits = len(await self._beacon_hits(ad_port, aiohttp))
 
         for r in (a, b, c, d):
             report(r.line())
         report(f"(d) ad segment URIs per session: {len(ad_uris)} ({', '.join(ad_uris)}); "
                f"beacons received by the ad server by the end of (d): {hits:,}")
-        report(f"event loop: {'asyncio' if os.environ.get('STITCHER_EVENT_LOOP') == 'asyncio' else 'uvloop if installed'}; "
-               f"playlist body {len(body)} bytes")
-        report(f"serve_vs_bare={a.rps / b.rps:.2f} serve_vs_nginx={a.rps / c.rps:.2f} "
-               f"adseg_vs_bare={d.rps / b.rps:.2f}")
+        report(f"event loop of (a), (b) and (d): {_loop_name()}; "
+               f"playlist body {len(body)} bytes; {self.args.rounds} interleaved rounds "
+               f"of {self.args.seconds / self.args.rounds:.1f} s per phase (p50: mean of "
+               f"the rounds, p99: the worst); (a) and (c) against the (b) rounds run with "
+               f"them ({b1.rps:,.0f} req/s), (d) against those run with it ({b2.rps:,.0f})")
+        report(f"serve_vs_bare={a.rps / b1.rps:.2f} serve_vs_nginx={a.rps / c.rps:.2f} "
+               f"adseg_vs_bare={d.rps / b2.rps:.2f}")
         return lines
 
     async def _warm_up(self, config: dict[str, Any]) -> None:
@@ -514,6 +618,8 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=int, default=10, help="per load phase")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved slices each phase's seconds are split into")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--profile", metavar="DIR",
                         help="sample the stitcher with py-spy during (a) and (d) (raw stacks)")

@@ -69,7 +69,10 @@ class Decision:
     failed: bool = False
 
     def ad(self, item: int) -> AdInfo | None:
-        return next((a for a in self.ads if a.item == item), None)
+        ads = self.ads
+        if 0 <= item < len(ads) and ads[item].item == item:  # (every ad segment request)
+            return ads[item]
+        return next((a for a in ads if a.item == item), None)
 
     def to_json(self) -> str:
         return json.dumps({

@@ -57,7 +57,7 @@ from stitcher.errors import (
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import PublicOnlyConnector, client_session
 from stitcher.redis_store import RedisStore
-from stitcher.sessions import Session, SessionSigner, cohort_for, is_cohort
+from stitcher.sessions import Session, SessionSigner, cohort_for
 from stitcher.store import MemoryStore, Store
 from stitcher.tracking import avail_schedule
 
@@ -76,12 +76,20 @@ STORE = web.AppKey("store", object)
 TRUSTED = web.AppKey("trusted", tuple)
 #: Builds a ChannelRuntime from a ChannelConfig with the app's shared resources.
 RUNTIME_FACTORY = web.AppKey("runtime_factory", object)
+#: Headers every response carries (CORS, and which worker answered with ``workers``).
+COMMON_HEADERS = web.AppKey("common_headers", dict[str, str])
 
+#: CORS on every response. The methods and request headers allowed are what a
+#: preflight asks (Fetch standard, "CORS-preflight fetch"): they go on the 204
+#: answering OPTIONS only, not on every playlist a player reloads.
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "ETag, X-Stitcher-Stale, Retry-After",
+}
+PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Range, If-None-Match",
-    "Access-Control-Expose-Headers": "ETag, X-Stitcher-Stale, Retry-After",
+    "Access-Control-Max-Age": "86400",
 }
 
 
@@ -89,11 +97,13 @@ CORS_HEADERS = {
 async def errors_middleware(request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                             ) -> web.StreamResponse:
+    """Errors as JSON, every request counted and timed, the common headers added
+    (CORS; hot responses come with them prebuilt, :class:`ResponseHeaders`)."""
     if request.method == "OPTIONS":
-        return web.Response(status=204, headers={**CORS_HEADERS, "Access-Control-Max-Age": "86400"})
+        preflight = request.app[COMMON_HEADERS].copy()
+        preflight.update(PREFLIGHT_HEADERS)
+        return web.Response(status=204, headers=preflight)
     started = time.perf_counter()
-    endpoint = request.match_info.route.name or "other"
-    metrics = request.app[METRICS]
     try:
         response = await handler(request)
     except StitcherError as exc:
@@ -107,27 +117,71 @@ async def errors_middleware(request: web.Request,
     except Exception:  # a bug: answered, logged with its traceback and counted
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = to_response(StitcherError("internal error (logged)"))
-    metrics.request_counter(endpoint, response.status).inc()
-    metrics.latency_histogram(endpoint).observe(time.perf_counter() - started)
-    if isinstance(response, web.HTTPException):
-        response.headers.update(CORS_HEADERS)
+    app = request.app
+    app[METRICS].requests.record(request.match_info.route.name or "other", response.status,
+                                 time.perf_counter() - started)
+    headers = response.headers
+    if "Access-Control-Allow-Origin" not in headers:
+        if isinstance(response, web.HTTPException):
+            headers.update(app[COMMON_HEADERS])
+            raise response
+        for k, v in app[COMMON_HEADERS].items():
+            headers.setdefault(k, v)
+    elif isinstance(response, web.HTTPException):
         raise response
     return response
 
 
-async def _cors(request: web.Request, response: web.StreamResponse) -> None:
-    for k, v in CORS_HEADERS.items():
-        response.headers.setdefault(k, v)
+def _common_headers(config: StitcherConfig) -> dict[str, str]:
+    """CORS on every player-facing response, and with ``workers`` which worker
+    process answered (the PID, taken at app creation, in the worker)."""
+    headers = dict(CORS_HEADERS)
+    if config.workers > 1:
+        headers["X-Stitcher-Worker"] = str(os.getpid())
+    return headers
 
 
-def _worker_header() -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """Which worker process answered (``stitcher serve --workers N``)."""
-    pid = str(os.getpid())  # at app creation, in the worker process
+class ResponseHeaders:
+    """The header sets of the hot responses, built once and copied per response:
+    a cached playlist served to thousands of sessions, an ad segment redirect."""
 
-    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["X-Stitcher-Worker"] = pid
+    def __init__(self, common: dict[str, str]) -> None:
+        self._common = common
+        self._playlists: dict[tuple[Any, ...], dict[str, str]] = {}
+        self._redirects: dict[str, dict[str, str]] = {}
 
-    return stamp
+    def playlist(self, rendered: Rendered, public: bool, variant: str) -> dict[str, str]:
+        """``variant``: ``identity``, ``gzip`` or ``304`` (no body, no content type)."""
+        key = (rendered.etag, rendered.target_duration, public, rendered.stale,
+               rendered.stale_reason, variant)
+        found = self._playlists.get(key)
+        if found is None:
+            scope = "public" if public else "private"
+            found = {**self._common, "ETag": rendered.etag, "Vary": "Accept-Encoding",
+                     "Cache-Control": f"{scope}, max-age={max(1, rendered.target_duration // 2)}"}
+            if rendered.stale:
+                found["X-Stitcher-Stale"] = f"origin: {rendered.stale_reason or 'unavailable'}"
+            if variant != "304":
+                found["Content-Type"] = MPEGURL
+            if variant == "gzip":
+                found["Content-Encoding"] = "gzip"
+            if len(self._playlists) >= 1024:  # renders come and go every few seconds
+                self._playlists.clear()
+            self._playlists[key] = found
+        return found
+
+    def redirect(self, location: str) -> dict[str, str]:
+        found = self._redirects.get(location)
+        if found is None:
+            found = {**self._common, "Location": location, "Cache-Control": "no-store"}
+            if len(self._redirects) >= 4096:
+                self._redirects.clear()
+            self._redirects[location] = found
+        return found
+
+
+#: Prebuilt header sets of the hot responses.
+HEADERS = web.AppKey("headers", ResponseHeaders)
 
 
 def _channel(request: web.Request) -> ChannelRuntime:
@@ -139,12 +193,17 @@ def _channel(request: web.Request) -> ChannelRuntime:
 
 
 def _session(request: web.Request) -> Session:
+    return _session_of(request)[1]
+
+
+def _session_of(request: web.Request) -> tuple[ChannelRuntime, Session]:
+    """The channel and the verified session of a session URL."""
     runtime = _channel(request)
     session = request.app[SIGNER].decode(request.match_info["token"], runtime.cfg.id,
                                          time.time())
-    if not is_cohort(runtime.cfg, session.cohort):
+    if not runtime.is_cohort(session.cohort):
         raise SessionInvalid("session token names a cohort this channel does not have")
-    return session
+    return runtime, session
 
 
 def _new_session(request: web.Request, attributes: dict[str, str]) -> tuple[Session, str]:
@@ -196,18 +255,28 @@ def _playlist_response(request: web.Request, rendered: Rendered, *,
     """A render as it is: ETag (304 on If-None-Match), the once-compressed body when
     the client takes gzip; cacheable for half a target duration, by anyone
     (``public``: cohort-URL mode) or by the player only (per-session paths)."""
-    scope = "public" if public else "private"
-    headers = {"ETag": rendered.etag, "Vary": "Accept-Encoding",
-               "Cache-Control": f"{scope}, max-age={max(1, rendered.target_duration // 2)}"}
-    if rendered.stale:
-        headers["X-Stitcher-Stale"] = f"origin: {rendered.stale_reason or 'unavailable'}"
-    match = request.headers.get("If-None-Match", "")
-    if rendered.etag in match or match.strip() == "*":
-        return web.Response(status=304, headers=headers)
-    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        headers["Content-Encoding"] = "gzip"
-        return web.Response(body=rendered.gzipped, content_type=MPEGURL, headers=headers)
-    return web.Response(body=rendered.body, content_type=MPEGURL, headers=headers)
+    headers = request.app[HEADERS]
+    match = request.headers.get("If-None-Match")
+    if match is not None and (rendered.etag in match or match.strip() == "*"):
+        return web.Response(status=304, headers=headers.playlist(rendered, public, "304"))
+    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        return web.Response(body=rendered.gzipped,
+                            headers=headers.playlist(rendered, public, "gzip"))
+    return web.Response(body=rendered.body, headers=headers.playlist(rendered, public, "identity"))
+
+
+#: Accept-Encoding values players send, parsed once (a few distinct values per
+#: player family; anything longer than a real header is parsed every time).
+_GZIP_ACCEPTED: dict[str, bool] = {}
+
+
+def _accepts_gzip(header: str) -> bool:
+    found = _GZIP_ACCEPTED.get(header)
+    if found is None:
+        found = accepts_gzip(header)
+        if len(header) <= 200 and len(_GZIP_ACCEPTED) < 256:
+            _GZIP_ACCEPTED[header] = found
+    return found
 
 
 def accepts_gzip(header: str) -> bool:
@@ -227,17 +296,20 @@ def accepts_gzip(header: str) -> bool:
 
 
 async def media(request: web.Request) -> web.Response:
-    session = _session(request)
-    runtime = _channel(request)
-    rendered = await runtime.render(request.match_info["rid"], session.cohort)
+    runtime, session = _session_of(request)
+    rid = request.match_info["rid"]
+    rendered = runtime.ready(rid, session.cohort) or await runtime.render(rid, session.cohort)
     return _playlist_response(request, rendered)
 
 
 def _client_ip(request: web.Request) -> str:
     """The viewer's address: behind configured trusted proxies, the right-most
     X-Forwarded-For entry that is not one of them (the left part is client-set)."""
+    trusted = request.app[TRUSTED]
+    if not trusted:
+        return request.remote or ""
     return client_ip(request.remote or "", request.headers.getall("X-Forwarded-For", []),
-                     request.app[TRUSTED])
+                     trusted)
 
 
 def client_ip(remote: str, forwarded: list[str],
@@ -261,13 +333,16 @@ def client_ip(remote: str, forwarded: list[str],
 async def _ad_target(request: web.Request, runtime: ChannelRuntime, cohort: str
                      ) -> tuple[Decision, int, int, str]:
     """(decision, pod position, segment, asset URL) of an ad segment path."""
-    break_id = request.match_info["brk"]
+    info = request.match_info
+    break_id = info["brk"]
     try:
-        item, segment = int(request.match_info["item"]), int(request.match_info["seg"])
+        item, segment = int(info["item"]), int(info["seg"])
     except ValueError as exc:
         raise BadRequest("malformed ad segment path") from exc
-    rid = request.match_info["rid"]
-    decision = await runtime.decision(break_id, cohort, None)
+    rid = info["rid"]
+    # Frozen decisions never change: the one this instance holds needs no await.
+    decision = (runtime.cached_decision(break_id, cohort)
+                or await runtime.decision(break_id, cohort, None))
     if decision is None or not 0 <= item < len(decision.pod.items):
         raise NotFound("no such ad in this session's break")
     creative = decision.pod.items[item].creative
@@ -282,8 +357,7 @@ async def _ad_target(request: web.Request, runtime: ChannelRuntime, cohort: str
 
 
 async def ad_segment(request: web.Request) -> web.Response:
-    session = _session(request)
-    runtime = _channel(request)
+    runtime, session = _session_of(request)
     decision, item, segment, url = await _ad_target(request, runtime, session.cohort)
     ad = decision.ad(item)
     if ad is not None and request.method == "GET":
@@ -299,7 +373,7 @@ async def ad_segment(request: web.Request) -> web.Response:
             log.warning("beacons of %s not queued (store unavailable: %s): 503, the "
                         "player retries", request.path[-60:], exc)
             raise StoreUnavailable("beacon store unavailable, retry", retry_after=1) from exc
-    raise web.HTTPFound(url, headers={"Cache-Control": "no-store"})
+    return web.Response(status=302, headers=request.app[HEADERS].redirect(url))
 
 
 #: Where the MPEG-TS muxer puts the first PTS of a conditioned segment (ffmpeg's
@@ -371,7 +445,7 @@ def _cohort(request: web.Request) -> tuple[ChannelRuntime, str]:
     if not runtime.cfg.cohort_urls:
         raise NotFound(f"channel {runtime.cfg.id!r} does not offer cohort URLs")
     cohort = request.match_info["cohort"]
-    if not is_cohort(runtime.cfg, cohort):
+    if not runtime.is_cohort(cohort):
         raise NotFound(f"channel {runtime.cfg.id!r} has no cohort {cohort[:64]!r}")
     return runtime, cohort
 
@@ -385,7 +459,8 @@ async def cohort_multivariant(request: web.Request) -> web.Response:
 
 async def cohort_media(request: web.Request) -> web.Response:
     runtime, cohort = _cohort(request)
-    rendered = await runtime.render(request.match_info["rid"], cohort, COHORT)
+    rid = request.match_info["rid"]
+    rendered = runtime.ready(rid, cohort, COHORT) or await runtime.render(rid, cohort, COHORT)
     return _playlist_response(request, rendered, public=True)
 
 
@@ -462,9 +537,8 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
         keys = {"ephemeral": secrets.token_urlsafe(32)}
     app[SIGNER] = SessionSigner(keys, grace=config.session_grace)
     app[CHANNELS] = {}
-    app.on_response_prepare.append(_cors)
-    if config.workers > 1:
-        app.on_response_prepare.append(_worker_header())
+    app[COMMON_HEADERS] = _common_headers(config)
+    app[HEADERS] = ResponseHeaders(app[COMMON_HEADERS])
     # Instances sharing Redis compare fetch times: they need a clock they share
     # (epoch seconds), not each host's monotonic one.
     shared = config.redis_url is not None or isinstance(store, RedisStore)
@@ -472,12 +546,13 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     app.cleanup_ctx.append(_resources(store, conditioner, clock or default_clock,
                                       sleep or asyncio.sleep))
     r = app.router
-    r.add_post("/v1/session/{channel}", start_session, name="session")
-    r.add_get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
     base = "/v1/session/{token}/{channel}"
-    r.add_get(base + "/master.m3u8", multivariant, name="multivariant")
+    # The hot routes first: the router tries a path prefix's routes in this order.
     r.add_get(base + "/media/{rid}.m3u8", media, name="media")
     r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
+    r.add_post("/v1/session/{channel}", start_session, name="session")
+    r.add_get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
+    r.add_get(base + "/master.m3u8", multivariant, name="multivariant")
     r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption, name="ad_caption")
     r.add_get(base + "/tracking", tracking, name="tracking")
     cohort = "/v1/cohort/{channel}/{cohort}"

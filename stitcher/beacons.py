@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -52,7 +52,8 @@ from stitcher.store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
-LATE = "joined-late"
+#: The progress of a session that joined an ad late (every event's bit set: none fires).
+LATE = -1
 _EPS = Fraction(1, 1000)
 #: Seconds at most a beacon waits for its predecessor's delivery (one that fails an
 #: attempt releases it at once): longer than a backlog under load or a reclaim.
@@ -123,11 +124,15 @@ class HostLimiter:
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._per_host = per_host
         self.timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)  # (made once, not per send)
 
     def slot(self, url: str) -> asyncio.Semaphore:
         """The per-host limit ``url`` sends under (``async with``)."""
         host = urlsplit(url).netloc
-        return self._hosts.setdefault(host, asyncio.Semaphore(self._per_host))
+        found = self._hosts.get(host)
+        if found is None:
+            found = self._hosts[host] = asyncio.Semaphore(self._per_host)
+        return found
 
     async def send(self, beacon: Beacon, *, limited: bool = True) -> Outcome:
         """What happened: 5xx, 429, timeouts and connection errors fail.
@@ -135,21 +140,22 @@ class HostLimiter:
         if limited:
             async with self.slot(beacon.url):
                 return await self.send(beacon, limited=False)
-        host = urlsplit(beacon.url).netloc
         try:
-            async with self._session.get(
-                    beacon.url, headers=dict(beacon.headers),
-                    timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+            async with self._session.get(beacon.url, headers=dict(beacon.headers),
+                                         timeout=self._timeout) as resp:
                 await resp.read()
                 ok = resp.status < 500 and resp.status != 429
                 return Outcome(ok, f"HTTP {resp.status}")
         except TimeoutError:
+            host = urlsplit(beacon.url).netloc
             log.info("beacon to %s timed out", host)
             return Outcome(False, f"timeout after {self.timeout:g} s", reached=True)
         except aiohttp.ClientConnectorError as exc:  # no connection: never reached it
+            host = urlsplit(beacon.url).netloc
             log.info("beacon to %s failed: %s", host, exc)
             return Outcome(False, f"{type(exc).__name__}: {exc}"[:200], reached=False)
         except aiohttp.ClientError as exc:
+            host = urlsplit(beacon.url).netloc
             log.info("beacon to %s failed: %s", host, exc)
             return Outcome(False, f"{type(exc).__name__}: {exc}"[:200], reached=True)
 
@@ -167,6 +173,9 @@ def ad_events(ad: AdInfo) -> list[tuple[str, Fraction]]:
     return events
 
 
+_Entry = tuple[tuple[str, ...], str, tuple[tuple[str, str], ...], tuple[str, ...] | None, int]
+
+
 class BeaconQueue:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, *,
                  workers: int = 4, per_host: int = 8, max_attempts: int = 5,
@@ -174,12 +183,18 @@ class BeaconQueue:
                  max_backoff: float = 300.0) -> None:
         self._sender = HostLimiter(session, per_host=per_host, timeout=timeout)
         self._metrics = metrics
-        self._queue: asyncio.Queue[tuple[Beacon, int]] = asyncio.Queue()
+        #: (key, url, headers, after, attempt): a beacon's fields in a plain tuple of
+        #: strings, which the garbage collector stops tracking (a dataclass instance it
+        #: walks in every full collection: with a break's backlog queued, those doubled
+        #: the enqueue's cost).
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         #: Keys whose last failed attempt may have reached the endpoint.
         self._maybe_reached: set[tuple[str, ...]] = set()
-        #: Every key queued (dedupe), with an event set once it is sent, dead or has
-        #: failed an attempt: what its successor waits for.
-        self._done: OrderedDict[tuple[str, ...], asyncio.Event] = OrderedDict()
+        #: Every key queued (dedupe), with what its successor waits for: True once it
+        #: is sent, dead or has failed an attempt; before that None, or the event a
+        #: waiting successor made (one Event per beacon would be most of the enqueue's
+        #: cost and of this map's memory, and few beacons ever have a successor waiting).
+        self._done: OrderedDict[tuple[str, ...], asyncio.Event | bool | None] = OrderedDict()
         self.order_wait = ORDER_WAIT
         self._max_attempts = max_attempts
         self._backoff = base_backoff
@@ -189,6 +204,8 @@ class BeaconQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = BeaconStats()
+        # Read at scrape, not set per beacon (the gauge takes a lock on every set).
+        metrics.beacon_queue.set_function(lambda: self._pending)
 
     async def put(self, beacon: Beacon) -> bool:
         return self.put_nowait(beacon)
@@ -203,13 +220,12 @@ class BeaconQueue:
             return False
         self.stats.queued += 1
         self._metrics.beacons.labels("queued").inc()
-        self._done[beacon.key] = asyncio.Event()
+        self._done[beacon.key] = None
         while len(self._done) > 500_000:
             self._done.popitem(last=False)
         self._pending += 1
         self._idle.clear()
-        self._queue.put_nowait((beacon, 1))
-        self._metrics.beacon_queue.set(self._pending)
+        self._queue.put_nowait((beacon.key, beacon.url, beacon.headers, beacon.after, 1))
         return True
 
     async def drain(self) -> None:
@@ -223,9 +239,13 @@ class BeaconQueue:
     async def _after_predecessor(self, beacon: Beacon) -> None:
         """Wait (bounded) for the predecessor queued before it (FIFO: a worker has it)
         to be sent, dead, or to fail an attempt (order yields to delivery)."""
-        before = self._done.get(beacon.after) if beacon.after is not None else None
-        if before is None or before.is_set():
+        if beacon.after is None:
             return
+        before = self._done.get(beacon.after, True)  # forgotten: long done
+        if not isinstance(before, asyncio.Event):
+            if before is not None:  # released
+                return
+            before = self._done[beacon.after] = asyncio.Event()  # the first to wait
         try:
             await asyncio.wait_for(before.wait(), self.order_wait)
         except TimeoutError:
@@ -233,7 +253,8 @@ class BeaconQueue:
 
     async def _work(self) -> None:
         while True:
-            beacon, attempt = await self._queue.get()
+            key, url, headers, after, attempt = await self._queue.get()
+            beacon = Beacon(key, url, headers, after)
             await self._after_predecessor(beacon)
             if beacon.key in self._maybe_reached:
                 self._maybe_reached.discard(beacon.key)
@@ -257,17 +278,18 @@ class BeaconQueue:
                 delay = min(self._max_backoff,
                             self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
                 asyncio.get_running_loop().call_later(
-                    delay, self._queue.put_nowait, (beacon, attempt + 1))
+                    delay, self._queue.put_nowait, (key, url, headers, after, attempt + 1))
 
     def _release(self, beacon: Beacon) -> None:
         done = self._done.get(beacon.key)
-        if done is not None:
+        if isinstance(done, asyncio.Event):
             done.set()
+        if beacon.key in self._done:
+            self._done[beacon.key] = True  # (keeps its place in the eviction order)
 
     def _finish(self, beacon: Beacon) -> None:
         self._release(beacon)
         self._pending -= 1
-        self._metrics.beacon_queue.set(self._pending)
         if self._pending == 0:
             self._idle.set()
 
@@ -374,6 +396,56 @@ def predecessors(ad: AdInfo) -> dict[tuple[str, str], tuple[str, str] | None]:
     return out
 
 
+#: One tracking URL of an event: (URL as in the VAST, :func:`vast.macro_template` of it,
+#: the (event, URL) that must reach its host first or None).
+_Target = tuple[str, tuple[str, ...], tuple[str, str] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """One event due by the end of a segment: its time into the ad, that time as the
+    ``ADPLAYHEAD`` macro renders it, and its URLs (impressions for ``impression``)."""
+
+    event: str
+    at: Fraction
+    playhead: str
+    targets: tuple[_Target, ...]
+    #: The event's bit in a session's in-process progress (its place in firing order).
+    bit: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a request for ``segment`` of ``ad`` (``nominal`` seconds a segment) may fire,
+    in firing order: the same for every session of a break, so built once per (ad,
+    segment) (:meth:`BeaconTracker._plan`), not per request."""
+
+    ad: AdInfo
+    nominal: Fraction
+    due: tuple[_Due, ...]
+    #: Macro names the URLs use: only these are formatted per request.
+    names: frozenset[str]
+
+
+def _build_plan(ad: AdInfo, segment: int, nominal: Fraction) -> _Plan:
+    seg_end = (segment + 1) * nominal
+    chain = predecessors(ad)
+    due: list[_Due] = []
+    names: set[str] = set()
+    for n, (event, at) in enumerate(ad_events(ad)):
+        if not at < seg_end:
+            continue
+        urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
+        targets = []
+        for url in urls:
+            parts = vast.macro_template(url)
+            names.update(parts[1::2])
+            targets.append((url, parts, chain.get((event, url))))
+        due.append(_Due(event, at, vast.format_macros({"ADPLAYHEAD": at})["ADPLAYHEAD"],
+                        tuple(targets), 1 << n))
+    return _Plan(ad, nominal, tuple(due), frozenset(names))
+
+
 class BeaconTracker:
     """Session progress through ads, turned into beacons (progress in process, or
     in Redis with ``progress`` so every instance shares it)."""
@@ -382,7 +454,10 @@ class BeaconTracker:
                  progress: RedisProgress | None = None, metrics: Metrics | None = None,
                  max_deferred: int = 200_000, retry_every: float = 1.0) -> None:
         self._queue = queue
-        self._progress: OrderedDict[tuple[str, str, int], set[str] | str] = OrderedDict()
+        #: (session, break, pod position) -> the events fired, one bit each (``_Due.bit``),
+        #: or LATE. An int, not a set of names: a fraction of the memory per session, and
+        #: nothing the garbage collector has to walk.
+        self._progress: OrderedDict[tuple[str, str, int], int] = OrderedDict()
         self._max = max_sessions
         self._shared = progress
         self._metrics = metrics
@@ -396,6 +471,10 @@ class BeaconTracker:
         self._replayer: asyncio.Task[None] | None = None
         #: Beacons whose progress was recorded but whose queueing failed, in order.
         self._unqueued: list[Beacon] = []
+        #: (id(ad), segment) -> its plan: the few ads of a break, requested by every
+        #: session. By identity (an AdInfo holds a dict: not hashable), the plan
+        #: keeping its ad alive so the id is never another's; bounded.
+        self._plans: dict[tuple[int, int], _Plan] = {}
 
     @property
     def deferred(self) -> int:
@@ -421,21 +500,21 @@ class BeaconTracker:
         ad's beacons were lost or, with segment 0 missed, the session counted late).
         A later request of the same ad waits behind the deferred ones (its order
         decides what fires)."""
-        call = {"session_id": session_id, "break_id": break_id, "ad": ad,
-                "segment": segment, "nominal": nominal, "client_ip": client_ip,
-                "user_agent": user_agent}
         key = (session_id, break_id, ad.item)
-        if key in self._deferred:
-            self._defer(key, call)
-            return []
-        try:
-            return await self._record(**call)
-        except STORE_ERRORS as exc:
-            if self._shared is None:
-                raise
-            log.warning("beacon progress not recorded (store unavailable: %s): deferred", exc)
-            self._defer(key, call)
-            return []
+        if not self._deferred or key not in self._deferred:
+            try:
+                return await self._record(
+                    session_id=session_id, break_id=break_id, ad=ad, segment=segment,
+                    nominal=nominal, client_ip=client_ip, user_agent=user_agent)
+            except STORE_ERRORS as exc:
+                if self._shared is None:
+                    raise
+                log.warning("beacon progress not recorded (store unavailable: %s): deferred",
+                            exc)
+        self._defer(key, {"session_id": session_id, "break_id": break_id, "ad": ad,
+                          "segment": segment, "nominal": nominal, "client_ip": client_ip,
+                          "user_agent": user_agent})
+        return []
 
     def _count(self, result: str, n: int = 1) -> None:
         if self._metrics is not None:
@@ -487,14 +566,25 @@ class BeaconTracker:
                       "store: lost", self._deferred_count, len(self._unqueued))
             self._count("dropped", self._deferred_count + len(self._unqueued))
 
+    def _plan(self, ad: AdInfo, segment: int, nominal: Fraction) -> _Plan:
+        key = (id(ad), segment)
+        plan = self._plans.get(key)
+        if plan is None or plan.ad is not ad or (plan.nominal is not nominal
+                                                 and plan.nominal != nominal):
+            plan = _build_plan(ad, segment, nominal)
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
     async def _record(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
                       nominal: Fraction, client_ip: str, user_agent: str,
                       replayed: bool = False) -> list[str]:
-        seg_end = (segment + 1) * nominal
-        due = [(event, at) for event, at in ad_events(ad) if at < seg_end]
+        plan = self._plan(ad, segment, nominal)
+        due: tuple[_Due, ...] | list[_Due] = plan.due
         if self._shared is not None:
             got = await self._shared.due(session_id, break_id, ad.item, segment,
-                                         [e for e, _at in due], replayed=replayed)
+                                         [d.event for d in due], replayed=replayed)
             if got.late:
                 self.late_joins += got.newly_late
                 return []
@@ -502,11 +592,11 @@ class BeaconTracker:
                 # Revived: the later segments requested meanwhile fired nothing.
                 log.info("ad view %s/%s/%s: segment 0 replayed after segment %d; "
                          "not a late join", session_id, break_id, ad.item, got.reached)
-                reach = (got.reached + 1) * nominal
-                due = [(e, at) for e, at in ad_events(ad) if at < reach]
+                plan = self._plan(ad, got.reached, nominal)
+                due = plan.due
             else:
                 chosen = set(got.new)
-                due = [(e, at) for e, at in due if e in chosen]
+                due = [d for d in due if d.event in chosen]
         else:
             key = (session_id, break_id, ad.item)
             state = self._progress.get(key)
@@ -515,34 +605,43 @@ class BeaconTracker:
                     self._progress[key] = LATE
                     self.late_joins += 1
                     return []
-                state = set()
-                self._progress[key] = state
-                while len(self._progress) > self._max:
+                state = 0
+                while len(self._progress) >= self._max:
                     self._progress.popitem(last=False)
-            if isinstance(state, str):
+            if state == LATE:
                 return []
-            due = [(e, at) for e, at in due if e not in state]
-            state.update(e for e, _at in due)
-        fired: list[str] = []
+            if state:
+                due = [d for d in due if not state & d.bit]
+            for d in due:
+                state |= d.bit
+            self._progress[key] = state
+        if not due:
+            return []
+        # The request's macro values, each formatted once (the URLs' templates were
+        # parsed once per ad): every retry of a beacon sends the URL built here.
+        # (As vast.format_macros renders them, without its type dispatch: the tests
+        # compare the URLs with expand_macros'.)
+        names = plan.names
+        formatted = {"BREAKPOSITION": "2"}
+        if "SESSIONID" in names:
+            formatted["SESSIONID"] = quote(session_id, safe="")
+        if "CACHEBUSTING" in names:
+            formatted["CACHEBUSTING"] = f"{random.randrange(10**8):08d}"
+        if "TIMESTAMP" in names:
+            formatted["TIMESTAMP"] = quote(datetime.now(UTC).isoformat(timespec="milliseconds"),
+                                           safe="")
         headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
-        macros: dict[str, vast.MacroValue] = {
-            "CACHEBUSTING": random.randrange(10**8),
-            "TIMESTAMP": datetime.now(UTC),
-            "BREAKPOSITION": 2,
-            "SESSIONID": session_id,
-        }
-        chain = predecessors(ad) if due else {}
         view = (session_id, break_id, str(ad.item))
-        beacons = []
-        for event, at in due:
-            for url in (ad.impressions if event == "impression" else ad.tracking.get(event, ())):
-                before = chain.get((event, url))
-                beacons.append((event, Beacon(
-                    (*view, event, url), vast.expand_macros(url, {**macros, "ADPLAYHEAD": at}),
-                    headers, after=(*view, *before) if before is not None else None)))
+        beacons: list[Beacon] = []
+        for d in due:
+            formatted["ADPLAYHEAD"] = d.playhead
+            for url, parts, before in d.targets:
+                beacons.append(Beacon(
+                    (*view, d.event, url), vast.expand_template(parts, formatted),
+                    headers, after=(*view, *before) if before is not None else None))
         # Queued before recorded (with Redis): a failure or a kill in between leaves
         # them unrecorded, and the player's retry queues them again (idempotent).
-        for i, (event, beacon) in enumerate(beacons):
+        for i, beacon in enumerate(beacons):
             try:
                 await self._queue.put(beacon)
             except STORE_ERRORS as exc:
@@ -553,12 +652,9 @@ class BeaconTracker:
                 # nothing new to fire: the beacons were lost). Unrecorded, a later
                 # request of this ad queues them again too (idempotent).
                 log.warning("beacons not queued (store unavailable: %s): deferred", exc)
-                self._defer_beacons([b for _e, b in beacons[i:]])
-                return [e for e, _at in due]
-            if i + 1 == len(beacons) or beacons[i + 1][0] != event:
-                fired.append(event)
-        fired += [e for e, _at in due if e not in fired]  # events no URL tracks
-        fired.sort(key=[e for e, _at in due].index)
+                self._defer_beacons(beacons[i:])
+                return [d.event for d in due]
+        fired = [d.event for d in due]  # in firing order, events no URL tracks too
         if self._shared is not None:
             try:
                 await self._shared.mark(session_id, break_id, ad.item, fired)

@@ -65,7 +65,7 @@ from stitcher.flight import Flights
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import fetch_bounded
 from stitcher.origin import Fetched, OriginFetcher
-from stitcher.sessions import cohort_attributes
+from stitcher.sessions import cohort_attributes, is_cohort
 from stitcher.shared_origin import SharedOrigin
 from stitcher.store import STORE_ERRORS, RenderBlob, Store
 
@@ -222,6 +222,8 @@ class ChannelRuntime:
         #: (break, cohort) whose unplayed ads got ``notUsed`` already.
         self._unused_done: set[tuple[str, str]] = set()
         self._rng = random.Random()
+        self._rendition_index: tuple[Multivariant, dict[str, Rendition]] | None = None
+        self._cohorts: set[str] = set()
         self.breaks: tuple[Break, ...] = ()
         #: Breaks ad ops inserted or cancelled (``stitcher.admin``), as the marker
         #: observations they stand for: merged into the shared breaks on every render
@@ -362,6 +364,41 @@ class ChannelRuntime:
         return ready
 
     # ----------------------------------------------------------- rendering
+    def ready(self, rid: str, cohort: str, mode: str = SESSION) -> Rendered | None:
+        """The cached render :meth:`render` would return, when it would return it
+        without an await: the multivariant fresh, the rendition's origin playlist
+        within its refresh interval, and that version rendered here. Else None
+        (then :meth:`render`). A live event's reloads almost all end here."""
+        mv = self._mv
+        if mv is None or self._prepared is None or self._clock() - self._mv_at >= 30:
+            return None
+        by_id = self._rendition_index
+        if by_id is None or by_id[0] is not mv:
+            by_id = self._rendition_index = (mv, {r.id: r for r in mv.renditions})
+        rendition = by_id[1].get(rid)
+        if rendition is None:
+            return None
+        fetched = self.fetcher.current(rendition.uri)
+        if fetched is None:
+            return None
+        cached = self._renders.get((rid, cohort, mode, fetched.version))
+        if cached is None or cached.stale != fetched.stale:
+            return None
+        self.active_cohorts[cohort] = time.monotonic()
+        self.metrics.render_cache.labels(self.cfg.id, cohort, "hit").inc()
+        return cached
+
+    def is_cohort(self, cohort: str) -> bool:
+        """:func:`stitcher.sessions.is_cohort` for this channel's config, the cohorts
+        it has remembered (a runtime's config never changes: a new config is a new
+        runtime; only valid ones are kept, so clients cannot grow the set)."""
+        if cohort in self._cohorts:
+            return True
+        if not is_cohort(self.cfg, cohort):
+            return False
+        self._cohorts.add(cohort)
+        return True
+
     async def render(self, rid: str, cohort: str, mode: str = SESSION, *,
                      with_result: bool = False) -> Rendered:
         """The render of (rendition, cohort, mode) for the origin's current version.

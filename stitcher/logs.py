@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-#: Context of the request being served (None outside a request).
-CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+#: Context of the request being served (None outside a request): field -> value.
+CONTEXT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "stitcher_log_context", default=None)
 
 FIELDS = ("channel", "cohort", "rendition", "break_id", "session", "actor", "action")
@@ -55,16 +55,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class _RouteContext(Mapping[str, str]):
+    """A request's log fields, read from its route's match info when a line is
+    logged: most requests log nothing, and then nothing is computed for them."""
+
+    __slots__ = ("_fields", "_info")
+
+    def __init__(self, info: Mapping[str, str]) -> None:
+        self._info = info
+        self._fields: dict[str, str] | None = None
+
+    def _get(self) -> dict[str, str]:
+        if self._fields is None:
+            info = self._info
+            self._fields = {field: info[key][:100] for key, field in _MATCH.items()
+                            if key in info}
+        return self._fields
+
+    def __getitem__(self, key: str) -> str:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 @web.middleware
 async def context_middleware(request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                              ) -> web.StreamResponse:
     """Name the request's channel, cohort, rendition and break for its log lines."""
     info = request.match_info
-    context = {field: info[key][:100] for key, field in _MATCH.items() if key in info}
-    if not context:
+    if info.keys().isdisjoint(_MATCH):
         return await handler(request)
-    token = CONTEXT.set(context)
+    token = CONTEXT.set(_RouteContext(info))
     try:
         return await handler(request)
     finally:

@@ -52,6 +52,8 @@ class Fetched:
 @dataclass
 class _Entry:
     good: Fetched | None = None
+    #: Half the good playlist's target duration: how long ``good`` is reused.
+    interval: float = 1.0
     inflight: asyncio.Task[Fetched] | None = None
     etag: str | None = None
     last_modified: str | None = None
@@ -62,6 +64,11 @@ class _Entry:
     parser: IncrementalParser = field(default_factory=IncrementalParser)
     #: When ``newer`` last asked the origin directly.
     asked_again_at: float = float("-inf")
+
+    def keep(self, fetched: Fetched) -> None:
+        self.good = fetched
+        self.stale = None
+        self.interval = (fetched.playlist.target_duration or 2) / 2
 
 
 class OriginFetcher:
@@ -80,13 +87,25 @@ class OriginFetcher:
         e = self._entries.get(url)
         return e.good if e else None
 
+    def current(self, url: str) -> Fetched | None:
+        """What :meth:`get` would return without fetching, or None when it would
+        fetch (or join a fetch): the hot path's no-await check."""
+        e = self._entries.get(url)
+        if e is None or e.good is None:
+            return None
+        now = self._clock()
+        if now - e.good.fetched_at < e.interval:
+            return e.good
+        if now < e.retry_not_before:
+            return e.stale or e.good  # backing off: announced stale, as get() does
+        return None
+
     async def get(self, url: str) -> Fetched:
         """The freshest playlist within the refresh interval, or the last good one."""
         e = self._entries.setdefault(url, _Entry())
         now = self._clock()
         if e.good is not None:
-            interval = (e.good.playlist.target_duration or 2) / 2
-            if now - e.good.fetched_at < interval:
+            if now - e.good.fetched_at < e.interval:
                 return e.good
             if now < e.retry_not_before:
                 # Backing off after a failure: still the last good playlist, and still
@@ -145,8 +164,7 @@ class OriginFetcher:
             e.stale = stale
             return stale
         self._metrics.origin_fetches.labels(self._channel, how).inc()
-        e.good = fetched
-        e.stale = None
+        e.keep(fetched)
         return fetched
 
     async def _fetch_shared(self, url: str, e: _Entry,
@@ -211,7 +229,7 @@ class OriginFetcher:
         else:
             fetched = self._accept(url, e, p.body, p.fetched_at)
         e.etag, e.last_modified = p.etag, p.last_modified
-        e.good = fetched
+        e.keep(fetched)
         return fetched
 
     async def _fetch(self, url: str, e: _Entry) -> Fetched:

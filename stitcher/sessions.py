@@ -11,8 +11,11 @@ and a grace period applies.
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,15 +34,22 @@ class Session:
     expires: int
 
 
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
     """Decode unpadded URL-safe base64, canonical spellings only: padding or
-    non-zero trailing bits would give one session several URLs (split caches)."""
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if _b64(data) != text:
+    non-zero trailing bits would give one session several URLs (split caches).
+    (binascii directly: the base64 module's checks and copies were a third of a
+    new token's verification, which every first request of a session pays.)"""
+    raw = text.encode("ascii")  # UnicodeEncodeError is a ValueError
+    data = binascii.a2b_base64(raw.translate(_FROM_URLSAFE) + b"=" * (-len(raw) % 4))
+    if binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE) != raw:
         raise ValueError("non-canonical base64")
     return data
 
@@ -50,13 +60,53 @@ def _canonical(s: Session) -> bytes:
     return b"".join(len(f.encode()).to_bytes(2, "big") + f.encode() for f in fields)
 
 
+class _Hmac:
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer pads hashed once:
+    a copy of each state per message. ``hmac.digest`` gives the same bytes but
+    sets OpenSSL up anew on every call, twice the time, on every reload."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:  # the block size: longer keys are hashed first
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class SessionSigner:
-    def __init__(self, keys: Mapping[str, str], grace: float = 3600) -> None:
+    """Issues and verifies tokens for one set of keys (a new key set, as a restart
+    with rotated keys makes, is a new signer: nothing verified under the old one
+    carries over).
+
+    Verified tokens are remembered, keyed by the token's exact text (one spelling
+    per session: base64 is checked canonical), up to ``cache_size`` most recently
+    used: a player reloads its playlist every few seconds with the same URL, and
+    a hit skips the base64 and the HMAC. Only a token whose signature verified is
+    ever stored (a changed byte is another text: a miss, verified and refused),
+    and what can change with time or the URL is checked on every request, hit or
+    miss: the channel the URL names and the expiry against ``now``.
+    """
+
+    def __init__(self, keys: Mapping[str, str], grace: float = 3600,
+                 cache_size: int = 1 << 15) -> None:
         if not keys:
             raise ValueError("at least one session key is required")
-        self._keys = {kid: secret.encode() for kid, secret in keys.items()}
+        self._macs = {kid: _Hmac(secret.encode()) for kid, secret in keys.items()}
         self._current = next(iter(keys))
         self._grace = grace
+        self._verified: OrderedDict[str, Session] = OrderedDict()
+        self._cache_size = cache_size
+        #: Interned names (key ids, channels, cohorts come from config: a few).
+        self._names: dict[str, str] = {}
 
     def issue(self, channel: str, cohort: str, expires: int) -> tuple[Session, str]:
         session = Session(self._current, secrets.token_hex(8), channel, cohort, expires)
@@ -64,11 +114,28 @@ class SessionSigner:
 
     def encode(self, s: Session) -> str:
         payload = _canonical(s)
-        mac = hmac.digest(self._keys[s.key_id], payload, "sha256")[:16]
+        mac = self._macs[s.key_id].digest(payload)[:16]
         return f"{_b64(payload)}.{_b64(mac)}"
 
     def decode(self, token: str, channel: str, now: float) -> Session:
         """Verify a token for ``channel``; raise :class:`SessionInvalid` with a reason."""
+        verified = self._verified
+        session = verified.get(token)
+        if session is None:
+            session = self._verify(token)
+            verified[token] = session
+            if len(verified) > self._cache_size:
+                verified.popitem(last=False)
+        else:
+            verified.move_to_end(token)
+        if session.channel != channel:
+            raise SessionInvalid("session token belongs to another channel")
+        if session.expires + self._grace < now:
+            raise SessionInvalid("session expired", status=410)
+        return session
+
+    def _verify(self, token: str) -> Session:
+        """The session a token's signature vouches for (channel and expiry unchecked)."""
         try:
             payload_b64, mac_b64 = token.split(".")
             payload, mac = _unb64(payload_b64), _unb64(mac_b64)
@@ -84,17 +151,16 @@ class SessionSigner:
             raise SessionInvalid("malformed session token") from exc
         if version != "v1":
             raise SessionInvalid("unsupported session token version")
-        key = self._keys.get(kid)
-        if key is None:
+        mac_of = self._macs.get(kid)
+        if mac_of is None:
             raise SessionInvalid("session token signed with an unknown key")
-        # One-shot HMAC (OpenSSL in one call): every playlist reload checks a token.
-        expected = hmac.digest(key, payload, "sha256")[:16]
+        expected = mac_of.digest(payload)[:16]
         if not hmac.compare_digest(expected, mac):
             raise SessionInvalid("session token signature does not match")
-        if ch != channel:
-            raise SessionInvalid("session token belongs to another channel")
-        if expires + self._grace < now:
-            raise SessionInvalid("session expired", status=410)
+        names = self._names
+        if len(names) < 4096:  # signed values, so config-bounded; the cap is for safety
+            kid, ch, cohort = names.setdefault(kid, kid), names.setdefault(ch, ch), \
+                names.setdefault(cohort, cohort)
         return Session(kid, sid, ch, cohort, expires)
 
 

@@ -89,6 +89,9 @@ __all__ = [
     "Wrapper",
     "choose_media_file",
     "expand_macros",
+    "expand_template",
+    "format_macros",
+    "macro_template",
     "parse_timecode",
     "parse_vast",
     "parse_vmap",
@@ -922,6 +925,34 @@ def expand_macros(url: str, values: Mapping[str, MacroValue], *, missing: str | 
         return match.group(0)
 
     return _MACRO.sub(substitute, url)
+
+
+
+def macro_template(url: str) -> tuple[str, ...]:
+    """``url`` split at its ``[NAME]`` macros: literal, name, literal, ..., literal
+    (names at odd indexes), for :func:`expand_template`: a beacon URL is parsed once
+    per ad, not once per viewer."""
+    return tuple(_MACRO.split(url))
+
+
+def format_macros(values: Mapping[str, MacroValue]) -> dict[str, str]:
+    """``values`` rendered as :func:`expand_macros` renders them (percent-encoded)."""
+    return {name: _format_macro(name, value) for name, value in values.items()}
+
+
+def expand_template(parts: tuple[str, ...], formatted: Mapping[str, str]) -> str:
+    """``expand_macros(url, values)`` for ``parts = macro_template(url)`` and
+    ``formatted = format_macros(values)`` (``missing`` unset: a name not given is
+    left as written), the same text, with no regex or formatting per call."""
+    if len(parts) == 1:
+        return parts[0]
+    out = [parts[0]]
+    for i in range(1, len(parts), 2):
+        name = parts[i]
+        value = formatted.get(name)
+        out.append(f"[{name}]" if value is None else value)
+        out.append(parts[i + 1])
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- resolution

@@ -75,6 +75,9 @@ class Raw:
     ad_retries: int = 0
     #: Beacons the stitchers dead-lettered after their last attempt (None: unknown).
     dead_letters: int | None = None
+    #: Beacons still queued or deferred when the drill stopped waiting for delivery
+    #: (None: it did not give up): "lost" may be late, and the report says so.
+    beacons_waiting: int | None = None
     setup: Mapping[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
@@ -163,6 +166,11 @@ def build_report(raw: Raw) -> dict[str, Any]:
     lost_keys = {k: n - observed[k] for k, n in expected.items() if n > observed[k]}
     dup_keys = {k: n - expected[k] for k, n in observed.items() if n > expected[k]}
     lost, duplicated = sum(lost_keys.values()), sum(dup_keys.values())
+    # Duplicates by kind: the same URL again (one queued beacon sent twice: a queue
+    # resend) or another URL (its macros expanded anew: the event queued twice).
+    urls: Counter[tuple[str, str, str, str]] = Counter(
+        h for h in raw.hits if (h[0], h[1], h[2]) in dup_keys)
+    resent = min(duplicated, sum(n - 1 for n in urls.values()))
     vast_by_break: Counter[str] = Counter(b for _, b, _, _ in raw.vast_requests)
 
     breaks_out: list[dict[str, Any]] = []
@@ -233,7 +241,9 @@ def build_report(raw: Raw) -> dict[str, Any]:
 
     beacons = {"expected": sum(expected.values()), "delivered": sum(observed.values()),
                "lost": lost, "duplicated": duplicated,
+               "duplicated_same_url": resent,
                "possible_duplicates_reported": int(raw.possible_duplicates),
+               "waiting_when_given_up": raw.beacons_waiting,
                "dead_lettered": raw.dead_letters,
                "other_hits": dict(sorted(other_hits.items())),
                # (session, ad id, event): how many missing / extra, the first few
@@ -310,9 +320,13 @@ def _verdict(raw: Raw, totals: Mapping[str, Any], breaks: Sequence[Mapping[str, 
          (f"{beacons['lost']} of {beacons['expected']} expected beacons never reached the "
           f"ad server")
          + (f" ({beacons['dead_lettered']} dead-lettered by the stitchers)"
-            if beacons["dead_lettered"] else "")),
+            if beacons["dead_lettered"] else "")
+         + (f" ({beacons['waiting_when_given_up']} still waiting in the stitchers when "
+            "the drill stopped waiting for delivery)"
+            if beacons["waiting_when_given_up"] else "")),
         ("beacon duplicates", beacons["duplicated"] <= beacons["possible_duplicates_reported"],
-         (f"{beacons['duplicated']} duplicates at the ad server, "
+         (f"{beacons['duplicated']} duplicates at the ad server "
+          f"({beacons['duplicated_same_url']} a resent URL, the others queued twice), "
          f"{beacons['possible_duplicates_reported']} reported as possible by the stitcher")),
         ("checker", totals["checker_violations"] == 0 and totals["poller_reloads"] > 0,
          (f"{totals['checker_violations']} violations over {totals['poller_reloads']} "

@@ -117,11 +117,12 @@ async def _drive(rig: Rig, pop: Population, progress: Progress) -> None:
         await asyncio.sleep(0.25 / speed)
 
 
-async def _settle_beacons(rig: Rig, http: aiohttp.ClientSession) -> None:
+async def _settle_beacons(rig: Rig, http: aiohttp.ClientSession) -> int | None:
     """Until beacon delivery is over: nothing waiting in the stitchers' queue (read in
     Redis) nor deferred in a stitcher, and the ad server's hit log still for
     ``SETTLE`` s; at the latest ``SETTLE_MAX`` s (a retry's backoff can outlast a
-    quiet hit log, so the log alone says too little)."""
+    quiet hit log, so the log alone says too little). Returns None, or when it gave
+    up, how many beacons were still waiting (the report tells late from lost)."""
     last, since = -1, time.monotonic()
     deadline = time.monotonic() + SETTLE_MAX
     while time.monotonic() < deadline:
@@ -129,8 +130,12 @@ async def _settle_beacons(rig: Rig, http: aiohttp.ClientSession) -> None:
         if n != last:
             last, since = n, time.monotonic()
         elif time.monotonic() - since >= SETTLE and await _beacons_waiting(rig, http) == 0:
-            return
+            return None
         await asyncio.sleep(0.5)
+    try:
+        return await _beacons_waiting(rig, http)
+    except Exception:  # noqa: BLE001 - a figure for the report, not a verdict
+        return None
 
 
 async def _beacons_waiting(rig: Rig, http: aiohttp.ClientSession) -> int:
@@ -304,7 +309,7 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
             await rig.heal()
             progress.show(f"drill {s.name}: viewers stopped; waiting for beacon delivery",
                           final=True)
-            await _settle_beacons(rig, http)
+            waiting = await _settle_beacons(rig, http)
             duplicates = await _possible_duplicates(http, rig.stitcher_bases)
         decisions, store_ids = await _decisions(rig, opts.target_redis)
         dead = await _dead_letters(rig.redis.url if rig.redis else opts.target_redis)
@@ -312,6 +317,7 @@ async def run_drill(opts: DrillOptions, *, media: Any = None,
             await inspect(rig)
         raw = _gather(rig, pop, poller, decisions, store_ids, duplicates, opts)
         raw.dead_letters = dead
+        raw.beacons_waiting = waiting
         raw.wall_seconds = time.monotonic() - wall0
         raw.setup = {**raw.setup, "drill_wall_seconds": round(drill_wall, 1)}
     finally:

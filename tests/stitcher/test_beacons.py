@@ -17,9 +17,11 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -27,8 +29,17 @@ from aiohttp import web
 
 from fixtures.clock import ManualClock
 from stitcher.ads import AdInfo
-from stitcher.beacons import BeaconQueue, BeaconTracker, RedisProgress
+from stitcher.beacons import (
+    Beacon,
+    BeaconQueue,
+    BeaconStats,
+    BeaconTracker,
+    RedisProgress,
+    ad_events,
+    predecessors,
+)
 from stitcher.metrics import Metrics
+from stitcher.vast import expand_macros
 from tests.harness import SessionHandle
 from tests.manifests.test_corpus_hls import bundle_files
 
@@ -395,3 +406,268 @@ async def test_join_mid_ad_seek_back_and_variant_switch_fire_the_right_events(
                 assert got == events, (sid, ad, got, events)  # once each, in order
             assert {h.ad_id for h in hits} == {ad for ad, evs in per_ad.items() if evs}
             assert all(h.status == 204 for h in hits)
+
+
+class _ReplyLost:
+    """Shared progress whose commands run in Redis and whose reply never arrives
+    (Redis SIGKILLed after executing, before answering: redis-py raises), ``lose``
+    times each."""
+
+    def __init__(self, inner: RedisProgress, lose: int) -> None:
+        self.inner, self.lose_due, self.lose_mark = inner, lose, lose
+
+    @staticmethod
+    def _lost() -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        raise RedisConnectionError("Connection closed by server.")
+
+    async def due(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self.inner.due(*args, **kwargs)  # executed
+        if self.lose_due > 0:
+            self.lose_due -= 1
+            self._lost()
+        return result
+
+    async def mark(self, *args: Any) -> Any:
+        result = await self.inner.mark(*args)  # executed
+        if self.lose_mark > 0:
+            self.lose_mark -= 1
+            self._lost()
+        return result
+
+
+async def test_progress_commands_that_ran_in_redis_but_lost_their_reply_lose_no_beacon(
+        tracker_endpoint: tuple[str, list[str]], redis_url: str) -> None:
+    """The drill's 2 lost beacons of 24,000 (Redis SIGKILLed mid-break): with progress
+    recorded before queueing, a record that ran in Redis and lost its reply was
+    replayed, found its events recorded and queued nothing. With the queue first and
+    the record after (and the record's own reply lost too), every event still fires
+    once, and a player's retry of the segment fires nothing more."""
+    import redis.asyncio as redis
+
+    base, hits = tracker_endpoint
+    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
+                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    client = redis.Redis.from_url(redis_url)
+    async with aiohttp.ClientSession() as http:
+        queue = BeaconQueue(http, Metrics(), base_backoff=0.05)
+        progress = _ReplyLost(RedisProgress(client, prefix=f"lost-{uuid.uuid4().hex}"), 1)
+        tracker = BeaconTracker(queue, progress=progress,  # type: ignore[arg-type]
+                                retry_every=0.05)
+
+        async def segment(n: int) -> list[str]:
+            return await tracker.on_ad_segment(
+                session_id="S1", break_id="brk1", ad=ad, segment=n, nominal=Fraction(2),
+                client_ip="203.0.113.7", user_agent="player")
+
+        await segment(0)  # its progress read ran, the reply was lost: deferred
+        for _ in range(100):
+            if tracker.deferred == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert tracker.deferred == 0
+        await segment(0)  # a player's retry of the segment
+        await segment(4)
+        await asyncio.wait_for(queue.drain(), 10)
+        await tracker.close()
+        await queue.close()
+    await client.aclose()
+    # Every event once (the endpoint fails the first impression, then takes the retry).
+    assert Counter(hits) == Counter({**{e: 1 for e in EVENTS}, "impression": 2}), hits
+
+
+# ------------------------------------------ the request path's enqueue (serving cost)
+class _Recorder:
+    """A beacon sink that keeps what it is given, in order (no delivery)."""
+
+    def __init__(self) -> None:
+        self.got: list[Beacon] = []
+        self.stats = BeaconStats()
+
+    async def put(self, beacon: Beacon) -> bool:
+        self.got.append(beacon)
+        return True
+
+    def put_soon(self, beacon: Beacon) -> None:
+        self.got.append(beacon)
+
+    async def drain(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+MACROS = "cb=[CACHEBUSTING]&ts=[TIMESTAMP]&sid=[SESSIONID]&ph=[ADPLAYHEAD]&bp=[BREAKPOSITION]"
+
+
+def _macro_ad(item: int, ad_id: str, duration: int) -> AdInfo:
+    """Two parties on two hosts (the second with an ad server's own [token] left as is),
+    every URL with the request-time macros."""
+    a, b = f"http://a.example/{ad_id}", f"http://b.example/{ad_id}"
+    return AdInfo(item, ad_id, f"c-{ad_id}", Fraction(duration),
+                  (f"{a}/impression?{MACROS}", f"{b}/imp?{MACROS}&r=[random]"), (),
+                  {"start": (f"{a}/start?{MACROS}",),
+                   "firstQuartile": (f"{a}/q1?{MACROS}", f"{b}/q1?{MACROS}"),
+                   "midpoint": (f"{b}/mid?{MACROS}",),
+                   "complete": (f"{a}/complete?{MACROS}",)})
+
+
+def _reference(ad: AdInfo, view: tuple[str, str], segments: list[int], nominal: Fraction,
+               values: list[dict[str, Any]]) -> list[Beacon]:
+    """What the tracker must queue for one session requesting ``segments`` in turn,
+    built the plain way (every event's URLs expanded by ``expand_macros`` with that
+    request's values, predecessors from ``predecessors``): the request path's
+    precomputed plans must give exactly these beacons."""
+    session, brk = view
+    chain = predecessors(ad)
+    fired: set[str] = set()
+    out = []
+    for segment, request in zip(segments, values, strict=True):
+        for event, at in ad_events(ad):
+            if at >= (segment + 1) * nominal or event in fired:
+                continue
+            fired.add(event)
+            for url in ad.impressions if event == "impression" else ad.tracking.get(event, ()):
+                before = chain[(event, url)]
+                out.append(Beacon(
+                    (session, brk, str(ad.item), event, url),
+                    expand_macros(url, {**request, "BREAKPOSITION": 2, "SESSIONID": session,
+                                        "ADPLAYHEAD": at}),
+                    (("X-Device-IP", "203.0.113.7"), ("X-Device-User-Agent", "player")),
+                    after=(session, brk, str(ad.item), *before) if before else None))
+    return out
+
+
+async def test_queued_beacons_are_expanded_once_per_request_with_its_values_in_firing_order(
+        ) -> None:
+    """A request's beacons carry that request's CACHEBUSTING and TIMESTAMP (one of each
+    for all its URLs, the time the request was made), its session, each event's own
+    ADPLAYHEAD, unknown tokens as written; they are queued in firing order, each naming
+    the previous event's URL on its host; catch-up after a skip fires the skipped
+    events. The same ad and segment for another session, another ad of the pod, and
+    another segment cadence (the precomputed plans are per ad and segment) each give
+    exactly what the plain expansion gives."""
+    sink = _Recorder()
+    tracker = BeaconTracker(sink)
+    ad0, ad1 = _macro_ad(0, "ad-0", 12), _macro_ad(1, "ad-1", 16)
+    cases = [  # (ad, session, segments requested in turn, segment seconds)
+        (ad0, "S/1", [0, 1, 4, 5], Fraction(2)),  # 4: catch-up of midpoint's skip
+        (ad0, "S2", [0, 2], Fraction(2)),
+        (ad1, "S/1", [0, 1], Fraction(2)),
+        (ad1, "S3", [0, 1], Fraction(6)),  # 6 s segments: q1 (4 s) in segment 0
+    ]
+    for ad, session, segments, nominal in cases:
+        start = len(sink.got)
+        values: list[dict[str, Any]] = []
+        for segment in segments:
+            before = datetime.now(UTC)
+            first = len(sink.got)
+            await tracker.on_ad_segment(session_id=session, break_id="brk1", ad=ad,
+                                        segment=segment, nominal=nominal,
+                                        client_ip="203.0.113.7", user_agent="player")
+            after = datetime.now(UTC)
+            mine = sink.got[first:]
+            queries = [parse_qs(urlsplit(b.url).query) for b in mine]
+            cbs = {q["cb"][0] for q in queries}
+            stamps = {q["ts"][0] for q in queries}
+            assert len(cbs) <= 1 and len(stamps) <= 1, "one value per request"
+            request: dict[str, Any] = {}
+            if mine:
+                stamp = datetime.fromisoformat(stamps.pop())
+                assert before - timedelta(milliseconds=1) <= stamp <= after
+                request = {"CACHEBUSTING": int(cbs.pop()), "TIMESTAMP": stamp}
+            values.append(request)
+        expected = _reference(ad, (session, "brk1"), segments, nominal, values)
+        assert sink.got[start:] == expected
+    assert "r=[random]" in sink.got[1].url and "[" not in sink.got[0].url
+
+
+async def test_the_in_process_queue_delivers_each_views_events_in_firing_order(
+        ) -> None:
+    """40 ad views' events queued at once (each naming its predecessor, as the tracker
+    queues them), four workers and eight sends per host in flight: the endpoint gets
+    every view's events in firing order although each first event is answered slowly,
+    and a predecessor whose first attempt fails releases its successors (order yields
+    to delivery) and is retried: every beacon delivered once, none lost. (The queue
+    makes the event a successor waits on only when one does wait: nothing per beacon.)"""
+    hits: list[tuple[str, str]] = []
+    failed: set[str] = set()
+
+    async def track(request: web.Request) -> web.Response:
+        view, event = request.match_info["view"], request.match_info["event"]
+        if event == "impression":
+            await asyncio.sleep(0.05)  # unordered, a successor would overtake it
+        if view == "v7" and event == "start" and view not in failed:
+            failed.add(view)
+            return web.Response(status=500)
+        hits.append((view, event))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/t/{view}/{event}", track)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/t"
+    events = ("impression", "start", "firstQuartile", "midpoint", "thirdQuartile", "complete")
+    try:
+        async with aiohttp.ClientSession() as http:
+            queue = BeaconQueue(http, Metrics(), base_backoff=1.0)
+            for i in range(40):
+                previous: tuple[str, ...] | None = None
+                for e in events:
+                    key = (f"v{i}", "brk1", "0", e, f"{base}/v{i}/{e}")
+                    assert queue.put_nowait(Beacon(key, f"{base}/v{i}/{e}", after=previous))
+                    previous = key
+            assert previous is not None
+            assert not queue.put_nowait(Beacon(previous, "again"))  # duplicate key
+            await asyncio.wait_for(queue.drain(), 30)
+            await queue.close()
+    finally:
+        await runner.cleanup()
+
+    by_view: dict[str, list[str]] = {}
+    for view, event in hits:
+        by_view.setdefault(view, []).append(event)
+    assert len(by_view) == 40 and len(hits) == 40 * len(events)
+    for view, got in by_view.items():
+        if view == "v7":  # its start failed once and came back after its successors
+            assert got == [e for e in events if e != "start"] + ["start"], got
+        else:
+            assert got == list(events), (view, got)
+    assert queue.stats.sent == 240 and queue.stats.failed_attempts == 1
+    assert queue.stats.duplicates_suppressed == 1 and queue.stats.dead == []
+    assert all(v is True for v in queue._done.values())  # no Event kept per beacon
+
+
+async def test_in_process_progress_fires_each_event_once_and_forgets_the_oldest_views(
+        ) -> None:
+    """Progress per (session, break, pod position) as event bits: a repeated or earlier
+    segment fires nothing, a later one fires what is due and not fired yet; a view
+    whose first request is not segment 0 joined late and fires nothing for that ad;
+    past ``max_sessions`` views the oldest is forgotten (its next request is a late
+    join's: nothing fires twice)."""
+    sink = _Recorder()
+    tracker = BeaconTracker(sink, max_sessions=2)
+    ad = _macro_ad(0, "ad-0", 12)
+
+    async def seg(session: str, n: int, brk: str = "brk1") -> list[str]:
+        return await tracker.on_ad_segment(session_id=session, break_id=brk, ad=ad,
+                                           segment=n, nominal=Fraction(2),
+                                           client_ip="203.0.113.7", user_agent="player")
+
+    assert await seg("A", 0) == ["impression", "creativeView", "start"]
+    assert await seg("A", 0) == []
+    assert await seg("A", 1) == ["firstQuartile"]  # 3 s into the ad: segment 1 (2-4 s)
+    assert await seg("A", 1) == []
+    assert await seg("A", 5) == ["midpoint", "thirdQuartile", "complete"]  # catch-up
+    assert await seg("A", 2) == [] and await seg("A", 5) == []
+    assert await seg("B", 2) == [] and tracker.late_joins == 1  # joined late
+    assert await seg("B", 0) == []  # still late for this ad
+    assert await seg("A", 0, "brk2") == ["impression", "creativeView", "start"]  # A evicted
+    assert await seg("A", 1) == [] and tracker.late_joins == 2  # forgotten: a late join's
+    impressions = [b for b in sink.got if b.key[3] == "impression"]
+    assert [b.key[:2] for b in impressions] == [("A", "brk1"), ("A", "brk1"),
+                                                ("A", "brk2"), ("A", "brk2")]

@@ -147,7 +147,9 @@ def test_report_on_a_clean_run_passes_and_counts_what_it_saw() -> None:
     report = build_report(_raw())
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
     assert report["beacons"] == {"expected": 6, "delivered": 6, "lost": 0, "duplicated": 0,
+                                 "duplicated_same_url": 0,
                                  "possible_duplicates_reported": 0, "dead_lettered": None,
+                                 "waiting_when_given_up": None,
                                  "other_hits": {},
                                  "lost_sample": [], "duplicated_sample": []}
     (brk,) = report["breaks"]
@@ -168,6 +170,15 @@ def test_report_fails_a_lost_beacon_an_unreported_duplicate_and_a_missing_record
     assert report["beacons"]["lost_sample"] == [["s1", "ad-a", "midpoint", 1]]
     assert report["beacons"]["duplicated_sample"] == [["s1", "ad-a", "start", 1]]
     assert report["stray_decisions"] == ["b9"]
+    # Duplicates by kind: "again" is another URL (the event queued twice); the same
+    # URL twice is one queued beacon sent twice (a queue resend).
+    assert report["beacons"]["duplicated_same_url"] == 0
+    resent = build_report(_raw(hits=[*_raw().hits, ("s1", "ad-a", "start", "")]))
+    assert resent["beacons"]["duplicated_same_url"] == 1
+    # Beacons still queued when the drill gave up waiting: said next to "lost".
+    late = build_report(_raw(hits=hits, beacons_waiting=3))
+    (lost,) = [c for c in late["checks"] if c["name"] == "beacons lost"]
+    assert not lost["ok"] and "3 still waiting in the stitchers" in lost["detail"], lost
     # The same duplicate, reported by the stitcher as possible: accepted.
     reported = build_report(_raw(hits=[*_raw().hits, ("s1", "ad-a", "start", "again")],
                                  possible_duplicates=1))

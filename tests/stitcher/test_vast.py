@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stitcher.vast import (
     Ad,
@@ -34,6 +36,9 @@ from stitcher.vast import (
     VastVersionError,
     choose_media_file,
     expand_macros,
+    expand_template,
+    format_macros,
+    macro_template,
     parse_timecode,
     parse_vast,
     parse_vmap,
@@ -1108,6 +1113,30 @@ def test_expand_macros_custom_session_macro() -> None:
     assert expand_macros(url, {"SESSIONID": "s/1", "CACHEBUSTING": 99999999}) == (
         "http://ads/beacon/ad-a/start?session=s%2F1&cb=99999999"
     )
+
+
+_NAMES = ("CACHEBUSTING", "TIMESTAMP", "SESSIONID", "ADPLAYHEAD", "BREAKPOSITION", "X1", "ASSETURI")
+_URL_PIECES = st.lists(st.one_of(
+    st.sampled_from([f"[{n}]" for n in _NAMES]),
+    st.sampled_from(["[", "]", "[]", "[lower]", "[1A]", "[A-B]", "[[CACHEBUSTING]]", "?", "&cb=",
+                     "%5B", "http://t/x"]),
+    st.text(alphabet="abz:/?&=%[]_-.AZ09", max_size=8)), max_size=12).map("".join)
+_VALUES = st.dictionaries(st.sampled_from(_NAMES), st.one_of(
+    st.integers(-5, 10**9), st.text(max_size=6), st.none(), st.booleans(),
+    st.fractions(min_value=-100, max_value=10**5),
+    st.datetimes(timezones=st.just(UTC)),
+    st.lists(st.one_of(st.integers(0, 99), st.text(max_size=3)), max_size=3)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=_URL_PIECES, values=_VALUES)
+def test_a_parsed_template_expands_exactly_as_expand_macros(
+        url: str, values: dict[str, MacroValue]) -> None:
+    """The tracker parses a beacon URL once per ad and formats a request's values once
+    (``macro_template``/``format_macros``/``expand_template``): the URL sent must be
+    the very text ``expand_macros`` gives, brackets, unknown names and all."""
+    assert expand_template(macro_template(url), format_macros(values)) == \
+        expand_macros(url, values)
 
 
 # --------------------------------------------------------------------------- VMAP
