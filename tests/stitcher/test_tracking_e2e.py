@@ -256,9 +256,8 @@ async def rig(media: Any, assets_dir: Path,
                "beacon_per_host": 32,
                # The fixture ad server shares this process's event loop with 1,050
                # viewers: its answers can take seconds, and a decision over the
-               # default 2 s budget leaves a break to content (the us cohort's first
-               # break then owed the extra tracker nothing). Decisions are not what
-               # this test measures: room for them.
+               # default 2 s budget would leave a break to content. Decisions are not
+               # what this test measures: room for them.
                "ad_timeout": 8.0, "ad_request_timeout": 8.0,
                "channels": [{
                    "id": CHANNEL, "origin_url": f"http://127.0.0.1:{origin_port}/live/"
