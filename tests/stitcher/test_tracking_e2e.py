@@ -544,10 +544,6 @@ class FaultLog:
         self.events.append((time.time(), what))  # the hit log's clock
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent, not yet understood: after the sender is SIGKILLed while the tracker "
-    "hangs, a few resends (5 of 291 duplicates in one run; none of 224 in the run before) "
-    "reach the tracker without a possible-duplicate report; nothing is missing"))
 async def test_faults_lose_nothing_and_every_duplicate_is_reported(
         rig: Rig, media: Any) -> None:
     log = FaultLog()
