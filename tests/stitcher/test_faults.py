@@ -28,6 +28,7 @@ from fixtures.origin import FaultRule
 from manifests.playlist import parse_media
 from tests.harness import Stack, start_stack
 from tests.lag import LagProbe
+from tests.loopback import serve
 
 MPEGURL = "application/vnd.apple.mpegurl"
 
@@ -312,14 +313,9 @@ async def sentinel() -> AsyncIterator[Sentinel]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", anything)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    found = Sentinel(runner.addresses[0][1])
-    try:
+    async with serve(app) as base:
+        found = Sentinel(int(base.rsplit(":", 1)[1]))
         yield found
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("fault", sorted(AD_FAULTS))

@@ -12,6 +12,7 @@ import pytest
 from stitcher.flight import Flights
 from stitcher.redis_store import connect
 from stitcher.shared_origin import Published, SharedOrigin, published
+from tests.loopback import serve
 
 _names = itertools.count()
 
@@ -154,13 +155,10 @@ async def test_a_follower_takes_over_from_a_worker_killed_mid_fetch_within_a_lea
 
     app = web.Application()
     app.router.add_get("/v0.m3u8", playlist)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v0.m3u8"
     a, b = flights
     ch = f"f{next(_names)}"
-    try:
+    async with serve(app) as base:
+        url = f"{base}/v0.m3u8"
         victim = SharedOrigin(a, ch, fetch_budget=3.0)
         assert (await victim.acquire(url, now=time.time())).status == "lock"  # then killed
         async with aiohttp.ClientSession() as http:
@@ -171,8 +169,6 @@ async def test_a_follower_takes_over_from_a_worker_killed_mid_fetch_within_a_lea
             took = time.monotonic() - started
         assert not got.stale and got.playlist.segments[-1].uri == "s1.ts"
         assert took < LEASE + 1.0 < 3.0, f"the follower waited {took:.1f} s on a dead worker"
-    finally:
-        await runner.cleanup()
 
 
 async def test_leaving_a_renewed_lease_never_hangs_on_a_renewal_in_flight(
