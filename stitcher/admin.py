@@ -135,7 +135,9 @@ def authenticate(request: web.Request) -> Actor:
         raise Unauthorized("admin API: send Authorization: Bearer <admin token>")
     if not tokens:
         raise Forbidden("admin API disabled: no admin_token configured")
-    given = presented.strip().encode()
+    # Bytes as they came (aiohttp decodes headers as UTF-8 with surrogateescape):
+    # a token that is not UTF-8 is a wrong token, not a 500 (found by a newcomer).
+    given = presented.strip().encode("utf-8", "surrogateescape")
     found = None
     for token_id, token in tokens.items():
         if hmac.compare_digest(given, token.encode()):

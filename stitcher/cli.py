@@ -21,7 +21,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from fractions import Fraction
 from multiprocessing import connection as mp_connection
 from pathlib import Path
@@ -414,6 +414,22 @@ async def _single_variant_url(master: str) -> str:
         return str(resp.url).rsplit("/", 1)[0] + "/media/v0.m3u8"
 
 
+def _seconds(*, minimum: int) -> Callable[[str], int]:
+    """An argparse type: whole seconds, at least ``minimum`` (a clear usage error,
+    not a traceback from deep in the fixture origin)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} s: at least {minimum} s")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stitcher", description="Live SSAI stitcher for HLS")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -431,9 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="run fixture origin + ad server + stitcher")
     p_demo.add_argument("--host", default="127.0.0.1")
     p_demo.add_argument("--port", type=int, default=8080)
-    p_demo.add_argument("--break-every", type=int, default=60)
-    p_demo.add_argument("--break-duration", type=int, default=30)
-    p_demo.add_argument("--first-break", type=int, default=20)
+    p_demo.add_argument("--break-every", type=_seconds(minimum=4), default=60,
+                        help="seconds from one break's start to the next (default 60)")
+    p_demo.add_argument("--break-duration", type=_seconds(minimum=2), default=30,
+                        help="seconds each break lasts, less than --break-every (default 30)")
+    p_demo.add_argument("--first-break", type=_seconds(minimum=0), default=20,
+                        help="seconds before the first break (default 20)")
     p_demo.add_argument("--data-dir", default=str(Path.home() / ".cache" / "ssai-stitcher"
                                                   / "demo-assets"),
                         help="where conditioned ads are cached between runs")
@@ -454,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_drill_parser(sub)  # stitcher drill [--profile NAME | --schedule FILE] ...
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.break_duration >= args.break_every:
+        p_demo.error(f"--break-duration ({args.break_duration} s) must be less than "
+                     f"--break-every ({args.break_every} s): content between the breaks")
     _logging(args.verbose)
     if args.command == "replay":
         from stitcher.replay import main as replay_main

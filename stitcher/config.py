@@ -34,6 +34,14 @@ class CohortRule(BaseModel):
         min_length=1, max_length=64)
     default: str
 
+    @field_validator("values")
+    @classmethod
+    def _distinct_values(cls, values: list[str]) -> list[str]:
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"values listed twice: {twice}")
+        return values
+
     @field_validator("default")
     @classmethod
     def _default_listed(cls, v: str, info: object) -> str:
@@ -106,6 +114,15 @@ class ChannelConfig(BaseModel):
     #: straight at the conditioned assets and client-side tracking (no session).
     cohort_urls: bool = False
     cohorts: list[CohortRule] = Field(default_factory=list, max_length=8)
+
+    @field_validator("cohorts")
+    @classmethod
+    def _distinct_attributes(cls, rules: list[CohortRule]) -> list[CohortRule]:
+        names = [r.attribute for r in rules]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # two rules on one attribute make cohorts like ``us.a`` nobody meant
+            raise ValueError(f"cohort attributes listed twice: {twice}")
+        return rules
     #: The content ladder ads are conditioned to, given instead of probed: when set,
     #: preparing the channel runs no ffprobe (replay, or a ladder known up front).
     ladder: list[LadderEntry] | None = None
@@ -213,6 +230,15 @@ class StitcherConfig(BaseModel):
     #: On SIGTERM: stop accepting, then give in-flight requests this long to finish.
     shutdown_timeout: Seconds = 30.0
     channels: list[ChannelConfig] = Field(default_factory=list)
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct_ids(cls, channels: list[ChannelConfig]) -> list[ChannelConfig]:
+        ids = [c.id for c in channels]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:  # the first would win and the second vanish, silently
+            raise ValueError(f"channel ids listed twice: {twice}")
+        return channels
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.id == channel_id), None)

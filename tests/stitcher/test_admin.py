@@ -485,3 +485,20 @@ async def test_the_change_feed_waits_quietly_past_the_socket_timeout(redis_url: 
     finally:
         await feed.aclose()
         await store.close()
+
+
+async def test_a_token_that_is_not_utf8_is_refused_not_a_500(aiohttp_client: Any,
+                                                              tmp_path: Path) -> None:
+    """Found by a newcomer: ``Authorization: Bearer \\xff\\xfe`` answered 500 (the
+    compare encoded the header's surrogate-escaped bytes)."""
+    client = await _client(aiohttp_client, tmp_path, channels=[ChannelConfig(**VALID)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"GET /admin/channels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Authorization: Bearer \xff\xfe\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 403 Forbidden", answer[:300]

@@ -17,7 +17,35 @@ CASES = {
     "unknown-field": ('channels:\n  - {id: x, origin_url: "http://o/m.m3u8", colour: red}\n',
                       "channels.0.colour"),
     "missing": (None, "No such file"),
+    # Found by a newcomer: accepted, the second channel silently dropped, cohorts
+    # like ``us.a`` nobody meant.
+    "duplicate-channel": (('channels:\n  - {id: x, origin_url: "http://o/m.m3u8"}\n'
+                           '  - {id: x, origin_url: "http://o/n.m3u8"}\n'),
+                          "channel ids listed twice: ['x']"),
+    "duplicate-cohort-value": (
+        ('channels:\n  - {id: x, origin_url: "http://o/m.m3u8", cohorts: '
+         '[{attribute: geo, values: [us, us], default: us}]}\n'),
+        "channels.0.cohorts.0.values: Value error, values listed twice: ['us']"),
+    "duplicate-cohort-attribute": (
+        ('channels:\n  - {id: x, origin_url: "http://o/m.m3u8", cohorts: '
+         '[{attribute: geo, values: [us], default: us}, '
+         '{attribute: geo, values: [a], default: a}]}\n'),
+        "cohort attributes listed twice: ['geo']"),
 }
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--break-duration", "0"], "--break-duration: 0 s: at least 2 s"),
+    (["--break-every", "abc"], "not a whole number of seconds"),
+    (["--break-every", "10", "--break-duration", "30"], "must be less than --break-every"),
+])
+def test_bad_demo_options_are_a_usage_error(argv: list[str], expected: str) -> None:
+    """Found by a newcomer: ``--break-duration 0`` ended in a traceback from the
+    fixture origin."""
+    proc = subprocess.run([sys.executable, "-m", "stitcher.cli", "demo", *argv],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
