@@ -60,6 +60,7 @@ from fixtures.origin import (
 from stitcher.app import CHANNELS, SIGNER, create_app
 from stitcher.channel import ChannelRuntime
 from stitcher.config import ChannelConfig, StitcherConfig
+from stitcher.drill.rig import free_port
 from stitcher.store import MemoryStore
 
 CHANNEL = "live1"
@@ -360,14 +361,6 @@ async def start_stack(
 # Shared by the multi-process tests (test_processes, test_tracking_e2e).
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

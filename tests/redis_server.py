@@ -22,20 +22,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+from stitcher.drill.rig import free_port, redis_ping
 
 
 def require_redis_server() -> str:
@@ -52,7 +39,7 @@ def require_redis_server() -> str:
 def redis_server(workdir: Path) -> Iterator[str]:
     """Run a redis-server until the block ends; yields its ``redis://`` URL."""
     binary = require_redis_server()
-    port = _free_port()
+    port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -60,7 +47,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while not _ping(port):
+        while not redis_ping(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {port}")
             time.sleep(0.02)  # waiting for a child process to listen: nothing to block on
@@ -83,7 +70,7 @@ class RedisProcess:
         self.binary = require_redis_server()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -97,7 +84,7 @@ class RedisProcess:
              "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
-        while not _ping(self.port):
+        while not redis_ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.02)  # a child process starting to listen: nothing to block on
@@ -131,7 +118,7 @@ def require_redis_cli() -> str:
 def _cluster_port(taken: set[int]) -> int:
     """A free port whose cluster bus port (port + 10000) is free and valid too."""
     for _ in range(200):
-        port = _free_port()
+        port = free_port()
         if port in taken or port + 10000 in taken or port + 10000 > 65535:
             continue
         try:
@@ -174,7 +161,7 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[str]:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 10
         for port, proc in zip(ports, procs, strict=True):
-            while not _ping(port):
+            while not redis_ping(port):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server (cluster node) did not start on {port}")
                 time.sleep(0.02)  # a child process starting to listen: nothing to block on

@@ -71,12 +71,14 @@ class RigError(Exception):
 
 
 def free_port() -> int:
+    """A free TCP port on loopback (the tests' servers take theirs here too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _ping(port: int) -> bool:
+def redis_ping(port: int) -> bool:
+    """A redis-server on ``port`` answers PING."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
             s.sendall(b"PING\r\n")
@@ -127,7 +129,7 @@ class RedisProcess:
             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         deadline = time.monotonic() + 20
-        while not await asyncio.to_thread(_ping, self.port):
+        while not await asyncio.to_thread(redis_ping, self.port):
             if self.proc.returncode is not None or time.monotonic() > deadline:
                 raise RigError(f"redis-server did not start on port {self.port}")
             await asyncio.sleep(0.05)  # a child process starting to listen

@@ -32,6 +32,7 @@ from stitcher.beacon_stream import GROUP, StreamBeaconQueue
 from stitcher.beacons import Beacon, BeaconTracker, RedisProgress
 from stitcher.metrics import Metrics
 from tests.harness import start_stack
+from tests.loopback import serve
 
 pytestmark = pytest.mark.redis
 
@@ -317,11 +318,7 @@ async def test_a_timed_out_attempt_that_reached_the_endpoint_is_counted_by_which
 
     app = web.Application()
     app.router.add_get("/t", track)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve(app) as base:
         # The retry waits 2.5-7.5 s: the other copy goes first.
         queue = make_queue(timeout=0.5, base_backoff=5.0)
         beacon = Beacon(("s1", "brk1", "0", "start", f"{base}/t"), f"{base}/t?cb=1")
@@ -333,8 +330,6 @@ async def test_a_timed_out_attempt_that_reached_the_endpoint_is_counted_by_which
             "k": k, "key": _json.dumps(list(beacon.key)), "url": beacon.url,
             "h": "[]", "a": "1", "q": str(int(time.time() * 1000))})
         await asyncio.wait_for(queue.drain(), 20)
-    finally:
-        await runner.cleanup()
     assert log == ["cb=1", "cb=1"], "the timed-out attempt, then the copy's"
     assert queue.stats.sent == 1
     assert queue.stats.possible_duplicates == 1

@@ -83,12 +83,25 @@ async def tracker_endpoint() -> AsyncIterator[tuple[str, list[str]]]:
         await runner.cleanup()
 
 
+def _tracked_ad(base: str, duration: int = 10) -> AdInfo:
+    """Ad ``ad-1`` at pod position 0, every event tracked at ``base`` (``/<event>``)."""
+    return AdInfo(0, "ad-1", "c-ad-1", Fraction(duration), (f"{base}/impression",), (),
+                  {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+
+
+async def _play(tracker: BeaconTracker, ad: AdInfo, segment: int, *, session: str = "S1",
+                brk: str = "brk1", nominal: Fraction = Fraction(2)) -> list[str]:
+    """One ad segment request of a session, as the route makes it."""
+    return await tracker.on_ad_segment(session_id=session, break_id=brk, ad=ad,
+                                       segment=segment, nominal=nominal,
+                                       client_ip="203.0.113.7", user_agent="player")
+
+
 @pytest.mark.parametrize("progress", ["memory", "redis"])
 async def test_b24_retries_and_refetches_count_once(
         tracker_endpoint: tuple[str, list[str]], progress: str, request: Any) -> None:
     base, hits = tracker_endpoint
-    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(12), (f"{base}/impression",), (),
-                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    ad = _tracked_ad(base, 12)
     client = None
     async with aiohttp.ClientSession() as http:
         queue = BeaconQueue(http, Metrics(), base_backoff=0.05)
@@ -103,9 +116,7 @@ async def test_b24_retries_and_refetches_count_once(
         for _t, path, status in _requests():
             segment = int(path.rsplit("seg", 1)[1].removesuffix(".ts"))
             # Worst case for the 503: progress recorded, then the response failed.
-            fired.append(await tracker.on_ad_segment(
-                session_id="S1", break_id="brk11", ad=ad, segment=segment,
-                nominal=Fraction(6), client_ip="203.0.113.7", user_agent="player"))
+            fired.append(await _play(tracker, ad, segment, brk="brk11", nominal=Fraction(6)))
         await asyncio.wait_for(queue.drain(), 10)
         await queue.close()
     if client is not None:
@@ -154,8 +165,7 @@ async def test_ad_segments_while_the_store_is_away_fire_their_beacons_once_it_is
     import redis.asyncio as redis
 
     base, hits = tracker_endpoint
-    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
-                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    ad = _tracked_ad(base)
     client = redis.Redis.from_url(redis_url)
     metrics = Metrics()
     async with aiohttp.ClientSession() as http:
@@ -165,9 +175,7 @@ async def test_ad_segments_while_the_store_is_away_fire_their_beacons_once_it_is
                                 retry_every=0.05)
 
         async def segment(n: int) -> list[str]:
-            return await tracker.on_ad_segment(
-                session_id="S1", break_id="brk1", ad=ad, segment=n, nominal=Fraction(2),
-                client_ip="203.0.113.7", user_agent="player")
+            return await _play(tracker, ad, n)
 
         for n in range(3):  # the store is away: no error for the player, nothing fired
             assert await segment(n) == []
@@ -207,8 +215,7 @@ async def test_segment_0_kept_on_one_instance_while_another_records_later_ones_i
     import redis.asyncio as redis
 
     base, hits = tracker_endpoint
-    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
-                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    ad = _tracked_ad(base)
     client = redis.Redis.from_url(redis_url)
     prefix = f"revive-{uuid.uuid4().hex}"
     metrics = Metrics()
@@ -220,9 +227,7 @@ async def test_segment_0_kept_on_one_instance_while_another_records_later_ones_i
         b = BeaconTracker(queue, progress=RedisProgress(client, prefix=prefix))
 
         async def segment(tracker: BeaconTracker, n: int, session: str = "S1") -> list[str]:
-            return await tracker.on_ad_segment(
-                session_id=session, break_id="brk1", ad=ad, segment=n, nominal=Fraction(2),
-                client_ip="203.0.113.7", user_agent="player")
+            return await _play(tracker, ad, n, session=session)
 
         assert await segment(a, 0) == [] and a.deferred == 1  # kept: A's store is away
         assert await segment(b, 1) == [] and await segment(b, 2) == []  # late, for now
@@ -274,8 +279,7 @@ async def test_beacons_whose_queueing_fails_after_their_progress_was_recorded_ar
     import redis.asyncio as redis
 
     base, hits = tracker_endpoint
-    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
-                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    ad = _tracked_ad(base)
     client = redis.Redis.from_url(redis_url)
     metrics = Metrics()
     async with aiohttp.ClientSession() as http:
@@ -296,9 +300,7 @@ async def test_beacons_whose_queueing_fails_after_their_progress_was_recorded_ar
         tracker = BeaconTracker(queue, progress=progress,  # type: ignore[arg-type]
                                 metrics=metrics, retry_every=0.05)
         queue.down = True
-        fired = await tracker.on_ad_segment(
-            session_id="S1", break_id="brk1", ad=ad, segment=0, nominal=Fraction(2),
-            client_ip="203.0.113.7", user_agent="player")
+        fired = await _play(tracker, ad, 0)
         assert set(fired) == {"impression", "creativeView", "start"}, fired
         assert tracker.deferred > 0
         await asyncio.sleep(0.2)
@@ -447,8 +449,7 @@ async def test_progress_commands_that_ran_in_redis_but_lost_their_reply_lose_no_
     import redis.asyncio as redis
 
     base, hits = tracker_endpoint
-    ad = AdInfo(0, "ad-1", "c-ad-1", Fraction(10), (f"{base}/impression",), (),
-                {e: (f"{base}/{e}",) for e in EVENTS if e != "impression"})
+    ad = _tracked_ad(base)
     client = redis.Redis.from_url(redis_url)
     async with aiohttp.ClientSession() as http:
         queue = BeaconQueue(http, Metrics(), base_backoff=0.05)
@@ -457,9 +458,7 @@ async def test_progress_commands_that_ran_in_redis_but_lost_their_reply_lose_no_
                                 retry_every=0.05)
 
         async def segment(n: int) -> list[str]:
-            return await tracker.on_ad_segment(
-                session_id="S1", break_id="brk1", ad=ad, segment=n, nominal=Fraction(2),
-                client_ip="203.0.113.7", user_agent="player")
+            return await _play(tracker, ad, n)
 
         await segment(0)  # its progress read ran, the reply was lost: deferred
         for _ in range(100):
@@ -564,9 +563,7 @@ async def test_queued_beacons_are_expanded_once_per_request_with_its_values_in_f
         for segment in segments:
             before = datetime.now(UTC)
             first = len(sink.got)
-            await tracker.on_ad_segment(session_id=session, break_id="brk1", ad=ad,
-                                        segment=segment, nominal=nominal,
-                                        client_ip="203.0.113.7", user_agent="player")
+            await _play(tracker, ad, segment, session=session, nominal=nominal)
             after = datetime.now(UTC)
             mine = sink.got[first:]
             queries = [parse_qs(urlsplit(b.url).query) for b in mine]
@@ -654,9 +651,7 @@ async def test_in_process_progress_fires_each_event_once_and_forgets_the_oldest_
     ad = _macro_ad(0, "ad-0", 12)
 
     async def seg(session: str, n: int, brk: str = "brk1") -> list[str]:
-        return await tracker.on_ad_segment(session_id=session, break_id=brk, ad=ad,
-                                           segment=n, nominal=Fraction(2),
-                                           client_ip="203.0.113.7", user_agent="player")
+        return await _play(tracker, ad, n, session=session, brk=brk)
 
     assert await seg("A", 0) == ["impression", "creativeView", "start"]
     assert await seg("A", 0) == []

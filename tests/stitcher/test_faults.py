@@ -586,13 +586,8 @@ async def _serving(serving: dict[str, str]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/p.m3u8", playlist)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/p.m3u8"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield f"{base}/p.m3u8"
 
 
 # ------------------------------------------ 429 Retry-After and the circuit breaker

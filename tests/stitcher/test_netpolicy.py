@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from stitcher.netpolicy import ForbiddenDestination, client_session, fetch_bounded, is_public
+from tests.loopback import serve
 
 
 @pytest.mark.parametrize("address, public", [
@@ -31,13 +32,8 @@ async def loopback_port() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield int(base.rsplit(":", 1)[1])
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
@@ -83,18 +79,12 @@ async def test_fetch_bounded_reads_a_body_of_many_segments_whole_and_refuses_pas
 
     app = web.Application()
     app.router.add_get("/body", slow_body)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}/body"
-    try:
-        async with aiohttp.ClientSession() as http:
-            body = await fetch_bounded(http, base + "?n=10", timeout=5, max_bytes=1 << 20)
-            assert body == piece * 10
-            with pytest.raises(ForbiddenDestination, match="larger than"):
-                await fetch_bounded(http, base + "?n=30", timeout=5, max_bytes=1 << 20)
-    finally:
-        await runner.cleanup()
+    async with serve(app) as server, aiohttp.ClientSession() as http:
+        base = f"{server}/body"
+        body = await fetch_bounded(http, base + "?n=10", timeout=5, max_bytes=1 << 20)
+        assert body == piece * 10
+        with pytest.raises(ForbiddenDestination, match="larger than"):
+            await fetch_bounded(http, base + "?n=30", timeout=5, max_bytes=1 << 20)
 
 
 async def test_named_private_hosts_are_the_only_private_ones_reached(loopback_port: int) -> None:

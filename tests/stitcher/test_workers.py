@@ -15,7 +15,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +31,7 @@ from fixtures.adserver import AdServerConfig
 from fixtures.adserver import create_app as create_adserver
 from fixtures.clock import SystemClock
 from fixtures.origin import ORIGIN_STATE, FaultRule, OriginConfig, run_origin, synthetic_renditions
-from tests.harness import default_start_epoch
+from tests.harness import default_start_epoch, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -42,12 +41,6 @@ SESSIONS = 200
 ROOT = Path(__file__).resolve().parents[2]
 SLOW = 3.0  # seconds the origin holds the in-flight request across the SIGTERM
 EXIT_BOUND = 15.0  # seconds from SIGTERM to the parent's exit
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -91,7 +84,7 @@ async def test_workers_share_the_port_and_drain_on_sigterm(redis_url: str,
                                                            tmp_path: Path) -> None:
     async with _upstreams() as (origin_runner, origin_base, ad_base):
         origin = origin_runner.app[ORIGIN_STATE]
-        port = _free_port()
+        port = free_port()
         config = tmp_path / "stitcher.yaml"
         config.write_text(yaml.safe_dump({
             "host": "127.0.0.1", "port": port, "redis_url": redis_url,
