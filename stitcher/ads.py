@@ -14,7 +14,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +36,7 @@ from stitcher.conditioning import (
     ConditioningError,
     DeclaredMedia,
     RenditionSpec,
+    write_json_atomic,
 )
 from stitcher.config import ChannelConfig
 from stitcher.metrics import Metrics
@@ -161,11 +164,16 @@ class CreativeLibrary:
         incoming = self.root / "mezzanines"
         incoming.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        tmp = incoming / f".{hashlib.sha1(url.encode()).hexdigest()}.part"
+        # A temporary file of this download's own: instances sharing the data dir
+        # download the same creative at once at start-up (found by the drill: two
+        # stitchers, one ``.part`` name, and the second rename failed).
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{hashlib.sha1(url.encode()).hexdigest()}.",
+                                        suffix=".part", dir=incoming)
+        tmp = Path(tmp_name)
         try:
-            if self._download is None:
-                raise OSError("no downloader configured")
-            with tmp.open("wb") as out:
+            with os.fdopen(fd, "wb") as out:
+                if self._download is None:
+                    raise OSError("no downloader configured")
                 size = 0
                 async for chunk in self._download(url):
                     size += len(chunk)
@@ -182,9 +190,7 @@ class CreativeLibrary:
         source = incoming / f"{key}{Path(url.split('?')[0]).suffix or '.mp4'}"
         tmp.replace(source)
         self._keys[ident] = key
-        tmp_keys = self._keys_file.with_suffix(".tmp")
-        tmp_keys.write_text(json.dumps([[list(k), v] for k, v in self._keys.items()]))
-        tmp_keys.replace(self._keys_file)
+        write_json_atomic(self._keys_file, [[list(k), v] for k, v in self._keys.items()])
         result = await self.ensure(key, str(source), specs, declared=declared,
                                    channel=channel)
         return key if result is not None else None

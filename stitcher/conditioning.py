@@ -509,7 +509,9 @@ def _load_marker(rdir: Path, spec: RenditionSpec) -> ConditionedRendition | None
     return ConditionedRendition(spec, segs, Fraction(marker["duration"]), init)
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON, never half-written: through a temporary
+    file of its own, so instances sharing the folder never collide on one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -840,7 +842,7 @@ class Conditioner:
         os.replace(plan.tmp_dir, final)
         seg = spec.exact_segment_duration
         duration = Fraction(plan.frames) / spec.fps
-        _write_json_atomic(final / MARKER, {
+        write_json_atomic(final / MARKER, {
             "version": MARKER_VERSION,
             "key": key,
             "creative": creative,

@@ -347,3 +347,42 @@ def test_b21_declared_media_from_vast_media_file():
     bare = MediaFile(uri="u", delivery=None, type=None, width=None, height=None, bitrate=None,
                      codec=None, api_framework=None)
     assert DeclaredMedia.of(bare) is None
+
+
+def test_two_instances_downloading_one_creative_at_once_both_get_it_whole(
+        tmp_path: Path) -> None:
+    """Found by the drill: two stitchers sharing the data dir downloaded the same
+    mezzanine at start-up into one ``.part`` file; the second rename failed (and
+    the writes interleaved). Each download has a file of its own now."""
+    from collections.abc import AsyncIterator
+    from typing import Any
+
+    from stitcher.ads import CreativeLibrary
+    from stitcher.conditioning import Conditioner
+    from stitcher.metrics import Metrics
+
+    body = [bytes([i]) * 50_000 for i in range(8)]
+
+    async def download(_url: str) -> AsyncIterator[bytes]:
+        for chunk in body:
+            await asyncio.sleep(0)  # the other download writes meanwhile
+            yield chunk
+
+    async def conditioned(key: str, source: str, *_a: Any, **_k: Any) -> str:
+        return key  # the conditioning step itself is not what this test is about
+
+    async def run() -> list[str | None]:
+        metrics = Metrics()
+        libraries = [CreativeLibrary(tmp_path, Conditioner(metrics=metrics), metrics,
+                                     download=download) for _ in range(2)]
+        for library in libraries:
+            library.ensure = conditioned  # type: ignore[method-assign]
+        ident = ("ad-id.org", "X-1", "http://ads.example/m.mp4")
+        return list(await asyncio.gather(*(lib._fetch_and_condition(ident, [])
+                                           for lib in libraries)))
+
+    keys = asyncio.run(run())
+    assert keys[0] is not None and keys[0] == keys[1]
+    (source,) = (tmp_path / "mezzanines").glob(f"{keys[0]}*")
+    assert source.read_bytes() == b"".join(body)
+    assert not list((tmp_path / "mezzanines").glob("*.part"))
