@@ -103,6 +103,17 @@ class InitUriBuilder(UriBuilder, Protocol):
         ...
 
 
+@runtime_checkable
+class ContentUriBuilder(Protocol):
+    """A builder that serves some content segments through the stitcher itself
+    (WebVTT whose X-TIMESTAMP-MAP it repairs, B22). A builder without the method
+    leaves every content URI the origin's (made absolute)."""
+
+    def content_segment(self, segment: Segment) -> str | None:
+        """The URI to serve ``segment`` at, None for the origin's own."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class SpliceOptions:
     #: The origin playlist's URL: relative URIs are resolved against it.
@@ -472,6 +483,7 @@ class _Renderer:
         self.options = options
         self.uris = uris
         self.inits = _as_init_builder(uris)
+        self.routed = uris.content_segment if isinstance(uris, ContentUriBuilder) else None
         self.base = options.base_url
         self.newline = newline
         #: What a replaced slot keeps of each distinct tag line (None: dropped), and
@@ -532,7 +544,7 @@ class _Renderer:
         """:meth:`plain` over consecutive slots, at C speed where the run has no
         special or discontinuous segment and every URI is already absolute."""
         raws = list(map(_raw, run))
-        if any(map(_special, run)) or any(map(_discontinuity, run)) or (
+        if self.routed is not None or any(map(_special, run)) or any(map(_discontinuity, run)) or (
                 self.base and not _all_absolute(list(map(_last_line, raws)))):
             return [self.plain(seg) for seg in run]
         return list(map(self.newline.join, raws))
@@ -542,6 +554,8 @@ class _Renderer:
         if seg.special or (seg.discontinuity and not seg.pdt_explicit and seg.pdt is not None):
             return self.content(seg, None, None)
         raw = seg.raw
+        if self.routed is not None and (routed := self.routed(seg)) is not None:
+            return self.newline.join(raw[:-1] + (routed,))
         if self.base:
             uri = _join(self.base, raw[-1].strip())
             if uri != raw[-1]:
@@ -554,6 +568,8 @@ class _Renderer:
                 and (prev is None or prev.kind is SlotKind.CONTENT)):
             # The common case: a plain content segment, only its URI made absolute.
             uri = seg.raw[-1]
+            if self.routed is not None and (routed := self.routed(seg)) is not None:
+                return self.newline.join(seg.raw[:-1] + (routed,))
             return self.newline.join(seg.raw[:-1] + (self.uri(uri) if self.base else uri,))
         out: list[str] = []
         after_break = prev is not None and prev.kind is not SlotKind.CONTENT
@@ -581,6 +597,10 @@ class _Renderer:
                 continue
             if after_break and line.tag == EXT_X_KEY and _encrypted(line):
                 out.append(_explicit_iv(self.line(line), seg.msn))
+                continue
+            if line.is_uri and self.routed is not None and (
+                    routed := self.routed(seg)) is not None:
+                out.append(routed)
                 continue
             out.append(self.line(line))
         return self.newline.join(out)

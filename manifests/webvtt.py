@@ -13,6 +13,12 @@ span and gives back the corrected body. The caller supplies the PTS (90 kHz,
 mod 2^33) of the video at the segment's start: a playlist carries no PTS, so it
 comes from the media (a probe of the span's first video segment) plus the
 segment's offset into the span (:func:`pts_at`).
+
+:func:`repair_timestamp_map` decides whether to rewrite it. A map that differs
+from the segment's start is not wrong by itself: a constant map with cue times
+counted from the stream's start is valid HLS. So a map that is there is
+replaced only when it puts the cues outside the segment and the span's map puts
+them inside it; a missing one is written in when the span's map fits.
 """
 
 from __future__ import annotations
@@ -118,6 +124,74 @@ def check_timestamp_map(body: str, segment_pts: int) -> MapCheck:
     corrected = with_timestamp_map(body, expected)
     status = MapStatus.MISSING if found is None else MapStatus.INCORRECT
     return MapCheck(status, found, expected, corrected, cues(corrected))
+
+
+class RepairOutcome(enum.Enum):
+    #: The map names the segment's start: served as it came.
+    OK = "ok"
+    #: Another valid map form (cues counted from elsewhere) that lands the cues
+    #: inside the segment: served as it came.
+    EQUIVALENT = "equivalent"
+    #: Missing or written for another span: the span's map written in.
+    REPAIRED = "repaired"
+    #: Cues outside the segment under either map: an unknown scheme, left alone.
+    KEPT = "kept"
+
+
+@dataclass(frozen=True, slots=True)
+class MapRepair:
+    outcome: RepairOutcome
+    #: What to serve: the corrected body when REPAIRED, else the input itself.
+    body: str
+    check: MapCheck
+
+
+#: How far outside its segment a cue may reach and still count as the segment's
+#: (a cue carried over a segment boundary overlaps both; rounding of the map).
+CUE_SLACK = Fraction(1, 2)
+
+
+def repair_timestamp_map(body: str, segment_pts: int, duration: Fraction) -> MapRepair:
+    """The body to serve for a WebVTT segment of ``duration`` seconds whose video
+    starts at ``segment_pts`` (B22: no map after a discontinuity, or the map of
+    another span).
+
+    A missing map is written in whenever the span's map puts the cues inside the
+    segment (packagers count cue times from the segment's start). A map that is
+    there but names another PTS is kept when its cues land inside the segment
+    (cue times counted from elsewhere, valid HLS) and replaced only when they do
+    not and the span's map lands them inside. A segment with no cues gets the
+    span's map when it has none (nothing can land wrong, and every segment of the
+    span then names it)."""
+    check = check_timestamp_map(body, segment_pts)
+    if check.status is MapStatus.OK:
+        return MapRepair(RepairOutcome.OK, body, check)
+    found = cues(body)
+    missing = check.status is MapStatus.MISSING
+    if not found:
+        return MapRepair(RepairOutcome.REPAIRED if missing else RepairOutcome.EQUIVALENT,
+                         check.corrected if missing else body, check)
+    if not missing and _inside(found, segment_pts, duration):
+        return MapRepair(RepairOutcome.EQUIVALENT, body, check)
+    if _inside(check.cues, segment_pts, duration):
+        return MapRepair(RepairOutcome.REPAIRED, check.corrected, check)
+    if _inside(found, segment_pts, duration):  # no map, cue times from MPEG-TS 0
+        return MapRepair(RepairOutcome.EQUIVALENT, body, check)
+    return MapRepair(RepairOutcome.KEPT, body, check)
+
+
+def _inside(timed: tuple[Cue, ...], segment_pts: int, duration: Fraction) -> bool:
+    """Does every cue overlap the segment (PTS compared mod 2^33)?"""
+    start = Fraction(segment_pts, TICKS)
+    wrap = Fraction(PTS_WRAP, TICKS)
+    for cue in timed:
+        offset = (cue.start - start) % wrap
+        if offset > wrap / 2:
+            offset -= wrap
+        length = cue.end - cue.start
+        if offset + length < -CUE_SLACK or offset > duration + CUE_SLACK:
+            return False
+    return True
 
 
 def with_timestamp_map(body: str, mpegts: int) -> str:

@@ -7,6 +7,8 @@ Routes (players):
   GET  /v1/session/{token}/{channel}/media/{rid}.m3u8            stitched media playlist
   GET  /v1/session/{token}/{channel}/media/ad/{rid}/{brk}/{item}/{seg}.ts
                                                     beacons, then 302 to the conditioned segment
+  GET  /v1/session/{token}/{channel}/media/cv/{rid}/{msn}-{digest}.vtt
+                                                    content WebVTT, its timestamp map repaired
   GET  /v1/session/{token}/{channel}/tracking       client-side tracking JSON
 Cohort-URL mode (channels with ``cohort_urls``), CDN-cacheable, no session:
   GET  /v1/cohort/{channel}/{cohort}/master.m3u8    multivariant
@@ -408,6 +410,25 @@ async def ad_caption(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "public, max-age=86400"})
 
 
+async def content_caption(request: web.Request) -> web.StreamResponse:
+    """A content WebVTT segment with the X-TIMESTAMP-MAP of its video span (B22,
+    :mod:`stitcher.captions`): the same bytes for every session and cohort."""
+    if "token" in request.match_info:
+        _session(request)
+        runtime = _channel(request)
+    else:
+        runtime, _cohort_name = _cohort(request)
+    msn, _, digest = request.match_info["msn"].partition("-")
+    if not (msn.isdigit() and msn.isascii() and len(digest) == 10
+            and all(c in "0123456789abcdef" for c in digest)):
+        raise BadRequest("malformed caption segment path")
+    caption = await runtime.captions.segment(request.match_info["rid"], int(msn), digest)
+    if caption.redirect is not None:
+        raise web.HTTPFound(caption.redirect, headers={"Cache-Control": "no-store"})
+    return web.Response(body=caption.body, content_type="text/vtt", charset="utf-8",
+                        headers={"Cache-Control": f"public, max-age={caption.max_age}"})
+
+
 async def tracking(request: web.Request) -> web.Response:
     """Client-side tracking in the shape of MediaTailor's tracking API (avails)."""
     session = _session(request)
@@ -554,6 +575,7 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     r.add_get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
     r.add_get(base + "/master.m3u8", multivariant, name="multivariant")
     r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption, name="ad_caption")
+    r.add_get(base + "/media/cv/{rid}/{msn}.vtt", content_caption, name="content_caption")
     r.add_get(base + "/tracking", tracking, name="tracking")
     cohort = "/v1/cohort/{channel}/{cohort}"
     r.add_get(cohort + "/master.m3u8", cohort_multivariant, name="cohort_multivariant")
@@ -562,6 +584,8 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
               name="cohort_ad_segment")
     r.add_get(cohort + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption,
               name="cohort_ad_caption")
+    r.add_get(cohort + "/media/cv/{rid}/{msn}.vtt", content_caption,
+              name="cohort_content_caption")
     r.add_get(cohort + "/tracking", cohort_tracking, name="cohort_tracking")
     r.add_get("/assets/{path:.+}", assets, name="assets")
     r.add_get("/healthz", healthz, name="healthz")

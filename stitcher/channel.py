@@ -58,6 +58,7 @@ from manifests.splice import (
 from manifests.timeline import choose_anchor, with_pdt
 from manifests.timing import seconds_between
 from stitcher.ads import SLATE_KEY, AdDecider, AdInfo, CreativeLibrary, Decision
+from stitcher.captions import ContentCaptions
 from stitcher.conditioning import RenditionSpec, probe_rendition, whole_frames
 from stitcher.config import ChannelConfig
 from stitcher.errors import NotFound, OriginUnavailable
@@ -133,6 +134,26 @@ class _Uris:
         return f"{self.assets_base}/{path}" if path else None
 
 
+class _RepairedCaptionUris(_Uris):
+    """A subtitle rendition whose content WebVTT segments the stitcher serves
+    (``cv/<rid>/<origin msn>-<URL digest>.vtt``, the same for every session and cohort), with
+    the X-TIMESTAMP-MAP of the video span they belong to (B22,
+    :mod:`stitcher.captions`). Byte ranges, encrypted and fMP4 segments stay the
+    origin's (there is no map to repair in them, or no way to read it)."""
+
+    def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str,
+                 captions: ContentCaptions, base_url: str) -> None:
+        super().__init__(rid, kind, library, assets_base)
+        self.captions = captions
+        self.base_url = base_url
+
+    def content_segment(self, segment: Segment) -> str | None:
+        if segment.byterange is not None or segment.map is not None or (
+                segment.key is not None and "METHOD=NONE" not in (segment.key.value or "")):
+            return None
+        return self.captions.route(self.rid, self.base_url, segment)
+
+
 class _CohortUris(_Uris):
     """Cohort-URL mode: no session in the path, so ad segments point straight at the
     conditioned assets (players beacon from the tracking JSON). A creative not on
@@ -177,6 +198,7 @@ class ChannelRuntime:
         self._on_unused = on_unused
         self._http = http
         self._origin_timeout = origin_timeout
+        self.captions = ContentCaptions(self, http, timeout=origin_timeout, clock=clock)
         self.policy = BreakPolicy(max_duration=Fraction(str(cfg.max_break)))
         self._mv: Multivariant | None = None
         self._mv_at = 0.0
@@ -519,9 +541,13 @@ class ChannelRuntime:
                 pods = await self._pods_for(playlist, breaks, ledger, cohort)
                 uris = self._uris.get((rendition.id, mode))
                 if uris is None:
+                    # Subtitles: _CohortUris adds nothing (their ad slots are fillers).
                     uris = self._uris[(rendition.id, mode)] = (
-                        _CohortUris(rendition.id, rendition.kind, self.library, self.assets_base,
-                                    lambda: self.specs) if mode == COHORT
+                        _RepairedCaptionUris(rendition.id, rendition.kind, self.library,
+                                             self.assets_base, self.captions, rendition.uri)
+                        if rendition.kind == "subtitles" and self.cfg.subtitle_maps == "repair"
+                        else _CohortUris(rendition.id, rendition.kind, self.library,
+                                         self.assets_base, lambda: self.specs) if mode == COHORT
                         else _Uris(rendition.id, rendition.kind, self.library, self.assets_base))
                 cadence = self.cadences.get(rendition.grid)
                 # Keyed by the unit too: renders before the ladder is known must not pin it.
@@ -796,14 +822,20 @@ class ChannelRuntime:
         if main is None:
             return None
         try:
-            fetched = await self.fetcher.get(main.uri)
+            _fetched, playlist = await self.current(main)
         except Exception as exc:  # noqa: BLE001 - without it, serve this grid as is
             log.warning("main rendition unavailable for %s: %s", self.cfg.id, exc)
             return None
+        return main, playlist
+
+    async def current(self, rendition: Rendition) -> tuple[Fetched, MediaPlaylist]:
+        """A rendition's origin playlist now (coalesced, cached fetch), timed when
+        the origin sends no PDT, as renders see it."""
+        fetched = await self.fetcher.get(rendition.uri)
         playlist = fetched.playlist
         if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
-            playlist = await self._timed(main, playlist)
-        return main, playlist
+            playlist = await self._timed(rendition, playlist)
+        return fetched, playlist
 
     async def main_view(self) -> tuple[MediaPlaylist, Fetched, float] | None:
         """The main video playlist as renders see it (timed when the origin sends no
@@ -814,10 +846,7 @@ class ChannelRuntime:
         main = next((r for r in mv.renditions if r.grid == "main"), None)
         if main is None:
             return None
-        fetched = await self.fetcher.get(main.uri)
-        playlist = fetched.playlist
-        if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
-            playlist = await self._timed(main, playlist)
+        fetched, playlist = await self.current(main)
         return playlist, fetched, self._clock()
 
     def _prefetch(self, brk: Break, playlist: MediaPlaylist) -> None:

@@ -109,6 +109,10 @@ class ChannelConfig(BaseModel):
     ad_dateranges: bool = False
     #: Serve at most this many segments (the newest) in every stitched playlist.
     window_cap: int | None = Field(default=None, ge=3)
+    #: Content WebVTT segments: ``repair`` serves them through the stitcher with the
+    #: X-TIMESTAMP-MAP of their video span written in where the origin's is missing
+    #: or another span's (B22); ``origin`` leaves them at the origin's URLs.
+    subtitle_maps: Literal["repair", "origin"] = "repair"
     #: Cohort-URL mode for the largest events: ``/v1/cohort/{channel}/{cohort}/...``
     #: playlists a CDN can cache (public, about half a target duration), ad segments
     #: straight at the conditioned assets and client-side tracking (no session).

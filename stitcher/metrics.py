@@ -185,6 +185,12 @@ class Metrics:
             registry=r)
         self.conditioning = Counter("stitcher_conditioning_total", "Creative conditioning jobs",
                                     ["result"], registry=r)
+        self.content_captions = Counter(
+            "stitcher_content_captions_total",
+            "Content WebVTT segments served through the stitcher, by what their "
+            "X-TIMESTAMP-MAP needed (ok, equivalent, repaired, kept, unprobed, "
+            "origin_error, not_webvtt)",
+            ["channel", "outcome"], registry=r)
         self.creative_mismatch = Counter(
             "stitcher_creative_mismatch_total",
             "Creatives whose probed stream differs from what the VAST MediaFile declared "

@@ -640,14 +640,18 @@ def _write_and_compare(stream: Stream, sessions: list[_Session], result: StreamR
 
 def _runs(texts: list[str]) -> list[Run]:
     """The stitched runs over a whole session: maximal MSN runs of segments that are
-    not the origin's (ads, slate), each with its first PDT and EXTINF sum."""
+    not the origin's (ads, slate; content subtitles served through the stitcher are
+    the origin's), each with its first PDT and EXTINF sum."""
     from manifests.timing import format_pdt
+    from stitcher.captions import ROUTE_PREFIX
+
+    origin = (ORIGIN_HOST, ROUTE_PREFIX)
 
     served: dict[int, tuple[bool, Fraction, str | None]] = {}
     for text in texts:
         for seg in parse_media(text).segments:
             if seg.msn not in served:
-                served[seg.msn] = (not seg.uri.startswith(ORIGIN_HOST), seg.duration,
+                served[seg.msn] = (not seg.uri.startswith(origin), seg.duration,
                                    format_pdt(seg.pdt) if seg.pdt is not None else None)
     runs: list[Run] = []
     current: list[int] = []

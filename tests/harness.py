@@ -258,6 +258,7 @@ async def start_stack(
     warm_up: bool = False,
     instances: int = 1,
     subtitles: bool = False,
+    subtitle_fault: str | None = None,
     ad_host: str | None = None,
 ) -> AsyncIterator[Stack]:
     """Start origin, ad server and stitcher; stop all three on exit.
@@ -271,7 +272,8 @@ async def start_stack(
     its conditioned creatives (default: under ``data_dir``). ``warm_up`` conditions the slate and the ads before returning.
 
     ``subtitles``: the origin also serves its WebVTT rendition (``subs``, cues naming
-    their PDT; see :mod:`fixtures.origin`).
+    their PDT; see :mod:`fixtures.origin`). ``subtitle_fault``: its packager's
+    X-TIMESTAMP-MAP fault (``SubtitleSpec.map_fault``: ``missing``, ``stale``).
 
     ``ad_host``: the host the channel's VAST URL names for the ad server (default
     ``127.0.0.1``; e.g. ``localhost`` or a private address, to test the address policy).
@@ -288,7 +290,7 @@ async def start_stack(
                   else synthetic_renditions())
     o: dict[str, Any] = {"break_interval": None, "window_segments": 6}
     if subtitles:
-        o["subtitles"] = subtitles_for(renditions)
+        o["subtitles"] = subtitles_for(renditions, map_fault=subtitle_fault)
     o.update(origin or {})
     d = renditions[0].segment_duration
     o.setdefault("start_epoch", default_start_epoch(clock, d, o["window_segments"]))

@@ -217,14 +217,20 @@ def _waiting_spans(events: list[dict[str, Any]], end: float) -> list[tuple[float
     return spans
 
 
+@pytest.mark.parametrize("subtitle_fault", [None, "missing"],
+                         ids=["origin-maps-right", "origin-maps-missing-B22"])
 async def test_hlsjs_in_chromium_plays_a_live_break_with_a_mid_break_variant_switch(
-        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+        media: Any, assets_dir: Path, tmp_path: Path, subtitle_fault: str | None) -> None:
+    """``origin-maps-missing-B22``: the origin's packager writes no X-TIMESTAMP-MAP
+    (hls.js#7850); the stitcher's repaired segments must put every cue where the
+    clean origin's do."""
     node, chromium = _prerequisites()
     started = time.monotonic()
     page_runner, page_base = await _page_server()
     try:
         async with start_stack(clock=SystemClock(), media=media, data_dir=tmp_path / "state",
-                               assets_dir=assets_dir, warm_up=True, subtitles=True) as stack:
+                               assets_dir=assets_dir, warm_up=True, subtitles=True,
+                               subtitle_fault=subtitle_fault) as stack:
             warmed = time.monotonic()
             await _play_and_check(stack, node, chromium, page_base, started, warmed,
                                   tmp_path / "hlsjs_report.json")

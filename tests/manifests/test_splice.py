@@ -16,6 +16,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
@@ -23,7 +24,7 @@ from manifests.breaks import Break, BreakPolicy, update_breaks
 from manifests.checker import Snapshot, check
 from manifests.ledger import Ledger
 from manifests.markers import observe
-from manifests.playlist import parse_media
+from manifests.playlist import Segment, parse_media
 from manifests.pod import Candidate, plan_pod
 from manifests.splice import SpliceOptions, breaks_to_decide, splice
 from manifests.timeline import with_pdt
@@ -51,7 +52,14 @@ class Uris:
         return "/assets/slate/v0/init.mp4" if self.fmp4 else None
 
 
-def run_case(folder: Path) -> list[tuple[str, str]]:
+class RoutedUris(Uris):
+    """A builder serving content segments itself (the stitcher's repaired WebVTT)."""
+
+    def content_segment(self, segment: Segment) -> str | None:
+        return f"cv/v0/{segment.msn}.vtt"
+
+
+def run_case(folder: Path, routed: bool = False) -> list[tuple[str, str]]:
     params = json.loads((folder / "params.json").read_text())
     candidates = [Candidate(c["id"], Fraction(c["duration"])) for c in params["ads"]]
     policy = BreakPolicy(max_duration=Fraction(params.get("max_break", 120)))
@@ -75,7 +83,7 @@ def run_case(folder: Path) -> list[tuple[str, str]]:
                                       nominal=Fraction(params.get("nominal", 2)),
                                       slate_segments=params.get("slate_segments", 3),
                                       min_slate=Fraction(params.get("min_slate", 2)))
-        result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=Uris(params.get("fmp4_ads", False)),
+        result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=(RoutedUris if routed else Uris)(params.get("fmp4_ads", False)),
                         options=options)
         ledger = ledger.append(result.new_entries, result.hwm)
         outputs.append((origin.name.replace("origin-", "expected-"), result.text))
@@ -100,6 +108,36 @@ def test_golden(folder: Path) -> None:
                  for i, (_name, text) in enumerate(outputs)]
     stitcher_faults = [v for v in check(snapshots) if v.source == "stitcher"]
     assert stitcher_faults == []
+
+
+@pytest.mark.parametrize("folder", sorted(p for p in CASES.iterdir() if p.is_dir()),
+                         ids=lambda p: p.name)
+def test_a_content_uri_builder_changes_only_the_content_uris(folder: Path) -> None:
+    """``ContentUriBuilder``: every content segment's URI is the builder's, on every
+    render path (plain runs, tagged segments, the first after a break); every
+    other line, ad and slate URIs included, is the golden output's."""
+    params = json.loads((folder / "params.json").read_text())
+    base = params.get("base_url", "https://origin.example.com/ch/v0.m3u8")
+    origin_msn: dict[str, set[int]] = {}  # several with byte ranges of one file
+    for origin in sorted(folder.glob("origin-*.m3u8")):
+        for seg in parse_media(origin.read_text()).segments:
+            origin_msn.setdefault(urljoin(base, seg.uri.strip()), set()).add(seg.msn)
+    routed_total = 0
+    for (name, plain), (_, routed) in zip(run_case(folder), run_case(folder, routed=True),
+                                          strict=True):
+        assert [line for line in plain.splitlines() if line.startswith("#")] == [
+            line for line in routed.splitlines() if line.startswith("#")], name
+        pairs = zip(parse_media(plain).segments, parse_media(routed).segments, strict=True)
+        previous = -1
+        for mine, theirs in pairs:
+            if mine.uri in origin_msn:
+                msn = int(theirs.uri.removeprefix("cv/v0/").removesuffix(".vtt"))
+                assert msn in origin_msn[mine.uri] and msn > previous, (name, mine.uri, msn)
+                previous = msn
+                routed_total += 1
+            else:
+                assert theirs.uri == mine.uri, (name, mine.uri)
+    assert routed_total > 0
 
 
 def test_b02_regressed_window_against_the_previous_anchor_is_a_timeline_error() -> None:

@@ -51,6 +51,7 @@ INVALID: dict[str, Any] = {
     "passthrough_markers": "maybe",
     "ad_dateranges": [1],
     "window_cap": 2,
+    "subtitle_maps": "rewrite",
     "cohort_urls": {"on": True},
     "cohorts": [{"attribute": "Geo!", "values": ["us"], "default": "us"}],
     "ladder": [{"name": "v0", "width": 0, "height": 720, "bandwidth": 1}],
