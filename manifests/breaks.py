@@ -43,7 +43,10 @@ Defined behaviour for feeds that break the rules (each has a test in
   Dialects filling in each other's fields (a duration, the SCTE-35 event id)
   complete it.
 * An OUT while another break is open: the open one wins; the overlap is counted
-  in ``BreakUpdate.ignored``.
+  in ``BreakUpdate.ignored``. The same holds for a break known ahead (an ad-ops
+  break, a DATERANGE listed before its START-DATE) when another break opens
+  before it and is still open at its start: it never plays (:func:`overridden`;
+  it plays if the other ends first).
 * Nested segmentation descriptors (a provider ad 0x30/0x31 inside a placement
   opportunity 0x34/0x35): events inside the open break, neither a new break nor
   its end. A typed end (0x35...) closes only the break with its event id or its
@@ -245,6 +248,9 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
     for obs in observations:
         if obs.kind is SignalKind.OUT:
             i = same_cue(obs)
+            if i is None and (j := by_event(obs.event_id, obs.at)) is not None and (
+                    abs(breaks[j].start - obs.at) <= SAME_BOUNDARY):
+                i = j  # this break's own OUT again, even where another overrode it
             if i is None:
                 i = open_at(obs.at)
                 if i is not None and obs.nestable:
@@ -293,11 +299,14 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             if i is not None and not closes(breaks[i], obs):
                 i = None
             if i is None:
-                for j, b in enumerate(breaks):
-                    if closes(b, obs) and (obs.event_id is None or b.event_id is None
-                                           or obs.segmentation_type_id is None
-                                           or b.event_id == obs.event_id):
-                        i = j
+                candidates = [j for j, b in enumerate(breaks) if closes(b, obs) and (
+                    obs.event_id is None or b.event_id is None
+                    or obs.segmentation_type_id is None or b.event_id == obs.event_id)]
+                if len(candidates) > 1:  # the break that is playing, not one it overrode
+                    beaten = overridden(tuple(breaks), policy)
+                    candidates = [j for j in candidates if breaks[j].id not in beaten
+                                  ] or candidates
+                i = candidates[-1] if candidates else None
             if i is None:
                 continue  # a stray IN, or one for a break that already ended
             breaks[i] = replace(breaks[i], end=obs.at, end_declared=obs.declared)
@@ -319,13 +328,32 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
 _INDEX: dict[BreakPolicy, tuple[tuple[Break, ...], BreakIndex]] = {}
 
 
+def overridden(breaks: tuple[Break, ...], policy: BreakPolicy = BreakPolicy()
+               ) -> dict[str, str]:
+    """Breaks that start inside an earlier break, by id, with the id of the break
+    that is open there: the open one wins, so they never play. As of what is known
+    now: an earlier break that ends (CUE-IN) before such a start releases it."""
+    by_start = sorted((b for b in breaks if not b.cancelled), key=lambda b: b.start)
+    out: dict[str, str] = {}
+    holder: Break | None = None
+    bound: datetime | None = None
+    for b in by_start:
+        if holder is not None and bound is not None and b.start - EPSILON < bound:
+            out[b.id] = holder.id
+            continue
+        holder, bound = b, _slot_bound(b, policy)
+    return out
+
+
 class BreakIndex:
     """Breaks sorted by start with their effective ends computed once, so finding
     the break over a slot is a bisection, not a scan (a 2-hour DVR window holds
-    thousands of slots and dozens of breaks)."""
+    thousands of slots and dozens of breaks). Overridden breaks are left out."""
 
     def __init__(self, breaks: tuple[Break, ...], policy: BreakPolicy = BreakPolicy()) -> None:
-        live = sorted((b for b in breaks if not b.cancelled), key=lambda b: b.start)
+        beaten = overridden(breaks, policy)
+        live = sorted((b for b in breaks if not b.cancelled and b.id not in beaten),
+                      key=lambda b: b.start)
         self.breaks = live
         self.starts = [b.start - EPSILON for b in live]
         #: A slot starting before this bound is inside (the rule of :meth:`Break.covers`).
@@ -348,8 +376,9 @@ class BreakIndex:
         i = bisect_right(self.starts, pdt) - 1
         if i < 0:
             return None
-        # Breaks do not overlap (update_breaks refuses that), but check one more back
-        # in case a shorter break started just before a longer one ended.
+        # Breaks in the index do not start inside one another (update_breaks refuses
+        # an OUT inside an open break, ``overridden`` the rest), but check one more
+        # back in case a shorter break started just before a longer one ended.
         for j in (i, i - 1):
             if j >= 0 and pdt < self.ends[j] and pdt >= self.starts[j]:
                 return self.breaks[j]

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from manifests.attributes import AttributeList
-from manifests.breaks import Break, BreakPolicy, prune, update_breaks
+from manifests.breaks import Break, BreakPolicy, overridden, prune, update_breaks
 from manifests.errors import SequenceRegressionError
 from manifests.layout import (
     CommonGrid,
@@ -243,6 +243,8 @@ class ChannelRuntime:
         self._prefetches: dict[str, asyncio.Task[None]] = {}
         #: (break, cohort) whose unplayed ads got ``notUsed`` already.
         self._unused_done: set[tuple[str, str]] = set()
+        #: Breaks found overridden (started inside another), counted once.
+        self._overridden_done: set[str] = set()
         self._rng = random.Random()
         self._rendition_index: tuple[Multivariant, dict[str, Rendition]] | None = None
         self._cohorts: set[str] = set()
@@ -526,12 +528,16 @@ class ChannelRuntime:
                     known, [*(o for made in unstored.values() for o in made), *self.adops],
                     self.policy)
                 breaks = update.breaks
+                if update.ignored:  # an OUT inside an open break: the open one wins
+                    self.metrics.breaks_overridden.labels(self.cfg.id).inc(len(update.ignored))
+                    log.warning("channel %s: %s", self.cfg.id, "; ".join(update.ignored))
                 if playlist.segments and playlist.segments[0].pdt is not None:
                     horizon = playlist.segments[0].pdt
                     breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
                 if breaks != known:
                     await self.store.put_breaks(self.cfg.id, breaks)
                     self._not_used(breaks)
+                self._overridden(breaks, playlist)
                 for seq in unstored:  # in the store now (or were already)
                     self._unstored.pop(seq, None)
                 self.breaks = breaks
@@ -926,6 +932,27 @@ class ChannelRuntime:
                 items = set(unplayed(decision.pod, played))
                 self._fire_not_used(break_id, cohort,
                                     tuple(a for a in decision.ads if a.item in items))
+
+    def _overridden(self, breaks: tuple[Break, ...], playlist: MediaPlaylist) -> None:
+        """A break that started inside another (the open one wins): counted, logged,
+        and its decided ads told ``notUsed``, once its start is published (until
+        then the other may still end first and let it play)."""
+        beaten = overridden(breaks, self.policy)
+        if not beaten or not playlist.segments or playlist.segments[-1].pdt is None:
+            return
+        edge = playlist.segments[-1].pdt + playlist.segments[-1].step
+        for b in breaks:
+            by = beaten.get(b.id)
+            if by is None or b.id in self._overridden_done or b.start >= edge:
+                continue
+            self._overridden_done.add(b.id)
+            self.metrics.breaks_overridden.labels(self.cfg.id).inc()
+            log.warning("channel %s: break %s starts inside break %s, which is playing: "
+                        "it does not play", self.cfg.id, b.id, by)
+            for (break_id, cohort), decision in list(self._decisions.items()):
+                if break_id == b.id and (break_id, cohort) not in self._unused_done:
+                    self._unused_done.add((break_id, cohort))
+                    self._fire_not_used(break_id, cohort, decision.ads)
 
     def _fire_not_used(self, break_id: str, cohort: str, ads: tuple[AdInfo, ...]) -> None:
         for ad in ads:

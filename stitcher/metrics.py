@@ -185,6 +185,11 @@ class Metrics:
             registry=r)
         self.conditioning = Counter("stitcher_conditioning_total", "Creative conditioning jobs",
                                     ["result"], registry=r)
+        self.breaks_overridden = Counter(
+            "stitcher_breaks_overridden_total",
+            "Breaks that did not play because they start inside another break that is "
+            "open there (an ad-ops break, or one announced ahead; the open one wins)",
+            ["channel"], registry=r)
         self.content_captions = Counter(
             "stitcher_content_captions_total",
             "Content WebVTT segments served through the stitcher, by what their "

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from manifests.breaks import Break
+from manifests.breaks import Break, overridden
 from manifests.pod import ItemKind
 from stitcher.ads import Decision
 from stitcher.channel import ChannelRuntime
@@ -68,24 +68,30 @@ async def break_views(app: web.Application, runtime: ChannelRuntime) -> dict[str
     except StitcherError:
         edge = None
     cohorts = cohorts_of(runtime)
+    beaten = overridden(merged, runtime.policy)
     views = []
     for b in merged:
         end = b.effective_end(runtime.policy)
         if edge is not None and (end - edge).total_seconds() < -RECENT:
             continue
         views.append(await _break_view(runtime, b, by_id.get(b.id) is not None, edge,
-                                       cohorts))
+                                       cohorts, beaten.get(b.id)))
     views.sort(key=lambda v: v["start"])
     return {"channel": runtime.cfg.id, "live_edge": edge.isoformat() if edge else None,
             "breaks": views}
 
 
 async def _break_view(runtime: ChannelRuntime, b: Break, inserted: bool,
-                      edge: datetime | None, cohorts: list[str]) -> dict[str, Any]:
+                      edge: datetime | None, cohorts: list[str],
+                      overridden_by: str | None) -> dict[str, Any]:
     end = b.effective_end(runtime.policy)
     duration = (end - b.start).total_seconds()
     if b.cancelled:
         state = "cancelled"
+    elif overridden_by is not None:
+        # It starts inside another break that is open there: that one plays
+        # (manifests.breaks.overridden; it plays after all if the other ends first).
+        state = "overridden"
     elif edge is None:
         state = "unknown"
     elif edge <= b.start:  # its first slot is the next one the origin publishes
@@ -105,6 +111,7 @@ async def _break_view(runtime: ChannelRuntime, b: Break, inserted: bool,
         "id": b.id, "source": ADOPS if inserted else (b.dialect or "markers"),
         "event_id": b.event_id, "start": b.start.isoformat(), "end": end.isoformat(),
         "duration": round(duration, 3), "state": state, "cancelled": b.cancelled,
+        "overridden_by": overridden_by,
         "starts_in": None if edge is None else round((b.start - edge).total_seconds(), 3),
         "ends_in": None if edge is None else round((end - edge).total_seconds(), 3),
         "cohorts": decisions,

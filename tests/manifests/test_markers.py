@@ -15,11 +15,19 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from manifests import scte35
-from manifests.breaks import Break, BreakPolicy, pts_distance, update_breaks
+from manifests.breaks import (
+    Break,
+    BreakIndex,
+    BreakPolicy,
+    overridden,
+    pts_distance,
+    update_breaks,
+)
 from manifests.markers import (
     EXT_X_CUE_OUT,
     MarkerErrors,
     MarkerPolicy,
+    Observation,
     Signal,
     SignalKind,
     observe,
@@ -288,6 +296,63 @@ def test_overlapping_out_is_ignored_and_counted() -> None:
     assert shape(update.breaks) == [(at(0), Fraction(24), None, "1")]
     assert len(update.ignored) == 1 and "overlaps" in update.ignored[0]
     assert covered(playlist, update.breaks) == [0, 1, 2, 3]
+
+
+def _ahead(start: float, seconds: int) -> Observation:
+    """A break placed ahead by ad ops (stitcher.control.AdOpsBreak's observation)."""
+    return Observation(SignalKind.OUT, at(start), -1, "adops", event_id="ops",
+                       planned_duration=Fraction(seconds))
+
+
+def _indexed(playlist: MediaPlaylist, breaks: tuple[Break, ...]) -> dict[int, str]:
+    """MSN -> id of the break the splice's index puts over the slot."""
+    index = BreakIndex(breaks, DEFAULT_POLICY)
+    found = {s.msn: index.covering(s.pdt, s.duration) for s in playlist.segments
+             if s.pdt is not None}
+    return {msn: b.id for msn, b in found.items() if b is not None}
+
+
+def test_a_break_placed_ahead_that_starts_inside_an_earlier_open_one_never_plays() -> None:
+    """Found by a newcomer: an ad-ops break 12 s out, then the feed's own CUE-OUT at
+    6 s (24 s): the ad-ops break took over 6 s into the feed's pod, cutting its ad.
+    The open one wins, as for an OUT inside an open break."""
+    placed = update_breaks((), [_ahead(12, 10)]).breaks
+    feed = window((["#EXT-X-CUE-OUT:24"], SIX), ([], SIX), ([], SIX), ([], SIX), ([], SIX),
+                  start=6, msn=1)
+    breaks = update_breaks(placed, observe(feed)).breaks
+    (mine,) = [b for b in breaks if b.event_id == "ops"]
+    (theirs,) = [b for b in breaks if b.event_id != "ops"]
+    assert overridden(breaks) == {mine.id: theirs.id}
+    assert _indexed(feed, breaks) == dict.fromkeys([1, 2, 3, 4], theirs.id)
+    # Ad ops' observation is fed again on every render: the same break, no overlap.
+    again = update_breaks(breaks, [_ahead(12, 10), *observe(feed)])
+    assert again.breaks is breaks and again.ignored == []
+
+
+def test_a_break_placed_ahead_plays_when_the_earlier_one_ends_before_it() -> None:
+    placed = update_breaks((), [_ahead(12, 12)]).breaks
+    feed = window((["#EXT-X-CUE-OUT"], SIX), (["#EXT-X-CUE-IN"], SIX), ([], SIX),
+                  ([], SIX), start=6, msn=1)
+    breaks = update_breaks(placed, observe(feed)).breaks
+    (mine,) = [b for b in breaks if b.event_id == "ops"]
+    (theirs,) = [b for b in breaks if b.event_id != "ops"]
+    assert overridden(breaks) == {}
+    assert _indexed(feed, breaks) == {1: theirs.id, 2: mine.id, 3: mine.id}
+
+
+def test_a_cue_in_closes_the_break_that_is_playing_not_one_it_overrode() -> None:
+    """An untyped CUE-IN closes whatever is open; with a placed break inside the
+    feed's open one, that is the feed's (it closed the placed one, and the feed's
+    break ran on to its maximum)."""
+    placed = update_breaks((), [_ahead(12, 30)]).breaks
+    feed = window((["#EXT-X-CUE-OUT"], SIX), ([], SIX), (["#EXT-X-CUE-IN"], SIX),
+                  ([], SIX), ([], SIX), start=6, msn=1)
+    breaks = update_breaks(placed, observe(feed)).breaks
+    (mine,) = [b for b in breaks if b.event_id == "ops"]
+    (theirs,) = [b for b in breaks if b.event_id != "ops"]
+    assert (theirs.end, mine.end) == (at(18), None)
+    assert overridden(breaks) == {mine.id: theirs.id}
+    assert _indexed(feed, breaks) == {1: theirs.id, 2: theirs.id}
 
 
 def test_cancel_before_the_start_drops_the_break_and_after_it_ends_it() -> None:

@@ -369,6 +369,50 @@ async def test_insert_break_now_is_stitched_listed_cancelled_and_audited(
             assert status == 422 and any(f["field"] == field for f in err["fields"]), err
 
 
+async def test_a_break_placed_ahead_that_the_feed_pre_empts_does_not_cut_the_feeds_break(
+        media: object, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by a newcomer: an ad-ops break placed 6 s ahead, then the feed's own
+    14 s break opening 2 s before it. The ad-ops break took over one slot into the
+    feed's pod (its ad cut after 2 s) and both were listed as played. The open one
+    wins: the feed's break plays whole, the ad-ops one is listed as overridden,
+    counted, and its decided ads are told notUsed."""
+    clock = ManualClock(start=1_830_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True,
+                           stitcher_config={"admin_token": TOKEN}) as stack:
+        session = await stack.start_session()
+        renditions = await stack.stitcher_renditions()
+        url = session.media_url("v0")
+        snapshots: list[Snapshot] = []
+        before = await _reload(stack, url, renditions, 2, snapshots, clock)
+        edge = parse_media(before["v0"]).segments[-1].msn
+        status, placed = await _call(stack, "POST", "/admin/channels/live1/breaks",
+                                     {"duration": 10, "after": 6})
+        assert status == 201, placed
+        await _reload(stack, url, renditions, 1, snapshots, clock)  # decided ahead
+        feed = stack.origin.insert_break(edge + 3, 14)
+        await _reload(stack, url, renditions, 14, snapshots, clock)
+
+        for rid in renditions:
+            served = _served(snapshots, rid)
+            assert [u for u in served.values() if placed["id"] in u] == [], served
+            pod = [m for m, u in served.items() if u.startswith("ad/") or "/assets/slate/" in u]
+            assert pod == list(range(feed.start_msn, feed.start_msn + 7)), served
+        faults = [v for v in check(snapshots) if v.source == "stitcher"]
+        assert faults == [], format_text(faults)
+
+        status, listed = await _call(stack, "GET", "/admin/channels/live1/breaks")
+        views = {b["id"]: b for b in listed["breaks"]}
+        mine = views[placed["id"]]
+        (theirs,) = [b for b in views.values() if b["source"] != "adops"]
+        assert (mine["state"], mine["overridden_by"]) == ("overridden", theirs["id"])
+        assert (theirs["state"], theirs["overridden_by"]) == ("ended", None)
+        assert await stack.metric("stitcher_breaks_overridden_total") == 1
+        decided = mine["cohorts"][session.cohort]
+        assert decided["decided"] and decided["ads"], decided
+        assert await stack.metric("stitcher_ads_not_used_total") == len(decided["ads"])
+
+
 async def test_console_status_reports_health_breaks_and_stale_serving(tmp_path: Path) -> None:
     clock = ManualClock(start=1_840_000_000.0)
     async with start_stack(clock=clock, data_dir=tmp_path / "s",
