@@ -50,7 +50,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from manifests.breaks import Break, update_breaks
 from manifests.timing import add_seconds
 from stitcher.channel import ChannelRuntime
-from stitcher.config import ChannelConfig, StitcherConfig
+from stitcher.config import ChannelConfig, Seconds, StitcherConfig
 from stitcher.control import (
     ADOPS,
     RESYNC,
@@ -90,8 +90,8 @@ class BreakRequest(BaseModel):
     timeline, with its UTC offset)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    duration: float = Field(ge=1, le=MAX_INSERTED_BREAK)
-    after: float | None = Field(default=None, ge=0, le=86_400)
+    duration: Seconds = Field(ge=1, le=MAX_INSERTED_BREAK)
+    after: Seconds | None = Field(default=None, le=86_400)
     start: AwareDatetime | None = None
 
     @model_validator(mode="after")
@@ -507,6 +507,14 @@ async def insert_break(request: web.Request, actor: Actor) -> web.Response:
         raise Conflict(f"channel {runtime.cfg.id!r}: origin unavailable ({exc.reason}); "
                        "a break is placed on the origin's timeline") from exc
     duration = Fraction(str(req.duration))
+    if duration > runtime.policy.max_duration:
+        # It would be cut at the channel's max_break anyway: say so rather than
+        # accept a break that cannot run as asked.
+        raise Invalid(
+            f"invalid break: duration: {req.duration:g} s is more than the channel's "
+            f"max_break ({float(runtime.policy.max_duration):g} s)",
+            [{"field": "duration",
+              "problem": f"more than max_break ({float(runtime.policy.max_duration):g} s)"}])
     if req.start is not None:
         start = req.start.astimezone(UTC)
         if start > edge + timedelta(days=7):

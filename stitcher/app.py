@@ -393,17 +393,25 @@ async def ad_caption(request: web.Request) -> web.Response:
     2 s video: filler 1 starts 6 s into the ad, not 2 s).
     """
     if "token" in request.match_info:
-        _session(request)
+        cohort = _session(request).cohort
         runtime = _channel(request)
     else:
-        runtime, _cohort_name = _cohort(request)
+        runtime, cohort = _cohort(request)
+    info = request.match_info
     try:
-        segment = int(request.match_info["seg"])
+        item, segment = int(info["item"]), int(info["seg"])
     except ValueError as exc:
         raise BadRequest("malformed caption segment path") from exc
-    rendition = (await runtime.multivariant()).rendition(request.match_info["rid"])
-    cadence = (runtime.cadences.get(rendition.grid) if rendition is not None else None
-               ) or runtime.nominal or Fraction(2)
+    rendition = (await runtime.multivariant()).rendition(info["rid"])
+    if rendition is None or rendition.kind != "subtitles":
+        raise NotFound(f"no subtitle rendition {info['rid']!r}")
+    cadence = runtime.cadences.get(rendition.grid) or runtime.nominal or Fraction(2)
+    # Only a slot of a decided break (found by a newcomer: any path answered 200).
+    decision = (runtime.cached_decision(info["brk"], cohort)
+                or await runtime.decision(info["brk"], cohort, None))
+    if decision is None or not 0 <= item < len(decision.pod.items) or not (
+            0 <= segment * cadence < decision.pod.items[item].span):
+        raise NotFound("no such subtitle slot in this break")
     pts = (_TS_START_TICKS + round(segment * cadence * 90_000)) % (1 << 33)
     body = f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{pts},LOCAL:00:00:00.000\n\n"
     return web.Response(text=body, content_type="text/vtt",
@@ -438,15 +446,16 @@ async def tracking(request: web.Request) -> web.Response:
     avails: list[dict[str, Any]] = []
     if video is not None:
         rendered = await runtime.render(video.id, session.cohort, with_result=True)
-        avails = await _avails(runtime, session.cohort, rendered)
+        avails = await _avails(runtime, session.cohort, rendered, session.session_id)
     return web.json_response({"avails": avails, "nextToken": "", "nonLinearAvails": []},
                              headers={"Cache-Control": "no-store"})
 
 
-async def _avails(runtime: ChannelRuntime, cohort: str,
-                  rendered: Rendered) -> list[dict[str, Any]]:
+async def _avails(runtime: ChannelRuntime, cohort: str, rendered: Rendered,
+                  session_id: str | None = None) -> list[dict[str, Any]]:
     """The avail schedule of a render, with the cohort's frozen decisions (from the
-    store when this instance did not make them)."""
+    store when this instance did not make them); ``[SESSIONID]`` expanded in a
+    session's (a cohort's is shared: there the player fills it in)."""
     assert rendered.result is not None  # rendered with_result
     slots = rendered.result.slots
     decisions: dict[str, Decision] = {}
@@ -455,7 +464,7 @@ async def _avails(runtime: ChannelRuntime, cohort: str,
         decision = await runtime.decision(break_id, cohort, None)
         if decision is not None:
             decisions[break_id] = decision
-    return avail_schedule(slots, decisions)
+    return avail_schedule(slots, decisions, session_id=session_id)
 
 
 # ----------------------------------------------------------- cohort-URL mode

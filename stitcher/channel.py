@@ -65,7 +65,8 @@ from stitcher.errors import NotFound, OriginUnavailable
 from stitcher.flight import Flights
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import fetch_bounded
-from stitcher.origin import Fetched, OriginFetcher
+from stitcher.origin import Fetched, OriginFetcher, public_reason
+from stitcher.origin import kind_of as origin_fault_kind
 from stitcher.sessions import cohort_attributes, is_cohort
 from stitcher.shared_origin import SharedOrigin
 from stitcher.store import STORE_ERRORS, RenderBlob, Store
@@ -275,8 +276,10 @@ class ChannelRuntime:
                 if self._mv is None:
                     if isinstance(exc, OriginUnavailable):
                         raise
-                    raise OriginUnavailable(f"origin multivariant unavailable: {exc}",
-                                            retry_after=2) from exc
+                    log.warning("origin multivariant unavailable for %s: %s", self.cfg.id, exc)
+                    raise OriginUnavailable(
+                        "origin multivariant unavailable: "
+                        f"{public_reason(origin_fault_kind(exc), exc)}", retry_after=2) from exc
                 log.warning("multivariant refresh failed, keeping last good: %s", exc)
                 self._mv_at = self._clock() - 20  # retry in ~10 s
             return self._mv
@@ -603,7 +606,8 @@ class ChannelRuntime:
         log.warning("%s/%s: store unavailable (%s): serving the last good playlist",
                     self.cfg.id, rid, exc)
         self.metrics.stale_serves.labels(self.cfg.id).inc()
-        return replace(last, stale=True, stale_reason=f"store unavailable: {exc}")
+        # Not the exception's text: it names the store's address.
+        return replace(last, stale=True, stale_reason=f"store unavailable ({type(exc).__name__})")
 
     def _behind(self, rendition: Rendition, cohort: str, mode: str, fetched: Fetched,
                 exc: SequenceRegressionError) -> Rendered:

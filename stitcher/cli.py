@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import secrets
@@ -414,6 +415,21 @@ async def _single_variant_url(master: str) -> str:
         return str(resp.url).rsplit("/", 1)[0] + "/media/v0.m3u8"
 
 
+def _positive(minimum: float) -> Callable[[str], float]:
+    """An argparse type: seconds, finite and above ``minimum`` (``--interval 0``
+    polled in a busy loop, ``--duration -5`` checked nothing and exited 0)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value <= minimum:
+            raise argparse.ArgumentTypeError(f"{text} s: more than {minimum:g} s, please")
+        return value
+
+    return parse
+
+
 def _seconds(*, minimum: int) -> Callable[[str], int]:
     """An argparse type: whole seconds, at least ``minimum`` (a clear usage error,
     not a traceback from deep in the fixture origin)."""
@@ -462,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="poll a live HLS stream and report invariant "
                                            "violations (exit 0 clean, 1 violations, 2 unreadable)")
     p_check.add_argument("url", help="multivariant or media playlist URL")
-    p_check.add_argument("--duration", type=float, default=60.0, help="seconds to poll")
-    p_check.add_argument("--interval", type=float, default=None,
+    p_check.add_argument("--duration", type=_positive(0), default=60.0,
+                         help="seconds to poll")
+    p_check.add_argument("--interval", type=_positive(0), default=None,
                          help="seconds between reloads (default: half the target duration)")
     p_check.add_argument("--json", action="store_true", help="machine-readable report")
     from stitcher.replay import add_parser as add_replay_parser

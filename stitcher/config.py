@@ -11,13 +11,21 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from stitcher.netpolicy import parse_host
 
+
+def _not_bool(value: object) -> object:
+    """pydantic reads ``true`` as 1.0 for a float: a duration of ``true`` is a typo."""
+    if isinstance(value, bool):
+        raise ValueError("a number of seconds, not true/false")  # noqa: TRY004 - pydantic reports ValueError
+    return value
+
+
 #: Finite (a YAML ``.inf`` or a JSON ``1e999`` is refused, naming the field: it
-#: would otherwise fail later, in exact time arithmetic).
-Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+#: would otherwise fail later, in exact time arithmetic), and a number, not a bool.
+Seconds = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, allow_inf_nan=False)]
 
 
 class CohortRule(BaseModel):

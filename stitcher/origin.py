@@ -146,7 +146,7 @@ class OriginFetcher:
             else:
                 fetched, how = await self._fetch_shared(url, e, self._shared)
         except Exception as exc:
-            kind = _kind(exc)
+            kind = kind_of(exc)
             self._metrics.origin_errors.labels(self._channel, kind).inc()
             self._metrics.origin_fetches.labels(self._channel, "error").inc()
             log.warning("origin fetch failed (%s) for %s: %s", kind, url, exc,
@@ -156,11 +156,11 @@ class OriginFetcher:
             # Back off: never more than one attempt per refresh interval (or Retry-After).
             e.retry_not_before = self._clock() + max(float(retry_after or 0), interval)
             if e.good is None:
-                raise OriginUnavailable(f"origin unavailable: {exc}",
+                raise OriginUnavailable(f"origin unavailable: {public_reason(kind, exc)}",
                                         retry_after=float(retry_after or 2)) from exc
             self._metrics.stale_serves.labels(self._channel).inc()
             stale = Fetched(e.good.url, e.good.text, e.good.playlist, e.good.version,
-                            e.good.fetched_at, stale=True, error=f"{kind}: {exc}")
+                            e.good.fetched_at, stale=True, error=public_reason(kind, exc))
             e.stale = stale
             return stale
         self._metrics.origin_fetches.labels(self._channel, how).inc()
@@ -208,7 +208,7 @@ class OriginFetcher:
             interval = ((e.good.playlist.target_duration or 2) / 2) if e.good else 1.0
             hold = max(float(getattr(exc, "retry_after", None) or 0), interval)
             await shared.publish_error(url, token, at=self._clock(), hold=hold,
-                                       reason=f"{_kind(exc)}: {exc}",
+                                       reason=public_reason(kind_of(exc), exc),
                                        ttl=max(10 * interval, 30.0))
             raise
         target = fetched.playlist.target_duration or 2
@@ -285,7 +285,18 @@ def _check_complete(playlist: MediaPlaylist) -> None:
             raise PlaylistParseError(f"malformed date-time at the end: {line.text!r}")
 
 
-def _kind(exc: BaseException) -> str:
+def public_reason(kind: str, exc: BaseException) -> str:
+    """What a player may read of an origin fault (the 503 body, ``X-Stitcher-Stale``):
+    the kind, and our own description of a bad answer, never a connection error's
+    text, which names the origin's internal address (found by a newcomer). The
+    log has it all."""
+    if isinstance(exc, UpstreamError | ManifestError):
+        return f"{kind}: {str(exc)[:200]}"
+    return kind
+
+
+def kind_of(exc: BaseException) -> str:
+    """The ``stitcher_origin_errors_total`` kind of an origin fault."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
     if isinstance(exc, ManifestError | UnicodeDecodeError):

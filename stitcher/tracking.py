@@ -18,10 +18,16 @@ from manifests.splice import Slot
 from manifests.timing import add_seconds, format_pdt, seconds_between
 from stitcher.ads import Decision
 from stitcher.beacons import ad_events
+from stitcher.vast import expand_macros
 
 
-def avail_schedule(slots: list[Slot], decisions: dict[str, Decision]) -> list[dict[str, Any]]:
+def avail_schedule(slots: list[Slot], decisions: dict[str, Decision], *,
+                   session_id: str | None = None) -> list[dict[str, Any]]:
     """The avails of a rendered window, timed on the break's own timeline.
+
+    With ``session_id`` (a session's own tracking), ``[SESSIONID]`` in the beacon
+    URLs is expanded as the server-side beacons expand it; the macros of the
+    moment a beacon fires (``CACHEBUSTING``, ``TIMESTAMP``...) are the player's.
 
     An avail's start and each ad's start and duration come from the pod layout,
     anchored on the break slot the window still shows, so they do not move as
@@ -67,6 +73,8 @@ def avail_schedule(slots: list[Slot], decisions: dict[str, Decision]) -> list[di
                 if at > duration:
                     continue  # cut by an early CUE-IN: never due
                 urls = ad.impressions if event == "impression" else ad.tracking.get(event, ())
+                if session_id is not None:
+                    urls = tuple(expand_macros(u, {"SESSIONID": session_id}) for u in urls)
                 when = add_seconds(ad_start, at)
                 events.append({"eventType": event, "beaconUrls": list(urls),
                                "startTime": format_pdt(when),

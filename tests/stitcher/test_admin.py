@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import ValidationError
 
 from fixtures.clock import ManualClock
 from manifests.checker import Snapshot, check, format_text
@@ -70,6 +71,14 @@ async def _client(aiohttp_client: Any, tmp_path: Path, **extra: Any) -> TestClie
 
 def test_every_field_has_an_invalid_case() -> None:
     assert set(INVALID) == set(ChannelConfig.model_fields)
+
+
+@pytest.mark.parametrize("field", ["decision_budget", "max_break", "min_slate",
+                                   "prefetch_window"])
+def test_a_duration_of_true_is_refused_not_read_as_one_second(field: str) -> None:
+    """Found by a newcomer: ``decision_budget: true`` was stored as 1.0."""
+    with pytest.raises(ValidationError, match=field):
+        ChannelConfig(**VALID, **{field: True})
 
 
 @pytest.mark.parametrize("field", sorted(INVALID))
@@ -364,6 +373,8 @@ async def test_insert_break_now_is_stitched_listed_cancelled_and_audited(
                             ({"duration": 5, "start": "2020-01-01T00:00:00Z"}, "start"),
                             # Found by a newcomer: a 500 (date out of range).
                             ({"duration": 30, "start": "9999-12-31T23:59:59Z"}, "start"),
+                            # Found by a newcomer: accepted, then cut at max_break (120).
+                            ({"duration": 121}, "duration"), ({"duration": True}, "duration"),
                             ({"duration": 5, "when": 3}, "when")):
             status, err = await _call(stack, "POST", "/admin/channels/live1/breaks", body)
             assert status == 422 and any(f["field"] == field for f in err["fields"]), err

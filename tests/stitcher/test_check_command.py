@@ -133,7 +133,7 @@ async def test_cli_exit_status_and_json() -> None:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "stitcher.cli", "check",
-                str(server.make_url("/start.m3u8")), "--duration", "1.5", "--interval", "0",
+                str(server.make_url("/start.m3u8")), "--duration", "1.5", "--interval", "0.01",
                 "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await asyncio.wait_for(proc.communicate(), 60)
         finally:
@@ -147,3 +147,11 @@ async def test_cli_exit_status_and_json() -> None:
         "--duration", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
+    # Found by a newcomer: --interval 0 polled in a busy loop, --duration -5 exited 0.
+    for bad in (("--interval", "0"), ("--duration", "-5"), ("--duration", "inf"),
+                ("--interval", "soon")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "stitcher.cli", "check", "http://127.0.0.1:9/none.m3u8",
+            *bad, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2 and bad[0].encode() in err, (bad, err)

@@ -130,6 +130,9 @@ async def test_cohort_playlists_are_cacheable_and_point_ads_at_assets(
             assert "impression" in events and "start" in events, ad
             assert all(e["beaconUrls"] for e in ad["trackingEvents"]
                        if e["eventType"] == "impression"), ad
+            # Shared by every viewer: the session macro is left for the player.
+            assert any("[SESSIONID]" in u for e in ad["trackingEvents"]
+                       for u in e["beaconUrls"]), ad
 
         # A session of the same cohort: private, per-session ad routes, the same slots.
         session = await stack.start_session(geo="fr")
@@ -159,7 +162,7 @@ def headers_ok(reply: tuple[int, Any, bytes], text: str) -> bool:
 
 async def test_unknown_cohorts_and_channels_without_cohort_urls_are_404(tmp_path: Path) -> None:
     async with start_stack(clock=ManualClock(), data_dir=tmp_path / "a",
-                           channel_config=_config()) as stack:
+                           channel_config=_config(), subtitles=True) as stack:
         for cohort in ("de", "us.fr", "default", "FR", "fr%2F..", "x" * 300):
             for rest in ("master.m3u8", "media/s0.m3u8", "tracking"):
                 status, headers, body = await stack.get(_cohort_url(stack, cohort, rest))
@@ -172,8 +175,11 @@ async def test_unknown_cohorts_and_channels_without_cohort_urls_are_404(tmp_path
         status, _, _ = await stack.get(_cohort_url(stack, "us", "master.m3u8"))
         assert status == 200
         # Subtitle slots inside a break: the same generated WebVTT as for sessions.
+        from tests.stitcher.test_routes import decided
+
+        await decided(stack, "us", "b1")
         status, headers, body = await stack.get(_cohort_url(stack, "us",
-                                                            "media/ad/v0/b1/0/3.vtt"))
+                                                            "media/ad/s0/b1/0/3.vtt"))
         assert status == 200 and body.startswith(b"WEBVTT\n")
         assert headers["Cache-Control"].startswith("public")
         status, _, body = await stack.get(_cohort_url(stack, "us", "media/ad/v0/b1/0/3.ts"))

@@ -195,6 +195,10 @@ async def test_cold_start_with_the_origin_down_is_503_with_retry_after_and_a_rea
                 payload = json.loads(body)
                 assert payload["error"] == "origin_unavailable"
                 assert isinstance(payload["reason"], str) and payload["reason"]
+                # Found by a newcomer: the reason named the internal origin address.
+                origin_host = channel.get("origin_url", stack.origin_base).split("/")[2]
+                assert origin_host not in body.decode(), payload
+                assert "127.0.0.1" not in body.decode(), payload
                 assert headers.get("Access-Control-Allow-Origin") == "*"
                 assert headers.get("Cache-Control") == "no-store"
                 await _advance(stack)

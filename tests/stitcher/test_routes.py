@@ -9,12 +9,25 @@ from fractions import Fraction
 from pathlib import Path
 
 from fixtures.clock import ManualClock
-from tests.harness import start_stack
+from manifests.pod import ItemKind, Pod, PodItem
+from stitcher.ads import Decision
+from tests.harness import Stack, start_stack
+
+
+async def decided(stack: Stack, cohort: str, break_id: str = "b123") -> None:
+    """Freeze a decision for ``break_id``: ad A (10 s) then ad B (30 s), 2 s slots."""
+    pod = Pod(break_id, (PodItem(ItemKind.AD, "ad-a", Fraction(10), Fraction(0),
+                                 Fraction(10), 5),
+                         PodItem(ItemKind.AD, "ad-b", Fraction(30), Fraction(10),
+                                 Fraction(30), 15)), Fraction(2))
+    await stack.runtime.store.put_decision_if_absent(stack.channel, break_id, cohort,
+                                                     Decision(pod, ()).to_json())
 
 
 async def test_subtitle_slot_is_an_empty_webvtt_tied_to_the_ad_pts(tmp_path: Path) -> None:
-    async with start_stack(clock=ManualClock(), data_dir=tmp_path) as stack:
+    async with start_stack(clock=ManualClock(), data_dir=tmp_path, subtitles=True) as stack:
         session = await stack.start_session()
+        await decided(stack, session.cohort)
         status, headers, body = await stack.get(f"{session.base}/media/ad/s0/b123/1/3.vtt")
         assert status == 200
         assert headers["Content-Type"].startswith("text/vtt")
@@ -26,6 +39,14 @@ async def test_subtitle_slot_is_an_empty_webvtt_tied_to_the_ad_pts(tmp_path: Pat
         status, headers, body = await stack.get(f"{forged}/media/ad/s0/b123/1/3.vtt")
         assert status == 403
         assert json.loads(body)["error"] == "session_invalid"
+
+        # Only slots of a decided break (found by a newcomer: any path was a 200).
+        for path in ("s0/b999/1/3.vtt", "s0/b123/2/0.vtt", "s0/b123/0/5.vtt",
+                     "s0/b123/1/15.vtt", "v0/b123/1/3.vtt", "nope/b123/1/3.vtt"):
+            status, _, body = await stack.get(f"{session.base}/media/ad/{path}")
+            assert status == 404 and json.loads(body)["error"] == "not_found", (path, body)
+        status, _, body = await stack.get(f"{session.base}/media/ad/s0/b123/1/14.vtt")
+        assert status == 200, body  # ad B's 15th and last 2 s slot
 
 
 async def test_subtitle_filler_map_counts_in_the_subtitle_grid_cadence(
@@ -40,6 +61,7 @@ async def test_subtitle_filler_map_counts_in_the_subtitle_grid_cadence(
         stack.runtime.nominal = Fraction(2)
         stack.runtime.cadences.update({"main": Fraction(2), subs.grid: Fraction(6)})
         session = await stack.start_session()
+        await decided(stack, session.cohort)
         status, _, body = await stack.get(f"{session.base}/media/ad/{subs.id}/b123/1/3.vtt")
         assert status == 200
         pts = 126_000 + 3 * 6 * 90_000

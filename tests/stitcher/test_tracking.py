@@ -42,6 +42,12 @@ async def test_tracking_times_hold_while_the_window_slides(media: object, assets
             assert status == 200
             for avail in json.loads(body)["avails"]:
                 for index, ad in enumerate(avail["ads"]):
+                    # A session's own tracking names it (found by a newcomer: the
+                    # fixture's ``session=[SESSIONID]`` came through unexpanded).
+                    urls = [u for e in ad["trackingEvents"] for u in e["beaconUrls"]]
+                    assert urls and all("[SESSIONID]" not in u for u in urls), urls
+                    assert all(f"session={session.session_id}" in u for u in urls
+                               if "session=" in u), urls
                     events = tuple(f"{e['eventType']}@{e['startTime']}"
                                    for e in ad["trackingEvents"])
                     seen.setdefault((avail["availId"], ad["adId"]), set()).add(
