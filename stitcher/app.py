@@ -56,6 +56,7 @@ from stitcher.errors import (
     StoreUnavailable,
     to_response,
 )
+from stitcher.logs import ClientErrorFilter
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import PublicOnlyConnector, client_session
 from stitcher.redis_store import RedisStore
@@ -418,6 +419,17 @@ async def ad_caption(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "public, max-age=86400"})
 
 
+async def _client_errors(app: web.Application) -> AsyncIterator[None]:
+    """Requests aiohttp's parser refused: one WARNING line each, counted as
+    ``stitcher_requests_total{endpoint="unparsed"}`` (:class:`ClientErrorFilter`)."""
+    server_log = logging.getLogger("aiohttp.server")
+    refused = ClientErrorFilter(
+        lambda status: app[METRICS].requests.record("unparsed", status, 0.0))
+    server_log.addFilter(refused)
+    yield
+    server_log.removeFilter(refused)
+
+
 async def content_caption(request: web.Request) -> web.StreamResponse:
     """A content WebVTT segment with the X-TIMESTAMP-MAP of its video span (B22,
     :mod:`stitcher.captions`): the same bytes for every session and cohort."""
@@ -573,6 +585,7 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     # (epoch seconds), not each host's monotonic one.
     shared = config.redis_url is not None or isinstance(store, RedisStore)
     default_clock = time.time if shared else time.monotonic
+    app.cleanup_ctx.append(_client_errors)
     app.cleanup_ctx.append(_resources(store, conditioner, clock or default_clock,
                                       sleep or asyncio.sleep))
     r = app.router

@@ -97,6 +97,29 @@ async def context_middleware(request: web.Request,
         CONTEXT.reset(token)
 
 
+class ClientErrorFilter(logging.Filter):
+    """aiohttp logs a request its parser refused (an over-long header, a bad
+    method, a malformed request line) at ERROR with a traceback: the client's
+    fault, not ours, and anyone can flood the log with it. One WARNING line
+    without the traceback instead, counted by ``count`` (found by a newcomer)."""
+
+    def __init__(self, count: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.count = count
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.msg}: {type(exc).__name__}: {exc.message!s:.200}"
+            record.exc_info = record.exc_text = None
+            if self.count is not None:
+                self.count(exc.code)
+        return True
+
+
 def configure(log_format: str, *, verbose: bool = False) -> None:
     """The root logger's format: ``json`` or ``text``."""
     root = logging.getLogger()

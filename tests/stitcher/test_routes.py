@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from fractions import Fraction
 from pathlib import Path
+
+import pytest
 
 from fixtures.clock import ManualClock
 from manifests.pod import ItemKind, Pod, PodItem
@@ -173,3 +176,25 @@ def test_accepts_gzip_reads_q_values() -> None:
                        ("identity", False), ("", False), ("br, x-gzip", True),
                        ("gzip;q=nonsense", False)):
         assert accepts_gzip(header) is ok, header
+
+
+async def test_a_request_the_parser_refuses_is_one_warning_and_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a newcomer: an over-long header was logged at ERROR with a traceback
+    (anyone can flood the log with those); now one WARNING line, counted."""
+    async with start_stack(clock=ManualClock(), data_dir=tmp_path) as stack:
+        host, port = stack.base.split("//")[1].split(":")
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: "
+                             + b"a" * 20_000 + b"\r\n\r\n")
+                await writer.drain()
+                answer = await reader.read(200)
+                writer.close()
+                assert answer.split(b" ")[1] in (b"400", b"431"), answer
+        refused = [r for r in caplog.records if r.name == "aiohttp.server"]
+        assert len(refused) == 2, refused
+        assert all(r.levelno == logging.WARNING and r.exc_info is None for r in refused)
+        assert "LineTooLong" in refused[0].getMessage() or "Header" in refused[0].getMessage()
+        assert await stack.metric("stitcher_requests_total", endpoint="unparsed") == 2
