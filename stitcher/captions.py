@@ -31,7 +31,7 @@ from urllib.parse import urljoin
 import aiohttp
 
 from manifests.mpegts import MpegTsError, video_start_pts
-from manifests.multivariant import Multivariant
+from manifests.multivariant import Multivariant, Rendition
 from manifests.playlist import MediaPlaylist, Segment
 from manifests.webvtt import RepairOutcome, WebVttError, pts_at, repair_timestamp_map
 from stitcher.errors import NotFound
@@ -79,8 +79,9 @@ class ContentCaptions:
         self._clock = clock
         #: origin URL -> (answer, until when it holds)
         self._done: OrderedDict[str, tuple[Caption, float]] = OrderedDict()
-        #: (rendition, origin MSN) -> (origin URL, segment) of every segment a render
-        #: routed here: a player may ask for one after it left the origin's window.
+        #: (rendition, origin MSN, URI digest) -> (origin URL, segment) of every
+        #: segment a render routed here: a player may ask for one after it left the
+        #: origin's window.
         self._routed: OrderedDict[tuple[str, int, str], tuple[str, Segment]] = OrderedDict()
         #: video segment URL -> its first PTS
         self._pts: OrderedDict[str, int] = OrderedDict()
@@ -124,11 +125,13 @@ class ContentCaptions:
             return done[0]
         task = self._inflight.get(url)
         if task is None:
-            task = self._inflight[url] = asyncio.ensure_future(self._answer(url, seg, mv))
+            task = self._inflight[url] = asyncio.ensure_future(
+                self._answer(url, seg, mv, rendition))
             task.add_done_callback(lambda _t: self._inflight.pop(url, None))
         return await asyncio.shield(task)
 
-    async def _answer(self, url: str, seg: Segment, mv: Multivariant) -> Caption:
+    async def _answer(self, url: str, seg: Segment, mv: Multivariant,
+                      rendition: Rendition) -> Caption:
         try:
             raw = await fetch_bounded(self._http, url, timeout=self._timeout,
                                       max_bytes=MAX_VTT_BYTES)
@@ -139,7 +142,7 @@ class ContentCaptions:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             return self._keep(url, Caption("not_webvtt", raw))
-        pts = await self._video_pts(seg, mv)
+        pts = await self._video_pts(seg, mv, rendition)
         if pts is None:
             return self._keep(url, Caption("unprobed", raw, max_age=int(seg.duration) or 1))
         try:
@@ -162,25 +165,31 @@ class ContentCaptions:
             self._done.popitem(last=False)
         return caption
 
-    async def _video_pts(self, seg: Segment, mv: Multivariant) -> int | None:
-        """The main video's PTS at ``seg``'s start; None when it cannot be known.
+    async def _video_pts(self, seg: Segment, mv: Multivariant,
+                         rendition: Rendition) -> int | None:
+        """The main video's PTS at ``seg``'s start; None when it cannot be known
+        for sure (a wrong PTS would "repair" a right map).
 
-        From the video segment covering it (same PDT) when that is still in the
-        video's window; else from another video segment of the same discontinuity
-        span (within a span PTS run on with the PDT: RFC 8216bis 6.3.3 puts every
-        timestamp jump behind an EXT-X-DISCONTINUITY), for a player asking for an
-        older segment than the origin still lists."""
+        From the video segment covering it (same PDT) while that is in the video's
+        window. For an older segment (a player behind the live edge), from the
+        video's first segment plus the PDT between them, when the subtitle
+        playlist shows no discontinuity between the two (within a span PTS run on
+        with PDT: RFC 8216bis 6.3.3 puts every timestamp jump behind one)."""
         main = next((r for r in mv.renditions if r.grid == "main"), None)
         if seg.pdt is None or main is None:
             return None
         try:
             _fetched, video = await self._runtime.current(main)
+            anchor = _covering(video, seg.pdt)
+            if anchor is None:
+                anchor = next((v for v in video.segments if v.pdt is not None), None)
+                _fetched, subs = await self._runtime.current(rendition)
+                twin = _covering(subs, anchor.pdt) if anchor and anchor.pdt else None
+                if twin is None or twin.discontinuity_sequence != seg.discontinuity_sequence:
+                    return None
         except Exception as exc:  # noqa: BLE001 - serve the VTT as it came
             log.warning("main rendition unavailable for a caption's PTS: %s", exc)
             return None
-        anchor = _covering(video, seg.pdt) or next(
-            (v for v in video.segments if v.pdt is not None
-             and v.discontinuity_sequence == seg.discontinuity_sequence), None)
         if anchor is None or anchor.pdt is None or anchor.map is not None or (
                 anchor.byterange is not None):
             return None  # not in the video's window, or fMP4 (no MPEG-TS PTS to read)
