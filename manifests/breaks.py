@@ -302,7 +302,12 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                 candidates = [j for j, b in enumerate(breaks) if closes(b, obs) and (
                     obs.event_id is None or b.event_id is None
                     or obs.segmentation_type_id is None or b.event_id == obs.event_id)]
-                if len(candidates) > 1:  # the break that is playing, not one it overrode
+                if len(candidates) > 1:
+                    # The break that is playing: not one that starts at this very IN
+                    # (placed back to back: the IN ends the previous one), nor one it
+                    # overrode.
+                    candidates = [j for j in candidates if breaks[j].start < obs.at
+                                  ] or candidates
                     beaten = overridden(tuple(breaks), policy)
                     candidates = [j for j in candidates if breaks[j].id not in beaten
                                   ] or candidates

@@ -355,6 +355,21 @@ def test_a_cue_in_closes_the_break_that_is_playing_not_one_it_overrode() -> None
     assert _indexed(feed, breaks) == {1: theirs.id, 2: theirs.id}
 
 
+def test_a_break_placed_back_to_back_after_the_feeds_is_not_ended_by_its_cue_in() -> None:
+    """Found by a newcomer: an ad-ops break placed where the feed's break ends. The
+    feed's CUE-IN at that instant closed the placed break (0 s, content played,
+    its ads told notUsed) instead of the feed's."""
+    placed = update_breaks((), [_ahead(18, 10)]).breaks
+    feed = window((["#EXT-X-CUE-OUT"], SIX), ([], SIX), (["#EXT-X-CUE-IN"], SIX),
+                  ([], SIX), ([], SIX), start=6, msn=1)
+    breaks = update_breaks(placed, observe(feed)).breaks
+    (mine,) = [b for b in breaks if b.event_id == "ops"]
+    (theirs,) = [b for b in breaks if b.event_id != "ops"]
+    assert (theirs.end, mine.end) == (at(18), None)
+    assert overridden(breaks) == {}
+    assert _indexed(feed, breaks) == {1: theirs.id, 2: theirs.id, 3: mine.id, 4: mine.id}
+
+
 def test_cancel_before_the_start_drops_the_break_and_after_it_ends_it() -> None:
     out = b64(splice_insert(7, seconds=30))
     cancel = b64(splice_insert(7, cancel=True))
