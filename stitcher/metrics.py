@@ -185,6 +185,11 @@ class Metrics:
             registry=r)
         self.conditioning = Counter("stitcher_conditioning_total", "Creative conditioning jobs",
                                     ["result"], registry=r)
+        self.sessions_recohorted = Counter(
+            "stitcher_sessions_recohorted_total",
+            "Requests of sessions whose cohort the channel's rules no longer have "
+            "(changed since the session started), served the default cohort",
+            ["channel"], registry=r)
         self.breaks_overridden = Counter(
             "stitcher_breaks_overridden_total",
             "Breaks that did not play because they start inside another break that is "

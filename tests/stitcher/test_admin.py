@@ -181,6 +181,28 @@ async def test_no_admin_token_configured_refuses_and_players_stay_public(
     assert page.status == 200 and "<title>" in await page.text()
 
 
+async def test_new_cohort_rules_keep_every_session_playing(tmp_path: Path) -> None:
+    """Found by a newcomer: after ad ops changed a channel's cohorts, every viewer's
+    next reload was a 403 (their token names a cohort of the old rules). They play
+    on in the new default cohort; a signed token naming no cohort shape is still
+    refused."""
+    async with start_stack(clock=ManualClock(start=1_800_000_000.0), data_dir=tmp_path / "s",
+                           stitcher_config={"admin_token": TOKEN}) as stack:
+        session = await stack.start_session()
+        assert session.cohort == "default"
+        assert (await stack.get(session.media_url("v0")))[0] == 200
+        status, data = await _call(stack, "PATCH", "/admin/channels/live1", {"cohorts": [
+            {"attribute": "geo", "values": ["us", "fr"], "default": "us"}]})
+        assert status == 200, data
+        for _ in range(2):
+            status, _h, body = await stack.get(session.media_url("v0"))
+            assert status == 200 and body.startswith(b"#EXTM3U"), body[:200]
+        assert (await stack.get(session.manifest_url))[0] == 200
+        assert await stack.metric("stitcher_sessions_recohorted_total") == 3
+        fresh = await stack.start_session(geo="fr")
+        assert fresh.cohort == "fr"
+
+
 async def test_channel_crud_applies_at_once_and_is_audited(tmp_path: Path) -> None:
     async with start_stack(clock=ManualClock(start=1_800_000_000.0), data_dir=tmp_path / "s",
                            stitcher_config={"admin_token": TOKEN,
