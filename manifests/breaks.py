@@ -266,7 +266,8 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                         breaks[i] = _placed(breaks[i], obs.at)
                 else:
                     result.ignored.append(
-                        f"OUT {obs.event_id or ''} at {obs.at.isoformat()} overlaps break {b.id}")
+                        f"OUT {obs.event_id or obs.dialect} at {obs.at.isoformat()} "
+                        f"overlaps break {b.id}")
                 continue
             new = Break(id=break_id(obs.event_id, obs.at), start=obs.at,
                         planned_duration=obs.planned_duration, dialect=obs.dialect,

@@ -451,7 +451,10 @@ async def content_caption(request: web.Request) -> web.StreamResponse:
     else:
         runtime, _cohort_name = _cohort(request)
     msn, _, digest = request.match_info["msn"].partition("-")
-    if not (msn.isdigit() and msn.isascii() and len(digest) == 10
+    # Canonical digits only: one URI per segment (``040`` aliased ``40`` under a
+    # day-long public max-age).
+    if not (msn.isdigit() and msn.isascii() and (msn == "0" or msn[0] != "0")
+            and len(digest) == 10
             and all(c in "0123456789abcdef" for c in digest)):
         raise BadRequest("malformed caption segment path")
     caption = await runtime.captions.segment(request.match_info["rid"], int(msn), digest)

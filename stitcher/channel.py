@@ -244,8 +244,10 @@ class ChannelRuntime:
         self._prefetches: dict[str, asyncio.Task[None]] = {}
         #: (break, cohort) whose unplayed ads got ``notUsed`` already.
         self._unused_done: set[tuple[str, str]] = set()
-        #: Breaks found overridden (started inside another), counted once.
+        #: Breaks found overridden (started inside another), counted once, and the
+        #: OUTs ignored inside an open break (by ``update_breaks``' description).
         self._overridden_done: set[str] = set()
+        self._ignored: set[str] = set()
         self._rng = random.Random()
         self._rendition_index: tuple[Multivariant, dict[str, Rendition]] | None = None
         self._cohorts: set[str] = set()
@@ -531,9 +533,15 @@ class ChannelRuntime:
                     known, [*(o for made in unstored.values() for o in made), *self.adops],
                     self.policy)
                 breaks = update.breaks
-                if update.ignored:  # an OUT inside an open break: the open one wins
-                    self.metrics.breaks_overridden.labels(self.cfg.id).inc(len(update.ignored))
-                    log.warning("channel %s: %s", self.cfg.id, "; ".join(update.ignored))
+                # An OUT inside an open break: the open one wins. Each once (every
+                # rendition carries the same marker; a render may see it again).
+                fresh = [m for m in dict.fromkeys(update.ignored) if m not in self._ignored]
+                if fresh:
+                    if len(self._ignored) > 1000:
+                        self._ignored.clear()
+                    self._ignored.update(fresh)
+                    self.metrics.breaks_overridden.labels(self.cfg.id).inc(len(fresh))
+                    log.warning("channel %s: %s", self.cfg.id, "; ".join(fresh))
                 if playlist.segments and playlist.segments[0].pdt is not None:
                     horizon = playlist.segments[0].pdt
                     breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)

@@ -113,7 +113,9 @@ class ClientErrorFilter(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError) and record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = f"{record.msg}: {type(exc).__name__}: {exc.message!s:.200}"
+            # Not the parser's message: it quotes the offending bytes (a header's
+            # value, an Authorization token among them).
+            record.msg = f"{record.msg}: {type(exc).__name__} ({exc.code})"
             record.exc_info = record.exc_text = None
             if self.count is not None:
                 self.count(exc.code)

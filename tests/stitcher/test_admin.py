@@ -446,6 +446,36 @@ async def test_a_break_placed_ahead_that_the_feed_pre_empts_does_not_cut_the_fee
         assert await stack.metric("stitcher_ads_not_used_total") == len(decided["ads"])
 
 
+async def test_the_feeds_out_inside_an_inserted_break_is_counted_once(
+        media: object, assets_dir: Path, tmp_path: Path) -> None:
+    """The other way round: the inserted break is open when the feed's OUT comes.
+    It plays whole; the feed's break is ignored, counted once however many
+    renditions and renders carry its marker (found by a newcomer: 3 for 1)."""
+    clock = ManualClock(start=1_830_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True,
+                           stitcher_config={"admin_token": TOKEN}) as stack:
+        session = await stack.start_session()
+        renditions = await stack.stitcher_renditions()
+        url = session.media_url("v0")
+        snapshots: list[Snapshot] = []
+        before = await _reload(stack, url, renditions, 2, snapshots, clock)
+        edge = parse_media(before["v0"]).segments[-1].msn
+        status, placed = await _call(stack, "POST", "/admin/channels/live1/breaks",
+                                     {"duration": 20})
+        assert status == 201, placed
+        stack.origin.insert_break(edge + 4, 14)
+        await _reload(stack, url, renditions, 14, snapshots, clock)
+        for rid in renditions:
+            served = _served(snapshots, rid)
+            mine = [m for m, u in served.items() if f"/{placed['id']}/" in u
+                    or "/assets/slate/" in u]
+            assert mine == list(range(edge + 1, edge + 11)), served
+        assert await stack.metric("stitcher_breaks_overridden_total") == 1
+        faults = [v for v in check(snapshots) if v.source == "stitcher"]
+        assert faults == [], format_text(faults)
+
+
 async def test_console_status_reports_health_breaks_and_stale_serving(tmp_path: Path) -> None:
     clock = ManualClock(start=1_840_000_000.0)
     async with start_stack(clock=clock, data_dir=tmp_path / "s",

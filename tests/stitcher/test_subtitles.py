@@ -242,6 +242,7 @@ async def test_content_captions_fall_back_and_coalesce(
         digest = _ROUTED.fullmatch(routed[-1])["digest"]  # type: ignore[index]
         for uri, expected in ((f"cv/{subs.id}/x1.vtt", 400), (f"cv/{subs.id}/{last}.vtt", 400),
                               (f"cv/{subs.id}/{last}-{digest[:-1]}g.vtt", 400),
+                              (f"cv/{subs.id}/0{last}-{digest}.vtt", 400),
                               (f"cv/v0/{last}-{digest}.vtt", 404),
                               (f"cv/{subs.id}/{last}-{'0' * 10}.vtt", 404),
                               (f"cv/{subs.id}/{last + 10_000}-{digest}.vtt", 404)):
