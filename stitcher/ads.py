@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 SLATE_KEY = "slate"
 
 
+def slate_key(channel: str) -> str:
+    """A channel's slate in the creative library: its own, ``slate-<channel>`` (found
+    by a newcomer: one key for all made every channel play the first one's)."""
+    return f"{SLATE_KEY}-{channel}"
+
+
 @dataclass(frozen=True, slots=True)
 class AdInfo:
     """What beacons and tracking need about one placed ad."""

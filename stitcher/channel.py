@@ -57,7 +57,7 @@ from manifests.splice import (
 )
 from manifests.timeline import choose_anchor, with_pdt
 from manifests.timing import seconds_between
-from stitcher.ads import SLATE_KEY, AdDecider, AdInfo, CreativeLibrary, Decision
+from stitcher.ads import AdDecider, AdInfo, CreativeLibrary, Decision, slate_key
 from stitcher.captions import ContentCaptions
 from stitcher.conditioning import RenditionSpec, probe_rendition, whole_frames
 from stitcher.config import ChannelConfig
@@ -102,11 +102,14 @@ class _Uris:
     stitcher (``ad/<rid>/<break>/<item>/<segment>.vtt``, unique per slot).
     """
 
-    def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str) -> None:
+    def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str,
+                 slate: str) -> None:
         self.rid = rid
         self.subtitles = kind == "subtitles"
         self.library = library
         self.assets_base = assets_base
+        #: The channel's slate in the library (:func:`stitcher.ads.slate_key`).
+        self.slate = slate
 
     def ad_segment(self, break_id: str, item_index: int, item: PodItem, segment: int) -> str:
         ext = "vtt" if self.subtitles else "ts"
@@ -116,7 +119,7 @@ class _Uris:
         if self.subtitles:
             # The slate loops: the slot's MSN keeps each looped segment's URI unique.
             return f"ad/{self.rid}/{break_id}/{item_index}/{segment}.vtt?msn={msn}"
-        path = self.library.segment_path(SLATE_KEY, self.rid, segment)
+        path = self.library.segment_path(self.slate, self.rid, segment)
         return f"{self.assets_base}/{path}" if path else f"slate/{self.rid}/{segment}.ts"
 
     def ad_map(self, break_id: str, item_index: int, item: PodItem) -> str | None:
@@ -126,7 +129,7 @@ class _Uris:
         return self._init(item.creative)
 
     def slate_map(self, break_id: str, item_index: int) -> str | None:
-        return self._init(SLATE_KEY)
+        return self._init(self.slate)
 
     def _init(self, key: str) -> str | None:
         if self.subtitles:
@@ -143,8 +146,8 @@ class _RepairedCaptionUris(_Uris):
     origin's (there is no map to repair in them, or no way to read it)."""
 
     def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str,
-                 captions: ContentCaptions, base_url: str) -> None:
-        super().__init__(rid, kind, library, assets_base)
+                 slate: str, captions: ContentCaptions, base_url: str) -> None:
+        super().__init__(rid, kind, library, assets_base, slate)
         self.captions = captions
         self.base_url = base_url
 
@@ -161,8 +164,8 @@ class _CohortUris(_Uris):
     disk yet falls back to the cohort's redirect route (no beacons there either)."""
 
     def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str,
-                 specs: Callable[[], list[RenditionSpec]]) -> None:
-        super().__init__(rid, kind, library, assets_base)
+                 slate: str, specs: Callable[[], list[RenditionSpec]]) -> None:
+        super().__init__(rid, kind, library, assets_base, slate)
         self.specs = specs
 
     def ad_segment(self, break_id: str, item_index: int, item: PodItem, segment: int) -> str:
@@ -352,7 +355,7 @@ class ChannelRuntime:
             specs = [with_(spec, pad_to=self.unit) for spec in specs]
         self.specs = specs
         if self.cfg.slate:
-            await self.library.ensure(SLATE_KEY, self.cfg.slate, specs)
+            await self.library.ensure(slate_key(self.cfg.id), self.cfg.slate, specs)
         log.info("channel %s ready: %d renditions, segment %s s, pod layout unit %s s",
                  self.cfg.id, len(specs), self.nominal, self.unit)
 
@@ -559,13 +562,17 @@ class ChannelRuntime:
                 uris = self._uris.get((rendition.id, mode))
                 if uris is None:
                     # Subtitles: _CohortUris adds nothing (their ad slots are fillers).
+                    slate = slate_key(self.cfg.id)
                     uris = self._uris[(rendition.id, mode)] = (
                         _RepairedCaptionUris(rendition.id, rendition.kind, self.library,
-                                             self.assets_base, self.captions, rendition.uri)
+                                             self.assets_base, slate, self.captions,
+                                             rendition.uri)
                         if rendition.kind == "subtitles" and self.cfg.subtitle_maps == "repair"
                         else _CohortUris(rendition.id, rendition.kind, self.library,
-                                         self.assets_base, lambda: self.specs) if mode == COHORT
-                        else _Uris(rendition.id, rendition.kind, self.library, self.assets_base))
+                                         self.assets_base, slate, lambda: self.specs)
+                        if mode == COHORT
+                        else _Uris(rendition.id, rendition.kind, self.library, self.assets_base,
+                                   slate))
                 cadence = self.cadences.get(rendition.grid)
                 # Keyed by the unit too: renders before the ladder is known must not pin it.
                 options = self._options.setdefault((rendition.id, self.unit), SpliceOptions(
@@ -790,7 +797,7 @@ class ChannelRuntime:
 
     def _slate_loop(self, unit: Fraction) -> int:
         """The slate's loop in whole layout units (the same instants in every grid)."""
-        slate = self.library.get(SLATE_KEY, [s.name for s in self.specs])
+        slate = self.library.get(slate_key(self.cfg.id), [s.name for s in self.specs])
         if slate is None or not self.specs:
             return 0
         return max(1, int(slate.segment_count * (self.nominal or unit) // unit))

@@ -28,7 +28,7 @@ task; at most ``max_concurrent`` ffmpeg processes run at once (a semaphore)
 and each has a timeout. The event loop never blocks: ffmpeg and ffprobe run with
 ``asyncio.create_subprocess_exec``.
 
-The slate is conditioned the same way (``key="slate"``) so the stitcher can
+The slate is conditioned the same way (``key="slate-<channel>"``) so the stitcher can
 fill slots with it one segment at a time.
 """
 

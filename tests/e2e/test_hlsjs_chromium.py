@@ -20,7 +20,7 @@ joins before the break). The test polls both stitched media playlists itself
 the player's report against them:
 
 * fragments played in order: content, the planned ads (``/ad/`` URIs), slate
-  (``/assets/slate/``), content again from the CUE-IN segment; no sn skipped;
+  (``/assets/slate-<channel>/``), content again from the CUE-IN segment; no sn skipped;
 * every fragment hls.js loaded or played, on either level, carries the
   discontinuity counter (``cc``) and PDT the stitched playlist gives its MSN;
 * currentTime advances with no stall longer than one segment (2 s) across both
@@ -179,7 +179,7 @@ async def _wait_for_browser(stack: Stack, player: asyncio.subprocess.Process, me
 def _kind(url: str) -> str:
     if "/ad/" in url:
         return "ad"
-    if "/assets/slate/" in url:
+    if "/assets/slate-" in url:
         return "slate"
     return "content"
 

@@ -337,7 +337,7 @@ async def test_insert_break_now_is_stitched_listed_cancelled_and_audited(
             served = _served(snapshots, rid)
             assert [m for m, u in served.items() if f"/{brk['id']}/" in u] == list(
                 range(first, first + 5)), served
-            assert [m for m, u in served.items() if "/assets/slate/" in u] == [
+            assert [m for m, u in served.items() if "/assets/slate-" in u] == [
                 first + 5, first + 6], served
         faults = [v for v in check(snapshots) if v.source == "stitcher"]
         assert faults == [], format_text(faults)
@@ -429,7 +429,7 @@ async def test_a_break_placed_ahead_that_the_feed_pre_empts_does_not_cut_the_fee
         for rid in renditions:
             served = _served(snapshots, rid)
             assert [u for u in served.values() if placed["id"] in u] == [], served
-            pod = [m for m, u in served.items() if u.startswith("ad/") or "/assets/slate/" in u]
+            pod = [m for m, u in served.items() if u.startswith("ad/") or "/assets/slate-" in u]
             assert pod == list(range(feed.start_msn, feed.start_msn + 7)), served
         faults = [v for v in check(snapshots) if v.source == "stitcher"]
         assert faults == [], format_text(faults)
@@ -469,11 +469,40 @@ async def test_the_feeds_out_inside_an_inserted_break_is_counted_once(
         for rid in renditions:
             served = _served(snapshots, rid)
             mine = [m for m, u in served.items() if f"/{placed['id']}/" in u
-                    or "/assets/slate/" in u]
+                    or "/assets/slate-" in u]
             assert mine == list(range(edge + 1, edge + 11)), served
         assert await stack.metric("stitcher_breaks_overridden_total") == 1
         faults = [v for v in check(snapshots) if v.source == "stitcher"]
         assert faults == [], format_text(faults)
+
+
+async def test_a_channel_never_plays_another_channels_slate(
+        media: object, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by a newcomer: the library kept one slate for all channels, so a channel
+    whose own slate could not be fetched played the first channel's."""
+    clock = ManualClock(start=1_830_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True,
+                           stitcher_config={"admin_token": TOKEN}) as stack:
+        cfg = stack.runtime.cfg
+        status, made = await _call(stack, "POST", "/admin/channels", {
+            "id": "second", "origin_url": cfg.origin_url, "ad_server_url": "http://127.0.0.1:9/v",
+            "private_ad_hosts": ["127.0.0.1:9"], "ad_fallback": "slate",
+            "slate": stack.origin_base + "/no-such-slate.mp4"})
+        assert status == 201, made
+        session = await stack.http.post(f"{stack.base}/v1/session/second")
+        manifest = (await session.json())["manifestUrl"]
+        url = stack.base + manifest.replace("master.m3u8", "media/v0.m3u8")
+        renditions = await stack.stitcher_renditions()
+        snapshots: list[Snapshot] = []
+        await _reload(stack, url, renditions, 2, snapshots, clock)
+        status, brk = await _call(stack, "POST", "/admin/channels/second/breaks",
+                                  {"duration": 10})
+        assert status == 201, brk
+        await _reload(stack, url, renditions, 8, snapshots, clock)
+        served = _served(snapshots, "v0")
+        assert not [u for u in served.values() if "/assets/slate" in u], served
+        assert all(u.startswith("http://") for u in served.values()), served  # content
 
 
 async def test_console_status_reports_health_breaks_and_stale_serving(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def _cohort_url(stack: Stack, cohort: str, rest: str, base: str | None = None) -
 def _ad_uris(text: str) -> list[str]:
     """Segment URIs of inserted ads (not content, not slate)."""
     return [s.uri for s in parse_media(text).segments
-            if (s.uri.startswith("ad/") or "/assets/" in s.uri) and "/assets/slate/" not in s.uri]
+            if (s.uri.startswith("ad/") or "/assets/" in s.uri) and "/assets/slate-" not in s.uri]
 
 
 async def test_cohort_playlists_are_cacheable_and_point_ads_at_assets(

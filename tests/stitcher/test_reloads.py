@@ -29,7 +29,7 @@ BREAK = 30  # seconds: ad A (10) + ad B (15 + 1 padding) + 4 s slate
 
 
 def _stitched(uri: str) -> bool:
-    return uri.startswith("ad/") or "/assets/slate/" in uri
+    return uri.startswith("ad/") or "/assets/slate-" in uri
 
 
 def _breaks(snapshots: list[Snapshot], rid: str
