@@ -81,6 +81,8 @@ COHORT = "cohort"
 SHARED_RENDER_TTL = 3
 #: The most an init + media segment pair probed for the ladder may be (fMP4 content).
 PROBE_MAX_BYTES = 64 << 20
+#: Two grids' segments start together when their PDTs are this close.
+_SAME_INSTANT = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +512,7 @@ class ChannelRuntime:
         if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
             playlist = await self._timed(rendition, playlist)
         errors = MarkerErrors()
+        primary = None
         if rendition.grid != "main":
             # Audio and subtitle playlists rarely carry the markers: read the main
             # video playlist first, and publish no slot beyond its live edge, so a
@@ -558,6 +561,10 @@ class ChannelRuntime:
                 for b in update.new:
                     self._prefetch(b, playlist)
                 ledger = await self.store.get_ledger(self.cfg.id, cohort, rendition.grid)
+                if (ledger.hwm < 0 and ledger.dsn_msn < 0 and primary is not None
+                        and playlist.segments):
+                    ledger = replace(ledger, base=await self._grid_seed(
+                        cohort, primary[1], playlist.segments[0]))
                 pods = await self._pods_for(playlist, breaks, ledger, cohort)
                 uris = self._uris.get((rendition.id, mode))
                 if uris is None:
@@ -609,6 +616,24 @@ class ChannelRuntime:
         self.metrics.render_seconds.observe(time.perf_counter() - started)
         self._last_good[(rendition.id, cohort, mode)] = rendered
         return rendered
+
+    async def _grid_seed(self, cohort: str, main: MediaPlaylist, first: Segment) -> int:
+        """The discontinuities a grid rendered for the first time in this cohort must
+        count as already passed: those the main grid's ledger counted beyond the
+        origin's own before ``first``'s PDT (breaks that slid out before anyone
+        asked for this rendition). Without them its EXT-X-DISCONTINUITY-SEQUENCE
+        lags the video's for good (found by a newcomer: subtitles turned on after a
+        break; invariant 5, and players pair renditions by it)."""
+        if first.pdt is None:
+            return 0
+        twin = next((s for s in main.segments if s.pdt is not None
+                     and abs(s.pdt - first.pdt) <= _SAME_INSTANT), None)
+        if twin is None:
+            return 0
+        counted = (await self.store.get_ledger(self.cfg.id, cohort, "main")).dsn_before(twin.msn)
+        if counted is None:
+            return 0
+        return counted - (twin.discontinuity_sequence - int(twin.discontinuity))
 
     def _store_down(self, rid: str, cohort: str, mode: str, exc: BaseException) -> Rendered:
         """The shared store failed under a render (Redis going away, found by the drill):
