@@ -30,14 +30,14 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from fractions import Fraction
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -91,6 +91,8 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "ETag, X-Stitcher-Stale, Retry-After",
 }
+#: (An ``istr``: a case-insensitive lookup without folding the name per request.)
+ALLOW_ORIGIN = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
 PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Range, If-None-Match",
@@ -143,10 +145,10 @@ def served(app: web.Application, name: str | None, handler: Handler,
         headers = response.headers
         # (type first: a plain Response skips the ABC instance check)
         if type(response) is not web.Response and isinstance(response, web.HTTPException):
-            if "Access-Control-Allow-Origin" not in headers:
+            if ALLOW_ORIGIN not in headers:
                 headers.update(common)
             raise response
-        if "Access-Control-Allow-Origin" not in headers:
+        if ALLOW_ORIGIN not in headers:
             for k, v in defaults:
                 headers.setdefault(k, v)
         return response
@@ -276,9 +278,17 @@ def _session(request: web.Request) -> Session:
 
 def _session_of(request: web.Request) -> tuple[ChannelRuntime, Session]:
     """The channel and the verified session of a session URL."""
-    runtime = _channel(request)
-    session = request.app[SIGNER].decode(request.match_info["token"], runtime.cfg.id,
-                                         time.time())
+    app = request.app
+    return _verified(app[CHANNELS], app[SIGNER], request.match_info)
+
+
+def _verified(channels: dict[str, ChannelRuntime], signer: SessionSigner,
+              info: Mapping[str, str]) -> tuple[ChannelRuntime, Session]:
+    channel = info["channel"]
+    runtime = channels.get(channel)
+    if runtime is None:
+        raise NotFound(f"unknown channel {channel!r}")
+    session = signer.decode(info["token"], runtime.cfg.id, time.time())
     if not runtime.is_cohort(session.cohort):
         raise SessionInvalid("session token names a cohort this channel does not have")
     return runtime, session
@@ -329,15 +339,18 @@ async def multivariant(request: web.Request) -> web.Response:
 
 
 def _playlist_response(request: web.Request, rendered: Rendered, *,
-                       public: bool = False) -> web.Response:
+                       public: bool = False, headers: ResponseHeaders | None = None
+                       ) -> web.Response:
     """A render as it is: ETag (304 on If-None-Match), the once-compressed body when
     the client takes gzip; cacheable for half a target duration, by anyone
-    (``public``: cohort-URL mode) or by the player only (per-session paths)."""
-    headers = request.app[HEADERS]
-    match = request.headers.get("If-None-Match")
+    (``public``: cohort-URL mode) or by the player only (per-session paths).
+    ``headers``: the app's (``HEADERS``), when the caller has them at hand."""
+    headers = headers or request.app[HEADERS]
+    asked = request.headers
+    match = asked.get("If-None-Match")
     if match is not None and (rendered.etag in match or match.strip() == "*"):
         return web.Response(status=304, headers=headers.playlist(rendered, public, "304"))
-    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+    if _accepts_gzip(asked.get("Accept-Encoding", "")):
         return web.Response(body=rendered.gzipped,
                             headers=headers.playlist(rendered, public, "gzip"))
     return web.Response(body=rendered.body, headers=headers.playlist(rendered, public, "identity"))
@@ -373,12 +386,20 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
-def media_ready(request: web.Request) -> web.Response | None:
+def media_ready(app: web.Application) -> FastPath:
     """:func:`media`'s answer when the render is cached (:meth:`ChannelRuntime.ready`):
-    a live event's reloads, answered without an await."""
-    runtime, session = _session_of(request)
-    rendered = runtime.ready(request.match_info["rid"], session.cohort)
-    return None if rendered is None else _playlist_response(request, rendered)
+    a live event's reloads, answered without an await, the app's channels, signer
+    and header sets looked up once (the channels dict is changed in place)."""
+    channels, signer, headers = app[CHANNELS], app[SIGNER], app[HEADERS]
+
+    def ready(request: web.Request) -> web.Response | None:
+        info = request.match_info
+        runtime, session = _verified(channels, signer, info)
+        rendered = runtime.ready(info["rid"], session.cohort)
+        return None if rendered is None else _playlist_response(request, rendered,
+                                                                headers=headers)
+
+    return ready
 
 
 async def media(request: web.Request) -> web.Response:
@@ -681,7 +702,7 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     r = Routes(app)
     base = "/v1/session/{token}/{channel}"
     # The hot routes first: the router tries a path prefix's routes in this order.
-    r.get(base + "/media/{rid}.m3u8", media, name="media", fast=media_ready)
+    r.get(base + "/media/{rid}.m3u8", media, name="media", fast=media_ready(app))
     r.get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
     r.add("POST", "/v1/session/{channel}", start_session, name="session")
     r.get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")

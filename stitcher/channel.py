@@ -249,6 +249,8 @@ class ChannelRuntime:
         self._rng = random.Random()
         self._rendition_index: tuple[Multivariant, dict[str, Rendition]] | None = None
         self._cohorts: set[str] = set()
+        #: The render cache's hit counter per cohort, for :meth:`ready`.
+        self._hits: dict[str, Any] = {}
         self.breaks: tuple[Break, ...] = ()
         #: Breaks ad ops inserted or cancelled (``stitcher.admin``), as the marker
         #: observations they stand for: merged into the shared breaks on every render
@@ -412,7 +414,11 @@ class ChannelRuntime:
         if cached is None or cached.stale != fetched.stale:
             return None
         self.active_cohorts[cohort] = time.monotonic()
-        self.metrics.render_cache.labels(self.cfg.id, cohort, "hit").inc()
+        hits = self._hits.get(cohort)
+        if hits is None:  # (cohorts of verified sessions: the config bounds them)
+            hits = self._hits[cohort] = self.metrics.render_cache.labels(self.cfg.id, cohort,
+                                                                         "hit")
+        hits.inc()
         return cached
 
     def is_cohort(self, cohort: str) -> bool:
