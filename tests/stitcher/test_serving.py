@@ -59,11 +59,21 @@ def _playlist(etag: str, body: bytes, *, scope: str = "private", extra: tuple[
 
 
 async def _requests_metric(stack: Stack) -> dict[tuple[str, str], float]:
+    """``stitcher_requests_total`` by (endpoint, status); each endpoint's latency
+    histogram counted the same requests."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {(s.labels["endpoint"], s.labels["status"]): s.value
-            for f in text_string_to_metric_families(await stack.metrics_text())
-            for s in f.samples if s.name == "stitcher_requests_total"}
+    samples = [s for f in text_string_to_metric_families(await stack.metrics_text())
+               for s in f.samples]
+    counts = {(s.labels["endpoint"], s.labels["status"]): s.value for s in samples
+              if s.name == "stitcher_requests_total"}
+    timed = {s.labels["endpoint"]: s.value for s in samples
+             if s.name == "stitcher_request_seconds_count"}
+    for endpoint, n in timed.items():
+        if endpoint != "metrics":  # (this scrape is timed after it is written)
+            assert n == sum(v for (e, _s), v in counts.items() if e == endpoint), endpoint
+    assert {e for e, _s in counts} == set(timed)
+    return counts
 
 
 async def test_playlist_reloads_answer_as_the_awaiting_path_and_the_old_middleware(
