@@ -103,7 +103,7 @@ PREFLIGHT_HEADERS = {
 #: A route's handler; :func:`served` wraps each.
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: A route's synchronous fast path: its response when it needs no await, else None.
-FastPath = Callable[[web.Request], "web.StreamResponse | None"]
+FastPath = Callable[[web.Request], web.StreamResponse | None]
 
 
 def served(app: web.Application, name: str | None, handler: Handler,
