@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -62,6 +62,9 @@ from stitcher.control import (
     RedisControl,
     RevisionMismatch,
 )
+
+if TYPE_CHECKING:
+    from stitcher.app import Routes
 from stitcher.errors import (
     BadRequest,
     Conflict,
@@ -149,7 +152,7 @@ def authenticate(request: web.Request) -> Actor:
 
 def admin(handler: Callable[[web.Request, Actor], Awaitable[web.StreamResponse]]) -> Handler:
     """Authenticate, then run; errors (422 with fields, 401 with
-    ``WWW-Authenticate``) are answered by the app's middleware, as every other."""
+    ``WWW-Authenticate``) are answered as on every route (``stitcher.app.served``)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         actor = authenticate(request)
@@ -641,26 +644,26 @@ async def console(request: web.Request) -> web.FileResponse:
         "X-Frame-Options": "DENY"})
 
 
-def setup_admin(app: web.Application) -> None:
-    """Routes and the control plane (its cleanup context runs after the app's
+def setup_admin(app: web.Application, r: Routes) -> None:
+    """Routes (added through the app's ``r``: errors, metrics and CORS as on every
+    route) and the control plane (its cleanup context runs after the app's
     resources, so the store and the runtime factory exist)."""
     from stitcher.logs import context_middleware
 
     app.middlewares.append(context_middleware)
     app[ADMIN_LOCK] = asyncio.Lock()
     app.cleanup_ctx.append(_control_ctx)
-    r = app.router
-    r.add_get("/admin/openapi.json", openapi, name="admin_openapi")
-    r.add_get("/admin/channels", list_channels, name="admin_channels")
-    r.add_post("/admin/channels", create_channel, name="admin_channel_create")
+    r.get("/admin/openapi.json", openapi, name="admin_openapi")
+    r.get("/admin/channels", list_channels, name="admin_channels")
+    r.add("POST", "/admin/channels", create_channel, name="admin_channel_create")
     one = "/admin/channels/{channel}"
-    r.add_get(one, get_channel, name="admin_channel")
-    r.add_put(one, replace_channel, name="admin_channel_replace")
-    r.add_patch(one, patch_channel, name="admin_channel_update")
-    r.add_delete(one, delete_channel, name="admin_channel_delete")
-    r.add_get(one + "/breaks", list_breaks, name="admin_breaks")
-    r.add_post(one + "/breaks", insert_break, name="admin_break_insert")
-    r.add_delete(one + "/breaks/{break}", cancel_break, name="admin_break_cancel")
-    r.add_get("/admin/audit", audit, name="admin_audit")
-    r.add_get("/admin/status", status, name="admin_status")
-    r.add_get("/console", console, name="console")
+    r.get(one, get_channel, name="admin_channel")
+    r.add("PUT", one, replace_channel, name="admin_channel_replace")
+    r.add("PATCH", one, patch_channel, name="admin_channel_update")
+    r.add("DELETE", one, delete_channel, name="admin_channel_delete")
+    r.get(one + "/breaks", list_breaks, name="admin_breaks")
+    r.add("POST", one + "/breaks", insert_break, name="admin_break_insert")
+    r.add("DELETE", one + "/breaks/{break}", cancel_break, name="admin_break_cancel")
+    r.get("/admin/audit", audit, name="admin_audit")
+    r.get("/admin/status", status, name="admin_status")
+    r.get("/console", console, name="console")

@@ -31,14 +31,16 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
@@ -58,7 +60,7 @@ from stitcher.errors import (
     StoreUnavailable,
     to_response,
 )
-from stitcher.logs import ClientErrorFilter
+from stitcher.logs import CONTEXT, ClientErrorFilter
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import PublicOnlyConnector, client_session
 from stitcher.redis_store import RedisStore
@@ -91,6 +93,8 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "ETag, X-Stitcher-Stale, Retry-After",
 }
+#: (An ``istr``: a case-insensitive lookup without folding the name per request.)
+ALLOW_ORIGIN = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
 PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Range, If-None-Match",
@@ -98,43 +102,106 @@ PREFLIGHT_HEADERS = {
 }
 
 
-@web.middleware
-async def errors_middleware(request: web.Request,
-                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                            ) -> web.StreamResponse:
-    """Errors as JSON, every request counted and timed, the common headers added
-    (CORS; hot responses come with them prebuilt, :class:`ResponseHeaders`)."""
-    if request.method == "OPTIONS":
-        preflight = request.app[COMMON_HEADERS].copy()
-        preflight.update(PREFLIGHT_HEADERS)
-        return web.Response(status=204, headers=preflight)
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except StitcherError as exc:
-        response = to_response(exc)
-    except web.HTTPException as exc:
-        if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
-            # aiohttp's own 404/405/413...: the same JSON shape as ours.
-            response = to_response(StitcherError(exc.reason, status=exc.status))
-        else:
-            response = exc
-    except Exception:  # a bug: answered, logged with its traceback and counted
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = to_response(StitcherError("internal error (logged)"))
-    app = request.app
-    app[METRICS].requests.record(request.match_info.route.name or "other", response.status,
-                                 time.perf_counter() - started)
-    headers = response.headers
-    if "Access-Control-Allow-Origin" not in headers:
-        if isinstance(response, web.HTTPException):
-            headers.update(app[COMMON_HEADERS])
+#: A route's handler; :func:`served` wraps each.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A route's synchronous fast path: its response when it needs no await, else None.
+FastPath = Callable[[web.Request], web.StreamResponse | None]
+
+
+def served(app: web.Application, name: str | None, handler: Handler,
+           fast: FastPath | None = None) -> Handler:
+    """A route as players and ad ops see it: errors as JSON (``to_response``), the
+    request counted and timed under the route's name (``other`` for none), the
+    common headers (CORS) on every response, OPTIONS answered as the CORS
+    preflight. (This was a middleware: aiohttp runs every middleware as a
+    coroutine of its own per request, and with aiohttp's own layer those were a
+    sixth of a cached reload's time.) ``fast``: answers without an await when it
+    can (None: the handler is awaited), so a cached playlist reload runs in this
+    one coroutine (:func:`media_ready`)."""
+    record = app[METRICS].requests.recorder(name or "other")
+    common = app[COMMON_HEADERS]
+    defaults = tuple(common.items())
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            preflight = common.copy()
+            preflight.update(PREFLIGHT_HEADERS)
+            return web.Response(status=204, headers=preflight)
+        started = perf_counter()
+        try:
+            response = None if fast is None else fast(request)
+            if response is None:
+                response = await handler(request)
+        except StitcherError as exc:
+            response = to_response(exc)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
+                # aiohttp's own 404/405/413...: the same JSON shape as ours.
+                response = to_response(StitcherError(exc.reason, status=exc.status))
+            else:
+                response = exc
+        except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback) and counted
+            _log_unhandled(request)
+            response = to_response(StitcherError("internal error (logged)"))
+        record(response.status, perf_counter() - started)
+        headers = response.headers
+        # (type first: a plain Response skips the ABC instance check)
+        if type(response) is not web.Response and isinstance(response, web.HTTPException):
+            if ALLOW_ORIGIN not in headers:
+                headers.update(common)
             raise response
-        for k, v in app[COMMON_HEADERS].items():
-            headers.setdefault(k, v)
-    elif isinstance(response, web.HTTPException):
-        raise response
-    return response
+        if ALLOW_ORIGIN not in headers:
+            for k, v in defaults:
+                headers.setdefault(k, v)
+        return response
+
+    return serve
+
+
+def _log_unhandled(request: web.Request) -> None:
+    """The traceback of a bug, without the route's log context (as when the error
+    handling was the outer middleware, outside :func:`stitcher.logs.context_middleware`)."""
+    token = CONTEXT.set(None)
+    try:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+    finally:
+        CONTEXT.reset(token)
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    """The last route, matching every path and method: what aiohttp answers when no
+    route matches (405 when one has the path for other methods, else 404), raised
+    inside :func:`served` so it is shaped, counted and given CORS like every answer
+    (and OPTIONS on any path is the preflight)."""
+    allowed: set[str] = set()
+    this = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not this:
+            _match, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+class Routes:
+    """Adds an app's routes, each :func:`served` (the admin API's too)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def add(self, method: str, path: str, handler: Handler, *, name: str | None,
+            fast: FastPath | None = None) -> None:
+        """``GET`` routes answer ``HEAD`` too (aiohttp's ``add_get``)."""
+        wrapped = served(self._app, name, handler, fast)
+        if method == "GET":
+            self._app.router.add_get(path, wrapped, name=name)
+        else:
+            self._app.router.add_route(method, path, wrapped, name=name)
+
+    def get(self, path: str, handler: Handler, *, name: str | None,
+            fast: FastPath | None = None) -> None:
+        self.add("GET", path, handler, name=name, fast=fast)
 
 
 def _common_headers(config: StitcherConfig) -> dict[str, str]:
@@ -148,37 +215,47 @@ def _common_headers(config: StitcherConfig) -> dict[str, str]:
 
 class ResponseHeaders:
     """The header sets of the hot responses, built once and copied per response:
-    a cached playlist served to thousands of sessions, an ad segment redirect."""
+    a cached playlist served to thousands of sessions, an ad segment redirect.
+    As ``CIMultiDict``s (a response copies its headers into one: from another, the
+    keys come already folded) carrying the playlist's Content-Length, which aiohttp
+    would otherwise format and insert per response (same value, same place)."""
 
     def __init__(self, common: dict[str, str]) -> None:
         self._common = common
-        self._playlists: dict[tuple[Any, ...], dict[str, str]] = {}
-        self._redirects: dict[str, dict[str, str]] = {}
+        self._playlists: dict[tuple[Any, ...], CIMultiDict[str]] = {}
+        self._redirects: dict[str, CIMultiDict[str]] = {}
 
-    def playlist(self, rendered: Rendered, public: bool, variant: str) -> dict[str, str]:
+    def playlist(self, rendered: Rendered, public: bool, variant: str) -> CIMultiDict[str]:
         """``variant``: ``identity``, ``gzip`` or ``304`` (no body, no content type)."""
+        length = (0 if variant == "304" else len(rendered.gzipped) if variant == "gzip"
+                  else len(rendered.body))
         key = (rendered.etag, rendered.target_duration, public, rendered.stale,
-               rendered.stale_reason, variant)
+               rendered.stale_reason, variant, length)
         found = self._playlists.get(key)
         if found is None:
             scope = "public" if public else "private"
-            found = {**self._common, "ETag": rendered.etag, "Vary": "Accept-Encoding",
-                     "Cache-Control": f"{scope}, max-age={max(1, rendered.target_duration // 2)}"}
+            found = CIMultiDict({
+                **self._common, "ETag": rendered.etag, "Vary": "Accept-Encoding",
+                "Cache-Control": f"{scope}, max-age={max(1, rendered.target_duration // 2)}"})
             if rendered.stale:
                 found["X-Stitcher-Stale"] = f"origin: {rendered.stale_reason or 'unavailable'}"
             if variant != "304":
                 found["Content-Type"] = MPEGURL
             if variant == "gzip":
                 found["Content-Encoding"] = "gzip"
+            if length:  # as aiohttp sets it for a non-empty body (HEAD included)
+                found["Content-Length"] = str(length)
             if len(self._playlists) >= 1024:  # renders come and go every few seconds
                 self._playlists.clear()
             self._playlists[key] = found
         return found
 
-    def redirect(self, location: str) -> dict[str, str]:
+    def redirect(self, location: str) -> CIMultiDict[str]:
+        """(No Content-Length: aiohttp leaves it off an empty HEAD answer.)"""
         found = self._redirects.get(location)
         if found is None:
-            found = {**self._common, "Location": location, "Cache-Control": "no-store"}
+            found = CIMultiDict({**self._common, "Location": location,
+                                 "Cache-Control": "no-store"})
             if len(self._redirects) >= 4096:
                 self._redirects.clear()
             self._redirects[location] = found
@@ -208,15 +285,23 @@ def _session(request: web.Request) -> Session:
 
 def _session_of(request: web.Request) -> tuple[ChannelRuntime, Session]:
     """The channel and the verified session of a session URL."""
-    runtime = _channel(request)
-    session = request.app[SIGNER].decode(request.match_info["token"], runtime.cfg.id,
-                                         time.time())
+    app = request.app
+    return _verified(app[CHANNELS], app[SIGNER], request.match_info)
+
+
+def _verified(channels: dict[str, ChannelRuntime], signer: SessionSigner,
+              info: Mapping[str, str]) -> tuple[ChannelRuntime, Session]:
+    channel = info["channel"]
+    runtime = channels.get(channel)
+    if runtime is None:
+        raise NotFound(f"unknown channel {channel!r}")
+    session = signer.decode(info["token"], runtime.cfg.id, time.time())
     if not runtime.is_cohort(session.cohort):
         if not _COHORT_SHAPE.fullmatch(session.cohort):
             raise SessionInvalid("session token names a cohort this channel does not have")
         # A cohort of the channel's earlier rules (ad ops changed them): the session
         # plays on, in the default cohort (found by a newcomer: every viewer got 403).
-        request.app[METRICS].sessions_recohorted.labels(runtime.cfg.id).inc()
+        runtime.recohorted(session.session_id)
         session = replace(session, cohort=cohort_for(runtime.cfg, {}))
     return runtime, session
 
@@ -266,15 +351,18 @@ async def multivariant(request: web.Request) -> web.Response:
 
 
 def _playlist_response(request: web.Request, rendered: Rendered, *,
-                       public: bool = False) -> web.Response:
+                       public: bool = False, headers: ResponseHeaders | None = None
+                       ) -> web.Response:
     """A render as it is: ETag (304 on If-None-Match), the once-compressed body when
     the client takes gzip; cacheable for half a target duration, by anyone
-    (``public``: cohort-URL mode) or by the player only (per-session paths)."""
-    headers = request.app[HEADERS]
-    match = request.headers.get("If-None-Match")
+    (``public``: cohort-URL mode) or by the player only (per-session paths).
+    ``headers``: the app's (``HEADERS``), when the caller has them at hand."""
+    headers = headers or request.app[HEADERS]
+    asked = request.headers
+    match = asked.get("If-None-Match")
     if match is not None and (rendered.etag in match or match.strip() == "*"):
         return web.Response(status=304, headers=headers.playlist(rendered, public, "304"))
-    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+    if _accepts_gzip(asked.get("Accept-Encoding", "")):
         return web.Response(body=rendered.gzipped,
                             headers=headers.playlist(rendered, public, "gzip"))
     return web.Response(body=rendered.body, headers=headers.playlist(rendered, public, "identity"))
@@ -308,6 +396,22 @@ def accepts_gzip(header: str) -> bool:
                 return False
         return True
     return False
+
+
+def media_ready(app: web.Application) -> FastPath:
+    """:func:`media`'s answer when the render is cached (:meth:`ChannelRuntime.ready`):
+    a live event's reloads, answered without an await, the app's channels, signer
+    and header sets looked up once (the channels dict is changed in place)."""
+    channels, signer, headers = app[CHANNELS], app[SIGNER], app[HEADERS]
+
+    def ready(request: web.Request) -> web.Response | None:
+        info = request.match_info
+        runtime, session = _verified(channels, signer, info)
+        rendered = runtime.ready(info["rid"], session.cohort)
+        return None if rendered is None else _playlist_response(request, rendered,
+                                                                headers=headers)
+
+    return ready
 
 
 async def media(request: web.Request) -> web.Response:
@@ -514,6 +618,13 @@ async def cohort_multivariant(request: web.Request) -> web.Response:
     return _playlist_response(request, runtime.multivariant_rendered(mv), public=True)
 
 
+def cohort_media_ready(request: web.Request) -> web.Response | None:
+    """:func:`cohort_media` without an await when the render is cached."""
+    runtime, cohort = _cohort(request)
+    rendered = runtime.ready(request.match_info["rid"], cohort, COHORT)
+    return None if rendered is None else _playlist_response(request, rendered, public=True)
+
+
 async def cohort_media(request: web.Request) -> web.Response:
     runtime, cohort = _cohort(request)
     rid = request.match_info["rid"]
@@ -583,7 +694,7 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     """The service. ``clock`` (seconds, monotonic) paces origin refreshes and the
     decisions fetched ahead of a break; ``sleep`` waits on it: tests pass the fixture
     origin's virtual clock so an accelerated stream is refetched in step."""
-    app = web.Application(middlewares=[errors_middleware])
+    app = web.Application()
     app[CONFIG] = config
     app[TRUSTED] = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
     app[METRICS] = Metrics()
@@ -603,34 +714,36 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     app.cleanup_ctx.append(_client_errors)
     app.cleanup_ctx.append(_resources(store, conditioner, clock or default_clock,
                                       sleep or asyncio.sleep))
-    r = app.router
+    r = Routes(app)
     base = "/v1/session/{token}/{channel}"
     # The hot routes first: the router tries a path prefix's routes in this order.
-    r.add_get(base + "/media/{rid}.m3u8", media, name="media")
-    r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
-    r.add_post("/v1/session/{channel}", start_session, name="session")
-    r.add_get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
-    r.add_get(base + "/master.m3u8", multivariant, name="multivariant")
-    r.add_get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption, name="ad_caption")
-    r.add_get(base + "/media/cv/{rid}/{msn}.vtt", content_caption, name="content_caption")
-    r.add_get(base + "/tracking", tracking, name="tracking")
+    r.get(base + "/media/{rid}.m3u8", media, name="media", fast=media_ready(app))
+    r.get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
+    r.add("POST", "/v1/session/{channel}", start_session, name="session")
+    r.get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
+    r.get(base + "/master.m3u8", multivariant, name="multivariant")
+    r.get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption, name="ad_caption")
+    r.get(base + "/media/cv/{rid}/{msn}.vtt", content_caption, name="content_caption")
+    r.get(base + "/tracking", tracking, name="tracking")
     cohort = "/v1/cohort/{channel}/{cohort}"
-    r.add_get(cohort + "/master.m3u8", cohort_multivariant, name="cohort_multivariant")
-    r.add_get(cohort + "/media/{rid}.m3u8", cohort_media, name="cohort_media")
-    r.add_get(cohort + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", cohort_ad_segment,
-              name="cohort_ad_segment")
-    r.add_get(cohort + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption,
-              name="cohort_ad_caption")
-    r.add_get(cohort + "/media/cv/{rid}/{msn}.vtt", content_caption,
-              name="cohort_content_caption")
-    r.add_get(cohort + "/tracking", cohort_tracking, name="cohort_tracking")
-    r.add_get("/assets/{path:.+}", assets, name="assets")
-    r.add_get("/healthz", healthz, name="healthz")
-    r.add_get("/readyz", readyz, name="readyz")
-    r.add_get("/metrics", metrics, name="metrics")
+    r.get(cohort + "/master.m3u8", cohort_multivariant, name="cohort_multivariant")
+    r.get(cohort + "/media/{rid}.m3u8", cohort_media, name="cohort_media",
+          fast=cohort_media_ready)
+    r.get(cohort + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", cohort_ad_segment,
+          name="cohort_ad_segment")
+    r.get(cohort + "/media/ad/{rid}/{brk}/{item}/{seg}.vtt", ad_caption,
+          name="cohort_ad_caption")
+    r.get(cohort + "/media/cv/{rid}/{msn}.vtt", content_caption,
+          name="cohort_content_caption")
+    r.get(cohort + "/tracking", cohort_tracking, name="cohort_tracking")
+    r.get("/assets/{path:.+}", assets, name="assets")
+    r.get("/healthz", healthz, name="healthz")
+    r.get("/readyz", readyz, name="readyz")
+    r.get("/metrics", metrics, name="metrics")
     from stitcher.admin import setup_admin  # the admin API and console (token-protected)
 
-    setup_admin(app)
+    setup_admin(app, r)
+    r.add("*", "/{tail:.*}", unrouted, name=None)  # last: only what no other route takes
     return app
 
 

@@ -253,9 +253,13 @@ class ChannelRuntime:
         #: OUTs ignored inside an open break (by ``update_breaks``' description).
         self._overridden_done: set[str] = set()
         self._ignored: set[str] = set()
+        #: Sessions served the default cohort for want of their own (counted once).
+        self._recohorted: set[str] = set()
         self._rng = random.Random()
         self._rendition_index: tuple[Multivariant, dict[str, Rendition]] | None = None
         self._cohorts: set[str] = set()
+        #: The render cache's hit counter per cohort, for :meth:`ready`.
+        self._hits: dict[str, Any] = {}
         self.breaks: tuple[Break, ...] = ()
         #: Breaks ad ops inserted or cancelled (``stitcher.admin``), as the marker
         #: observations they stand for: merged into the shared breaks on every render
@@ -419,7 +423,11 @@ class ChannelRuntime:
         if cached is None or cached.stale != fetched.stale:
             return None
         self.active_cohorts[cohort] = time.monotonic()
-        self.metrics.render_cache.labels(self.cfg.id, cohort, "hit").inc()
+        hits = self._hits.get(cohort)
+        if hits is None:  # (cohorts of verified sessions: the config bounds them)
+            hits = self._hits[cohort] = self.metrics.render_cache.labels(self.cfg.id, cohort,
+                                                                         "hit")
+        hits.inc()
         return cached
 
     def is_cohort(self, cohort: str) -> bool:
@@ -432,6 +440,16 @@ class ChannelRuntime:
             return False
         self._cohorts.add(cohort)
         return True
+
+    def recohorted(self, session_id: str) -> None:
+        """Count a session served the default cohort because this config's rules do
+        not have its own (changed since it started): once per session."""
+        if session_id in self._recohorted:
+            return
+        if len(self._recohorted) >= 100_000:
+            self._recohorted.clear()
+        self._recohorted.add(session_id)
+        self.metrics.sessions_recohorted.labels(self.cfg.id).inc()
 
     async def render(self, rid: str, cohort: str, mode: str = SESSION, *,
                      with_result: bool = False) -> Rendered:

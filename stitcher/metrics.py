@@ -11,7 +11,7 @@ event loop's one thread, so the lock buys nothing on these paths.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -62,7 +62,7 @@ class Tally:
 class RequestStats:
     """``stitcher_requests_total{endpoint,status}`` and the latency histogram
     ``stitcher_request_seconds{endpoint}`` (prometheus_client's default buckets),
-    recorded by one call per request (the error middleware)."""
+    recorded by one call per request (each route's :meth:`recorder`)."""
 
     BOUNDS = Histogram.DEFAULT_BUCKETS  # ends with +Inf
     _LE = tuple(floatToGoString(b) for b in BOUNDS)  # type: ignore[no-untyped-call]
@@ -82,6 +82,24 @@ class RequestStats:
             h = self._latency[endpoint] = [0.0] * (len(self.BOUNDS) + 1)
         h[bisect_left(self.BOUNDS, seconds)] += 1  # le: inclusive upper bounds
         h[-1] += seconds
+
+    def recorder(self, endpoint: str) -> Callable[[int, float], None]:
+        """:meth:`record` for one endpoint, its histogram looked up once (on its first
+        request: an endpoint never asked is not exported, as before)."""
+        counts, bounds = self._counts, self.BOUNDS
+        latency = self._latency
+        h: list[float] | None = None
+
+        def record(status: int, seconds: float) -> None:
+            nonlocal h
+            key = (endpoint, status)
+            counts[key] = counts.get(key, 0) + 1
+            if h is None:
+                h = latency.setdefault(endpoint, [0.0] * (len(bounds) + 1))
+            h[bisect_left(bounds, seconds)] += 1  # le: inclusive upper bounds
+            h[-1] += seconds
+
+        return record
 
     def count(self, endpoint: str, status: int) -> float:
         return self._counts.get((endpoint, status), 0)
@@ -187,8 +205,9 @@ class Metrics:
                                     ["result"], registry=r)
         self.sessions_recohorted = Counter(
             "stitcher_sessions_recohorted_total",
-            "Requests of sessions whose cohort the channel's rules no longer have "
-            "(changed since the session started), served the default cohort",
+            "Sessions whose cohort the channel's rules no longer have (changed since "
+            "the session started), served the default cohort (once per session and "
+            "instance)",
             ["channel"], registry=r)
         self.breaks_overridden = Counter(
             "stitcher_breaks_overridden_total",

@@ -1,0 +1,221 @@
+"""What the player-facing routes put on the wire, header by header: status, every
+header in order, body, and the request metrics, for the hot routes (a cached
+playlist reload, an ad segment request) and their error cases.
+
+The expected lists were taken from the service as it was before the hot routes
+got their synchronous fast path (errors, metrics and CORS were a middleware
+then): the fast path must answer exactly as the awaiting path and the old
+middleware did (docs/architecture.md "Serving cost")."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from fixtures.clock import ManualClock
+from stitcher.sessions import Session
+from tests.harness import Stack, start_stack
+
+CORS = [("Access-Control-Allow-Origin", "*"),
+        ("Access-Control-Expose-Headers", "ETag, X-Stitcher-Stale, Retry-After")]
+JSON = "application/json; charset=utf-8"
+DATE, SERVER = ("Date", "<date>"), ("Server", "<server>")
+
+
+async def _wire(stack: Stack, method: str, url: str, headers: Mapping[str, str] | None = None,
+                ) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, the raw headers in order (Date and Server values masked), raw body."""
+    if url.startswith("/"):
+        url = stack.base + url
+    async with stack.http.request(method, url, headers=headers, allow_redirects=False,
+                                  auto_decompress=False) as resp:
+        raw = [(k.decode(), v.decode()) for k, v in resp.raw_headers]
+        body = await resp.read()
+    masked = [(k, "<date>" if k == "Date" else "<server>" if k == "Server" else v)
+              for k, v in raw]
+    assert ("Date", "<date>") in masked and ("Server", "<server>") in masked
+    return resp.status, masked, body
+
+
+def _error(status: int, code: str, reason: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    body = json.dumps({"error": code, "reason": reason}).encode()
+    return status, [("Cache-Control", "no-store"), ("Content-Type", JSON), *CORS,
+                    ("Content-Length", str(len(body))), DATE, SERVER], body
+
+
+def _playlist(etag: str, body: bytes, *, scope: str = "private", extra: tuple[
+        tuple[str, str], ...] = (), encoding: str | None = None
+              ) -> list[tuple[str, str]]:
+    return [*CORS, ("ETag", etag), ("Vary", "Accept-Encoding"),
+            ("Cache-Control", f"{scope}, max-age=1"), *extra,
+            ("Content-Type", "application/vnd.apple.mpegurl"),
+            *([("Content-Encoding", encoding)] if encoding else []),
+            ("Content-Length", str(len(body))), DATE, SERVER]
+
+
+async def _requests_metric(stack: Stack) -> dict[tuple[str, str], float]:
+    """``stitcher_requests_total`` by (endpoint, status); each endpoint's latency
+    histogram counted the same requests."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for f in text_string_to_metric_families(await stack.metrics_text())
+               for s in f.samples]
+    counts = {(s.labels["endpoint"], s.labels["status"]): s.value for s in samples
+              if s.name == "stitcher_requests_total"}
+    timed = {s.labels["endpoint"]: s.value for s in samples
+             if s.name == "stitcher_request_seconds_count"}
+    for endpoint, n in timed.items():
+        if endpoint != "metrics":  # (this scrape is timed after it is written)
+            assert n == sum(v for (e, _s), v in counts.items() if e == endpoint), endpoint
+    assert {e for e, _s in counts} == set(timed)
+    return counts
+
+
+async def test_playlist_reloads_answer_as_the_awaiting_path_and_the_old_middleware(
+        tmp_path: Path) -> None:
+    clock = ManualClock(start=1_870_000_000.0)
+    identity = {"Accept-Encoding": "identity"}
+    async with start_stack(clock=clock, data_dir=tmp_path / "s",
+                           channel_config={"cohort_urls": True}) as stack:
+        session = await stack.start_session()
+        url = session.media_url("v0")
+        first = await _wire(stack, "GET", url, identity)  # rendered (awaits)
+        status, headers, body = first
+        assert status == 200 and body.startswith(b"#EXTM3U\n")
+        etag = dict(headers)["ETag"]
+        assert headers == _playlist(etag, body)
+        assert stack.runtime.ready("v0", session.cohort) is not None  # reloads: no await
+        assert await _wire(stack, "GET", url, identity) == first
+        assert await _wire(stack, "GET", url, identity) == first
+
+        status, headers, zipped = await _wire(stack, "GET", url, {"Accept-Encoding": "gzip"})
+        assert status == 200 and gzip.decompress(zipped) == body
+        assert headers == _playlist(etag, zipped, encoding="gzip")
+
+        assert await _wire(stack, "GET", url, {"If-None-Match": etag}) == (
+            304, [*CORS, ("ETag", etag), ("Vary", "Accept-Encoding"),
+                  ("Cache-Control", "private, max-age=1"), DATE, SERVER], b"")
+        assert await _wire(stack, "HEAD", url, identity) == (200, first[1], b"")
+
+        # Cohort-URL mode: the same render path, cacheable by anyone.
+        cohort = f"/v1/cohort/{stack.channel}/default/media/v0.m3u8"
+        status, headers, public = await _wire(stack, "GET", cohort, identity)
+        assert status == 200 and headers == _playlist(dict(headers)["ETag"], public,
+                                                      scope="public")
+        assert await _wire(stack, "GET", cohort, identity) == (status, headers, public)
+
+        # The origin fails: the last good playlist, announced stale, and reloads of it
+        # while backing off with the same header.
+        stack.origin.add_fault(kinds={"media"}, status=500)
+        clock.advance(4)
+        stale = await _wire(stack, "GET", url, identity)
+        status, headers, body = stale
+        stale_header = ("X-Stitcher-Stale", "origin: http: HTTP 500")
+        assert status == 200 and headers == _playlist(dict(headers)["ETag"], body,
+                                                      extra=(stale_header,)), headers
+        assert await _wire(stack, "GET", url, identity) == stale
+
+        metrics = await _requests_metric(stack)
+        assert metrics[("media", "200")] == 7 and metrics[("media", "304")] == 1
+        assert metrics[("cohort_media", "200")] == 2
+
+
+async def test_session_errors_preflight_and_unrouted_requests_answer_as_before(
+        tmp_path: Path) -> None:
+    async with start_stack(clock=ManualClock(start=1_870_000_000.0),
+                           data_dir=tmp_path / "s") as stack:
+        from stitcher.app import SIGNER
+
+        session = await stack.start_session()
+        signer = stack.app[SIGNER]
+        channel = stack.channel
+        assert (await _wire(stack, "GET", session.media_url("v0")))[0] == 200
+        forged = session.token[:-2] + ("AA" if not session.token.endswith("AA") else "BB")
+        expired = signer.encode(Session("k1", "0badc0de", channel, "default", 1_000))
+        elsewhere = signer.encode(Session("k1", "0badc0de", "other", "default", 2_000_000_000))
+        cases: list[tuple[str, str, tuple[int, list[tuple[str, str]], bytes]]] = [
+            ("GET", f"/v1/session/{forged}/{channel}/media/v0.m3u8",
+             _error(403, "session_invalid", "session token signature does not match")),
+            ("GET", f"/v1/session/{expired}/{channel}/media/v0.m3u8",
+             _error(410, "session_invalid", "session expired")),
+            ("GET", f"/v1/session/{elsewhere}/{channel}/media/v0.m3u8",
+             _error(403, "session_invalid", "session token belongs to another channel")),
+            ("GET", f"/v1/session/{session.token}/nochannel/media/v0.m3u8",
+             _error(404, "not_found", "unknown channel 'nochannel'")),
+            ("GET", session.media_url("v9"), _error(404, "not_found", f"no rendition 'v9' on channel '{channel}'")),
+            ("GET", f"{session.base}/media/ad/v0/b1/0/0.ts",
+             _error(404, "not_found", "no such ad in this session's break")),
+            ("GET", f"{session.base}/media/ad/v0/b1/x/0.ts",
+             _error(400, "bad_request", "malformed ad segment path")),
+            ("GET", f"/v1/session/{forged}/{channel}/media/ad/v0/b1/0/0.ts",
+             _error(403, "session_invalid", "session token signature does not match")),
+            ("POST", session.media_url("v0"),
+             _error(405, "method_not_allowed", "Method Not Allowed")),
+            ("GET", "/no/such/path", _error(404, "not_found", "Not Found")),
+            ("DELETE", "/no/such/path", _error(404, "not_found", "Not Found")),
+        ]
+        for method, url, expected in cases:
+            got = await _wire(stack, method, url)
+            assert got == expected, (method, url, got)
+
+        preflight = (204, [*CORS, ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
+                           ("Access-Control-Allow-Headers", "Content-Type, Range, If-None-Match"),
+                           ("Access-Control-Max-Age", "86400"), DATE, SERVER], b"")
+        for url in (session.media_url("v0"), "/no/such/path", f"/v1/session/{channel}"):
+            assert await _wire(stack, "OPTIONS", url) == preflight, url
+
+        status, headers, body = await _wire(stack, "GET", f"/v1/master/{channel}.m3u8")
+        location = dict(headers)["Location"]
+        assert location.startswith("/v1/session/") and location.endswith(
+            f"/{channel}/master.m3u8")
+        assert status == 302 and headers == [
+            ("Cache-Control", "no-store"), ("Content-Type", "text/plain; charset=utf-8"),
+            ("Location", location), *CORS,
+            ("Content-Length", str(len(body))), DATE, SERVER]
+
+        metrics = await _requests_metric(stack)
+        expected_counts = {("session", "200"): 1, ("media", "200"): 1, ("media", "403"): 2,
+                           ("media", "410"): 1, ("media", "404"): 2, ("ad_segment", "404"): 1,
+                           ("ad_segment", "400"): 1, ("ad_segment", "403"): 1,
+                           ("other", "405"): 1, ("other", "404"): 2,
+                           ("implicit_session", "302"): 1}
+        assert {k: v for k, v in metrics.items() if k[0] != "metrics"} == expected_counts
+
+
+async def test_an_ad_segment_request_answers_its_prebuilt_redirect(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """The 302 of an ad segment, header by header, the first request of a session for
+    it (beacons queued) and a repeat alike."""
+    clock = ManualClock(start=1_870_100_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "s",
+                           assets_dir=assets_dir, warm_up=True) as stack:
+        session = await stack.start_session()
+        edge = stack.origin.live_edge_msn()
+        assert edge is not None
+        stack.origin.insert_break(edge + 2, 30)
+        ads: list[str] = []
+        for _ in range(12):
+            status, _h, body = await stack.get(session.media_url("v0"))
+            assert status == 200
+            ads = [ln for ln in body.decode().splitlines() if ln.startswith("ad/")]
+            if ads:
+                break
+            clock.advance(2)
+        assert ads, "no ad segment published"
+        url = f"{session.base}/media/{ads[0]}"
+        first = await _wire(stack, "GET", url)
+        status, headers, body = first
+        location = dict(headers)["Location"]
+        assert status == 302 and location.startswith("/assets/") and body == b""
+        assert headers == [*CORS, ("Location", location), ("Cache-Control", "no-store"),
+                           ("Content-Length", "0"), DATE, SERVER]
+        assert await _wire(stack, "GET", url) == first
+        assert (await _requests_metric(stack))[("ad_segment", "302")] == 2
+        async with aiohttp.ClientSession() as http, http.get(
+                stack.base + location) as resp:
+            assert resp.status == 200
