@@ -672,14 +672,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once every channel is prepared (ladder probed, slate conditioned).
-    Asking starts (or retries) the preparation: a load balancer that waits for
-    readiness before sending any viewer must not wait for a viewer to start it."""
-    preparing = {c: rt.prepare() for c, rt in request.app[CHANNELS].items()}
-    not_ready = [c for c, t in preparing.items()
-                 if not t.done() or t.cancelled() or t.exception() is not None]
-    status = 200 if not not_ready else 503
-    return web.json_response({"ready": not not_ready, "preparing": not_ready}, status=status)
+    """Ready once every channel is prepared (ladder probed, slate conditioned) or
+    has failed to be (listed as ``failed``; retried every ``PREPARE_RETRY`` s):
+    one dead origin must not take every channel of the instance out of a load
+    balancer (found by a newcomer). Asking starts the preparation: a load
+    balancer that waits for readiness must not wait for a viewer to start it."""
+    channels = request.app[CHANNELS]
+    tasks = {c: rt.prepare() for c, rt in channels.items()}
+    preparing = [c for c, rt in channels.items() if rt.preparing]
+    failed = [c for c, t in tasks.items()
+              if c not in preparing and (not t.done() or t.cancelled() or t.exception())]
+    return web.json_response({"ready": not preparing, "preparing": preparing,
+                              "failed": failed}, status=503 if preparing else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -81,6 +81,8 @@ COHORT = "cohort"
 SHARED_RENDER_TTL = 3
 #: The most an init + media segment pair probed for the ladder may be (fMP4 content).
 PROBE_MAX_BYTES = 64 << 20
+#: Seconds between preparation attempts of a channel whose preparation failed.
+PREPARE_RETRY = 10.0
 #: Two grids' segments start together when their PDTs are this close.
 _SAME_INSTANT = timedelta(milliseconds=1)
 
@@ -222,6 +224,9 @@ class ChannelRuntime:
         #: counted from the break's start is all there is).
         self.layout: CommonGrid | None = None
         self._prepared: asyncio.Task[None] | None = None
+        #: Failed preparations so far (a dead origin), and when the last one ended.
+        self.prepare_failures = 0
+        self._prepare_failed_at = 0.0
         self._renders: OrderedDict[tuple[str, str, str, str], Rendered] = OrderedDict()
         #: The last render per (rendition, cohort, mode) that the splice accepted.
         self._last_good: dict[tuple[str, str, str], Rendered] = {}
@@ -310,10 +315,25 @@ class ChannelRuntime:
 
     # ----------------------------------------------------------- preparation
     def prepare(self) -> asyncio.Task[None]:
-        """Probe the content ladder and condition the slate (once, in the background)."""
-        if self._prepared is None or (self._prepared.done() and self._prepared.exception()):
-            self._prepared = asyncio.ensure_future(self._prepare())
-        return self._prepared
+        """Probe the content ladder and condition the slate (once, in the background;
+        after a failure, again when asked, at most every ``PREPARE_RETRY`` seconds)."""
+        task = self._prepared
+        if task is None or (task.done() and task.exception() is not None
+                            and self._clock() - self._prepare_failed_at >= PREPARE_RETRY):
+            task = self._prepared = asyncio.ensure_future(self._prepare())
+            task.add_done_callback(self._prepare_done)
+        return task
+
+    def _prepare_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.prepare_failures += 1
+            self._prepare_failed_at = self._clock()
+
+    @property
+    def preparing(self) -> bool:
+        """Is a first preparation still under way (not a retry after a failure)?"""
+        return (self._prepared is None or not self._prepared.done()) and (
+            self.prepare_failures == 0)
 
     async def _prepare(self) -> None:
         mv = await self.multivariant()

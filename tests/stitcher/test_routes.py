@@ -14,6 +14,7 @@ import pytest
 from fixtures.clock import ManualClock
 from manifests.pod import ItemKind, Pod, PodItem
 from stitcher.ads import Decision
+from stitcher.app import CHANNELS
 from tests.harness import Stack, start_stack
 
 
@@ -164,7 +165,36 @@ async def test_readyz_prepares_the_channels_itself(media: object, assets_dir: Pa
             if status == 200:
                 break
             await asyncio.sleep(0.1)
-        assert status == 200 and json.loads(body) == {"ready": True, "preparing": []}
+        assert status == 200 and json.loads(body) == {"ready": True, "preparing": [],
+                                                      "failed": []}
+
+
+async def test_one_dead_channel_does_not_make_the_instance_unready(
+        media: object, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by a newcomer: a channel whose origin is down kept /readyz at 503 for
+    good, so a load balancer would take every channel out; and it was retried (and
+    logged) on every probe."""
+    token = "readyz-admin-token-0123456789"
+    async with start_stack(clock=ManualClock(start=1_800_200_000.0), media=media,
+                           data_dir=tmp_path / "s", assets_dir=assets_dir,
+                           stitcher_config={"admin_token": token}) as stack:
+        async with stack.http.post(f"{stack.base}/admin/channels", json={
+                "id": "dead", "origin_url": "http://127.0.0.1:9/live/dead/master.m3u8"},
+                headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 201, await resp.text()
+        for _ in range(300):
+            status, _, body = await stack.get(f"{stack.base}/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and json.loads(body) == {"ready": True, "preparing": [],
+                                                      "failed": ["dead"]}, body
+        dead = stack.app[CHANNELS]["dead"]
+        tries = dead.prepare_failures
+        for _ in range(5):  # probes within the retry interval start nothing new
+            assert (await stack.get(f"{stack.base}/readyz"))[0] == 200
+        await asyncio.sleep(0.2)
+        assert dead.prepare_failures == tries
 
 
 def test_accepts_gzip_reads_q_values() -> None:
