@@ -13,6 +13,7 @@ of the same grid rendering at once cannot publish a slot differently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import heapq
@@ -83,6 +84,8 @@ SHARED_RENDER_TTL = 3
 PROBE_MAX_BYTES = 64 << 20
 #: Seconds between preparation attempts of a channel whose preparation failed.
 PREPARE_RETRY = 10.0
+#: Seconds a render waits for the channel's first preparation.
+PREPARE_WAIT = 3.0
 #: Two grids' segments start together when their PDTs are this close.
 _SAME_INSTANT = timedelta(milliseconds=1)
 
@@ -485,8 +488,13 @@ class ChannelRuntime:
         if rendition is None:
             raise NotFound(f"no rendition {rid!r} on channel {self.cfg.id!r}")
         self.active_cohorts[cohort] = time.monotonic()
-        if self._prepared is None:
-            self.prepare()
+        if self.preparing:
+            # The ladder and the slate decide ad and slate URIs: a render before them
+            # would publish slots that change once they are known (found by a
+            # newcomer: a restart rewrote a published slate segment). Wait a little
+            # (cached on disk after a restart: quick), then render as things are.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.prepare()), PREPARE_WAIT)
         fetched = await self.fetcher.get(rendition.uri)
         key = (rid, cohort, mode, fetched.version)
         cached = self._renders.get(key)

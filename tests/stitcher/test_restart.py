@@ -15,6 +15,8 @@ from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from fixtures.clock import ManualClock
 from manifests.checker import Snapshot, check, format_text
 from manifests.playlist import parse_media
@@ -52,8 +54,12 @@ async def _first_run(clock: ManualClock, media: object, assets_dir: Path, state:
     return origin, paths
 
 
+@pytest.mark.parametrize("warm_up", [True, False], ids=["warmed-up", "cold"])
 async def test_restart_mid_break_keeps_numbering(media: object, assets_dir: Path,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, warm_up: bool) -> None:
+    """``cold``: the restarted stitcher is not warmed up, its first render comes
+    before its ladder and slate are known (found by a newcomer: a published slate
+    segment was rewritten)."""
     clock = ManualClock(start=1_810_000_000.0)
     state = tmp_path / "state"
     snapshots: list[Snapshot] = []
@@ -64,7 +70,7 @@ async def test_restart_mid_break_keeps_numbering(media: object, assets_dir: Path
                for line in text.splitlines()), "the restart must happen inside the break"
 
     async with start_stack(clock=clock, media=media, origin=origin, data_dir=state,
-                           assets_dir=assets_dir, warm_up=True) as stack:
+                           assets_dir=assets_dir, warm_up=warm_up) as stack:
         await _reload(stack, paths, snapshots, 30)
 
     faults = [v for v in check(snapshots) if v.source == "stitcher"]
