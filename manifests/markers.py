@@ -17,7 +17,7 @@ import enum
 import logging
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -574,9 +574,9 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
     errors = errors if errors is not None else MarkerErrors()
     nested_ends = {END_OF[t] for t in policy.nested_types if t in END_OF}
     nested = policy.nested_types | nested_ends
-    state = _WindowState(playlist.segments, errors)
+    segments = playlist.rows  # only the marked segments are built
+    state = _WindowState(segments, errors)
     out: list[Observation] = []
-    segments = playlist.segments
     first = segments[0].msn if segments else playlist.media_sequence
     marked = playlist.marked
     begin = 0
@@ -649,7 +649,7 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
 class _WindowState:
     """What :func:`observe` remembers while walking one window."""
 
-    def __init__(self, segments: tuple[Segment, ...], errors: MarkerErrors) -> None:
+    def __init__(self, segments: Sequence[Segment], errors: MarkerErrors) -> None:
         self._segments = segments
         self._timed: list[Segment] | None = None
         self.errors = errors

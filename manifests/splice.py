@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -31,6 +31,7 @@ from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
 from manifests.breaks import DEFAULT_BREAK_POLICY, Break, BreakIndex, BreakPolicy
+from manifests.columns import SegmentTable
 from manifests.errors import ManifestError, SequenceRegressionError
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MARKER_TAGS
@@ -66,7 +67,6 @@ _PDT_PREFIX = EXT_X_PROGRAM_DATE_TIME + ":"
 #: A tag line :meth:`_Renderer.replaced` has not seen yet in this render.
 _UNSEEN = object()
 _MICROSECOND = timedelta(microseconds=1)
-_pdt = attrgetter("pdt")
 #: Up to this many new slots, each is simply classified (see :func:`_candidates`).
 _FEW = 16
 _special = attrgetter("special")
@@ -149,7 +149,7 @@ class SpliceResult:
     hwm: int
     media_sequence: int
     discontinuity_sequence: int
-    kept: tuple[Segment, ...] = ()
+    kept: Sequence[Segment] = ()
     entries: tuple[SlotEntry | None, ...] = ()
     #: The discontinuity anchor (msn, dsn) this render proposes to the ledger
     #: (:meth:`Ledger.append`), when the ledger has none it could count from.
@@ -171,7 +171,7 @@ class SpliceCache:
     """
 
     key: tuple[object, ...] = ()
-    segments: tuple[Segment, ...] = ()
+    segments: Sequence[Segment] = ()
     entries: list[SlotEntry | None] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
 
@@ -185,16 +185,16 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     ends below the ledger's high-water mark (older or renumbered: serving it
     would move players backwards); the service serves its last good playlist.
     """
-    segments = playlist.segments
-    if segments and segments[-1].msn < ledger.hwm:
-        raise SequenceRegressionError(segments[-1].msn, ledger.hwm)
+    segments = playlist.rows  # a cold render builds only the segments it looks at
+    if segments and segments.msn(len(segments) - 1) < ledger.hwm:
+        raise SequenceRegressionError(segments.msn(len(segments) - 1), ledger.hwm)
     renderer = _Renderer(options, uris, playlist.newline)
     inits = renderer.inits
     reuse, entries, chunks = _reusable(segments, cache, (options, uris))
     new_entries: list[SlotEntry] = []
     index = BreakIndex.of(breaks, options.break_policy)
     prev: SlotEntry | None = entries[-1] if reuse else (
-        ledger.entries.get(segments[0].msn - 1) if segments else None)
+        ledger.entries.get(segments.msn(0) - 1) if segments else None)
     todo = segments[reuse:]
     spans = _candidates(todo, index)
     hwm = ledger.hwm
@@ -202,13 +202,12 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     i, n = 0, len(todo)
     for lo, hi in [*spans, (n, n)]:
         while i < hi:
-            seg = todo[i]
-            if i < lo and seg.msn > hwm and (prev is None or prev.kind is SlotKind.CONTENT):
+            if i < lo and todo.msn(i) > hwm and (prev is None or prev.kind is SlotKind.CONTENT):
                 # Up to the next break's slots: plain content, rendered as one run;
                 # the origin's own discontinuities in it are recorded (B01).
                 run = todo[i:lo]
                 chunks.extend(renderer.plain_run(run))
-                if any(map(_DISCONTINUITY, run)):
+                if not run.plain(0, lo - i) and any(map(_DISCONTINUITY, run)):
                     own = [_content_entry(s, None) for s in run]
                     new_entries.extend(e for e in own if e is not None)
                     entries.extend(own)
@@ -216,6 +215,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
                     entries.extend(repeat(None, lo - i))
                 prev, i = None, lo
                 continue
+            seg = todo[i]
             if seg.msn <= hwm:
                 entry = published.get(seg.msn)
             elif i >= lo:
@@ -290,7 +290,7 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
     a gap nobody published). After a gap the anchor never goes below what the
     ledger already counted, whatever the origin says (invariant 2: never decreases).
     """
-    segments = playlist.segments
+    segments = playlist.rows
     if not segments:
         known = ledger.dsn_before(playlist.media_sequence)
         return (known if known is not None else
@@ -320,7 +320,7 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
     return dsn_start, anchor
 
 
-def _stitched_discontinuities(segments: tuple[Segment, ...], entries: list[SlotEntry | None],
+def _stitched_discontinuities(segments: Sequence[Segment], entries: list[SlotEntry | None],
                               count: int) -> int:
     """How many of the first ``count`` slots the stitched output puts an
     EXT-X-DISCONTINUITY before. Counted only when asked: usually the anchor is
@@ -330,7 +330,7 @@ def _stitched_discontinuities(segments: tuple[Segment, ...], entries: list[SlotE
                for seg, e in zip(islice(segments, count), entries))
 
 
-def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
+def _reusable(segments: Sequence[Segment], cache: SpliceCache | None, key: tuple[object, ...]
               ) -> tuple[int, list[SlotEntry | None], list[str]]:
     """How many leading segments the cache already rendered (same objects, same window)."""
     if cache is None or cache.key != key or not cache.segments or not segments:
@@ -382,7 +382,7 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
 _DISCONTINUITY = operator.attrgetter("discontinuity")
 
 
-def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[int, int]]:
+def _candidates(segments: SegmentTable, index: BreakIndex) -> list[tuple[int, int]]:
     """The index spans [lo, hi) of the slots a break may cover, in order, disjoint.
 
     A 2-hour window has thousands of slots and a few dozen breaks: asking the
@@ -397,7 +397,7 @@ def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[
         return []
     if len(segments) <= _FEW:
         return [(0, len(segments))]  # a refresh's tail: asking is cheaper than bisecting
-    timed = list(map(_pdt, segments))
+    timed = segments.pdts()  # no segment built for this
     if None in timed:
         return [(0, len(segments))]
     pdts = cast(list[datetime], timed)
@@ -540,9 +540,15 @@ class _Renderer:
                 return False
         return True
 
-    def plain_run(self, run: tuple[Segment, ...]) -> list[str]:
+    def plain_run(self, run: Sequence[Segment]) -> list[str]:
         """:meth:`plain` over consecutive slots, at C speed where the run has no
         special or discontinuous segment and every URI is already absolute."""
+        n = len(run)
+        if isinstance(run, SegmentTable) and run.plain(0, n):
+            # The table's plain rows: three lines each, no segment built for them.
+            if not self.base or _all_absolute(run.uris(0, n)):
+                return run.plain_text(0, n, self.newline)
+            return [self.plain(seg) for seg in run]
         raws = list(map(_raw, run))
         if self.routed is not None or any(map(_special, run)) or any(map(_discontinuity, run)) or (
                 self.base and not _all_absolute(list(map(_last_line, raws)))):

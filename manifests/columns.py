@@ -1,0 +1,226 @@
+"""A window's segments as columns: :class:`~manifests.playlist.Segment` objects on demand.
+
+A cold parse of a 2-hour window used to build 3,600 ``Segment`` objects
+(~1.5 us each), most of which a render never looks at: a plain segment
+(its PDT, EXTINF and URI lines, nothing else) between two breaks is copied
+to the output as its text. :class:`SegmentTable` keeps such *plain rows* as
+columns (MSN, PDT, the three lines, the parse state they share) filled in
+bulk, and builds a row's ``Segment`` the first time someone indexes it,
+exactly the object the line-by-line parser would have made. Every other
+segment (markers, state tags, blank lines, anything unusual) is stored built.
+
+Tables are views over an append-only store, so slicing (a refresh drops the
+head of the window) is O(1), appending the new tail is O(new), and a
+segment built through one view is the same object in every view of the store
+made later (the refresh and the splice cache compare segments by identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from itertools import repeat
+from typing import TYPE_CHECKING, overload
+
+if TYPE_CHECKING:
+    from manifests.playlist import Line, Segment
+
+#: The parse state a run of plain rows shares: (discontinuity sequence, EXT-X-KEY,
+#: EXT-X-MAP in force).
+RunState = tuple[int, "Line | None", "Line | None"]
+
+
+class _Store:
+    """The columns, one entry per row. ``segs[i]`` is the built Segment or None;
+    ``uris[i]`` is None for a row stored built (not plain)."""
+
+    __slots__ = ("ctx", "extinfs", "msns", "pdt_lines", "pdts", "segs", "uris")
+
+    def __init__(self) -> None:
+        self.segs: list[Segment | None] = []
+        self.msns: list[int] = []
+        self.pdts: list[datetime | None] = []
+        self.pdt_lines: list[str | None] = []
+        self.extinfs: list[str | None] = []
+        self.uris: list[str | None] = []
+        self.ctx: list[RunState | None] = []
+
+    def copy(self, start: int, stop: int) -> _Store:
+        out = _Store()
+        out.segs = self.segs[start:stop]
+        out.msns = self.msns[start:stop]
+        out.pdts = self.pdts[start:stop]
+        out.pdt_lines = self.pdt_lines[start:stop]
+        out.extinfs = self.extinfs[start:stop]
+        out.uris = self.uris[start:stop]
+        out.ctx = self.ctx[start:stop]
+        return out
+
+    def add_one(self, seg: Segment) -> None:
+        self.segs.append(seg)
+        self.msns.append(seg.msn)
+        self.pdts.append(seg.pdt)
+        self.pdt_lines.append(None)
+        self.extinfs.append(None)
+        self.uris.append(None)
+        self.ctx.append(None)
+
+    def add(self, segments: Sequence[Segment]) -> None:
+        n = len(segments)
+        self.segs.extend(segments)
+        self.msns.extend(seg.msn for seg in segments)
+        self.pdts.extend(seg.pdt for seg in segments)
+        for column in (self.pdt_lines, self.extinfs, self.uris, self.ctx):
+            column.extend(repeat(None, n))
+
+    def add_plain(self, first_msn: int, pdts: list[datetime], pdt_lines: list[str],
+                  extinfs: list[str], uris: list[str], state: RunState) -> None:
+        n = len(pdts)
+        self.segs.extend(repeat(None, n))
+        self.msns.extend(range(first_msn, first_msn + n))
+        self.pdts.extend(pdts)
+        self.pdt_lines.extend(pdt_lines)
+        self.extinfs.extend(extinfs)
+        self.uris.extend(uris)
+        self.ctx.extend(repeat(state, n))
+
+
+class TableBuilder:
+    """Collects rows in order while a parse runs (built segments and plain runs)."""
+
+    def __init__(self) -> None:
+        self._store = _Store()
+        #: MSNs of the built segments that carry ad markers, in order.
+        self.marked: list[int] = []
+
+    def add(self, segments: Sequence[Segment]) -> None:
+        if segments:
+            self._store.add(segments)
+            self.marked.extend(seg.msn for seg in segments if seg.markers)
+
+    def add_one(self, seg: Segment) -> None:
+        self._store.add_one(seg)
+        if seg.markers:
+            self.marked.append(seg.msn)
+
+    def add_plain(self, first_msn: int, pdts: list[datetime], pdt_lines: list[str],
+                  extinfs: list[str], uris: list[str], state: RunState) -> None:
+        """A run of plain rows: each has exactly its PDT (``pdts``, parsed and
+        aware), EXTINF and URI lines, and the run's shared parse ``state``."""
+        if pdts:
+            self._store.add_plain(first_msn, pdts, pdt_lines, extinfs, uris, state)
+
+    def table(self) -> SegmentTable:
+        return SegmentTable(self._store, 0, len(self._store.segs))
+
+
+class SegmentTable(Sequence["Segment"]):
+    """The segments of one window, in order; see the module docstring."""
+
+    __slots__ = ("_start", "_stop", "_store")
+
+    def __init__(self, store: _Store, start: int, stop: int) -> None:
+        self._store = store
+        self._start = start
+        self._stop = stop
+
+    @classmethod
+    def of(cls, segments: Sequence[Segment]) -> SegmentTable:
+        """A table over segments already built (a playlist made without columns)."""
+        store = _Store()
+        store.add(segments)
+        return cls(store, 0, len(store.segs))
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    @overload
+    def __getitem__(self, i: int) -> Segment: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> SegmentTable: ...
+
+    def __getitem__(self, i: int | slice) -> Segment | SegmentTable:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("a SegmentTable slices with step 1 only")
+            return SegmentTable(self._store, self._start + start,
+                                self._start + max(start, stop))
+        n = self._stop - self._start
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("segment index out of range")
+        j = self._start + i
+        seg = self._store.segs[j]
+        return seg if seg is not None else self._build(j)
+
+    def __iter__(self) -> Iterator[Segment]:
+        segs = self._store.segs
+        for j in range(self._start, self._stop):
+            seg = segs[j]
+            yield seg if seg is not None else self._build(j)
+
+    def _build(self, j: int) -> Segment:
+        """Row ``j``'s Segment: what the parse loop makes of a plain segment."""
+        from manifests.playlist import Segment, extinf_duration
+
+        s = self._store
+        pdt_line, extinf, uri, ctx = s.pdt_lines[j], s.extinfs[j], s.uris[j], s.ctx[j]
+        assert pdt_line is not None and extinf is not None and uri is not None
+        assert ctx is not None
+        duration = extinf_duration(extinf)
+        assert duration is not None  # checked when the run was stored
+        dsn, key, map_line = ctx
+        seg: Segment = Segment._parsed(s.msns[j], duration, uri, (pdt_line, extinf, uri),
+                                       False, s.pdts[j], True, dsn, key, map_line, False,
+                                       False, False, None, False)
+        s.segs[j] = seg
+        return seg
+
+    def msn(self, i: int) -> int:
+        """Row ``i``'s media sequence number, without building it."""
+        return self._store.msns[self._start + i]
+
+    def pdts(self) -> list[datetime | None]:
+        """Every row's PDT, without building a segment."""
+        return self._store.pdts[self._start:self._stop]
+
+    def raw(self, i: int) -> tuple[str, ...]:
+        """Row ``i``'s lines (``Segment.raw``), without building it."""
+        j = self._start + i
+        s = self._store
+        seg = s.segs[j]
+        if seg is not None:
+            return seg.raw
+        return (s.pdt_lines[j], s.extinfs[j], s.uris[j])  # type: ignore[return-value]
+
+    def plain(self, lo: int, hi: int) -> bool:
+        """Are rows [lo, hi) all plain (three lines, no special tag, no discontinuity)?"""
+        return None not in self._store.uris[self._start + lo:self._start + hi]
+
+    def uris(self, lo: int, hi: int) -> list[str]:
+        """The URI lines of plain rows [lo, hi)."""
+        return self._store.uris[self._start + lo:self._start + hi]  # type: ignore[return-value]
+
+    def plain_text(self, lo: int, hi: int, newline: str) -> list[str]:
+        """Plain rows [lo, hi) each as its lines joined, in C."""
+        a, b = self._start + lo, self._start + hi
+        s = self._store
+        return list(map(f"{{}}{newline}{{}}{newline}{{}}".format,
+                        s.pdt_lines[a:b], s.extinfs[a:b], s.uris[a:b]))
+
+    def extended(self, segments: Sequence[Segment]) -> SegmentTable:
+        """This window followed by ``segments`` (built). Appends in place when no
+        other view has grown the store past this one; copies (dropping the rows
+        before this view) when this view starts past the store's middle or the
+        store has grown elsewhere, so a sliding window's store stays bounded."""
+        store = self._store
+        if self._stop != len(store.segs) or self._start > len(store.segs) // 2:
+            store = store.copy(self._start, self._stop)
+            start = 0
+        else:
+            start = self._start
+        store.add(segments)
+        return SegmentTable(store, start, len(store.segs))
