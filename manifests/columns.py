@@ -17,40 +17,52 @@ made later (the refresh and the splice cache compare segments by identity).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from itertools import repeat
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
     from manifests.playlist import Line, Segment
 
+_MARKERS = itemgetter(1)
+#: Builds row j of a store (see ColumnStore.build).
+RowBuilder = Callable[["ColumnStore", int], "Segment"]
 #: The parse state a run of plain rows shares: (discontinuity sequence, EXT-X-KEY,
 #: EXT-X-MAP in force).
 RunState = tuple[int, "Line | None", "Line | None"]
 
 
-class _Store:
+class ColumnStore:
     """The columns, one entry per row. ``segs[i]`` is the built Segment or None;
-    ``uris[i]`` is None for a row stored built (not plain)."""
+    ``uris[i]`` is None for a row stored built; ``tags[i]`` is a row's one other
+    tag line (a marker, say) or None, ``flags[i]`` its (special, markers)."""
 
-    __slots__ = ("ctx", "extinfs", "msns", "pdt_lines", "pdts", "segs", "uris")
+    __slots__ = ("build", "ctx", "extinfs", "flags", "msns", "pdt_lines", "pdts", "segs", "tags",
+                 "uris")
 
-    def __init__(self) -> None:
+    def __init__(self, build: RowBuilder) -> None:
+        #: Makes row j's Segment from the columns (the parser's, ``playlist._build_row``).
+        self.build = build
         self.segs: list[Segment | None] = []
         self.msns: list[int] = []
         self.pdts: list[datetime | None] = []
         self.pdt_lines: list[str | None] = []
+        self.tags: list[str | None] = []
+        self.flags: list[tuple[bool, bool] | None] = []
         self.extinfs: list[str | None] = []
         self.uris: list[str | None] = []
         self.ctx: list[RunState | None] = []
 
-    def copy(self, start: int, stop: int) -> _Store:
-        out = _Store()
+    def copy(self, start: int, stop: int) -> ColumnStore:
+        out = ColumnStore(self.build)
         out.segs = self.segs[start:stop]
         out.msns = self.msns[start:stop]
         out.pdts = self.pdts[start:stop]
         out.pdt_lines = self.pdt_lines[start:stop]
+        out.tags = self.tags[start:stop]
+        out.flags = self.flags[start:stop]
         out.extinfs = self.extinfs[start:stop]
         out.uris = self.uris[start:stop]
         out.ctx = self.ctx[start:stop]
@@ -61,6 +73,8 @@ class _Store:
         self.msns.append(seg.msn)
         self.pdts.append(seg.pdt)
         self.pdt_lines.append(None)
+        self.tags.append(None)
+        self.flags.append(None)
         self.extinfs.append(None)
         self.uris.append(None)
         self.ctx.append(None)
@@ -70,26 +84,33 @@ class _Store:
         self.segs.extend(segments)
         self.msns.extend(seg.msn for seg in segments)
         self.pdts.extend(seg.pdt for seg in segments)
-        for column in (self.pdt_lines, self.extinfs, self.uris, self.ctx):
+        for column in (self.pdt_lines, self.tags, self.flags, self.extinfs, self.uris, self.ctx):
             column.extend(repeat(None, n))
 
     def add_plain(self, first_msn: int, pdts: list[datetime], pdt_lines: list[str],
-                  extinfs: list[str], uris: list[str], state: RunState) -> None:
+                  tags: list[str | None], flags: list[tuple[bool, bool]], extinfs: list[str],
+                  uris: list[str], state: RunState) -> None:
         n = len(pdts)
         self.segs.extend(repeat(None, n))
         self.msns.extend(range(first_msn, first_msn + n))
         self.pdts.extend(pdts)
         self.pdt_lines.extend(pdt_lines)
+        self.tags.extend(tags)
+        self.flags.extend(flags)
         self.extinfs.extend(extinfs)
         self.uris.extend(uris)
         self.ctx.extend(repeat(state, n))
 
 
+def _never(store: ColumnStore, j: int) -> Segment:
+    raise AssertionError("a table of built segments has no rows to build")
+
+
 class TableBuilder:
     """Collects rows in order while a parse runs (built segments and plain runs)."""
 
-    def __init__(self) -> None:
-        self._store = _Store()
+    def __init__(self, build: RowBuilder) -> None:
+        self._store = ColumnStore(build)
         #: MSNs of the built segments that carry ad markers, in order.
         self.marked: list[int] = []
 
@@ -104,11 +125,16 @@ class TableBuilder:
             self.marked.append(seg.msn)
 
     def add_plain(self, first_msn: int, pdts: list[datetime], pdt_lines: list[str],
-                  extinfs: list[str], uris: list[str], state: RunState) -> None:
-        """A run of plain rows: each has exactly its PDT (``pdts``, parsed and
-        aware), EXTINF and URI lines, and the run's shared parse ``state``."""
+                  tags: list[str | None], flags: list[tuple[bool, bool]], extinfs: list[str],
+                  uris: list[str], state: RunState) -> None:
+        """A run of column rows: each has exactly its PDT (``pdts``, parsed and
+        aware), at most one other tag (``tags``, with its (special, markers)
+        ``flags``), EXTINF and URI lines, and the run's shared parse ``state``."""
         if pdts:
-            self._store.add_plain(first_msn, pdts, pdt_lines, extinfs, uris, state)
+            self._store.add_plain(first_msn, pdts, pdt_lines, tags, flags, extinfs, uris, state)
+            if any(map(_MARKERS, flags)):
+                self.marked.extend(compress(range(first_msn, first_msn + len(pdts)),
+                                            map(_MARKERS, flags)))
 
     def table(self) -> SegmentTable:
         return SegmentTable(self._store, 0, len(self._store.segs))
@@ -119,7 +145,7 @@ class SegmentTable(Sequence["Segment"]):
 
     __slots__ = ("_start", "_stop", "_store")
 
-    def __init__(self, store: _Store, start: int, stop: int) -> None:
+    def __init__(self, store: ColumnStore, start: int, stop: int) -> None:
         self._store = store
         self._start = start
         self._stop = stop
@@ -127,7 +153,7 @@ class SegmentTable(Sequence["Segment"]):
     @classmethod
     def of(cls, segments: Sequence[Segment]) -> SegmentTable:
         """A table over segments already built (a playlist made without columns)."""
-        store = _Store()
+        store = ColumnStore(_never)
         store.add(segments)
         return cls(store, 0, len(store.segs))
 
@@ -163,19 +189,9 @@ class SegmentTable(Sequence["Segment"]):
             yield seg if seg is not None else self._build(j)
 
     def _build(self, j: int) -> Segment:
-        """Row ``j``'s Segment: what the parse loop makes of a plain segment."""
-        from manifests.playlist import Segment, extinf_duration
-
+        """Row ``j``'s Segment: what the parse loop makes of such a segment."""
         s = self._store
-        pdt_line, extinf, uri, ctx = s.pdt_lines[j], s.extinfs[j], s.uris[j], s.ctx[j]
-        assert pdt_line is not None and extinf is not None and uri is not None
-        assert ctx is not None
-        duration = extinf_duration(extinf)
-        assert duration is not None  # checked when the run was stored
-        dsn, key, map_line = ctx
-        seg: Segment = Segment._parsed(s.msns[j], duration, uri, (pdt_line, extinf, uri),
-                                       False, s.pdts[j], True, dsn, key, map_line, False,
-                                       False, False, None, False)
+        seg = s.build(s, j)
         s.segs[j] = seg
         return seg
 
@@ -194,11 +210,16 @@ class SegmentTable(Sequence["Segment"]):
         seg = s.segs[j]
         if seg is not None:
             return seg.raw
-        return (s.pdt_lines[j], s.extinfs[j], s.uris[j])  # type: ignore[return-value]
+        tag = s.tags[j]
+        if tag is None:
+            return (s.pdt_lines[j], s.extinfs[j], s.uris[j])  # type: ignore[return-value]
+        return (s.pdt_lines[j], tag, s.extinfs[j], s.uris[j])  # type: ignore[return-value]
 
     def plain(self, lo: int, hi: int) -> bool:
-        """Are rows [lo, hi) all plain (three lines, no special tag, no discontinuity)?"""
-        return None not in self._store.uris[self._start + lo:self._start + hi]
+        """Are rows [lo, hi) all plain (three lines: PDT, EXTINF, URI)?"""
+        a, b = self._start + lo, self._start + hi
+        s = self._store
+        return None not in s.uris[a:b] and s.tags[a:b].count(None) == b - a
 
     def uris(self, lo: int, hi: int) -> list[str]:
         """The URI lines of plain rows [lo, hi)."""
@@ -208,8 +229,8 @@ class SegmentTable(Sequence["Segment"]):
         """Plain rows [lo, hi) each as its lines joined, in C."""
         a, b = self._start + lo, self._start + hi
         s = self._store
-        return list(map(f"{{}}{newline}{{}}{newline}{{}}".format,
-                        s.pdt_lines[a:b], s.extinfs[a:b], s.uris[a:b]))
+        return list(map(newline.join, zip(s.pdt_lines[a:b], s.extinfs[a:b],  # type: ignore[arg-type]
+                                          s.uris[a:b])))
 
     def extended(self, segments: Sequence[Segment]) -> SegmentTable:
         """This window followed by ``segments`` (built). Appends in place when no

@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter
+from typing import cast
 
-from manifests.columns import SegmentTable, TableBuilder
+from manifests.columns import ColumnStore, SegmentTable, TableBuilder
 from manifests.errors import ManifestError, PlaylistParseError
 from manifests.timing import parse_duration, parse_pdt
 
@@ -438,7 +439,7 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
             final_newline=final_newline, warnings=tuple(warnings),
             marked=tuple(compress(map(_MSN, segments), map(_MARKERS, segments))),
         )
-    rows = TableBuilder()
+    rows = TableBuilder(_build_row)
     header, trailer, warnings = _parse_text(body, state, rows, strict=strict_header)
     return MediaPlaylist.of_rows(
         rows.table(), header, trailer, state.target, state.media_sequence,
@@ -471,9 +472,10 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     (header, trailer, segments with state tags, anything unusual) is parsed
     by ``parse_lines`` itself, together with the match that follows it, so it
     always starts and ends on a segment boundary. Runs of the plainest
-    segments (PDT, EXTINF, URI and nothing else, the PDT one ``fromisoformat``
-    reads) are found and stored as columns in bulk, in C; only the other
-    matches take a Python-level step each.
+    segments (a PDT ``fromisoformat`` reads, at most one tag the loop would not
+    interpret, EXTINF, URI: a live window's content and marker segments) are
+    found and stored as columns in bulk, in C; only the other matches take a
+    Python-level step each.
     """
     parts = _PLAIN_SEGMENT.split(body)
     matches = len(parts) // (_GROUPS + 1)
@@ -500,11 +502,27 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     # Matches that are not a column row: text before them, another tag, no PDT,
     # an EXTINF without a valid duration. Found in C; few in a live window.
     everyone = range(matches)
-    odd = {*compress(everyone, gaps), *compress(everyone, tag_lines),
-           *compress(everyone, map(operator.not_, pdt_lines))}
+    odd = {*compress(everyone, gaps), *compress(everyone, map(operator.not_, pdt_lines))}
     invalid = {text for text in set(extinfs) if extinf_duration(text) is None}
     if invalid:
         odd.update(compress(everyone, map(invalid.__contains__, extinfs)))
+    # The other tag line a row may have, each distinct text classified once, as
+    # the loop below does it (live feeds repeat their marker lines): playlist
+    # tags and the ones the loop interprets make the row odd.
+    kinds: dict[str | None, tuple[bool, bool] | None] = {None: (False, False)}
+    for text in set(tag_lines):
+        if text is not None:
+            colon = text.find(":")
+            name = text if colon < 0 else text[:colon]
+            kinds[text] = (None if name in codes
+                           else (True, name in AD_MARKER_TAGS) if name in special_tags
+                           else (True, False) if "URI=" in text else (False, False))
+    if len(kinds) > 1:
+        flags = list(map(kinds.__getitem__, tag_lines))
+        if None in flags:
+            odd.update(compress(everyone, map(operator.not_, flags)))
+    else:
+        flags = list(repeat(kinds[None], matches))
     todo: list[int | tuple[int, int, list[datetime]]] = []  # in order: a match, or a run
     begin = 0
     for stop in [*sorted(odd), matches]:
@@ -523,8 +541,10 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     for j in todo:
         if not isinstance(j, int):
             begin, stop, pdts = j
-            rows.add_plain(next_msn, pdts, pdt_lines[begin:stop], extinfs[begin:stop],
-                           uris[begin:stop], (dsn, key, map_line))
+            rows.add_plain(next_msn, pdts, pdt_lines[begin:stop], tag_lines[begin:stop],
+                           cast(list[tuple[bool, bool]], flags[begin:stop]),
+                           extinfs[begin:stop], uris[begin:stop],
+                           (dsn, key, map_line))
             next_msn += stop - begin
             in_header = False
             last = extinf_duration(extinfs[stop - 1])
@@ -598,6 +618,21 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     rows.add(more)
     warnings.extend(notes)
     return header, trailer, warnings
+
+
+def _build_row(store: ColumnStore, j: int) -> Segment:
+    """Row ``j`` of a column store as the Segment the parse loop would have made
+    of it (a plain or one-tag segment with an explicit PDT: see _parse_text)."""
+    tag = store.tags[j]
+    extinf = store.extinfs[j]
+    uri = store.uris[j]
+    pdt_line = store.pdt_lines[j]
+    dsn, key, map_line = store.ctx[j]  # type: ignore[misc]
+    special, markers = store.flags[j]  # type: ignore[misc]
+    return Segment._parsed(
+        store.msns[j], _EXTINF_LINES.get(extinf) or _extinf_duration(extinf),  # type: ignore[arg-type]
+        uri, (pdt_line, extinf, uri) if tag is None else (pdt_line, tag, extinf, uri),  # type: ignore[arg-type]
+        False, store.pdts[j], True, dsn, key, map_line, False, special, markers, None, False)
 
 
 def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, strict: bool = True,

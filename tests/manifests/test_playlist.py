@@ -173,7 +173,16 @@ PLAIN_ROW = st.builds(
                      "2026-12-03T10:00:04", "2026-12-03T12:00:06+02:00",
                      "2026-12-03T10:00:08,5Z", "not a date", "2026-12-03T10:00:10.123456789Z"]),
     st.sampled_from(["2.000", "2", "6.006", "x", ""]), st.integers(0, 99))
-COLUMN_SOUP = st.lists(st.one_of(PLAIN_ROW, PLAIN_ROW, PLAIN_ROW, SOUP_LINE), max_size=40)
+#: The same with one more tag line: markers, unknown tags (with a URI or not), and
+#: tags the parse loop interprets (those segments are built as they are parsed).
+TAGGED_ROW = st.builds(
+    lambda row, tag: row.replace("\n", f"\n{tag}\n", 1), PLAIN_ROW,
+    st.sampled_from(["#EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=30", "#EXT-X-CUE-IN",
+                     "#EXT-X-CUE-OUT:30", "#EXT-X-FOO", '#EXT-X-FOO:URI="x.ts"', "#EXT-X-BITRATE:5",
+                     "#EXT-X-DISCONTINUITY", "#EXT-X-GAP", '#EXT-X-KEY:METHOD=NONE',
+                     '#EXT-X-DATERANGE:ID="a",START-DATE="2026-12-03T10:00:04Z"',
+                     "#EXT-X-MEDIA-SEQUENCE:7", "#EXT-X-ENDLIST", "#EXT-X-PART:URI=\"p\""]))
+COLUMN_SOUP = st.lists(st.one_of(PLAIN_ROW, PLAIN_ROW, TAGGED_ROW, SOUP_LINE), max_size=40)
 
 
 @given(COLUMN_SOUP, st.booleans(), st.booleans(), st.randoms(use_true_random=False))
@@ -203,6 +212,7 @@ def test_columnar_rows_agree_with_the_line_parser(
         assert rows[i] is rows[i]
     for i in range(len(rows)):
         if rows.plain(i, i + 1):
+            assert len(segments[i].raw) == 3 and not segments[i].special
             assert rows.plain_text(i, i + 1, "\n") == ["\n".join(segments[i].raw)]
     assert _fields(playlist) == _fields(reference)
     assert playlist.segments == tuple(rows)
