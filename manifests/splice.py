@@ -197,6 +197,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
         ledger.entries.get(segments.msn(0) - 1) if segments else None)
     todo = segments[reuse:]
     spans = _candidates(todo, index)
+    classify_slot = _Classifier(index, pods, options.cadence)
     hwm = ledger.hwm
     published = ledger.entries
     i, n = 0, len(todo)
@@ -219,7 +220,7 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
             if seg.msn <= hwm:
                 entry = published.get(seg.msn)
             elif i >= lo:
-                entry = classify(seg, prev, index, pods, options.cadence)
+                entry = classify_slot(seg, prev)
                 if (entry is not None and entry.kind is not SlotKind.CONTENT
                         and seg.map is not None
                         and _init_of(inits, entry, pods.get(entry.break_id)) is None):
@@ -440,6 +441,60 @@ def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
     return _content_entry(seg, prev)
 
 
+class _Classifier:
+    """:func:`classify` for the slots of one render, in timeline order: the break
+    covering a run of slots, its pod and the grid's cadence are looked up once
+    for the run, not per slot (a cold render of a 2-hour window classifies
+    every slot of its 40 breaks). The cached break is the one
+    :meth:`BreakIndex.covering` returns for every PDT in
+    [its start, min(its end, the next break's start)); elsewhere it asks."""
+
+    __slots__ = ("_brk", "_cadence", "_hi", "_index", "_lo", "_pod", "_pods", "_start")
+
+    def __init__(self, index: BreakIndex, pods: Mapping[str, Pod],
+                 cadence: Fraction | None) -> None:
+        self._index = index
+        self._pods = pods
+        self._cadence = None if cadence is None else round(cadence * 1_000_000)
+        self._lo: datetime | None = None
+        self._hi: datetime | None = None
+        self._brk: Break | None = None
+        self._pod: Pod | None = None
+        self._start: datetime | None = None
+
+    def __call__(self, seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
+        pdt = seg.pdt
+        if pdt is None:
+            return _content_entry(seg, prev)
+        lo = self._lo
+        if lo is not None and lo <= pdt < self._hi:  # type: ignore[operator]
+            brk, pod = self._brk, self._pod
+        else:
+            index = self._index
+            brk = index.covering(pdt, seg.step)
+            pod = self._pods.get(brk.id) if brk is not None else None
+            i = bisect_right(index.starts, pdt) - 1
+            if brk is not None and i >= 0 and index.breaks[i] is brk:
+                # Cacheable: every PDT in this span bisects to i and i covers it.
+                starts = index.starts
+                self._lo = starts[i]
+                self._hi = (index.ends[i] if i + 1 == len(starts)
+                            else min(index.ends[i], starts[i + 1]))
+                self._brk, self._pod, self._start = brk, pod, brk.start
+            else:
+                self._lo = None
+        if brk is not None and pod is not None:
+            hit = pod.item_at_us((pdt - brk.start) // _MICROSECOND, self._cadence)
+            if hit is not None:
+                position, item, segment, wrapped = hit
+                disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
+                        or prev.item != position or wrapped)
+                kind = SlotKind.AD if item.kind is ItemKind.AD else SlotKind.SLATE
+                return SlotEntry(seg.msn, kind, brk.id, position, segment, disc,
+                                 int(disc) - int(seg.discontinuity))
+        return _content_entry(seg, prev)
+
+
 def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
     """A content slot: after a replaced one it starts with a discontinuity."""
     if prev is not None and prev.kind is not SlotKind.CONTENT:
@@ -619,7 +674,19 @@ class _Renderer:
         pdt_line: str | None = None
         extinf: str | None = None
         seen = self.replaced_tags
-        for text in seg.raw:
+        raw = seg.raw
+        n = len(raw)
+        if (3 <= n <= 4 and raw[0].startswith(_PDT_PREFIX) and raw[-2].startswith(_EXTINF_PREFIX)
+                and raw[-1][:1] not in ("", "#") and not raw[-1].isspace()):
+            # The parse's column shape (PDT, at most one other tag, EXTINF, URI): what
+            # the loop below makes of it, the tag's fate read from the cache.
+            kept = _UNSEEN if n == 3 else seen.get(raw[1], _UNSEEN)
+            if n == 3 or (kept is not _UNSEEN and not raw[1].startswith(_EXTINF_PREFIX)):
+                pdt_line, extinf = raw[0], raw[-2]
+                if kept is not None and kept is not _UNSEEN:
+                    out.append(cast(str, kept))
+                raw = ()
+        for text in raw:
             if not text.startswith("#EXT"):
                 if not text or text[0] == "#" or text.isspace():
                     out.append(text)  # a comment or a blank line stays
