@@ -67,6 +67,7 @@ _PDT_PREFIX = EXT_X_PROGRAM_DATE_TIME + ":"
 #: A tag line :meth:`_Renderer.replaced` has not seen yet in this render.
 _UNSEEN = object()
 _MICROSECOND = timedelta(microseconds=1)
+_NO_DURATION = timedelta(0)
 #: Up to this many new slots, each is simply classified (see :func:`_candidates`).
 _FEW = 16
 _special = attrgetter("special")
@@ -361,19 +362,20 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     is unknown (joined from a bare CONT) gets no pod: content underneath.
     """
     needed: dict[str, Fraction] = {}
-    segments = playlist.segments
+    segments = playlist.rows
     if not segments:
         return needed
-    first, last = segments[0].msn, segments[-1].msn
+    first, last = segments.msn(0), segments.msn(len(segments) - 1)
     for msn, entry in ledger.entries.items():
         if first <= msn <= last and entry.break_id:
             needed.setdefault(entry.break_id, Fraction(0))
     index = BreakIndex(breaks, policy)
-    for seg in segments[max(0, ledger.hwm + 1 - first):]:
-        if seg.pdt is not None:
-            brk = index.covering(seg.pdt, seg.step)
+    # The PDT column: no segment is built for this (covering reads only the start).
+    for pdt in islice(segments.pdts(), max(0, ledger.hwm + 1 - first), None):
+        if pdt is not None:
+            brk = index.covering(pdt, _NO_DURATION)
             if brk is not None and brk.id not in needed and brk.start_known:
-                start = max(Fraction(0), brk.offset(seg.pdt))
+                start = max(Fraction(0), brk.offset(pdt))
                 if unit:
                     start = -((-start + EPS) // unit) * unit  # ceil, PDT rounding tolerated
                 needed[brk.id] = start
