@@ -199,6 +199,14 @@ class SegmentTable(Sequence["Segment"]):
         """Row ``i``'s media sequence number, without building it."""
         return self._store.msns[self._start + i]
 
+    def pending_tag(self, i: int) -> str | None:
+        """Row ``i``'s one other tag line while the row is not built yet (None
+        once built, or for a row without one): lets a reader that needs only
+        the tag skip building the segment."""
+        j = self._start + i
+        s = self._store
+        return s.tags[j] if s.segs[j] is None else None
+
     def pdts(self) -> list[datetime | None]:
         """Every row's PDT, without building a segment."""
         return self._store.pdts[self._start:self._stop]

@@ -84,3 +84,49 @@ def test_a_long_slide_stays_identical_to_full_parses_and_bounded(disc_every: int
         # The table's store is copied once the window has slid past half of it.
         assert len(ours.rows._store.segs) <= 2 * 30 + 1
     assert parser.incremental_parses == 44
+
+
+MARKER_LINES = st.sampled_from([
+    "#EXT-X-CUE-OUT:DURATION=8", "#EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=8",
+    "#EXT-X-CUE-OUT-CONT:ElapsedTime=4,Duration=8", "#EXT-X-CUE-OUT-CONT:garbage",
+    "#EXT-X-CUE-OUT-CONT", "#EXT-X-CUE-IN", '#EXT-X-ASSET:CAID=0x1', "#EXT-X-CUE:TYPE=SpliceOut",
+    '#EXT-X-DATERANGE:ID="d",START-DATE="2026-12-03T20:00:04.000Z",PLANNED-DURATION=4,'
+    "SCTE35-OUT=0xFC", '#EXT-X-DATERANGE:ID="d",START-DATE="2026-12-03T20:00:04.000Z",'
+    'END-DATE="2026-12-03T20:00:08.000Z",SCTE35-IN=0xFC', "#EXT-X-CUE-SPAN",
+    # Lines counted as errors at every sighting, inside a break or not.
+    "#EXT-OATCLS-SCTE35:notbase64", '#EXT-X-SCTE35:CUE="zz"', "#EXT-X-CUE:TYPE=Bogus"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), MARKER_LINES), min_size=1, max_size=30),
+       st.integers(-1, 30))
+def test_observe_skipping_unbuilt_rows_sees_what_the_built_window_does(
+        markers: list[str | None], since: int) -> None:
+    """Inside an open break, observe leaves the parse's CONT rows unbuilt: the
+    observations, the errors counted, and what a second look at the same window
+    reports (memoised walks and signals) are those of the window built in full."""
+    from dataclasses import replace
+
+    from manifests.markers import MarkerErrors, observe
+
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:0"]
+    for i, tag in enumerate(markers):
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:2026-12-03T20:{i * 2 // 60:02d}:"
+                     f"{i * 2 % 60:02d}.000Z")
+        if tag is not None:
+            lines.append(tag)
+        lines += ["#EXTINF:2.000,", f"s{i}.ts"]
+    text = "\n".join(lines) + "\n"
+    columns = parse_media(text)
+    built = parse_media(text)
+    built = replace(built, segments=built.segments)  # no table: every segment built
+    for playlist in (columns, built):
+        assert playlist.rows is not None
+    results = []
+    for playlist in (columns, built):
+        seen = []
+        for since_msn in (None, since, None):
+            errors = MarkerErrors()
+            seen.append((observe(playlist, errors=errors, since_msn=since_msn), errors.items))
+        results.append(seen)
+    assert results[0] == results[1]
