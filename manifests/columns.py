@@ -199,6 +199,19 @@ class SegmentTable(Sequence["Segment"]):
         """Row ``i``'s media sequence number, without building it."""
         return self._store.msns[self._start + i]
 
+    def pending(self, i: int) -> tuple[int, datetime, tuple[str, ...], Line | None, Line | None] | None:
+        """Row ``i``'s (MSN, PDT, lines, EXT-X-KEY, EXT-X-MAP) while it is not built
+        yet (None once built, or for a row stored built): what the splice reads
+        of a slot it replaces, without building the segment."""
+        j = self._start + i
+        s = self._store
+        if s.segs[j] is not None:
+            return None
+        ctx = s.ctx[j]
+        pdt = s.pdts[j]
+        assert ctx is not None and pdt is not None
+        return s.msns[j], pdt, self.raw(i), ctx[1], ctx[2]
+
     def pending_tag(self, i: int) -> str | None:
         """Row ``i``'s one other tag line while the row is not built yet (None
         once built, or for a row without one): lets a reader that needs only

@@ -54,7 +54,7 @@ from manifests.playlist import (
     Segment,
     render_lines,
 )
-from manifests.pod import EPS, ItemKind, Pod, PodItem
+from manifests.pod import EPS, ItemKind, Pod, PodItem, item_in, pod_bounds
 from manifests.timing import format_duration, format_pdt
 
 #: Tags of a replaced content segment that describe that content only.
@@ -217,6 +217,22 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
                     entries.extend(repeat(None, lo - i))
                 prev, i = None, lo
                 continue
+            row = todo.pending(i) if i >= lo else None
+            if row is not None and row[0] > hwm:
+                # A column row of the parse, new, in a break's span: classified and,
+                # replaced, rendered from its columns without building its segment.
+                msn, pdt, raw, key, map_line = row
+                entry = classify_slot.at(msn, pdt, False, prev)
+                if entry is not None and entry.kind is not SlotKind.CONTENT and (
+                        map_line is None
+                        or _init_of(inits, entry, pods.get(entry.break_id)) is not None):
+                    new_entries.append(entry)
+                    chunks.append(renderer.replaced_lines(raw, key, pdt, entry, prev,
+                                                          pods.get(entry.break_id)))
+                    entries.append(entry)
+                    prev = entry
+                    i += 1
+                    continue
             seg = todo[i]
             if seg.msn <= hwm:
                 entry = published.get(seg.msn)
@@ -451,7 +467,7 @@ class _Classifier:
     :meth:`BreakIndex.covering` returns for every PDT in
     [its start, min(its end, the next break's start)); elsewhere it asks."""
 
-    __slots__ = ("_brk", "_cadence", "_hi", "_index", "_lo", "_pod", "_pods", "_start")
+    __slots__ = ("_bounds", "_brk", "_cadence", "_hi", "_index", "_lo", "_pod", "_pods")
 
     def __init__(self, index: BreakIndex, pods: Mapping[str, Pod],
                  cadence: Fraction | None) -> None:
@@ -462,19 +478,24 @@ class _Classifier:
         self._hi: datetime | None = None
         self._brk: Break | None = None
         self._pod: Pod | None = None
-        self._start: datetime | None = None
+        self._bounds: tuple[int, tuple[tuple[int, int, int, int], ...]] | None = None
 
     def __call__(self, seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
-        pdt = seg.pdt
+        return self.at(seg.msn, seg.pdt, seg.discontinuity, prev)
+
+    def at(self, msn: int, pdt: datetime | None, discontinuity: bool, prev: SlotEntry | None
+           ) -> SlotEntry | None:
+        """The same for the slot with these fields (a column row: no segment built)."""
         if pdt is None:
-            return _content_entry(seg, prev)
+            return _content_entry_at(msn, discontinuity, prev)
         lo = self._lo
         if lo is not None and lo <= pdt < self._hi:  # type: ignore[operator]
-            brk, pod = self._brk, self._pod
+            brk, pod, bounds = self._brk, self._pod, self._bounds
         else:
             index = self._index
-            brk = index.covering(pdt, seg.step)
+            brk = index.covering(pdt, _NO_DURATION)  # the duration is not read
             pod = self._pods.get(brk.id) if brk is not None else None
+            bounds = pod_bounds(pod) if pod is not None and pod.personalized else None
             i = bisect_right(index.starts, pdt) - 1
             if brk is not None and i >= 0 and index.breaks[i] is brk:
                 # Cacheable: every PDT in this span bisects to i and i covers it.
@@ -482,30 +503,37 @@ class _Classifier:
                 self._lo = starts[i]
                 self._hi = (index.ends[i] if i + 1 == len(starts)
                             else min(index.ends[i], starts[i + 1]))
-                self._brk, self._pod, self._start = brk, pod, brk.start
+                self._brk, self._pod, self._bounds = brk, pod, bounds
             else:
                 self._lo = None
         if brk is not None and pod is not None:
-            hit = pod.item_at_us((pdt - brk.start) // _MICROSECOND, self._cadence)
+            # pod.item_at_us, the pod's bounds looked up once per break.
+            hit = (None if bounds is None else
+                   item_in(pod.items, bounds, (pdt - brk.start) // _MICROSECOND, self._cadence))
             if hit is not None:
                 position, item, segment, wrapped = hit
                 disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
                         or prev.item != position or wrapped)
                 kind = SlotKind.AD if item.kind is ItemKind.AD else SlotKind.SLATE
-                return SlotEntry(seg.msn, kind, brk.id, position, segment, disc,
-                                 int(disc) - int(seg.discontinuity))
-        return _content_entry(seg, prev)
+                return SlotEntry(msn, kind, brk.id, position, segment, disc,
+                                 int(disc) - int(discontinuity))
+        return _content_entry_at(msn, discontinuity, prev)
 
 
 def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
     """A content slot: after a replaced one it starts with a discontinuity."""
+    return _content_entry_at(seg.msn, seg.discontinuity, prev)
+
+
+def _content_entry_at(msn: int, discontinuity: bool, prev: SlotEntry | None
+                      ) -> SlotEntry | None:
     if prev is not None and prev.kind is not SlotKind.CONTENT:
-        return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
-                         delta=1 - int(seg.discontinuity))
-    if seg.discontinuity:
+        return SlotEntry(msn, SlotKind.CONTENT, discontinuity=True,
+                         delta=1 - int(discontinuity))
+    if discontinuity:
         # The origin's own discontinuity, recorded so the stitched DSN counts it
         # once it has left the window, whatever the origin's tag says (B01).
-        return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True)
+        return SlotEntry(msn, SlotKind.CONTENT, discontinuity=True)
     return None
 
 
@@ -603,7 +631,7 @@ class _Renderer:
         n = len(run)
         if isinstance(run, SegmentTable) and run.plain(0, n):
             # The table's plain rows: three lines each, no segment built for them.
-            if not self.base or _all_absolute(run.uris(0, n)):
+            if not self.base or _all_absolute(run.uris(0, n), stripped=True):
                 return run.plain_text(0, n, self.newline)
             return [self.plain(seg) for seg in run]
         raws = list(map(_raw, run))
@@ -670,13 +698,17 @@ class _Renderer:
 
     def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
                  pod: Pod | None) -> str:
+        return self.replaced_lines(seg.raw, seg.key, seg.pdt, entry, prev, pod)
+
+    def replaced_lines(self, raw: tuple[str, ...], key: Line | None, pdt: datetime | None,
+                       entry: SlotEntry, prev: SlotEntry | None, pod: Pod | None) -> str:
+        """:meth:`replaced` from the fields it reads (a column row: no segment built)."""
         # Read from the raw text (the segment's Line objects are not built for
         # this): the tags that outlive the content, its PDT and its EXTINF.
         out: list[str] = []
         pdt_line: str | None = None
         extinf: str | None = None
         seen = self.replaced_tags
-        raw = seg.raw
         n = len(raw)
         if (3 <= n <= 4 and raw[0].startswith(_PDT_PREFIX) and raw[-2].startswith(_EXTINF_PREFIX)
                 and raw[-1][:1] not in ("", "#") and not raw[-1].isspace()):
@@ -722,15 +754,15 @@ class _Renderer:
                 # discontinuity; the content's is restated on return (content()).
                 out.append(f'{EXT_X_MAP}:URI="{init}"')
         entering = prev is None or prev.kind is SlotKind.CONTENT
-        if entering and seg.key is not None and _encrypted(seg.key):
+        if entering and key is not None and _encrypted(key):
             out.append(f"{EXT_X_KEY}:METHOD=NONE")
-        if pdt_line is None and seg.pdt is not None:
-            pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}"
+        if pdt_line is None and pdt is not None:
+            pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(pdt)}"
         if pdt_line is not None:
             out.append(pdt_line)
         if (self.options.ad_dateranges and pod is not None and entry.kind is SlotKind.AD
-                and entry.segment == 0 and seg.pdt is not None):
-            out.append(_ad_daterange(entry, pod.items[entry.item], seg))
+                and entry.segment == 0 and pdt is not None):
+            out.append(_ad_daterange(entry, pod.items[entry.item], pdt))
         if extinf is None:
             raise AssertionError("a parsed segment always has EXTINF")
         line = self.replaced_extinfs.get(extinf)
@@ -751,13 +783,12 @@ class _Renderer:
 AD_DATERANGE_CLASS = "urn:svta:advertising-wg:ad-id"
 
 
-def _ad_daterange(entry: SlotEntry, item: PodItem, seg: Segment) -> str:
+def _ad_daterange(entry: SlotEntry, item: PodItem, pdt: datetime) -> str:
     """One DATERANGE spanning the ad as it plays (RFC 8216bis 4.4.5.1): a unique,
     deterministic ID (break and pod position), start at the ad's first slot,
     the creative's own duration."""
-    assert seg.pdt is not None
     return (f'{EXT_X_DATERANGE}:ID="{entry.break_id}-{entry.item + 1}",'
-            f'CLASS="{AD_DATERANGE_CLASS}",START-DATE="{format_pdt(seg.pdt)}",'
+            f'CLASS="{AD_DATERANGE_CLASS}",START-DATE="{format_pdt(pdt)}",'
             f'DURATION={format_duration(item.duration)},X-AD-ID="{item.creative}",'
             f"X-POD-POSITION={entry.item + 1}")
 
@@ -789,15 +820,17 @@ def _explicit_iv(text: str, msn: int) -> str:
     return f"{text},IV=0x{msn:032X}"
 
 
-def _all_absolute(uris: list[str]) -> bool:
+def _all_absolute(uris: list[str], stripped: bool = False) -> bool:
     """Does :func:`_join` leave every one of ``uris`` as it is? (Absolute HTTP(S),
     no dot segment, nothing to strip: every blank but the space is unprintable.)
-    Counted over the joined text, in C; False only means "ask each one"."""
+    Counted over the joined text, in C; False only means "ask each one".
+    ``stripped``: the URIs are known to neither start nor end with a blank (the
+    parse's column rows), so the printable scan, the costliest, is not needed."""
     joined = "\n".join(uris)
     return (bool(uris) and joined.startswith(("https://", "http://"))
-            and "/." not in joined and " " not in joined
+            and "/." not in joined
             and joined.count("\nhttps://") + joined.count("\nhttp://") == len(uris) - 1
-            and "".join(uris).isprintable())
+            and (stripped or (" " not in joined and "".join(uris).isprintable())))
 
 
 def _join(base: str, uri: str) -> str:

@@ -273,7 +273,8 @@ def test_plain_runs_render_as_each_segment_would(uri: str, base: str | None) -> 
 @pytest.mark.parametrize("uri", [
     "https://cdn.example.com/live/seg.ts", "seg.ts", "/abs/seg.ts", "../up/seg.ts",
     "https://cdn.example.com/a/./seg.ts", "seg.ts?token=1", "//cdn/seg.ts",
-    "HTTPS://cdn.example.com/seg.ts",
+    "HTTPS://cdn.example.com/seg.ts", "https://cdn.example.com/se g.ts",
+    "https://cdn.example.com/se\tg.ts", "https://cdn.example.com/se\x00g.ts",
 ])
 @pytest.mark.parametrize("base", [None, "https://origin.example.com/live/720p.m3u8"])
 def test_plain_runs_from_the_columns_render_as_each_segment_would(uri: str,
