@@ -3,11 +3,13 @@
 A cold parse of a 2-hour window used to build 3,600 ``Segment`` objects
 (~1.5 us each), most of which a render never looks at: a plain segment
 (its PDT, EXTINF and URI lines, nothing else) between two breaks is copied
-to the output as its text. :class:`SegmentTable` keeps such *plain rows* as
-columns (MSN, PDT, the three lines, the parse state they share) filled in
-bulk, and builds a row's ``Segment`` the first time someone indexes it,
-exactly the object the line-by-line parser would have made. Every other
-segment (markers, state tags, blank lines, anything unusual) is stored built.
+to the output as its text, and a break's CONT segments are read for one tag
+line. :class:`SegmentTable` keeps such segments as *column rows* (MSN, PDT,
+the lines, at most one tag besides PDT and EXTINF with its flags, the parse
+state a run shares) filled in bulk, and builds a row's ``Segment`` the first
+time someone indexes it, exactly the object the line-by-line parser would
+have made. Every other segment (state tags, discontinuities, blank lines,
+anything unusual) is stored built. *Plain* rows are the three-line ones.
 
 Tables are views over an append-only store, so slicing (a refresh drops the
 head of the window) is O(1), appending the new tail is O(new), and a
@@ -111,7 +113,7 @@ class TableBuilder:
 
     def __init__(self, build: RowBuilder) -> None:
         self._store = ColumnStore(build)
-        #: MSNs of the built segments that carry ad markers, in order.
+        #: MSNs of the segments (built or column rows) that carry ad markers, in order.
         self.marked: list[int] = []
 
     def add(self, segments: Sequence[Segment]) -> None:
