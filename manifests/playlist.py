@@ -427,7 +427,8 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
     if strict_header and not body.startswith(EXTM3U):
         raise PlaylistParseError("not an HLS playlist: first line is not #EXTM3U")
     state = ParseState()
-    if "\r\n" in body:
+    # "\r" first: one memchr, where the two-character search stops at every LF.
+    if "\r" in body and "\r\n" in body:
         raw_lines, newline, bom, final_newline = split_lines(text)
         header, segments, trailer, warnings = parse_lines(raw_lines, state, in_header=True,
                                                           strict=strict_header)
@@ -502,7 +503,9 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     # Matches that are not a column row: text before them, another tag, no PDT,
     # an EXTINF without a valid duration. Found in C; few in a live window.
     everyone = range(matches)
-    odd = {*compress(everyone, gaps), *compress(everyone, map(operator.not_, pdt_lines))}
+    odd = set(compress(everyone, gaps))
+    if None in pdt_lines:
+        odd.update(compress(everyone, map(operator.not_, pdt_lines)))
     invalid = {text for text in set(extinfs) if extinf_duration(text) is None}
     if invalid:
         odd.update(compress(everyone, map(invalid.__contains__, extinfs)))
