@@ -186,9 +186,15 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             hit = ends[id(b)] = (b, b.effective_end(policy))
         return hit[1]
 
+    spans: dict[int, tuple[Break, datetime, datetime]] = {}
+
     def open_at(at: datetime) -> int | None:
         for i, b in enumerate(breaks):
-            if not b.cancelled and _earliest(b) - SAME_BOUNDARY <= at < end_of(b):
+            # (b, its earliest instant less SAME_BOUNDARY, end_of(b)), once per object.
+            span = spans.get(id(b))
+            if span is None or span[0] is not b:
+                span = spans[id(b)] = (b, _earliest(b) - SAME_BOUNDARY, end_of(b))
+            if span[1] <= at < span[2] and not b.cancelled:
                 return i
         return None
 
@@ -300,7 +306,11 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
             if i is not None and not closes(breaks[i], obs):
                 i = None
             if i is None:
-                candidates = [j for j, b in enumerate(breaks) if closes(b, obs) and (
+                at, declared = obs.at, obs.declared
+                # The first three tests are what closes() refuses first, without the call.
+                candidates = [j for j, b in enumerate(breaks) if not (
+                    at < b.start or b.cancelled or (b.end is not None and not declared))
+                    and closes(b, obs) and (
                     obs.event_id is None or b.event_id is None
                     or obs.segmentation_type_id is None or b.event_id == obs.event_id)]
                 if len(candidates) > 1:

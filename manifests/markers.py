@@ -17,7 +17,7 @@ import enum
 import logging
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -574,9 +574,9 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
     errors = errors if errors is not None else MarkerErrors()
     nested_ends = {END_OF[t] for t in policy.nested_types if t in END_OF}
     nested = policy.nested_types | nested_ends
-    state = _WindowState(playlist.segments, errors)
+    segments = playlist.rows  # only the marked segments are built
+    state = _WindowState(segments, errors)
     out: list[Observation] = []
-    segments = playlist.segments
     first = segments[0].msn if segments else playlist.media_sequence
     marked = playlist.marked
     begin = 0
@@ -593,11 +593,28 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
                 begin = resume
     OUT, CONT, IN, POINT = SignalKind.OUT, SignalKind.CONT, SignalKind.IN, SignalKind.POINT
     last: Segment | None = None
+    last_at = -1  # index of the last segment walked
+    inert: dict[str, bool] = {}
     for msn in marked[begin:]:
-        seg = segments[msn - first]
+        at = msn - first
+        if state.open:
+            tag = segments.pending_tag(at)
+            if tag is not None:
+                # A column row of the parse (a PDT, so walked) whose one marker
+                # line is a CONT inside the open break: reading it changes
+                # nothing, so its segment is not built for it.
+                calm = inert.get(tag)
+                if calm is None:
+                    calm = _inert_in_break(tag, nested, signals_key)
+                    if calm:
+                        inert[tag] = calm
+                if calm:
+                    last_at = at
+                    continue
+        seg = segments[at]
         if seg.pdt is None:
             continue
-        last = seg
+        last, last_at = seg, at
         quiet = since_msn is not None and msn <= since_msn
         signals = (_segment_signals(seg, policy, errors, signals_key) if seg.markers else [])
         if quiet and not any(sig.dialect == EXT_X_DATERANGE for sig in signals):
@@ -638,18 +655,35 @@ def observe(playlist: MediaPlaylist, policy: MarkerPolicy = MarkerPolicy(),
         if not quiet and here:
             params = tuple(p for sig in signals if sig.kind is POINT for p in sig.params)
             out.extend(_coalesce(here, seg, params))
-    if last is not None:
+    if last_at >= 0:
         # The walk state after the last segment read: the next reload resumes there
         # (its ``since_msn`` is this window's end, so the walk stops at this segment).
+        last = segments[last_at]
         last.memo[memo_key] = (state.open, tuple(state.starts.items()))
     out.sort(key=lambda o: o.at)  # stable: same-instant observations keep tag order
     return out
 
 
+def _inert_in_break(text: str, nested: frozenset[int], policy_key: _MemoKey) -> bool:
+    """Does a segment whose only marker line is ``text`` leave :func:`observe`'s
+    walk unchanged while a break is open? True when the line has no handler, or
+    its signals (already interpreted, without errors to count) are all points,
+    nested types, or non-DATERANGE CONTs: exactly what the walk skips."""
+    tag, colon, value = text.partition(":")
+    if tag not in HANDLERS:
+        return True
+    hit = _LINE_CACHE.get((tag, value if colon else None, policy_key))
+    if hit is None or hit[1]:
+        return False  # not interpreted yet, or its errors count at every sighting
+    return all(sig.kind is SignalKind.POINT or sig.segmentation_type_id in nested
+               or (sig.kind is SignalKind.CONT and sig.dialect != EXT_X_DATERANGE)
+               for sig in hit[0])
+
+
 class _WindowState:
     """What :func:`observe` remembers while walking one window."""
 
-    def __init__(self, segments: tuple[Segment, ...], errors: MarkerErrors) -> None:
+    def __init__(self, segments: Sequence[Segment], errors: MarkerErrors) -> None:
         self._segments = segments
         self._timed: list[Segment] | None = None
         self.errors = errors

@@ -12,13 +12,16 @@ the last URI are the :attr:`MediaPlaylist.trailer`.
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter
+from typing import cast
 
+from manifests.columns import ColumnStore, SegmentTable, TableBuilder
 from manifests.errors import ManifestError, PlaylistParseError
 from manifests.timing import parse_duration, parse_pdt
 
@@ -238,9 +241,20 @@ class Segment:
         return f"Segment(msn={self.msn}, duration={self.duration}, uri={self.uri!r})"
 
 
+#: ``segments`` of a playlist parsed into columns, until someone asks for them.
+class _Pending(tuple):  # type: ignore[type-arg]
+    __slots__ = ()
+
+
+_PENDING: tuple[Segment, ...] = _Pending()
+
+
 @dataclass(frozen=True, slots=True)
 class MediaPlaylist:
     header: tuple[Line, ...]
+    #: Built from :attr:`rows` on first access when the parse kept columns (see
+    #: :func:`_lazy_segments`); the hot paths (observe, splice, refresh) read
+    #: :attr:`rows` and build only the segments they look at.
     segments: tuple[Segment, ...]
     trailer: tuple[Line, ...]
     target_duration: int | None
@@ -256,6 +270,30 @@ class MediaPlaylist:
     warnings: tuple[str, ...] = field(default=())
     #: MSNs of the segments that carry ad-marker tags (observe reads only these).
     marked: tuple[int, ...] = field(default=())
+    _rows: SegmentTable | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def of_rows(cls, rows: SegmentTable, header: tuple[Line, ...], trailer: tuple[Line, ...],
+                target_duration: int | None, media_sequence: int, discontinuity_sequence: int,
+                endlist: bool, playlist_type: str | None, version: int | None, newline: str,
+                bom: bool, final_newline: bool, warnings: tuple[str, ...],
+                marked: tuple[int, ...]) -> MediaPlaylist:
+        """A playlist whose segments are the table's (built when first asked for)."""
+        playlist = cls(header, _PENDING, trailer, target_duration, media_sequence,
+                       discontinuity_sequence, endlist, playlist_type, version, newline, bom,
+                       final_newline, warnings, marked)
+        object.__setattr__(playlist, "_rows", rows)
+        return playlist
+
+    @property
+    def rows(self) -> SegmentTable:
+        """The segments as a :class:`~manifests.columns.SegmentTable` (the same
+        objects :attr:`segments` holds, built only where indexed)."""
+        rows = self._rows
+        if rows is None:
+            rows = SegmentTable.of(self.segments)
+            object.__setattr__(self, "_rows", rows)
+        return rows
 
     @property
     def lines(self) -> list[Line]:
@@ -270,15 +308,37 @@ class MediaPlaylist:
         return sum((s.duration for s in self.segments), Fraction(0))
 
     def segment(self, msn: int) -> Segment | None:
+        rows = self.rows
         # Not media_sequence: in a delta update the first listed segment comes later.
-        i = msn - (self.segments[0].msn if self.segments else self.media_sequence)
-        return self.segments[i] if 0 <= i < len(self.segments) else None
+        i = msn - (rows[0].msn if rows else self.media_sequence)
+        return rows[i] if 0 <= i < len(rows) else None
 
     @property
     def last_msn(self) -> int:
-        if self.segments:
-            return self.segments[-1].msn
+        rows = self.rows
+        if rows:
+            return rows[-1].msn
         return self.media_sequence - 1
+
+
+_SEGMENTS_SLOT = MediaPlaylist.__dict__["segments"]
+
+
+def _lazy_segments(playlist: MediaPlaylist) -> tuple[Segment, ...]:
+    """``MediaPlaylist.segments``: the stored tuple, or the columns' segments
+    built once, the first time a consumer outside the hot paths asks."""
+    value: tuple[Segment, ...] = _SEGMENTS_SLOT.__get__(playlist, MediaPlaylist)
+    if value is _PENDING:
+        assert playlist._rows is not None
+        value = tuple(playlist._rows)
+        _SEGMENTS_SLOT.__set__(playlist, value)
+    return value
+
+
+# The dataclass keeps ``segments`` as a field (constructor, ``replace``, equality,
+# repr all unchanged); reading it goes through _lazy_segments.
+MediaPlaylist.segments = property(  # type: ignore[assignment,misc]
+    _lazy_segments, _SEGMENTS_SLOT.__set__)
 
 
 def split_lines(text: str) -> tuple[list[str], str, bool, bool]:
@@ -329,6 +389,11 @@ def _extinf_duration(line: str) -> tuple[Fraction, timedelta] | None:
     return value
 
 
+def extinf_duration(line: str) -> tuple[Fraction, timedelta] | None:
+    """(duration, step) of an ``#EXTINF:`` line, None when it has no valid one."""
+    return _EXTINF_LINES.get(line) or _extinf_duration(line)
+
+
 @dataclass
 class ParseState:
     """Where a parse stands after its last segment: lets a refresh parse only the tail."""
@@ -362,21 +427,25 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
     if strict_header and not body.startswith(EXTM3U):
         raise PlaylistParseError("not an HLS playlist: first line is not #EXTM3U")
     state = ParseState()
-    if "\r\n" in body:
+    # "\r" first: one memchr, where the two-character search stops at every LF.
+    if "\r" in body and "\r\n" in body:
         raw_lines, newline, bom, final_newline = split_lines(text)
         header, segments, trailer, warnings = parse_lines(raw_lines, state, in_header=True,
                                                           strict=strict_header)
-    else:
-        newline, final_newline = "\n", body.endswith("\n")
-        header, segments, trailer, warnings = _parse_text(body, state, strict=strict_header)
-    return MediaPlaylist(
-        header=header, segments=tuple(segments), trailer=trailer,
-        target_duration=state.target, media_sequence=state.media_sequence,
-        discontinuity_sequence=state.discontinuity_sequence, endlist=state.endlist,
-        playlist_type=state.playlist_type, version=state.version, newline=newline, bom=bom,
-        final_newline=final_newline, warnings=tuple(warnings),
-        marked=tuple(compress(map(_MSN, segments), map(_MARKERS, segments))),
-    )
+        return MediaPlaylist(
+            header=header, segments=tuple(segments), trailer=trailer,
+            target_duration=state.target, media_sequence=state.media_sequence,
+            discontinuity_sequence=state.discontinuity_sequence, endlist=state.endlist,
+            playlist_type=state.playlist_type, version=state.version, newline=newline, bom=bom,
+            final_newline=final_newline, warnings=tuple(warnings),
+            marked=tuple(compress(map(_MSN, segments), map(_MARKERS, segments))),
+        )
+    rows = TableBuilder(_build_row)
+    header, trailer, warnings = _parse_text(body, state, rows, strict=strict_header)
+    return MediaPlaylist.of_rows(
+        rows.table(), header, trailer, state.target, state.media_sequence,
+        state.discontinuity_sequence, state.endlist, state.playlist_type, state.version, "\n",
+        bom, body.endswith("\n"), tuple(warnings), tuple(rows.marked))
 
 
 #: A plain segment, LF-terminated lines: an optional PDT, at most one other tag,
@@ -390,22 +459,33 @@ _PLAIN_SEGMENT = re.compile(
 _GROUPS = 4
 
 
-def _parse_text(body: str, state: ParseState, *, strict: bool,
-                ) -> tuple[tuple[Line, ...], list[Segment], tuple[Line, ...], list[str]]:
-    """:func:`parse_lines` over LF text, with plain segments taken whole.
+_PDT_VALUE = operator.itemgetter(slice(len(_PDT_PREFIX), None))
+_TZINFO = attrgetter("tzinfo")
+
+
+def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: bool,
+                ) -> tuple[tuple[Line, ...], tuple[Line, ...], list[str]]:
+    """:func:`parse_lines` over LF text, with plain segments taken whole; the
+    segments go to ``rows``, the rest is returned (header, trailer, warnings).
 
     The result is exactly what ``parse_lines`` gives for the same lines: a
     plain segment sets no parse state but the PDT chain, and every other line
     (header, trailer, segments with state tags, anything unusual) is parsed
     by ``parse_lines`` itself, together with the match that follows it, so it
-    always starts and ends on a segment boundary.
+    always starts and ends on a segment boundary. Runs of the plainest
+    segments (a PDT ``fromisoformat`` reads, at most one tag the loop would not
+    interpret, EXTINF, URI: a live window's content and marker segments) are
+    found and stored as columns in bulk, in C; only the other matches take a
+    Python-level step each.
     """
     parts = _PLAIN_SEGMENT.split(body)
     matches = len(parts) // (_GROUPS + 1)
     if not matches:
-        return parse_lines(split_lines(body)[0], state, in_header=True, strict=strict)
+        head, segments, tail, notes = parse_lines(split_lines(body)[0], state, in_header=True,
+                                                  strict=strict)
+        rows.add(segments)
+        return head, tail, notes
     header: tuple[Line, ...] = ()
-    segments: list[Segment] = []
     warnings: list[str] = []
     in_header = True
     codes = _CODES
@@ -413,13 +493,69 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
     extinf_lines = _EXTINF_LINES
     fromisoformat = datetime.fromisoformat
     new_segment = Segment._parsed
-    append = segments.append
+    add_one = rows.add_one
     next_msn = state.next_msn
     prev_pdt, prev_step = state.prev_pdt, state.prev_step
     dsn, key, map_line = state.discontinuity_sequence + state.disc_count, state.key, state.map
     step = _GROUPS + 1
-    for gap, pdt_line, tag_line, extinf, uri in zip(
-            parts[0:-1:step], parts[1::step], parts[2::step], parts[3::step], parts[4::step]):
+    gaps, pdt_lines, tag_lines = parts[0:-1:step], parts[1::step], parts[2::step]
+    extinfs, uris = parts[3::step], parts[4::step]
+    # Matches that are not a column row: text before them, another tag, no PDT,
+    # an EXTINF without a valid duration. Found in C; few in a live window.
+    everyone = range(matches)
+    odd = set(compress(everyone, gaps))
+    if None in pdt_lines:
+        odd.update(compress(everyone, map(operator.not_, pdt_lines)))
+    invalid = {text for text in set(extinfs) if extinf_duration(text) is None}
+    if invalid:
+        odd.update(compress(everyone, map(invalid.__contains__, extinfs)))
+    # The other tag line a row may have, each distinct text classified once, as
+    # the loop below does it (live feeds repeat their marker lines): playlist
+    # tags and the ones the loop interprets make the row odd.
+    kinds: dict[str | None, tuple[bool, bool] | None] = {None: (False, False)}
+    for text in set(tag_lines):
+        if text is not None:
+            colon = text.find(":")
+            name = text if colon < 0 else text[:colon]
+            kinds[text] = (None if name in codes
+                           else (True, name in AD_MARKER_TAGS) if name in special_tags
+                           else (True, False) if "URI=" in text else (False, False))
+    if len(kinds) > 1:
+        flags = list(map(kinds.__getitem__, tag_lines))
+        if None in flags:
+            odd.update(compress(everyone, map(operator.not_, flags)))
+    else:
+        flags = list(repeat(kinds[None], matches))
+    todo: list[int | tuple[int, int, list[datetime]]] = []  # in order: a match, or a run
+    begin = 0
+    for stop in [*sorted(odd), matches]:
+        if stop > begin:
+            try:
+                pdts = list(map(fromisoformat, map(_PDT_VALUE, pdt_lines[begin:stop])))
+            except ValueError:
+                todo.extend(range(begin, stop))  # parse_pdt's forms: one by one
+            else:
+                if None in map(_TZINFO, pdts):
+                    pdts = [p if p.tzinfo is not None else p.replace(tzinfo=UTC) for p in pdts]
+                todo.append((begin, stop, pdts))
+        if stop < matches:
+            todo.append(stop)
+        begin = stop + 1
+    for j in todo:
+        if not isinstance(j, int):
+            begin, stop, pdts = j
+            rows.add_plain(next_msn, pdts, pdt_lines[begin:stop], tag_lines[begin:stop],
+                           cast(list[tuple[bool, bool]], flags[begin:stop]),
+                           extinfs[begin:stop], uris[begin:stop],
+                           (dsn, key, map_line))
+            next_msn += stop - begin
+            in_header = False
+            last = extinf_duration(extinfs[stop - 1])
+            assert last is not None
+            prev_pdt, prev_step = pdts[-1], last[1]
+            continue
+        gap, pdt_line, tag_line, extinf, uri = (gaps[j], pdt_lines[j], tag_lines[j],
+                                                extinfs[j], uris[j])
         special = markers = False
         duration = None
         if not gap:
@@ -447,7 +583,7 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
             if in_header:
                 header = head
             in_header = False
-            segments.extend(more)
+            rows.add(more)
             warnings.extend(notes)
             next_msn, prev_pdt, prev_step = state.next_msn, state.prev_pdt, state.prev_step
             dsn, key = state.discontinuity_sequence + state.disc_count, state.key
@@ -472,8 +608,8 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
             raw = (extinf, uri) if tag_line is None else (tag_line, extinf, uri)
         else:
             raw = (pdt_line, extinf, uri) if tag_line is None else (pdt_line, tag_line, extinf, uri)
-        append(new_segment(next_msn, duration, uri, raw, False, pdt, explicit, dsn, key,
-                           map_line, False, special, markers, None, False))
+        add_one(new_segment(next_msn, duration, uri, raw, False, pdt, explicit, dsn, key,
+                            map_line, False, special, markers, None, False))
         next_msn += 1
         prev_pdt, prev_step = pdt, duration[1]
     state.next_msn, state.prev_pdt, state.prev_step = next_msn, prev_pdt, prev_step
@@ -482,9 +618,24 @@ def _parse_text(body: str, state: ParseState, *, strict: bool,
     head, more, trailer, notes = parse_lines(lines, state, in_header=in_header, strict=strict)
     if in_header:
         header = head
-    segments.extend(more)
+    rows.add(more)
     warnings.extend(notes)
-    return header, segments, trailer, warnings
+    return header, trailer, warnings
+
+
+def _build_row(store: ColumnStore, j: int) -> Segment:
+    """Row ``j`` of a column store as the Segment the parse loop would have made
+    of it (a plain or one-tag segment with an explicit PDT: see _parse_text)."""
+    tag = store.tags[j]
+    extinf = store.extinfs[j]
+    uri = store.uris[j]
+    pdt_line = store.pdt_lines[j]
+    dsn, key, map_line = store.ctx[j]  # type: ignore[misc]
+    special, markers = store.flags[j]  # type: ignore[misc]
+    return Segment._parsed(
+        store.msns[j], _EXTINF_LINES.get(extinf) or _extinf_duration(extinf),  # type: ignore[arg-type]
+        uri, (pdt_line, extinf, uri) if tag is None else (pdt_line, tag, extinf, uri),  # type: ignore[arg-type]
+        False, store.pdts[j], True, dsn, key, map_line, False, special, markers, None, False)
 
 
 def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, strict: bool = True,
@@ -696,8 +847,9 @@ def render_lines(lines: list[str], *, newline: str = "\n", bom: bool = False,
 def render(playlist: MediaPlaylist) -> str:
     """Serialize: the exact inverse of :func:`parse_media` for an untouched playlist."""
     out = [line.text for line in playlist.header]
-    for seg in playlist.segments:
-        out.extend(seg.raw)
+    rows = playlist.rows
+    for i in range(len(rows)):
+        out.extend(rows.raw(i))
     out.extend(line.text for line in playlist.trailer)
     return render_lines(out, newline=playlist.newline, bom=playlist.bom,
                         final_newline=playlist.final_newline)

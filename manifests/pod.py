@@ -67,19 +67,7 @@ class Pod:
         """:meth:`item_at` in integer microseconds (the hot path: no Fractions)."""
         if not self.personalized:
             return None
-        nominal, bounds = _bounds(self)
-        step = cadence or nominal
-        for i, (start, end, segments, slate_period) in enumerate(bounds):
-            if start - _EPS_US <= offset < end - _EPS_US:
-                into = offset - start
-                if slate_period:
-                    loops, within = divmod(into + _EPS_US, slate_period)
-                    wrapped = loops > 0 and within < 2 * _EPS_US
-                    return i, self.items[i], within // step, wrapped
-                j = (into + _EPS_US) // step
-                last = max(0, -(-(end - start - _EPS_US) // step) - 1)
-                return i, self.items[i], min(j, last), False
-        return None
+        return item_in(self.items, _bounds(self), offset, cadence)
 
     @property
     def filled(self) -> Fraction:
@@ -97,6 +85,31 @@ def _end_micros(item: PodItem) -> int:
     start, span = item.start, item.span
     return micros_of(start.numerator * span.denominator + span.numerator * start.denominator,
                      start.denominator * span.denominator)
+
+
+def item_in(items: tuple[PodItem, ...], bounds: tuple[int, tuple[tuple[int, int, int, int], ...]],
+            offset: int, cadence: int | None = None) -> tuple[int, PodItem, int, bool] | None:
+    """:meth:`Pod.item_at_us` of a personalized pod from its items and
+    :func:`pod_bounds` (which a caller asking for many slots looks up once)."""
+    nominal, spans = bounds
+    step = cadence or nominal
+    for i, (start, end, segments, slate_period) in enumerate(spans):
+        if start - _EPS_US <= offset < end - _EPS_US:
+            into = offset - start
+            if slate_period:
+                loops, within = divmod(into + _EPS_US, slate_period)
+                wrapped = loops > 0 and within < 2 * _EPS_US
+                return i, items[i], within // step, wrapped
+            j = (into + _EPS_US) // step
+            last = max(0, -(-(end - start - _EPS_US) // step) - 1)
+            return i, items[i], min(j, last), False
+    return None
+
+
+def pod_bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
+    """The pod's nominal segment duration and item spans in microseconds (see
+    :func:`_bounds`), for :func:`item_in`."""
+    return _bounds(pod)
 
 
 def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:

@@ -42,10 +42,10 @@ class _Previous:
 
     def offset(self, i: int) -> int:
         starts = self.starts
-        segments = self.playlist.segments
+        rows = self.playlist.rows
         nl = len(self.playlist.newline)
         while len(starts) <= i:
-            raw = segments[len(starts) - 1].raw
+            raw = rows.raw(len(starts) - 1)
             starts.append(starts[-1] + sum(map(len, raw)) + nl * len(raw))
         return starts[i]
 
@@ -84,7 +84,8 @@ class IncrementalParser:
         nl = len(playlist.newline)
         trailer_offset = len(text) + (0 if playlist.final_newline else nl) - sum(
             len(line.text) + nl for line in playlist.trailer)
-        last = playlist.segments[-1] if playlist.segments else None
+        rows = playlist.rows
+        last = rows[-1] if rows else None
         state = ParseState(
             media_sequence=playlist.media_sequence,
             discontinuity_sequence=playlist.discontinuity_sequence,
@@ -102,15 +103,16 @@ class IncrementalParser:
 
     def _incremental(self, prev: _Previous, text: str) -> MediaPlaylist | None:
         old = prev.playlist
-        if not old.segments or old.bom or text.startswith("\ufeff"):
+        rows = old.rows
+        if not rows or old.bom or text.startswith("\ufeff"):
             return None
         newline = old.newline
         # The new header ends where the first kept old segment's lines begin.
-        for d, seg in enumerate(old.segments):
+        for d in range(len(rows)):
             if d > 64:
                 return None  # not a slide of the previous window
             # A whole segment (its URI included) is unique where single tag lines are not.
-            needle = newline + newline.join(seg.raw) + newline
+            needle = newline + newline.join(rows.raw(d)) + newline
             at = text.find(needle, 0, _MAX_HEADER + len(needle))
             if at < 0:
                 continue
@@ -129,7 +131,7 @@ class IncrementalParser:
         header, segs, trailer, _w = parse_lines(head_lines, state, in_header=True)
         if segs or trailer:
             return None  # the header carries segment lines: not a plain slide
-        kept = old.segments[d:]
+        kept = rows[d:]
         if state.media_sequence != kept[0].msn:
             return None
         if kept[0].byterange_implicit:
@@ -149,14 +151,13 @@ class IncrementalParser:
             range_end=last.range_end, target=state.target, endlist=state.endlist,
             playlist_type=state.playlist_type, version=state.version)
         _h, new_segs, new_trailer, _w2 = parse_lines(tail_lines, cont, in_header=False)
-        segments: tuple[Segment, ...] = kept + tuple(new_segs)
-        playlist = MediaPlaylist(
-            header=header, segments=segments, trailer=new_trailer,
-            target_duration=cont.target, media_sequence=state.media_sequence,
-            discontinuity_sequence=state.discontinuity_sequence, endlist=cont.endlist,
-            playlist_type=cont.playlist_type, version=cont.version, newline=newline,
-            bom=False, final_newline=final_newline if tail_text else old.final_newline,
-            marked=old.marked[bisect_left(old.marked, kept[0].msn):]
+        # kept[0] and kept[-1] were built above, before the table may be copied:
+        # the splice cache knows the window by those two objects.
+        playlist = MediaPlaylist.of_rows(
+            kept.extended(new_segs), header, new_trailer, cont.target, state.media_sequence,
+            state.discontinuity_sequence, cont.endlist, cont.playlist_type, cont.version,
+            newline, False, final_newline if tail_text else old.final_newline, (),
+            old.marked[bisect_left(old.marked, kept[0].msn):]
             + tuple(seg.msn for seg in new_segs if seg.markers))
         self._remember(text, playlist, hdr_end)
         return playlist

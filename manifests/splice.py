@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -31,6 +31,7 @@ from urllib.parse import urljoin
 
 from manifests.attributes import AttributeList
 from manifests.breaks import DEFAULT_BREAK_POLICY, Break, BreakIndex, BreakPolicy
+from manifests.columns import SegmentTable
 from manifests.errors import ManifestError, SequenceRegressionError
 from manifests.ledger import Ledger, SlotEntry, SlotKind
 from manifests.markers import MARKER_TAGS
@@ -53,7 +54,7 @@ from manifests.playlist import (
     Segment,
     render_lines,
 )
-from manifests.pod import EPS, ItemKind, Pod, PodItem
+from manifests.pod import EPS, ItemKind, Pod, PodItem, item_in, pod_bounds
 from manifests.timing import format_duration, format_pdt
 
 #: Tags of a replaced content segment that describe that content only.
@@ -66,7 +67,7 @@ _PDT_PREFIX = EXT_X_PROGRAM_DATE_TIME + ":"
 #: A tag line :meth:`_Renderer.replaced` has not seen yet in this render.
 _UNSEEN = object()
 _MICROSECOND = timedelta(microseconds=1)
-_pdt = attrgetter("pdt")
+_NO_DURATION = timedelta(0)
 #: Up to this many new slots, each is simply classified (see :func:`_candidates`).
 _FEW = 16
 _special = attrgetter("special")
@@ -149,7 +150,7 @@ class SpliceResult:
     hwm: int
     media_sequence: int
     discontinuity_sequence: int
-    kept: tuple[Segment, ...] = ()
+    kept: Sequence[Segment] = ()
     entries: tuple[SlotEntry | None, ...] = ()
     #: The discontinuity anchor (msn, dsn) this render proposes to the ledger
     #: (:meth:`Ledger.append`), when the ledger has none it could count from.
@@ -171,7 +172,7 @@ class SpliceCache:
     """
 
     key: tuple[object, ...] = ()
-    segments: tuple[Segment, ...] = ()
+    segments: Sequence[Segment] = ()
     entries: list[SlotEntry | None] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
 
@@ -185,30 +186,30 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     ends below the ledger's high-water mark (older or renumbered: serving it
     would move players backwards); the service serves its last good playlist.
     """
-    segments = playlist.segments
-    if segments and segments[-1].msn < ledger.hwm:
-        raise SequenceRegressionError(segments[-1].msn, ledger.hwm)
+    segments = playlist.rows  # a cold render builds only the segments it looks at
+    if segments and segments.msn(len(segments) - 1) < ledger.hwm:
+        raise SequenceRegressionError(segments.msn(len(segments) - 1), ledger.hwm)
     renderer = _Renderer(options, uris, playlist.newline)
     inits = renderer.inits
     reuse, entries, chunks = _reusable(segments, cache, (options, uris))
     new_entries: list[SlotEntry] = []
     index = BreakIndex.of(breaks, options.break_policy)
     prev: SlotEntry | None = entries[-1] if reuse else (
-        ledger.entries.get(segments[0].msn - 1) if segments else None)
+        ledger.entries.get(segments.msn(0) - 1) if segments else None)
     todo = segments[reuse:]
     spans = _candidates(todo, index)
+    classify_slot = _Classifier(index, pods, options.cadence)
     hwm = ledger.hwm
     published = ledger.entries
     i, n = 0, len(todo)
     for lo, hi in [*spans, (n, n)]:
         while i < hi:
-            seg = todo[i]
-            if i < lo and seg.msn > hwm and (prev is None or prev.kind is SlotKind.CONTENT):
+            if i < lo and todo.msn(i) > hwm and (prev is None or prev.kind is SlotKind.CONTENT):
                 # Up to the next break's slots: plain content, rendered as one run;
                 # the origin's own discontinuities in it are recorded (B01).
                 run = todo[i:lo]
                 chunks.extend(renderer.plain_run(run))
-                if any(map(_DISCONTINUITY, run)):
+                if not run.plain(0, lo - i) and any(map(_DISCONTINUITY, run)):
                     own = [_content_entry(s, None) for s in run]
                     new_entries.extend(e for e in own if e is not None)
                     entries.extend(own)
@@ -216,10 +217,27 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
                     entries.extend(repeat(None, lo - i))
                 prev, i = None, lo
                 continue
+            row = todo.pending(i) if i >= lo else None
+            if row is not None and row[0] > hwm:
+                # A column row of the parse, new, in a break's span: classified and,
+                # replaced, rendered from its columns without building its segment.
+                msn, pdt, raw, key, map_line = row
+                entry = classify_slot.at(msn, pdt, False, prev)
+                if entry is not None and entry.kind is not SlotKind.CONTENT and (
+                        map_line is None
+                        or _init_of(inits, entry, pods.get(entry.break_id)) is not None):
+                    new_entries.append(entry)
+                    chunks.append(renderer.replaced_lines(raw, key, pdt, entry, prev,
+                                                          pods.get(entry.break_id)))
+                    entries.append(entry)
+                    prev = entry
+                    i += 1
+                    continue
+            seg = todo[i]
             if seg.msn <= hwm:
                 entry = published.get(seg.msn)
             elif i >= lo:
-                entry = classify(seg, prev, index, pods, options.cadence)
+                entry = classify_slot(seg, prev)
                 if (entry is not None and entry.kind is not SlotKind.CONTENT
                         and seg.map is not None
                         and _init_of(inits, entry, pods.get(entry.break_id)) is None):
@@ -290,7 +308,7 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
     a gap nobody published). After a gap the anchor never goes below what the
     ledger already counted, whatever the origin says (invariant 2: never decreases).
     """
-    segments = playlist.segments
+    segments = playlist.rows
     if not segments:
         known = ledger.dsn_before(playlist.media_sequence)
         return (known if known is not None else
@@ -320,7 +338,7 @@ def _discontinuity_sequence(playlist: MediaPlaylist, entries: list[SlotEntry | N
     return dsn_start, anchor
 
 
-def _stitched_discontinuities(segments: tuple[Segment, ...], entries: list[SlotEntry | None],
+def _stitched_discontinuities(segments: Sequence[Segment], entries: list[SlotEntry | None],
                               count: int) -> int:
     """How many of the first ``count`` slots the stitched output puts an
     EXT-X-DISCONTINUITY before. Counted only when asked: usually the anchor is
@@ -330,7 +348,7 @@ def _stitched_discontinuities(segments: tuple[Segment, ...], entries: list[SlotE
                for seg, e in zip(islice(segments, count), entries))
 
 
-def _reusable(segments: tuple[Segment, ...], cache: SpliceCache | None, key: tuple[object, ...]
+def _reusable(segments: Sequence[Segment], cache: SpliceCache | None, key: tuple[object, ...]
               ) -> tuple[int, list[SlotEntry | None], list[str]]:
     """How many leading segments the cache already rendered (same objects, same window)."""
     if cache is None or cache.key != key or not cache.segments or not segments:
@@ -360,19 +378,20 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
     is unknown (joined from a bare CONT) gets no pod: content underneath.
     """
     needed: dict[str, Fraction] = {}
-    segments = playlist.segments
+    segments = playlist.rows
     if not segments:
         return needed
-    first, last = segments[0].msn, segments[-1].msn
+    first, last = segments.msn(0), segments.msn(len(segments) - 1)
     for msn, entry in ledger.entries.items():
         if first <= msn <= last and entry.break_id:
             needed.setdefault(entry.break_id, Fraction(0))
     index = BreakIndex(breaks, policy)
-    for seg in segments[max(0, ledger.hwm + 1 - first):]:
-        if seg.pdt is not None:
-            brk = index.covering(seg.pdt, seg.step)
+    # The PDT column: no segment is built for this (covering reads only the start).
+    for pdt in islice(segments.pdts(), max(0, ledger.hwm + 1 - first), None):
+        if pdt is not None:
+            brk = index.covering(pdt, _NO_DURATION)
             if brk is not None and brk.id not in needed and brk.start_known:
-                start = max(Fraction(0), brk.offset(seg.pdt))
+                start = max(Fraction(0), brk.offset(pdt))
                 if unit:
                     start = -((-start + EPS) // unit) * unit  # ceil, PDT rounding tolerated
                 needed[brk.id] = start
@@ -382,7 +401,7 @@ def breaks_to_decide(playlist: MediaPlaylist, breaks: tuple[Break, ...], ledger:
 _DISCONTINUITY = operator.attrgetter("discontinuity")
 
 
-def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[int, int]]:
+def _candidates(segments: SegmentTable, index: BreakIndex) -> list[tuple[int, int]]:
     """The index spans [lo, hi) of the slots a break may cover, in order, disjoint.
 
     A 2-hour window has thousands of slots and a few dozen breaks: asking the
@@ -397,7 +416,7 @@ def _candidates(segments: tuple[Segment, ...], index: BreakIndex) -> list[tuple[
         return []
     if len(segments) <= _FEW:
         return [(0, len(segments))]  # a refresh's tail: asking is cheaper than bisecting
-    timed = list(map(_pdt, segments))
+    timed = segments.pdts()  # no segment built for this
     if None in timed:
         return [(0, len(segments))]
     pdts = cast(list[datetime], timed)
@@ -440,15 +459,81 @@ def classify(seg: Segment, prev: SlotEntry | None, index: BreakIndex,
     return _content_entry(seg, prev)
 
 
+class _Classifier:
+    """:func:`classify` for the slots of one render, in timeline order: the break
+    covering a run of slots, its pod and the grid's cadence are looked up once
+    for the run, not per slot (a cold render of a 2-hour window classifies
+    every slot of its 40 breaks). The cached break is the one
+    :meth:`BreakIndex.covering` returns for every PDT in
+    [its start, min(its end, the next break's start)); elsewhere it asks."""
+
+    __slots__ = ("_bounds", "_brk", "_cadence", "_hi", "_index", "_lo", "_pod", "_pods")
+
+    def __init__(self, index: BreakIndex, pods: Mapping[str, Pod],
+                 cadence: Fraction | None) -> None:
+        self._index = index
+        self._pods = pods
+        self._cadence = None if cadence is None else round(cadence * 1_000_000)
+        self._lo: datetime | None = None
+        self._hi: datetime | None = None
+        self._brk: Break | None = None
+        self._pod: Pod | None = None
+        self._bounds: tuple[int, tuple[tuple[int, int, int, int], ...]] | None = None
+
+    def __call__(self, seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
+        return self.at(seg.msn, seg.pdt, seg.discontinuity, prev)
+
+    def at(self, msn: int, pdt: datetime | None, discontinuity: bool, prev: SlotEntry | None
+           ) -> SlotEntry | None:
+        """The same for the slot with these fields (a column row: no segment built)."""
+        if pdt is None:
+            return _content_entry_at(msn, discontinuity, prev)
+        lo = self._lo
+        if lo is not None and lo <= pdt < self._hi:  # type: ignore[operator]
+            brk, pod, bounds = self._brk, self._pod, self._bounds
+        else:
+            index = self._index
+            brk = index.covering(pdt, _NO_DURATION)  # the duration is not read
+            pod = self._pods.get(brk.id) if brk is not None else None
+            bounds = pod_bounds(pod) if pod is not None and pod.personalized else None
+            i = bisect_right(index.starts, pdt) - 1
+            if brk is not None and i >= 0 and index.breaks[i] is brk:
+                # Cacheable: every PDT in this span bisects to i and i covers it.
+                starts = index.starts
+                self._lo = starts[i]
+                self._hi = (index.ends[i] if i + 1 == len(starts)
+                            else min(index.ends[i], starts[i + 1]))
+                self._brk, self._pod, self._bounds = brk, pod, bounds
+            else:
+                self._lo = None
+        if brk is not None and pod is not None:
+            # pod.item_at_us, the pod's bounds looked up once per break.
+            hit = (None if bounds is None else
+                   item_in(pod.items, bounds, (pdt - brk.start) // _MICROSECOND, self._cadence))
+            if hit is not None:
+                position, item, segment, wrapped = hit
+                disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
+                        or prev.item != position or wrapped)
+                kind = SlotKind.AD if item.kind is ItemKind.AD else SlotKind.SLATE
+                return SlotEntry(msn, kind, brk.id, position, segment, disc,
+                                 int(disc) - int(discontinuity))
+        return _content_entry_at(msn, discontinuity, prev)
+
+
 def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
     """A content slot: after a replaced one it starts with a discontinuity."""
+    return _content_entry_at(seg.msn, seg.discontinuity, prev)
+
+
+def _content_entry_at(msn: int, discontinuity: bool, prev: SlotEntry | None
+                      ) -> SlotEntry | None:
     if prev is not None and prev.kind is not SlotKind.CONTENT:
-        return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True,
-                         delta=1 - int(seg.discontinuity))
-    if seg.discontinuity:
+        return SlotEntry(msn, SlotKind.CONTENT, discontinuity=True,
+                         delta=1 - int(discontinuity))
+    if discontinuity:
         # The origin's own discontinuity, recorded so the stitched DSN counts it
         # once it has left the window, whatever the origin's tag says (B01).
-        return SlotEntry(seg.msn, SlotKind.CONTENT, discontinuity=True)
+        return SlotEntry(msn, SlotKind.CONTENT, discontinuity=True)
     return None
 
 
@@ -540,9 +625,15 @@ class _Renderer:
                 return False
         return True
 
-    def plain_run(self, run: tuple[Segment, ...]) -> list[str]:
+    def plain_run(self, run: Sequence[Segment]) -> list[str]:
         """:meth:`plain` over consecutive slots, at C speed where the run has no
         special or discontinuous segment and every URI is already absolute."""
+        n = len(run)
+        if isinstance(run, SegmentTable) and run.plain(0, n):
+            # The table's plain rows: three lines each, no segment built for them.
+            if not self.base or _all_absolute(run.uris(0, n), stripped=True):
+                return run.plain_text(0, n, self.newline)
+            return [self.plain(seg) for seg in run]
         raws = list(map(_raw, run))
         if self.routed is not None or any(map(_special, run)) or any(map(_discontinuity, run)) or (
                 self.base and not _all_absolute(list(map(_last_line, raws)))):
@@ -607,13 +698,29 @@ class _Renderer:
 
     def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
                  pod: Pod | None) -> str:
+        return self.replaced_lines(seg.raw, seg.key, seg.pdt, entry, prev, pod)
+
+    def replaced_lines(self, raw: tuple[str, ...], key: Line | None, pdt: datetime | None,
+                       entry: SlotEntry, prev: SlotEntry | None, pod: Pod | None) -> str:
+        """:meth:`replaced` from the fields it reads (a column row: no segment built)."""
         # Read from the raw text (the segment's Line objects are not built for
         # this): the tags that outlive the content, its PDT and its EXTINF.
         out: list[str] = []
         pdt_line: str | None = None
         extinf: str | None = None
         seen = self.replaced_tags
-        for text in seg.raw:
+        n = len(raw)
+        if (3 <= n <= 4 and raw[0].startswith(_PDT_PREFIX) and raw[-2].startswith(_EXTINF_PREFIX)
+                and raw[-1][:1] not in ("", "#") and not raw[-1].isspace()):
+            # The parse's column shape (PDT, at most one other tag, EXTINF, URI): what
+            # the loop below makes of it, the tag's fate read from the cache.
+            kept = _UNSEEN if n == 3 else seen.get(raw[1], _UNSEEN)
+            if n == 3 or (kept is not _UNSEEN and not raw[1].startswith(_EXTINF_PREFIX)):
+                pdt_line, extinf = raw[0], raw[-2]
+                if kept is not None and kept is not _UNSEEN:
+                    out.append(cast(str, kept))
+                raw = ()
+        for text in raw:
             if not text.startswith("#EXT"):
                 if not text or text[0] == "#" or text.isspace():
                     out.append(text)  # a comment or a blank line stays
@@ -647,15 +754,15 @@ class _Renderer:
                 # discontinuity; the content's is restated on return (content()).
                 out.append(f'{EXT_X_MAP}:URI="{init}"')
         entering = prev is None or prev.kind is SlotKind.CONTENT
-        if entering and seg.key is not None and _encrypted(seg.key):
+        if entering and key is not None and _encrypted(key):
             out.append(f"{EXT_X_KEY}:METHOD=NONE")
-        if pdt_line is None and seg.pdt is not None:
-            pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(seg.pdt)}"
+        if pdt_line is None and pdt is not None:
+            pdt_line = f"{EXT_X_PROGRAM_DATE_TIME}:{format_pdt(pdt)}"
         if pdt_line is not None:
             out.append(pdt_line)
         if (self.options.ad_dateranges and pod is not None and entry.kind is SlotKind.AD
-                and entry.segment == 0 and seg.pdt is not None):
-            out.append(_ad_daterange(entry, pod.items[entry.item], seg))
+                and entry.segment == 0 and pdt is not None):
+            out.append(_ad_daterange(entry, pod.items[entry.item], pdt))
         if extinf is None:
             raise AssertionError("a parsed segment always has EXTINF")
         line = self.replaced_extinfs.get(extinf)
@@ -676,13 +783,12 @@ class _Renderer:
 AD_DATERANGE_CLASS = "urn:svta:advertising-wg:ad-id"
 
 
-def _ad_daterange(entry: SlotEntry, item: PodItem, seg: Segment) -> str:
+def _ad_daterange(entry: SlotEntry, item: PodItem, pdt: datetime) -> str:
     """One DATERANGE spanning the ad as it plays (RFC 8216bis 4.4.5.1): a unique,
     deterministic ID (break and pod position), start at the ad's first slot,
     the creative's own duration."""
-    assert seg.pdt is not None
     return (f'{EXT_X_DATERANGE}:ID="{entry.break_id}-{entry.item + 1}",'
-            f'CLASS="{AD_DATERANGE_CLASS}",START-DATE="{format_pdt(seg.pdt)}",'
+            f'CLASS="{AD_DATERANGE_CLASS}",START-DATE="{format_pdt(pdt)}",'
             f'DURATION={format_duration(item.duration)},X-AD-ID="{item.creative}",'
             f"X-POD-POSITION={entry.item + 1}")
 
@@ -714,15 +820,17 @@ def _explicit_iv(text: str, msn: int) -> str:
     return f"{text},IV=0x{msn:032X}"
 
 
-def _all_absolute(uris: list[str]) -> bool:
+def _all_absolute(uris: list[str], stripped: bool = False) -> bool:
     """Does :func:`_join` leave every one of ``uris`` as it is? (Absolute HTTP(S),
     no dot segment, nothing to strip: every blank but the space is unprintable.)
-    Counted over the joined text, in C; False only means "ask each one"."""
+    Counted over the joined text, in C; False only means "ask each one".
+    ``stripped``: the URIs are known to neither start nor end with a blank (the
+    parse's column rows), so the printable scan, the costliest, is not needed."""
     joined = "\n".join(uris)
     return (bool(uris) and joined.startswith(("https://", "http://"))
-            and "/." not in joined and " " not in joined
+            and "/." not in joined
             and joined.count("\nhttps://") + joined.count("\nhttp://") == len(uris) - 1
-            and "".join(uris).isprintable())
+            and (stripped or (" " not in joined and "".join(uris).isprintable())))
 
 
 def _join(base: str, uri: str) -> str:

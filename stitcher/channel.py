@@ -347,7 +347,7 @@ class ChannelRuntime:
                 continue
             fetched = await self.fetcher.get(r.uri)
             timings.setdefault(r.grid, grid_timing(fetched.playlist))
-            seg = fetched.playlist.segments[-1]
+            seg = fetched.playlist.rows[-1]
             nominal = self.nominal or Fraction(fetched.playlist.target_duration or 2)
             if self.cfg.ladder is not None:  # given, not probed (replay: no ffprobe)
                 spec = _ladder_spec(self.cfg, r.id, nominal,
@@ -555,7 +555,7 @@ class ChannelRuntime:
                       mode: str = SESSION, *, asked_again: bool = False) -> Rendered:
         started = time.perf_counter()
         playlist = fetched.playlist
-        if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
+        if playlist.rows and None in playlist.rows.pdts():  # read without building segments
             playlist = await self._timed(rendition, playlist)
         errors = MarkerErrors()
         primary = None
@@ -594,8 +594,8 @@ class ChannelRuntime:
                     self._ignored.update(fresh)
                     self.metrics.breaks_overridden.labels(self.cfg.id).inc(len(fresh))
                     log.warning("channel %s: %s", self.cfg.id, "; ".join(fresh))
-                if playlist.segments and playlist.segments[0].pdt is not None:
-                    horizon = playlist.segments[0].pdt
+                if playlist.rows and playlist.rows[0].pdt is not None:
+                    horizon = playlist.rows[0].pdt
                     breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
                 if breaks != known:
                     await self.store.put_breaks(self.cfg.id, breaks)
@@ -636,7 +636,7 @@ class ChannelRuntime:
                 cache = self._splice_caches.setdefault((rendition.id, cohort, mode), SpliceCache())
                 result = splice(playlist, breaks=breaks, pods=pods, ledger=ledger, uris=uris,
                                 options=options, cache=cache)
-                keep_from = playlist.media_sequence - 3 * max(1, len(playlist.segments))
+                keep_from = playlist.media_sequence - 3 * max(1, len(playlist.rows))
                 merged = await self.store.append_ledger(self.cfg.id, cohort, rendition.grid,
                                                         result.new_entries, result.hwm, keep_from,
                                                         result.anchor)
@@ -904,7 +904,7 @@ class ChannelRuntime:
         """What this rendition's new segments say about breaks (since the last look)."""
         seen = self._observed.get(rendition.id)
         observations = observe(playlist, errors=errors, since_msn=seen)
-        if playlist.segments:
+        if playlist.rows:
             self._observed[rendition.id] = max(seen if seen is not None else -1,
                                                playlist.last_msn)
         if observations:  # in the same step as advancing _observed: no await between
@@ -929,7 +929,7 @@ class ChannelRuntime:
         the origin sends no PDT, as renders see it."""
         fetched = await self.fetcher.get(rendition.uri)
         playlist = fetched.playlist
-        if playlist.segments and any(seg.pdt is None for seg in playlist.segments):
+        if playlist.rows and None in playlist.rows.pdts():
             playlist = await self._timed(rendition, playlist)
         return fetched, playlist
 
@@ -955,7 +955,7 @@ class ChannelRuntime:
         starts (:func:`manifests.prefetch.prefetch_times`). A break first seen
         deep in the window (a join) is decided by the render that needs it,
         from the first unpublished slot, not from its start."""
-        last = playlist.segments[-1] if playlist.segments else None
+        last = playlist.rows[-1] if playlist.rows else None
         if brk.joined or last is None or last.pdt is None or brk.start < last.pdt - timedelta(
                 seconds=float(playlist.target_duration or 2)):
             return
@@ -1028,9 +1028,9 @@ class ChannelRuntime:
         and its decided ads told ``notUsed``, once its start is published (until
         then the other may still end first and let it play)."""
         beaten = overridden(breaks, self.policy)
-        if not beaten or not playlist.segments or playlist.segments[-1].pdt is None:
+        if not beaten or not playlist.rows or playlist.rows[-1].pdt is None:
             return
-        edge = playlist.segments[-1].pdt + playlist.segments[-1].step
+        edge = playlist.rows[-1].pdt + playlist.rows[-1].step
         for b in breaks:
             by = beaten.get(b.id)
             if by is None or b.id in self._overridden_done or b.start >= edge:
@@ -1073,7 +1073,7 @@ class _NotFrozen(Exception):
 
 def _until(playlist: MediaPlaylist, main: MediaPlaylist) -> MediaPlaylist:
     """``playlist`` without the segments that start at or after ``main``'s live edge."""
-    last = main.segments[-1] if main.segments else None
+    last = main.rows[-1] if main.rows else None
     if last is None or last.pdt is None:
         return playlist
     edge = last.pdt + last.step - timedelta(milliseconds=20)

@@ -256,7 +256,7 @@ class OriginFetcher:
         """Parse and check a body; raises on one that must not replace the last good."""
         text = body.decode("utf-8")
         playlist = e.parser.parse(text)
-        if not playlist.segments:
+        if not playlist.rows:  # not .segments: a cold parse builds only what is read
             raise UpstreamError("playlist has no segments")
         _check_complete(playlist)
         if e.good is not None and playlist.media_sequence < e.good.playlist.media_sequence:
@@ -264,7 +264,7 @@ class OriginFetcher:
                 f"media sequence went backwards ({e.good.playlist.media_sequence} -> "
                 f"{playlist.media_sequence})")
         if e.good is not None and not playlist.endlist:
-            edge, good_edge = playlist.segments[-1].msn, e.good.playlist.segments[-1].msn
+            edge, good_edge = playlist.last_msn, e.good.playlist.last_msn
             if edge < good_edge:  # a live playlist only ever appends: a cut body
                 raise UpstreamError(f"live edge went backwards ({good_edge} -> {edge})")
         version = hashlib.sha1(body).hexdigest()[:16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_any_line_soup_round_trips(lines: list[str], crlf: bool, final: bool) ->
     assert render(parse_media(text)) == text
 
 
-SOUP = st.lists(st.one_of(
+SOUP_LINE = st.one_of(
     st.sampled_from(["#EXT-X-DISCONTINUITY", "#EXT-X-CUE-IN", "#EXT-X-CUE-OUT:30", "#EXT-X-FOO",
                      "", " ", "# comment", "#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:00Z",
                      "#EXT-X-PROGRAM-DATE-TIME:not a date", "#EXT-X-PROGRAM-DATE-TIME",
@@ -120,7 +121,8 @@ SOUP = st.lists(st.one_of(
                      "#EXT-X-ENDLIST", "#EXTINF:2.000,", "u.ts ", " u.ts", "u\r.ts", "u.ts\xa0",
                      "#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:00#EXTINF:2,"]),
     st.builds(lambda d, u: f"#EXTINF:{d},\nu{u}.ts", st.decimals("0.1", "10", places=3),
-              st.integers(0, 99))), max_size=30)
+              st.integers(0, 99)))
+SOUP = st.lists(SOUP_LINE, max_size=30)
 
 
 def _fields(playlist: MediaPlaylist) -> object:
@@ -159,6 +161,61 @@ def test_plain_segment_fast_path_agrees_with_the_line_parser(
         return
     playlist = parse_media(text, strict_header=False)
     assert _fields(playlist) == expected
+    assert render(playlist) == text
+
+
+#: Runs of the plainest segments (PDT, EXTINF, URI), which the parse keeps as
+#: columns, in every PDT form: aware, zone-less, offset, ones only parse_pdt
+#: reads (a comma fraction) and none at all, between SOUP lines.
+PLAIN_ROW = st.builds(
+    lambda pdt, d, u: f"#EXT-X-PROGRAM-DATE-TIME:{pdt}\n#EXTINF:{d},\nu{u}.ts",
+    st.sampled_from(["2026-12-03T10:00:00Z", "2026-12-03T10:00:02.000Z",
+                     "2026-12-03T10:00:04", "2026-12-03T12:00:06+02:00",
+                     "2026-12-03T10:00:08,5Z", "not a date", "2026-12-03T10:00:10.123456789Z"]),
+    st.sampled_from(["2.000", "2", "6.006", "x", ""]), st.integers(0, 99))
+#: The same with one more tag line: markers, unknown tags (with a URI or not), and
+#: tags the parse loop interprets (those segments are built as they are parsed).
+TAGGED_ROW = st.builds(
+    lambda row, tag: row.replace("\n", f"\n{tag}\n", 1), PLAIN_ROW,
+    st.sampled_from(["#EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=30", "#EXT-X-CUE-IN",
+                     "#EXT-X-CUE-OUT:30", "#EXT-X-FOO", '#EXT-X-FOO:URI="x.ts"', "#EXT-X-BITRATE:5",
+                     "#EXT-X-DISCONTINUITY", "#EXT-X-GAP", '#EXT-X-KEY:METHOD=NONE',
+                     '#EXT-X-DATERANGE:ID="a",START-DATE="2026-12-03T10:00:04Z"',
+                     "#EXT-X-MEDIA-SEQUENCE:7", "#EXT-X-ENDLIST", "#EXT-X-PART:URI=\"p\""]))
+COLUMN_SOUP = st.lists(st.one_of(PLAIN_ROW, PLAIN_ROW, TAGGED_ROW, SOUP_LINE), max_size=40)
+
+
+@given(COLUMN_SOUP, st.booleans(), st.booleans(), st.randoms(use_true_random=False))
+def test_columnar_rows_agree_with_the_line_parser(
+        lines: list[str], header: bool, final: bool, rnd: random.Random) -> None:
+    """Plain segments are stored as columns and built on demand: built in any
+    order, read through the columns or through ``segments``, the playlist is the
+    one the line-by-line loop gives, field by field."""
+    body = "\n".join((["#EXTM3U", "#EXT-X-TARGETDURATION:10"] if header else []) + lines)
+    text = body + ("\n" if final else "")
+    try:
+        reference = _line_by_line(text)
+    except PlaylistParseError:
+        with pytest.raises(PlaylistParseError):
+            parse_media(text, strict_header=False)
+        return
+    playlist = parse_media(text, strict_header=False)
+    rows = playlist.rows
+    segments = reference.segments
+    assert len(rows) == len(segments)
+    assert rows.pdts() == [seg.pdt for seg in segments]
+    assert [rows.raw(i) for i in range(len(rows))] == [seg.raw for seg in segments]
+    order = list(range(len(rows)))
+    rnd.shuffle(order)
+    for i in order:
+        assert rows.msn(i) == segments[i].msn
+        assert rows[i] is rows[i]
+    for i in range(len(rows)):
+        if rows.plain(i, i + 1):
+            assert len(segments[i].raw) == 3 and not segments[i].special
+            assert rows.plain_text(i, i + 1, "\n") == ["\n".join(segments[i].raw)]
+    assert _fields(playlist) == _fields(reference)
+    assert playlist.segments == tuple(rows)
     assert render(playlist) == text
 
 

@@ -268,3 +268,36 @@ def test_plain_runs_render_as_each_segment_would(uri: str, base: str | None) -> 
     renderer = _Renderer(SpliceOptions(base_url=base), Uris())
     assert renderer.plain_run(playlist.segments) == [
         renderer.content(seg, None, None) for seg in playlist.segments]
+
+
+@pytest.mark.parametrize("uri", [
+    "https://cdn.example.com/live/seg.ts", "seg.ts", "/abs/seg.ts", "../up/seg.ts",
+    "https://cdn.example.com/a/./seg.ts", "seg.ts?token=1", "//cdn/seg.ts",
+    "HTTPS://cdn.example.com/seg.ts", "https://cdn.example.com/se g.ts",
+    "https://cdn.example.com/se\tg.ts", "https://cdn.example.com/se\x00g.ts",
+])
+@pytest.mark.parametrize("base", [None, "https://origin.example.com/live/720p.m3u8"])
+def test_plain_runs_from_the_columns_render_as_each_segment_would(uri: str,
+                                                                  base: str | None) -> None:
+    """A run of the parse's plain rows (``playlist.rows``) is rendered from the
+    columns, no segment built: the same text as rendering each segment."""
+    from manifests.splice import _Renderer
+
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2"]
+    for i in range(6):
+        lines += [f"#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:0{i}.000Z", "#EXTINF:2.000,",
+                  uri.replace("seg", f"seg{i}")]
+    playlist = parse_media("\n".join(lines) + "\n")
+    rows = playlist.rows[1:]  # the first segment is parsed together with the header
+    assert rows.plain(0, len(rows))
+
+    class Uris:
+        def ad_segment(self, *args: object) -> str:
+            return "ad.ts"
+
+        def slate_segment(self, *args: object) -> str:
+            return "slate.ts"
+
+    renderer = _Renderer(SpliceOptions(base_url=base), Uris())
+    expected = [renderer.content(seg, None, None) for seg in playlist.segments[1:]]
+    assert renderer.plain_run(playlist.rows[1:]) == expected
