@@ -1015,13 +1015,13 @@ class ChannelRuntime:
                 continue
             played = (Fraction(0) if b.cancelled
                       else seconds_between(b.start, b.effective_end(self.policy)))
-            for (break_id, cohort), decision in list(self._decisions.items()):
-                if break_id != b.id or (break_id, cohort) in self._unused_done:
-                    continue
-                self._unused_done.add((break_id, cohort))
+
+            def never_reached(decision: Decision, played: Fraction = played
+                              ) -> tuple[AdInfo, ...]:
                 items = set(unplayed(decision.pod, played))
-                self._fire_not_used(break_id, cohort,
-                                    tuple(a for a in decision.ads if a.item in items))
+                return tuple(a for a in decision.ads if a.item in items)
+
+            self._tell_not_used(b.id, never_reached)
 
     def _overridden(self, breaks: tuple[Break, ...], playlist: MediaPlaylist) -> None:
         """A break that started inside another (the open one wins): counted, logged,
@@ -1039,10 +1039,17 @@ class ChannelRuntime:
             self.metrics.breaks_overridden.labels(self.cfg.id).inc()
             log.warning("channel %s: break %s starts inside break %s, which is playing: "
                         "it does not play", self.cfg.id, b.id, by)
-            for (break_id, cohort), decision in list(self._decisions.items()):
-                if break_id == b.id and (break_id, cohort) not in self._unused_done:
-                    self._unused_done.add((break_id, cohort))
-                    self._fire_not_used(break_id, cohort, decision.ads)
+            self._tell_not_used(b.id, lambda decision: decision.ads)
+
+    def _tell_not_used(self, break_id: str,
+                       ads_of: Callable[[Decision], tuple[AdInfo, ...]]) -> None:
+        """``notUsed`` for ``ads_of`` each decision of ``break_id`` this instance
+        holds, once per (break, cohort)."""
+        for (decided, cohort), decision in list(self._decisions.items()):
+            if decided != break_id or (decided, cohort) in self._unused_done:
+                continue
+            self._unused_done.add((decided, cohort))
+            self._fire_not_used(decided, cohort, ads_of(decision))
 
     def _fire_not_used(self, break_id: str, cohort: str, ads: tuple[AdInfo, ...]) -> None:
         for ad in ads:
