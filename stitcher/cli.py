@@ -101,9 +101,12 @@ def _load_serve_config(args: argparse.Namespace) -> StitcherConfig:
 async def serve_main(config: StitcherConfig) -> int:
     """One process: serve until SIGTERM / SIGINT, then drain (stop accepting, let
     in-flight requests finish within ``shutdown_timeout``) and return 0."""
+    from stitcher.app import CHANNELS
+
     runner = await _serve(config)
+    # The channels it serves: the file's and those ad ops created through the API.
     log.info("stitcher listening on http://%s:%s (%d channels)", config.host, config.port,
-             len(config.channels))
+             len(runner.app[CHANNELS]))
     try:
         await _until_interrupted()
     finally:
@@ -362,9 +365,12 @@ async def demo_main(args: argparse.Namespace) -> int:
     from stitcher.store import MemoryStore
 
     state = Path(tempfile.mkdtemp(prefix="stitcher-demo-"))
+    # An admin token of its own, printed below, so the console can be tried at once
+    # (found by a newcomer: without one the admin API was disabled).
+    admin_token = secrets.token_urlsafe(18)
     config = StitcherConfig(host=args.host, port=args.port, data_dir=Path(args.data_dir),
                             session_keys={"demo": secrets.token_urlsafe(32)},
-                            channels=[channel])
+                            admin_token=admin_token, channels=[channel])
     try:
         runner = await _serve(config, MemoryStore(state))
     except PortInUse:
@@ -395,6 +401,7 @@ async def demo_main(args: argparse.Namespace) -> int:
   Origin:    http://127.0.0.1:{origin_port}/live/demo/master.m3u8 (unstitched)
   Ad server: http://127.0.0.1:{ad_port}/hits (beacons received)
   Metrics:   http://{args.host}:{args.port}/metrics
+  Ad ops:    http://{args.host}:{args.port}/console  (token: {admin_token})
   Ctrl-C stops everything.
 """, flush=True)
         await _until_interrupted()
