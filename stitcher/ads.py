@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -383,18 +384,18 @@ class AdDecider:
                                        else Fraction(str(channel.personalization_threshold))))
         ads: list[AdInfo] = []
         for i, item in enumerate(pod.items):
-            ad = infos.get(item.creative)
-            if ad is None:
+            resolved = infos.get(item.creative)
+            if resolved is None:
                 continue
             tracking: dict[str, tuple[str, ...]] = {}
-            for event, trackers in ad.tracking.items():
+            for event, trackers in resolved.tracking.items():
                 for t in trackers:
                     name = event
                     if event == "progress" and t.offset is not None:
                         name = f"progress@{t.offset}"
                     tracking[name] = tracking.get(name, ()) + (t.uri,)
-            ads.append(AdInfo(i, ad.ad_id or item.creative, item.creative, item.duration,
-                              tuple(ad.impressions), tuple(ad.errors), tracking))
+            ads.append(AdInfo(i, resolved.ad_id or item.creative, item.creative, item.duration,
+                              tuple(resolved.impressions), tuple(resolved.errors), tracking))
         self._metrics.ad_requests.labels(channel.id, "filled" if ads else "nofill").inc()
         self._metrics.avail_seconds.labels(channel.id).inc(float(available))
         self._metrics.filled_seconds.labels(channel.id).inc(float(pod.filled))
@@ -426,7 +427,7 @@ class AdDecider:
 Download = Callable[[str], AsyncIterator[bytes]]
 
 
-class ErrorSink:
+class ErrorSink(Protocol):
     """Callable that queues VAST error URLs with [ERRORCODE] (see beacons)."""
 
     def __call__(self, urls: list[str], code: int) -> None: ...  # pragma: no cover

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import heapq
@@ -788,7 +789,7 @@ class ChannelRuntime:
         if task is None:
             task = asyncio.ensure_future(self._decide(brk, cohort, start, prefetch=prefetch))
             self._decision_tasks[key] = task
-            task.add_done_callback(lambda t, key=key: self._forget_failed(key, t))
+            task.add_done_callback(functools.partial(self._forget_failed, key))
         return task
 
     def _forget_failed(self, key: tuple[str, str], task: asyncio.Task[Decision]) -> None:

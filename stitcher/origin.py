@@ -65,6 +65,9 @@ class _Entry:
     #: When ``newer`` last asked the origin directly.
     asked_again_at: float = float("-inf")
 
+    def inflight_done(self, _task: asyncio.Task[Fetched]) -> None:
+        self.inflight = None
+
     def keep(self, fetched: Fetched) -> None:
         self.good = fetched
         self.stale = None
@@ -114,7 +117,7 @@ class OriginFetcher:
                 return e.stale or e.good
         if e.inflight is None:
             e.inflight = asyncio.ensure_future(self._refresh(url, e))
-            e.inflight.add_done_callback(lambda _t, e=e: setattr(e, "inflight", None))
+            e.inflight.add_done_callback(e.inflight_done)
         return await asyncio.shield(e.inflight)
 
     async def newer(self, url: str, than: Fetched) -> Fetched | None:

@@ -173,6 +173,7 @@ async def channel_status(app: web.Application, runtime: ChannelRuntime) -> dict[
     ad_errors = _by(app, "stitcher_ad_errors_total", "kind", channel=cid)
     asked = sum(requests.values())
     failed = sum(ad_errors.values())
+    ad_server: dict[str, object]
     if not runtime.cfg.ad_server_url:
         ad_server = {"status": "none", "message": "no ad server configured"}
     elif asked == 0 and failed == 0:

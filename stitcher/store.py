@@ -14,12 +14,12 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from redis.exceptions import RedisError
 
@@ -142,7 +142,8 @@ def break_from_json(d: dict[str, object]) -> Break:
                         if d.get("event_start") else None)
     d["planned_duration"] = Fraction(str(d["planned_duration"])) if d.get(
         "planned_duration") is not None else None
-    d["params"] = tuple(tuple(p) for p in d.get("params") or ())  # type: ignore[union-attr]
+    params = cast("Iterable[Iterable[str]]", d.get("params") or ())
+    d["params"] = tuple(tuple(p) for p in params)
     return Break(**d)  # type: ignore[arg-type]
 
 

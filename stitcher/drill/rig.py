@@ -363,8 +363,8 @@ async def start_rig(schedule: Schedule, *, media: Any, data_dir: Path,
             rig.stitcher_bases = [s.base for s in rig.stitchers]
         # Drill time zero on a segment boundary: a break planned at a multiple of the
         # segment duration starts exactly then.
-        d = float(rig.origin.d)
-        rig.epoch = -(-(clock.now() + lead) // d) * d
+        step = float(rig.origin.d)
+        rig.epoch = -(-(clock.now() + lead) // step) * step
         _schedule_breaks(rig)
     except BaseException:
         await rig.close()

@@ -225,7 +225,7 @@ async def _decisions(rig: Rig, url: str | None
             name = key.decode()
             brk, cohort = name[len(prefix) + 4:].rsplit(":", 1)
             raw = await client.get(key)
-            if raw is not None:
+            if isinstance(raw, bytes):  # the drill's client does not decode
                 out.setdefault(brk, {})[cohort] = raw.decode()
         breaks: dict[int, str] = {}
         raw_breaks = await client.get(f"{prefix}breaks")

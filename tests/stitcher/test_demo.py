@@ -6,9 +6,9 @@ it conditioning the two ads."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,13 +22,16 @@ READY = "Ctrl-C stops everything."
 START_BUDGET = 180.0  # a fresh machine generates the fixture media first
 
 
-def _read_banner(proc: subprocess.Popen[str]) -> str:
+async def _read_banner(proc: asyncio.subprocess.Process) -> str:
     """The demo's output up to its banner's last line (or a clear failure)."""
     assert proc.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + START_BUDGET
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), left)).decode()
+        except TimeoutError:
+            break
         if not line:
             pytest.fail("the demo exited before printing its URLs:\n" + "".join(lines))
         lines.append(line)
@@ -39,12 +42,12 @@ def _read_banner(proc: subprocess.Popen[str]) -> str:
 
 async def test_the_demo_prints_urls_that_work_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stitcher.cli", "demo", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stitcher.cli", "demo", "--port", str(port),
+        "--data-dir", str(tmp_path / "data"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        banner = _read_banner(proc)
+        banner = await _read_banner(proc)
         player = re.search(r"http://127\.0\.0\.1:\d+/v1/master/demo\.m3u8", banner)
         session = re.search(r"ffplay (http://\S+/media/v0\.m3u8)", banner)
         console = re.search(r"(http://\S+/console)\s+\(token: ([^)]+)\)", banner)
@@ -72,8 +75,11 @@ async def test_the_demo_prints_urls_that_work_and_stops_on_ctrl_c(tmp_path: Path
                                 headers={"Authorization": "Bearer not-the-token-at-all"}) as resp:
                 assert resp.status in (401, 403)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        # The rest of its output (the drain) is read so the pipe never fills.
+        assert proc.stdout is not None
+        rest = await asyncio.wait_for(proc.stdout.read(), 30)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, rest.decode()
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()
