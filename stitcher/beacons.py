@@ -663,8 +663,10 @@ class BeaconTracker:
         return fired
 
     def error(self, urls: list[str], code: int) -> None:
+        """Fire VAST ``Error`` URLs: per decision, not per session, so ``[SESSIONID]``
+        is ``-1``, the VAST convention for a value the sender does not know."""
         for url in urls:
-            expanded = vast.expand_macros(url, {"ERRORCODE": code,
+            expanded = vast.expand_macros(url, {"ERRORCODE": code, "SESSIONID": None,
                                                 "CACHEBUSTING": random.randrange(10**8),
                                                 "TIMESTAMP": datetime.now(UTC)})
             self._queue.put_soon(Beacon(("error", url, str(code), expanded), expanded))
@@ -672,8 +674,10 @@ class BeaconTracker:
     def not_used(self, scope: str, item: str, ad: AdInfo) -> None:
         """Fire the ad's ``notUsed`` trackers (VAST 4.1+: a decided ad that will not
         play, e.g. prefetched for a break that was cancelled or cut short). Per
-        decision, not per session: ``scope`` is channel/break/cohort."""
+        decision, not per session: ``scope`` is channel/break/cohort, and
+        ``[SESSIONID]`` is ``-1`` (unknown), as in :meth:`error`."""
         for url in ad.tracking.get("notUsed", ()):
-            expanded = vast.expand_macros(url, {"CACHEBUSTING": random.randrange(10**8),
+            expanded = vast.expand_macros(url, {"SESSIONID": None,
+                                                "CACHEBUSTING": random.randrange(10**8),
                                                 "TIMESTAMP": datetime.now(UTC)})
             self._queue.put_soon(Beacon(("notUsed", scope, item, url), expanded))

@@ -405,6 +405,8 @@ async def test_ad_server_fault_leaves_the_break_to_content_never_an_error(
             placed = {h.ad_id for h in hits}
             assert placed and placed <= {a.id for a in stack.media.ads}, hits
             assert len(hits) == len(placed), "one notUsed per unused ad"
+            # Per decision, not per session: the session macro is VAST's "unknown".
+            assert {h.query.get("session", [""])[0] for h in hits} == {"-1"}, hits
             assert await stack.metric("stitcher_ads_not_used_total",
                                       channel=stack.channel) == len(placed)
 
