@@ -16,16 +16,21 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from stitcher.netpolicy import parse_host
 
 
-def _not_bool(value: object) -> object:
-    """pydantic reads ``true`` as 1.0 for a float: a duration of ``true`` is a typo."""
+def _a_number(value: object) -> object:
+    """pydantic reads ``true`` as 1.0 and ``"30"`` as 30.0 for a float: a duration
+    of ``true`` is a typo, and a quoted one says the sender's types are wrong
+    (the next field it quotes may not be a number at all)."""
     if isinstance(value, bool):
         raise ValueError("a number of seconds, not true/false")  # noqa: TRY004 - pydantic reports ValueError
+    if isinstance(value, str | bytes):
+        raise ValueError("a number of seconds, not a string")  # noqa: TRY004
     return value
 
 
 #: Finite (a YAML ``.inf`` or a JSON ``1e999`` is refused, naming the field: it
-#: would otherwise fail later, in exact time arithmetic), and a number, not a bool.
-Seconds = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, allow_inf_nan=False)]
+#: would otherwise fail later, in exact time arithmetic), and a number, not a bool
+#: or a string.
+Seconds = Annotated[float, BeforeValidator(_a_number), Field(ge=0, allow_inf_nan=False)]
 
 
 class CohortRule(BaseModel):

@@ -75,10 +75,12 @@ def test_every_field_has_an_invalid_case() -> None:
 
 @pytest.mark.parametrize("field", ["decision_budget", "max_break", "min_slate",
                                    "prefetch_window"])
-def test_a_duration_of_true_is_refused_not_read_as_one_second(field: str) -> None:
-    """Found by a newcomer: ``decision_budget: true`` was stored as 1.0."""
+@pytest.mark.parametrize("value", [True, "30"], ids=["bool", "string"])
+def test_a_duration_that_is_not_a_number_is_refused(field: str, value: object) -> None:
+    """Found by a newcomer: ``decision_budget: true`` was stored as 1.0, and a
+    quoted ``"30"`` read as 30."""
     with pytest.raises(ValidationError, match=field):
-        ChannelConfig(**VALID, **{field: True})
+        ChannelConfig(**VALID, **{field: value})
 
 
 @pytest.mark.parametrize("field", sorted(INVALID))
@@ -397,6 +399,7 @@ async def test_insert_break_now_is_stitched_listed_cancelled_and_audited(
                             ({"duration": 30, "start": "9999-12-31T23:59:59Z"}, "start"),
                             # Found by a newcomer: accepted, then cut at max_break (120).
                             ({"duration": 121}, "duration"), ({"duration": True}, "duration"),
+                            ({"duration": "30"}, "duration"),
                             ({"duration": 5, "when": 3}, "when")):
             status, err = await _call(stack, "POST", "/admin/channels/live1/breaks", body)
             assert status == 422 and any(f["field"] == field for f in err["fields"]), err
