@@ -82,6 +82,9 @@ audit_log = logging.getLogger("stitcher.audit")
 CONTROL = web.AppKey("control", object)
 #: Serialises this instance's writes (the revision check lives in the store).
 ADMIN_LOCK = web.AppKey("admin_lock", asyncio.Lock)
+#: Stored channel configs this instance cannot validate (written by another
+#: version, or edited by hand): channel -> what the listing and the console say.
+IGNORED_CONFIGS = web.AppKey("ignored_configs", dict)
 STATIC = Path(__file__).with_name("static")
 #: An inserted break lasts at least one second and at most an hour.
 MAX_INSERTED_BREAK = 3600.0
@@ -226,6 +229,10 @@ def _runtime(request: web.Request) -> ChannelRuntime:
     channel = request.match_info["channel"]
     runtime = _runtimes(request.app).get(channel)
     if runtime is None:
+        if channel in request.app[IGNORED_CONFIGS]:
+            raise NotFound(f"channel {channel!r} is not served: its stored config does not "
+                           "validate here (see GET /admin/channels, \"ignored\"); POST a "
+                           "valid one to replace it")
         raise NotFound(f"unknown channel {channel[:64]!r}")
     return runtime
 
@@ -267,7 +274,9 @@ def _validated(body: dict[str, Any]) -> ChannelConfig:
 async def list_channels(request: web.Request, actor: Actor) -> web.Response:
     records = await _control(request.app).channels()
     return _json({"channels": [_channel_view(request.app, rt, records)
-                               for rt in _runtimes(request.app).values()]})
+                               for rt in _runtimes(request.app).values()],
+                  "ignored": sorted(request.app[IGNORED_CONFIGS].values(),
+                                    key=lambda i: str(i["id"]))})
 
 
 @admin
@@ -355,19 +364,36 @@ async def _write_channel(request: web.Request, actor: Actor, channel: str,
 # ----------------------------------------------------------------- applying changes
 def _effective(app: web.Application, channel: str,
                record: ChannelRecord | None) -> ChannelConfig | None:
-    from stitcher.app import CONFIG
+    from stitcher.app import CONFIG, METRICS
 
+    ignored: dict[str, dict[str, Any]] = app[IGNORED_CONFIGS]
+    before = ignored.pop(channel, None)
+    if before is not None:
+        app[METRICS].stored_config_ignored.labels(channel).set(0)
     if record is None:
         return app[CONFIG].channel(channel)
     if record.config is None:
         return None
     try:
         return ChannelConfig.model_validate(record.config)
-    except ValidationError as exc:  # written by another version: keep what runs
-        log.error("ignoring stored config of channel %s (revision %d): %s", channel,
-                  record.revision, exc, extra={"channel": channel})
+    except ValidationError as exc:
+        # Written by another version, or edited by hand: keep what runs, else the
+        # config file's channel, else nothing; said in the listing, the console
+        # and the metrics, not only in one log line at start-up.
         current = _runtimes(app).get(channel)
-        return current.cfg if current else None
+        in_file = app[CONFIG].channel(channel)
+        kept = current.cfg if current else in_file
+        serving = ("nothing: the channel is not served" if kept is None else
+                   "the config file's" if kept == in_file else "the config it was running")
+        problems = "; ".join(f"{f['field']}: {f['problem']}" for f in _fields(exc))
+        ignored[channel] = {"id": channel, "revision": record.revision,
+                            "problems": problems, "serving": serving}
+        app[METRICS].stored_config_ignored.labels(channel).set(1)
+        if ignored[channel] != before:  # once, not at every resync
+            log.error("ignoring stored config of channel %s (revision %d): %s; serving %s",
+                      channel, record.revision, problems, serving,
+                      extra={"channel": channel})
+        return kept
 
 
 async def apply_channel(app: web.Application, channel: str,
@@ -652,6 +678,7 @@ def setup_admin(app: web.Application, r: Routes) -> None:
 
     app.middlewares.append(context_middleware)
     app[ADMIN_LOCK] = asyncio.Lock()
+    app[IGNORED_CONFIGS] = {}
     app.cleanup_ctx.append(_control_ctx)
     r.get("/admin/openapi.json", openapi, name="admin_openapi")
     r.get("/admin/channels", list_channels, name="admin_channels")

@@ -209,6 +209,11 @@ class Metrics:
             "the session started), served the default cohort (once per session and "
             "instance)",
             ["channel"], registry=r)
+        self.stored_config_ignored = Gauge(
+            "stitcher_stored_config_ignored",
+            "1 while a channel's stored config (admin API) does not validate here and "
+            "is ignored (the channel runs its previous or file config, or not at all)",
+            ["channel"], registry=r)
         self.breaks_overridden = Counter(
             "stitcher_breaks_overridden_total",
             "Breaks that did not play because they start inside another break that is "

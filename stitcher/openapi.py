@@ -113,7 +113,14 @@ def _document() -> dict[str, Any]:
             "/admin/channels": {
                 "get": _op("Every channel with its config and revision", {
                     "200": _ok("the channels", {"type": "object", "properties": {
-                        "channels": {"type": "array", "items": {"$ref": ref(model="Channel")}}}})}),
+                        "channels": {"type": "array", "items": {"$ref": ref(model="Channel")}},
+                        "ignored": {"type": "array", "description": (
+                            "stored configs this instance cannot validate (another "
+                            "version wrote them, or a hand edit), and what it serves "
+                            "instead"), "items": {"type": "object", "properties": {
+                                "id": {"type": "string"}, "revision": {"type": "integer"},
+                                "problems": {"type": "string"},
+                                "serving": {"type": "string"}}}}}})}),
                 "post": _op("Create a channel", {
                     "201": _ok("created", {"$ref": ref(model="Channel")}),
                     "400": _error("not a JSON object"), "409": _error("the id exists"),

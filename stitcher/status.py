@@ -217,4 +217,14 @@ async def console_status(app: web.Application) -> dict[str, Any]:
 
     depth = sum(_by(app, "stitcher_beacon_queue_depth", "").values())
     channels = [await channel_status(app, rt) for rt in list(_runtimes(app).values())]
-    return {"pid": os.getpid(), "beacon_queue_depth": depth, "channels": channels}
+    return {"pid": os.getpid(), "beacon_queue_depth": depth, "channels": channels,
+            "warnings": ignored_config_warnings(app)}
+
+
+def ignored_config_warnings(app: web.Application) -> list[str]:
+    """The stored channel configs this instance ignores, in plain words."""
+    from stitcher.admin import IGNORED_CONFIGS
+
+    return [f"stored config of channel {i['id']} (revision {i['revision']}) does not "
+            f"validate here ({i['problems']}): serving {i['serving']}"
+            for _, i in sorted(app[IGNORED_CONFIGS].items())]

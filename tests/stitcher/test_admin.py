@@ -270,6 +270,51 @@ async def test_changes_survive_a_restart_in_embedded_mode(tmp_path: Path) -> Non
         assert len(data["entries"]) == 2
 
 
+async def test_a_stored_config_that_no_longer_validates_is_said_not_only_logged(
+        tmp_path: Path) -> None:
+    """Found by a newcomer: a stored channel config this version refuses (another
+    version wrote it, or a hand edit) dropped the channel at start-up with one
+    ERROR line. Now the channel keeps the config file's definition where there
+    is one, and the listing, the console's status and a gauge say what is
+    ignored and what is served instead, until a valid config replaces it."""
+    config = {"admin_token": TOKEN}
+    async with start_stack(data_dir=tmp_path / "s", stitcher_config=config) as stack:
+        assert (await _call(stack, "PATCH", "/admin/channels/live1", {"max_break": 77}))[0] == 200
+        extra = {"id": "extra", "origin_url": stack.runtime.cfg.origin_url}
+        assert (await _call(stack, "POST", "/admin/channels", extra))[0] == 201
+    [path] = (tmp_path / "s").rglob("control.json")
+    stored = json.loads(path.read_text())
+    for rec in stored["channels"]:
+        rec["config"] |= {"max_break": -5} if rec["id"] == "live1" else {"colour": "red"}
+    path.write_text(json.dumps(stored))
+
+    async with start_stack(data_dir=tmp_path / "s", stitcher_config=config) as stack:
+        assert stack.runtime.cfg.max_break != 77, "the file's definition, not the stored one"
+        assert "extra" not in stack.app[CHANNELS]
+        status, listing = await _call(stack, "GET", "/admin/channels")
+        assert status == 200
+        ignored = {i["id"]: i for i in listing["ignored"]}
+        assert set(ignored) == {"live1", "extra"}, listing
+        assert "max_break" in ignored["live1"]["problems"]
+        assert ignored["live1"]["serving"] == "the config file's"
+        assert "colour: unknown field" in ignored["extra"]["problems"]
+        assert ignored["extra"]["serving"].startswith("nothing")
+        _status, data = await _call(stack, "GET", "/admin/status")
+        assert [w.split(" (")[0] for w in data["warnings"]] == [
+            "stored config of channel extra", "stored config of channel live1"], data
+        assert await stack.metric("stitcher_stored_config_ignored", channel="extra") == 1
+
+        # The channel is not served, so not there to change; a valid config
+        # replaces the ignored one: served, and no longer listed.
+        status, err = await _call(stack, "PATCH", "/admin/channels/extra", {"max_break": 60})
+        assert status == 404 and "POST a valid one" in err["reason"], err
+        assert (await _call(stack, "POST", "/admin/channels", extra))[0] == 201
+        assert "extra" in stack.app[CHANNELS]
+        _status, listing = await _call(stack, "GET", "/admin/channels")
+        assert [i["id"] for i in listing["ignored"]] == ["live1"]
+        assert await stack.metric("stitcher_stored_config_ignored", channel="extra") == 0
+
+
 # ----------------------------------------------------------------- breaks by hand
 async def _call(stack: Stack, method: str, path: str, body: Any = None, *,
                 headers: dict[str, str] | None = None, token: str = TOKEN,
