@@ -158,11 +158,29 @@ class Break:
         return seconds_between(self.start, pdt)
 
 
+@dataclass(frozen=True)
+class IgnoredOut:
+    """A CUE-OUT that starts inside a break open there, and so does not play (the
+    open one wins). ``id`` is the id it would have had, the same on every
+    instance; ``inside`` the break it fell into."""
+
+    id: str
+    at: datetime
+    event_id: str | None
+    dialect: str
+    planned_duration: Fraction | None
+    inside: str
+
+    def __str__(self) -> str:
+        return (f"OUT {self.event_id or self.dialect} at {self.at.isoformat()} "
+                f"overlaps break {self.inside}")
+
+
 @dataclass
 class BreakUpdate:
     breaks: tuple[Break, ...]
     new: list[Break] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
+    ignored: list[IgnoredOut] = field(default_factory=list)
 
 
 def break_id(event_id: str | None, start: datetime) -> str:
@@ -271,9 +289,9 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                     if b.ahead and not obs.ahead:
                         breaks[i] = _placed(breaks[i], obs.at)
                 else:
-                    result.ignored.append(
-                        f"OUT {obs.event_id or obs.dialect} at {obs.at.isoformat()} "
-                        f"overlaps break {b.id}")
+                    result.ignored.append(IgnoredOut(
+                        break_id(obs.event_id, obs.at), obs.at, obs.event_id, obs.dialect,
+                        obs.planned_duration, b.id))
                 continue
             new = Break(id=break_id(obs.event_id, obs.at), start=obs.at,
                         planned_duration=obs.planned_duration, dialect=obs.dialect,

@@ -34,7 +34,14 @@ from typing import Any
 import aiohttp
 
 from manifests.attributes import AttributeList
-from manifests.breaks import Break, BreakPolicy, overridden, prune, update_breaks
+from manifests.breaks import (
+    Break,
+    BreakPolicy,
+    IgnoredOut,
+    overridden,
+    prune,
+    update_breaks,
+)
 from manifests.errors import SequenceRegressionError
 from manifests.layout import (
     CommonGrid,
@@ -83,6 +90,9 @@ COHORT = "cohort"
 SHARED_RENDER_TTL = 3
 #: The most an init + media segment pair probed for the ladder may be (fMP4 content).
 PROBE_MAX_BYTES = 64 << 20
+#: Ignored OUTs remembered for the admin listing (the newest; each is a few
+#: hundred bytes, and only a misbehaving feed makes many).
+IGNORED_KEPT = 1000
 #: Seconds between preparation attempts of a channel whose preparation failed.
 PREPARE_RETRY = 10.0
 #: Seconds a render waits for the channel's first preparation.
@@ -261,7 +271,7 @@ class ChannelRuntime:
         #: Breaks found overridden (started inside another), counted once, and the
         #: OUTs ignored inside an open break (by ``update_breaks``' description).
         self._overridden_done: set[str] = set()
-        self._ignored: set[str] = set()
+        self._ignored: OrderedDict[str, IgnoredOut] = OrderedDict()
         #: Sessions served the default cohort for want of their own (counted once).
         self._recohorted: set[str] = set()
         self._rng = random.Random()
@@ -588,13 +598,15 @@ class ChannelRuntime:
                 breaks = update.breaks
                 # An OUT inside an open break: the open one wins. Each once (every
                 # rendition carries the same marker; a render may see it again).
-                fresh = [m for m in dict.fromkeys(update.ignored) if m not in self._ignored]
+                fresh = list({o.id: o for o in update.ignored
+                              if o.id not in self._ignored}.values())
                 if fresh:
-                    if len(self._ignored) > 1000:
-                        self._ignored.clear()
-                    self._ignored.update(fresh)
+                    for out in fresh:  # kept for the admin listing, the newest 1000
+                        self._ignored[out.id] = out
+                    while len(self._ignored) > IGNORED_KEPT:
+                        self._ignored.popitem(last=False)
                     self.metrics.breaks_overridden.labels(self.cfg.id).inc(len(fresh))
-                    log.warning("channel %s: %s", self.cfg.id, "; ".join(fresh))
+                    log.warning("channel %s: %s", self.cfg.id, "; ".join(map(str, fresh)))
                 if playlist.rows and playlist.rows[0].pdt is not None:
                     horizon = playlist.rows[0].pdt
                     breaks = prune(breaks, horizon - timedelta(seconds=600), self.policy)
@@ -755,6 +767,10 @@ class ChannelRuntime:
         return pods
 
     # ----------------------------------------------------------- decisions
+    def ignored_outs(self) -> list[IgnoredOut]:
+        """The feed's OUTs ignored here because they fell inside an open break."""
+        return list(self._ignored.values())
+
     def cached_decision(self, break_id: str, cohort: str) -> Decision | None:
         return self._decisions.get((break_id, cohort))
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
-from manifests.breaks import Break, overridden
+from manifests.breaks import Break, IgnoredOut, overridden
 from manifests.pod import ItemKind
 from stitcher.ads import Decision
 from stitcher.channel import ChannelRuntime
@@ -76,9 +76,27 @@ async def break_views(app: web.Application, runtime: ChannelRuntime) -> dict[str
             continue
         views.append(await _break_view(runtime, b, by_id.get(b.id) is not None, edge,
                                        cohorts, beaten.get(b.id)))
+    for out in runtime.ignored_outs():
+        if edge is None or (out.at - edge).total_seconds() >= -RECENT:
+            views.append(_ignored_view(out, edge))
     views.sort(key=lambda v: v["start"])
     return {"channel": runtime.cfg.id, "live_edge": edge.isoformat() if edge else None,
             "breaks": views}
+
+
+def _ignored_view(out: IgnoredOut, edge: datetime | None) -> dict[str, Any]:
+    """A feed OUT that fell inside an open break: listed, so ad ops see the feed
+    asked for a break that did not play, and why (``overridden_by``)."""
+    duration = float(out.planned_duration or 0)
+    end = out.at + timedelta(seconds=duration)
+    return {
+        "id": out.id, "source": out.dialect, "event_id": out.event_id,
+        "start": out.at.isoformat(), "end": end.isoformat(), "duration": round(duration, 3),
+        "state": "ignored", "cancelled": False, "overridden_by": out.inside,
+        "starts_in": None if edge is None else round((out.at - edge).total_seconds(), 3),
+        "ends_in": None if edge is None else round((end - edge).total_seconds(), 3),
+        "cohorts": {},
+    }
 
 
 async def _break_view(runtime: ChannelRuntime, b: Break, inserted: bool,

@@ -294,7 +294,10 @@ def test_overlapping_out_is_ignored_and_counted() -> None:
                       ([f"#EXT-OATCLS-SCTE35:{b}"], SIX), ([], SIX), ([], SIX), ([], SIX))
     update = update_breaks((), observe(playlist))
     assert shape(update.breaks) == [(at(0), Fraction(24), None, "1")]
-    assert len(update.ignored) == 1 and "overlaps" in update.ignored[0]
+    assert len(update.ignored) == 1 and "overlaps" in str(update.ignored[0])
+    [ignored] = update.ignored
+    assert (ignored.at, ignored.event_id, ignored.planned_duration, ignored.inside) == (
+        at(12), "2", Fraction(24), update.breaks[0].id)
     assert covered(playlist, update.breaks) == [0, 1, 2, 3]
 
 

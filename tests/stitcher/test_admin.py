@@ -512,7 +512,7 @@ async def test_the_feeds_out_inside_an_inserted_break_is_counted_once(
         status, placed = await _call(stack, "POST", "/admin/channels/live1/breaks",
                                      {"duration": 20})
         assert status == 201, placed
-        stack.origin.insert_break(edge + 4, 14)
+        feed = stack.origin.insert_break(edge + 4, 14)
         await _reload(stack, url, renditions, 14, snapshots, clock)
         for rid in renditions:
             served = _served(snapshots, rid)
@@ -522,6 +522,16 @@ async def test_the_feeds_out_inside_an_inserted_break_is_counted_once(
         assert await stack.metric("stitcher_breaks_overridden_total") == 1
         faults = [v for v in check(snapshots) if v.source == "stitcher"]
         assert faults == [], format_text(faults)
+
+        # Listed, once, with the break it fell into (found by a newcomer: the feed's
+        # break was only a log line, so ad ops could not see it had been asked for).
+        status, listed = await _call(stack, "GET", "/admin/channels/live1/breaks")
+        ignored = [b for b in listed["breaks"] if b["state"] == "ignored"]
+        assert [(b["overridden_by"], b["duration"], b["cohorts"]) for b in ignored] == [
+            (placed["id"], 14, {})], listed
+        starts = {s.msn: s.pdt for snap in snapshots
+                  for s in parse_media(snap.playlists[renditions[0]]).segments}
+        assert ignored[0]["start"] == starts[feed.start_msn].isoformat()
 
 
 async def test_a_channel_never_plays_another_channels_slate(
