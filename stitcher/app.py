@@ -140,6 +140,13 @@ def served(app: web.Application, name: str | None, handler: Handler,
                 response = to_response(StitcherError(exc.reason, status=exc.status))
             else:
                 response = exc
+        except RedisError as exc:
+            # The shared store went away under a route that needs it (the admin API,
+            # a session start): the player or tool may retry; not a bug, no traceback.
+            log.warning("%s %s: store unavailable (%s)", request.method, request.path,
+                        type(exc).__name__)
+            response = to_response(StoreUnavailable(
+                f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
         except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback) and counted
             _log_unhandled(request)
             response = to_response(StitcherError("internal error (logged)"))

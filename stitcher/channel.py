@@ -68,9 +68,15 @@ from manifests.timeline import choose_anchor, with_pdt
 from manifests.timing import seconds_between
 from stitcher.ads import AdDecider, AdInfo, CreativeLibrary, Decision, slate_key
 from stitcher.captions import ContentCaptions
-from stitcher.conditioning import RenditionSpec, probe_rendition, whole_frames
+from stitcher.conditioning import (
+    RenditionSpec,
+    asset_init_path,
+    asset_segment_path,
+    probe_rendition,
+    whole_frames,
+)
 from stitcher.config import ChannelConfig
-from stitcher.errors import NotFound, OriginUnavailable
+from stitcher.errors import NotFound, OriginUnavailable, StoreUnavailable
 from stitcher.flight import Flights
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import fetch_bounded
@@ -121,13 +127,15 @@ class _Uris:
     """
 
     def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str,
-                 slate: str) -> None:
+                 slate: str, specs: Callable[[], list[RenditionSpec]] = list) -> None:
         self.rid = rid
         self.subtitles = kind == "subtitles"
         self.library = library
         self.assets_base = assets_base
         #: The channel's slate in the library (:func:`stitcher.ads.slate_key`).
         self.slate = slate
+        #: The ladder the assets are conditioned to (empty until it is probed).
+        self.specs = specs
 
     def ad_segment(self, break_id: str, item_index: int, item: PodItem, segment: int) -> str:
         ext = "vtt" if self.subtitles else "ts"
@@ -150,10 +158,17 @@ class _Uris:
         return self._init(self.slate)
 
     def _init(self, key: str) -> str | None:
+        """By the asset layout where the ladder is known (the same on every instance,
+        whether the asset is on this one's disk yet or not), else by the library."""
         if self.subtitles:
             return None
-        path = self.library.init_path(key, self.rid)
+        spec = self._spec()
+        path = (self.library.init_path(key, self.rid) if spec is None
+                else asset_init_path(key, spec))
         return f"{self.assets_base}/{path}" if path else None
+
+    def _spec(self) -> RenditionSpec | None:
+        return next((s for s in self.specs() if s.name == self.rid), None)
 
 
 class _RepairedCaptionUris(_Uris):
@@ -178,23 +193,18 @@ class _RepairedCaptionUris(_Uris):
 
 class _CohortUris(_Uris):
     """Cohort-URL mode: no session in the path, so ad segments point straight at the
-    conditioned assets (players beacon from the tracking JSON). A creative not on
-    disk yet falls back to the cohort's redirect route (no beacons there either)."""
-
-    def __init__(self, rid: str, kind: str, library: CreativeLibrary, assets_base: str,
-                 slate: str, specs: Callable[[], list[RenditionSpec]]) -> None:
-        super().__init__(rid, kind, library, assets_base, slate)
-        self.specs = specs
+    conditioned assets (players beacon from the tracking JSON), named by the asset
+    layout: the same on every instance whether the creative is on its disk yet or
+    not (found by a newcomer: an instance without it named the redirect route, one
+    with it the asset, and the shared render cache served either). A rendition the
+    ladder does not know takes the cohort's redirect route (no beacons there either)."""
 
     def ad_segment(self, break_id: str, item_index: int, item: PodItem, segment: int) -> str:
-        if self.subtitles:
+        spec = None if self.subtitles else self._spec()
+        if spec is None:
             return super().ad_segment(break_id, item_index, item, segment)
-        path = self.library.segment_path(item.creative, self.rid, segment)
-        if path is None and self.library.load(item.creative, self.specs()) is not None:
-            path = self.library.segment_path(item.creative, self.rid, segment)
-        if path is None:
-            return super().ad_segment(break_id, item_index, item, segment)
-        return f"{self.assets_base}/{path}"
+        return f"{self.assets_base}/{asset_segment_path(item.creative, spec, segment)}"
+
 
 
 class ChannelRuntime:
@@ -494,6 +504,13 @@ class ChannelRuntime:
         ``with_result``: the caller needs the splice's slots (tracking), which a
         render taken from another instance does not carry: render here if so.
         """
+        # Bounded, the fetch and the render together: a hung store (Redis stopped,
+        # not closed) never answers, and a player must get the last good playlist
+        # (or a 503) meanwhile; what was started goes on, shielded, for the next
+        # reload. (Origin faults are the fetcher's: it serves stale within its own
+        # budget, well inside this one; the multivariant has its own timeout.)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.render_budget
         mv = await self.multivariant()
         rendition = mv.rendition(rid)
         if rendition is None:
@@ -506,7 +523,11 @@ class ChannelRuntime:
             # (cached on disk after a restart: quick), then render as things are.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self.prepare()), PREPARE_WAIT)
-        fetched = await self.fetcher.get(rendition.uri)
+        try:
+            fetched = await asyncio.wait_for(self.fetcher.get(rendition.uri),
+                                             max(0.0, deadline - loop.time()))
+        except TimeoutError as exc:
+            return self._store_down(rid, cohort, mode, exc)
         key = (rid, cohort, mode, fetched.version)
         cached = self._renders.get(key)
         if cached is not None and (cached.result is not None or not with_result):
@@ -526,13 +547,26 @@ class ChannelRuntime:
         else:
             self.metrics.render_cache.labels(self.cfg.id, cohort, "coalesced").inc()
         try:
-            rendered = await asyncio.shield(task)
+            rendered = await asyncio.wait_for(asyncio.shield(task),
+                                              max(0.0, deadline - loop.time()))
         except STORE_ERRORS as exc:
             return self._store_down(rid, cohort, mode, exc)
         self._renders[key] = rendered
         while len(self._renders) > 256:
             self._renders.popitem(last=False)
+        if not rendered.stale:
+            # Whichever instance made it: the fallback if the store goes away (found
+            # by a newcomer: an instance serving another's renders had none, so a
+            # Redis crash was a 500 there).
+            self._last_good[(rid, cohort, mode)] = rendered
         return rendered
+
+    @property
+    def render_budget(self) -> float:
+        """How long a player's request waits for a playlist: an origin fetch and the
+        ad decision's budget, with room to spare; past it the store is not
+        answering (players give up on a playlist after about 10 s)."""
+        return self.cfg.decision_budget + self._origin_timeout + 2.0
 
     async def _shared_or_render(self, rendition: Rendition, cohort: str, mode: str,
                                 fetched: Fetched, key: tuple[str, str, str, str],
@@ -638,7 +672,7 @@ class ChannelRuntime:
                                          self.assets_base, slate, lambda: self.specs)
                         if mode == COHORT
                         else _Uris(rendition.id, rendition.kind, self.library, self.assets_base,
-                                   slate))
+                                   slate, lambda: self.specs))
                 cadence = self.cadences.get(rendition.grid)
                 # Keyed by the unit too: renders before the ladder is known must not pin it.
                 options = self._options.setdefault((rendition.id, self.unit), SpliceOptions(
@@ -698,15 +732,17 @@ class ChannelRuntime:
         """The shared store failed under a render (Redis going away, found by the drill):
         the last good render, announced stale, as for an origin fault; nothing new is
         published without the ledger. Only a cohort never rendered here gets the error."""
+        self.metrics.store_errors.labels(self.cfg.id, "render").inc()
+        what = type(exc).__name__  # not the exception's text: it names the store's address
         last = self._last_good.get((rid, cohort, mode))
         if last is None:
-            raise exc
-        self.metrics.store_errors.labels(self.cfg.id, "render").inc()
+            log.warning("%s/%s: store unavailable (%s) and no playlist rendered here yet",
+                        self.cfg.id, rid, exc)
+            raise StoreUnavailable(f"store unavailable ({what}), retry", retry_after=1) from exc
         log.warning("%s/%s: store unavailable (%s): serving the last good playlist",
                     self.cfg.id, rid, exc)
         self.metrics.stale_serves.labels(self.cfg.id).inc()
-        # Not the exception's text: it names the store's address.
-        return replace(last, stale=True, stale_reason=f"store unavailable ({type(exc).__name__})")
+        return replace(last, stale=True, stale_reason=f"store unavailable ({what})")
 
     def _behind(self, rendition: Rendition, cohort: str, mode: str, fetched: Fetched,
                 exc: SequenceRegressionError) -> Rendered:

@@ -670,6 +670,23 @@ def _extension(spec: RenditionSpec) -> str:
     return "m4s" if spec.container == "fmp4" else "ts"
 
 
+def segment_name(spec: RenditionSpec, index: int) -> str:
+    return f"seg_{index:05d}.{_extension(spec)}"
+
+
+def asset_segment_path(key: str, spec: RenditionSpec, index: int) -> str:
+    """Where conditioning puts segment ``index`` of ``key``'s ``spec`` rendition,
+    relative to the output folder (the layout above). Playlists name ad segments
+    by it, not by what this instance has on disk, so every instance (and every
+    render, before and after the asset lands) names a slot alike."""
+    return f"{key}/{spec.name}/{segment_name(spec, index)}"
+
+
+def asset_init_path(key: str, spec: RenditionSpec) -> str | None:
+    """The fMP4 init segment's place in the layout; None for MPEG-TS."""
+    return f"{key}/{spec.name}/{FMP4_INIT}" if spec.container == "fmp4" else None
+
+
 def _pids(spec: RenditionSpec) -> tuple[int, int] | None:
     """(video PID, audio PID) of a rendition, None for ffmpeg's defaults."""
     if spec.video_pid is None and spec.audio_pid is None:
@@ -825,7 +842,7 @@ class Conditioner:
         spec = plan.spec
         ext = _extension(spec)
         names = sorted(p.name for p in plan.tmp_dir.glob(f"seg_*.{ext}"))
-        expected = [f"seg_{j:05d}.{ext}" for j in range(plan.segments)]
+        expected = [segment_name(spec, j) for j in range(plan.segments)]
         if names != expected:
             raise ConditioningError(
                 f"{spec.name}: expected {plan.segments} segments, ffmpeg wrote {len(names)}")

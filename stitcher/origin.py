@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+from redis.exceptions import RedisError
 
 from manifests.errors import ManifestError, PlaylistParseError
 from manifests.playlist import EXT_X_PROGRAM_DATE_TIME, EXTINF, MediaPlaylist
@@ -147,7 +148,7 @@ class OriginFetcher:
             if self._shared is None:
                 fetched, how = await self._fetch(url, e), "ok"
             else:
-                fetched, how = await self._fetch_shared(url, e, self._shared)
+                fetched, how = await self._coordinated(url, e, self._shared)
         except Exception as exc:
             kind = kind_of(exc)
             self._metrics.origin_errors.labels(self._channel, kind).inc()
@@ -169,6 +170,25 @@ class OriginFetcher:
         self._metrics.origin_fetches.labels(self._channel, how).inc()
         e.keep(fetched)
         return fetched
+
+    async def _coordinated(self, url: str, e: _Entry,
+                           shared: SharedOrigin) -> tuple[Fetched, str]:
+        """One fetch across instances while the store answers; when it does not
+        (Redis down, or stopped and silent past the budget), fetch here: the
+        origin is not at fault, and losing the coordination costs the origin one
+        request per instance, where failing would serve every viewer stale (found
+        by a newcomer: ``origin: internal`` on every playlist of a Redis outage)."""
+        budget = shared.wait_budget + self._timeout + 1.0
+        try:
+            async with asyncio.timeout(budget) as scope:
+                return await self._fetch_shared(url, e, shared)
+        except (RedisError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) and not scope.expired():
+                raise  # the origin's own timeout, inside the budget
+            self._metrics.store_errors.labels(self._channel, "origin").inc()
+            log.warning("origin fetch coordination unavailable (%s): fetching %s here",
+                        type(exc).__name__, url, extra={"channel": self._channel})
+            return await self._fetch(url, e), "ok"
 
     async def _fetch_shared(self, url: str, e: _Entry,
                             shared: SharedOrigin) -> tuple[Fetched, str]:

@@ -228,3 +228,37 @@ async def test_instances_share_renders_through_redis(tmp_path: Path, redis_url: 
         ttl = await client.pttl(keys[0])
         assert 0 < ttl <= 3 * 2 * 1000  # a few target durations
     await client.aclose()
+
+
+def test_ad_uris_do_not_depend_on_this_instances_disk(tmp_path: Path) -> None:
+    """Found by a newcomer (two instances, one Redis): an instance that did not have
+    a creative on its disk yet named the cohort redirect route for its segments,
+    one that had it named the asset, and the shared render cache served either
+    (SEGMENT_CHANGED, once). Both name the asset by its layout now, and so does
+    the fMP4 init, in cohort and session mode; the route stays only for a
+    rendition the ladder does not know."""
+    from fractions import Fraction
+
+    from manifests.pod import ItemKind, PodItem
+    from stitcher.ads import CreativeLibrary
+    from stitcher.channel import _CohortUris, _Uris
+    from stitcher.conditioning import Conditioner, RenditionSpec
+    from stitcher.metrics import Metrics
+
+    metrics = Metrics()
+    empty = CreativeLibrary(tmp_path, Conditioner(metrics=metrics), metrics)
+    specs = [RenditionSpec("v0", 640, 360, 800_000, Fraction(25)),
+             RenditionSpec("v1", 1280, 720, 2_000_000, Fraction(25), container="fmp4")]
+    item = PodItem(ItemKind.AD, "c0ffee", Fraction(10), Fraction(0), Fraction(10), 5)
+    cohort = {rid: _CohortUris(rid, "video", empty, "/assets", "slate-x", lambda: specs)
+              for rid in ("v0", "v1", "v9")}
+    assert cohort["v0"].ad_segment("b1", 0, item, 3) == "/assets/c0ffee/v0/seg_00003.ts"
+    assert cohort["v1"].ad_segment("b1", 0, item, 3) == "/assets/c0ffee/v1/seg_00003.m4s"
+    assert cohort["v9"].ad_segment("b1", 0, item, 3) == "ad/v9/b1/0/3.ts"
+    assert cohort["v0"].ad_map("b1", 0, item) is None
+    assert cohort["v1"].ad_map("b1", 0, item) == "/assets/c0ffee/v1/init.mp4"
+    session = _Uris("v1", "video", empty, "/assets", "slate-x", lambda: specs)
+    assert session.ad_segment("b1", 0, item, 3) == "ad/v1/b1/0/3.ts"
+    assert session.ad_map("b1", 0, item) == "/assets/c0ffee/v1/init.mp4"
+    subtitles = _CohortUris("s0", "subtitles", empty, "/assets", "slate-x", lambda: specs)
+    assert subtitles.ad_segment("b1", 0, item, 3) == "ad/s0/b1/0/3.vtt"

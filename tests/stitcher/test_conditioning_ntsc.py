@@ -44,6 +44,8 @@ from stitcher.conditioning import (
     Conditioner,
     RenditionSpec,
     _plan,
+    asset_init_path,
+    asset_segment_path,
     whole_frames,
 )
 from stitcher.config import ChannelConfig
@@ -485,3 +487,22 @@ def test_fmp4_rendition(fmp4_prepared, fmp4_content, tmp_path):
         assert 5 in nals and 1 not in nals[:nals.index(5)], nals
         cuts.append(Fraction(pts[0] * num, den))
     assert [c - cuts[0] for c in cuts] == [k * Fraction(6006, 1000) for k in range(3)]
+
+
+@pytest.mark.parametrize("which", ["prepared", "fmp4_prepared"])
+def test_playlists_name_assets_where_conditioning_puts_them(which: str,
+                                                           request: pytest.FixtureRequest) -> None:
+    """Playlists name ad segments and inits by the asset layout, not by what an
+    instance has on its disk (so every instance, before and after the asset lands,
+    names a slot alike): the layout must be exactly where conditioning wrote them,
+    MPEG-TS and fMP4."""
+    done: Prepared = request.getfixturevalue(which)
+    cc = done.creative
+    for spec in done.specs:
+        r = cc.renditions[spec.name]
+        root = r.segments[0].path.resolve().parents[2]
+        assert [asset_segment_path(cc.key, spec, j) for j in range(len(r.segments))] == [
+            str(s.path.resolve().relative_to(root)) for s in r.segments]
+        init = asset_init_path(cc.key, spec)
+        assert init == (None if r.init is None else str(Path(r.init).resolve().relative_to(root)))
+        assert (init is not None) == (spec.container == "fmp4")

@@ -26,6 +26,7 @@ from fixtures.adserver import faults as adserver_faults
 from fixtures.clock import ManualClock
 from fixtures.origin import FaultRule
 from manifests.playlist import parse_media
+from stitcher.app import CHANNELS
 from tests.harness import Stack, start_stack
 from tests.lag import LagProbe
 from tests.loopback import serve
@@ -780,3 +781,100 @@ async def test_the_store_going_away_mid_break_serves_stale_then_the_break_once_b
         assert ads and all(brk.start_msn <= s.msn < brk.end_msn for s in ads), body
         assert await stack.metric("stitcher_store_errors_total", channel=stack.channel,
                                   where="render") >= 2
+
+
+@pytest.mark.redis
+async def test_a_redis_crash_serves_every_instance_stale_never_500(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by a newcomer (two instances, one Redis, ``kill -9`` of redis-server):
+    the instance serving the other's renders from the shared cache had no last
+    good playlist of its own, so every reload there was a 500; a cohort no
+    instance had rendered was a 500 too, and so was the admin API. Now: the
+    last good playlist, whichever instance rendered it, announced stale as
+    ``store unavailable``; a 503 with Retry-After where there is none; and the
+    origin, which is fine, is fetched directly instead of through the lost
+    coordination (not ``origin: internal``)."""
+    from tests.redis_server import RedisProcess
+
+    redis = RedisProcess(tmp_path / "redis")
+    redis.start()
+    try:
+        async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                               data_dir=tmp_path / "state", assets_dir=assets_dir,
+                               warm_up=True, instances=2, stitcher_config={
+                                   "redis_url": redis.url, "admin_token": "t" * 20}) as stack:
+            session = await stack.start_session(instance=0)
+            rid = (await stack.stitcher_renditions())[0]
+            here = session.media_url(rid)
+            there = stack.on_instance(here, 1)
+            good = await _good_playlist(stack, here)
+            assert await _good_playlist(stack, there) == good
+            _status, _headers, text = await stack.get(stack.bases[1] + "/metrics")
+            assert 'result="shared"' in text.decode(), "instance 1 served instance 0's render"
+            other_rid = (await stack.stitcher_renditions())[1]
+
+            redis.kill()
+            await _advance(stack)
+            for url in (here, there):
+                status, headers, body = await stack.get(url)
+                assert status == 200, body
+                assert body == good, "the last good playlist"
+                assert "store unavailable" in headers.get("X-Stitcher-Stale", ""), headers
+            status, headers, body = await stack.get(stack.on_instance(
+                session.media_url(other_rid), 1))
+            assert status == 503 and headers.get("Retry-After"), body
+            assert json.loads(body)["error"] == "store_unavailable"
+            status, headers, body = await stack.get(
+                stack.bases[1] + "/admin/channels", headers={"Authorization": "Bearer " + "t" * 20})
+            assert status == 503 and json.loads(body)["error"] == "store_unavailable", body
+            fetcher = stack.stitcher_runners[1].app[CHANNELS][stack.channel].fetcher
+            assert all(not (e.stale and e.stale.error == "internal")
+                       for e in fetcher._entries.values()), "the origin is not at fault"
+    finally:
+        redis.stop()
+
+
+@pytest.mark.redis
+async def test_a_hung_redis_answers_players_within_the_render_budget(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by a newcomer (``kill -STOP`` of redis-server: connected, silent): a
+    reload waited for Redis for good (no answer within 15 s), or 5 s for a stale
+    playlist said to be ``origin: internal``. Now the fetch and the render
+    together wait at most the render budget (decision budget + origin timeout +
+    2 s): then the last good playlist, stale, or a 503 where there is none."""
+    import signal
+
+    from tests.redis_server import RedisProcess
+
+    redis = RedisProcess(tmp_path / "redis")
+    redis.start()
+    try:
+        async with start_stack(clock=ManualClock(1_700_000_000.0), media=media,
+                               data_dir=tmp_path / "state", assets_dir=assets_dir,
+                               warm_up=True, instances=2,
+                               channel_config={"decision_budget": 0.5},
+                               stitcher_config={"redis_url": redis.url,
+                                                "origin_timeout": 1.0}) as stack:
+            runtime = stack.stitcher_runners[1].app[CHANNELS][stack.channel]
+            assert runtime.render_budget == 3.5
+            session = await stack.start_session(instance=1)
+            rids = await stack.stitcher_renditions()
+            url = session.media_url(rids[0])
+            good = await _good_playlist(stack, url)
+
+            assert redis.proc is not None
+            redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                await _advance(stack)
+                started = time.monotonic()
+                status, headers, body = await asyncio.wait_for(stack.get(url), 15)
+                assert time.monotonic() - started < runtime.render_budget + 1.5
+                assert status == 200 and body == good, body
+                assert "store unavailable" in headers.get("X-Stitcher-Stale", ""), headers
+                status, headers, body = await asyncio.wait_for(
+                    stack.get(session.media_url(rids[1])), 15)
+                assert status == 503 and headers.get("Retry-After"), body
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+    finally:
+        redis.stop()
