@@ -4,7 +4,10 @@ A decision is made once per (break, cohort) and frozen in the store
 (set-if-absent) before any of its segments is published: every viewer,
 rendition and instance then plays the same ads. Only creatives already
 conditioned for every rendition are placed; the others start conditioning in
-the background, are skipped (slate takes their time) and get VAST error 407.
+the background, are skipped (the next ad or slate takes their time) and get
+VAST error 407. When none is ready the break gets the channel's fallback (a
+failed decision, not a no-fill: ``ad_fallback``), asked again at the break when
+this was ahead of it.
 Ad requests carry cohort attributes only, never a device identity.
 """
 
@@ -376,6 +379,17 @@ class AdDecider:
                 continue
             candidates.append(Candidate(key, cc.duration))
             infos.setdefault(key, ad)
+        if resolution.ads and not candidates:
+            # Filled, but nothing playable yet: not a no-fill (found by a newcomer: the
+            # first break of a new creative was reported as one, and showed the
+            # content under ``ad_fallback: slate``). The channel's fallback, and
+            # ahead of the break nothing frozen: the break's render asks again,
+            # when conditioning may be done.
+            self._metrics.ad_requests.labels(channel.id, "not_ready").inc()
+            log.info("ad decision for %s/%s: %d ads, none conditioned yet", brk.id, cohort,
+                     len(resolution.ads))
+            return Decision(Pod(brk.id, (), nominal, personalized=False), (), "ads not ready",
+                            failed=True)
         pod = plan_pod(
             brk.id, candidates, available=available, nominal=nominal, start=start,
             min_slate=Fraction(str(channel.min_slate)) if slate_segments else Fraction(10**9),

@@ -104,7 +104,8 @@ class ChannelConfig(BaseModel):
     #: How long a render may wait for an ad decision before falling back.
     decision_budget: Seconds = 2.0
     #: What a break shows when its decision could not be made (ad server down,
-    #: circuit open, Retry-After, over budget): ``content`` (the content
+    #: circuit open, Retry-After, over budget, every ad still being conditioned):
+    #: ``content`` (the content
     #: underneath) or ``slate`` (the channel's slate over the whole avail).
     #: An ad server that answers with no ads is a no-fill: content.
     ad_fallback: Literal["content", "slate"] = "content"

@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from manifests.breaks import Break, IgnoredOut, overridden
+from manifests.breaks import Break, IgnoredOut, overridden, update_breaks
+from manifests.markers import MarkerErrors, observe
 from manifests.pod import ItemKind
 from stitcher.ads import Decision
 from stitcher.channel import ChannelRuntime
@@ -76,12 +77,28 @@ async def break_views(app: web.Application, runtime: ChannelRuntime) -> dict[str
             continue
         views.append(await _break_view(runtime, b, by_id.get(b.id) is not None, edge,
                                        cohorts, beaten.get(b.id)))
-    for out in runtime.ignored_outs():
+    for out in await _ignored_outs(runtime, merged):
         if edge is None or (out.at - edge).total_seconds() >= -RECENT:
             views.append(_ignored_view(out, edge))
     views.sort(key=lambda v: v["start"])
     return {"channel": runtime.cfg.id, "live_edge": edge.isoformat() if edge else None,
             "breaks": views}
+
+
+async def _ignored_outs(runtime: ChannelRuntime, merged: tuple[Break, ...]) -> list[IgnoredOut]:
+    """The feed's OUTs that fall inside an open break: those this instance met
+    while rendering, and those of the origin's window now, found from the shared
+    breaks (the same on every instance: found by a newcomer, an instance that had
+    not rendered the channel listed none)."""
+    found = {o.id: o for o in runtime.ignored_outs()}
+    try:
+        view = await runtime.main_view()
+    except StitcherError:
+        view = None
+    if view is not None:
+        update = update_breaks(merged, observe(view[0], errors=MarkerErrors()), runtime.policy)
+        found.update((o.id, o) for o in update.ignored)
+    return sorted(found.values(), key=lambda o: o.at)
 
 
 def _ignored_view(out: IgnoredOut, edge: datetime | None) -> dict[str, Any]:

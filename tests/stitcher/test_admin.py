@@ -513,7 +513,17 @@ async def test_the_feeds_out_inside_an_inserted_break_is_counted_once(
                                      {"duration": 20})
         assert status == 201, placed
         feed = stack.origin.insert_break(edge + 4, 14)
-        await _reload(stack, url, renditions, 14, snapshots, clock)
+        await _reload(stack, url, renditions, 6, snapshots, clock)
+        # While its OUT is in the origin's window, an instance that rendered none of it
+        # lists it too: found from the shared breaks, not only from what it met.
+        met = dict(stack.runtime._ignored)
+        assert len(met) == 1, met
+        stack.runtime._ignored.clear()
+        _status, listed = await _call(stack, "GET", "/admin/channels/live1/breaks")
+        stack.runtime._ignored.update(met)
+        assert [(b["state"], b["id"]) for b in listed["breaks"] if b["state"] == "ignored"] == [
+            ("ignored", next(iter(met)))], listed
+        await _reload(stack, url, renditions, 8, snapshots, clock)
         for rid in renditions:
             served = _served(snapshots, rid)
             mine = [m for m, u in served.items() if f"/{placed['id']}/" in u

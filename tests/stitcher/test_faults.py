@@ -667,6 +667,35 @@ async def test_429_retry_after_is_honoured_and_breaks_fall_back_to_slate_meanwhi
         assert "ad" in _kinds(third), third
 
 
+async def test_a_filled_break_whose_ads_are_all_new_gets_the_fallback_not_a_no_fill(
+        media: Any, tmp_path: Path) -> None:
+    """Found by a newcomer: the first break of creatives the stitcher had not
+    conditioned yet was reported as a no-fill and showed the content under
+    ``ad_fallback: slate``. It is a failed decision now: the channel's fallback,
+    said as ``ads not ready``, counted apart from no-fills; VAST error 407 goes
+    to each ad's Error URL."""
+    clock = ManualClock(1_700_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=tmp_path / "fresh-assets",  # nothing conditioned
+                           channel_config={"decision_budget": 1.0, "ad_fallback": "slate",
+                                           "max_break": 12}) as stack:
+        session = await stack.start_session()
+        url = session.media_url((await stack.stitcher_renditions())[0])
+        await stack.runtime.prepare()  # the slate, not the ads
+        await _good_playlist(stack, url)
+        _brk, slots = await _play_break(stack, url)
+        assert _kinds(slots) == {"slate"}, slots
+        (played,) = stack.runtime.breaks
+        decision = stack.runtime.cached_decision(played.id, session.cohort)
+        assert decision is not None and decision.reason == "ads not ready: slate", decision
+        assert await stack.metric("stitcher_ad_requests_total", channel=stack.channel,
+                                  result="not_ready") == 1
+        assert await stack.metric("stitcher_ad_requests_total", channel=stack.channel,
+                                  result="nofill") == 0
+        await _until(lambda: any(h.event == "error" and h.query.get("code") == ["407"]
+                                 for h in stack.beacon_hits()))
+
+
 async def test_circuit_breaker_opens_fails_fast_and_closes_after_a_successful_probe(
         media: Any, assets_dir: Path, tmp_path: Path) -> None:
     clock = ManualClock(1_700_000_000.0)
