@@ -214,6 +214,22 @@ class SegmentTable(Sequence["Segment"]):
         assert ctx is not None and pdt is not None
         return s.msns[j], pdt, self.raw(i), ctx[1], ctx[2]
 
+    def columns(self, lo: int, hi: int) -> tuple[list[int], list[datetime], list[str], list[str | None],
+                                                list[str], list[RunState]] | None:
+        """The (MSN, PDT, PDT line, other tag, EXTINF, run state) columns of the
+        column rows that open [lo, hi), built or not (a row's columns stay what
+        its segment was built from); None when row ``lo`` is not a column row.
+        Lets the splice replace a break's rows in one loop."""
+        a, b = self._start + lo, self._start + hi
+        s = self._store
+        uris = s.uris[a:b]
+        if None in uris:
+            b = a + uris.index(None)
+        if b <= a:
+            return None
+        return (s.msns[a:b], s.pdts[a:b], s.pdt_lines[a:b], s.tags[a:b],  # type: ignore[return-value]
+                s.extinfs[a:b], s.ctx[a:b])
+
     def pending_tag(self, i: int) -> str | None:
         """Row ``i``'s one other tag line while the row is not built yet (None
         once built, or for a row without one): lets a reader that needs only

@@ -74,6 +74,8 @@ _special = attrgetter("special")
 _raw = attrgetter("raw")
 _last_line = operator.itemgetter(-1)
 _discontinuity = attrgetter("discontinuity")
+#: A pod's nominal segment duration and item spans in microseconds (pod_bounds).
+_Bounds = tuple[int, tuple[tuple[int, int, int, int], ...]]
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
 _URI_ATTRIBUTES = ("URI", "X-ASSET-URI", "X-ASSET-LIST")
 
@@ -217,6 +219,12 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
                     entries.extend(repeat(None, lo - i))
                 prev, i = None, lo
                 continue
+            if i >= lo and todo.msn(i) > hwm:
+                done = renderer.replaced_rows(todo, i, hi, prev, classify_slot, chunks, entries,
+                                              new_entries)
+                if done:
+                    prev, i = entries[-1], i + done
+                    continue
             row = todo.pending(i) if i >= lo else None
             if row is not None and row[0] > hwm:
                 # A column row of the parse, new, in a break's span: classified and,
@@ -467,18 +475,19 @@ class _Classifier:
     :meth:`BreakIndex.covering` returns for every PDT in
     [its start, min(its end, the next break's start)); elsewhere it asks."""
 
-    __slots__ = ("_bounds", "_brk", "_cadence", "_hi", "_index", "_lo", "_pod", "_pods")
+    __slots__ = ("_bounds", "_brk", "_hi", "_index", "_lo", "_pod", "_pods", "cadence")
 
     def __init__(self, index: BreakIndex, pods: Mapping[str, Pod],
                  cadence: Fraction | None) -> None:
         self._index = index
         self._pods = pods
-        self._cadence = None if cadence is None else round(cadence * 1_000_000)
+        #: The grid's cadence in microseconds (None: the pod's nominal).
+        self.cadence = None if cadence is None else round(cadence * 1_000_000)
         self._lo: datetime | None = None
         self._hi: datetime | None = None
         self._brk: Break | None = None
         self._pod: Pod | None = None
-        self._bounds: tuple[int, tuple[tuple[int, int, int, int], ...]] | None = None
+        self._bounds: _Bounds | None = None
 
     def __call__(self, seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
         return self.at(seg.msn, seg.pdt, seg.discontinuity, prev)
@@ -492,24 +501,11 @@ class _Classifier:
         if lo is not None and lo <= pdt < self._hi:  # type: ignore[operator]
             brk, pod, bounds = self._brk, self._pod, self._bounds
         else:
-            index = self._index
-            brk = index.covering(pdt, _NO_DURATION)  # the duration is not read
-            pod = self._pods.get(brk.id) if brk is not None else None
-            bounds = pod_bounds(pod) if pod is not None and pod.personalized else None
-            i = bisect_right(index.starts, pdt) - 1
-            if brk is not None and i >= 0 and index.breaks[i] is brk:
-                # Cacheable: every PDT in this span bisects to i and i covers it.
-                starts = index.starts
-                self._lo = starts[i]
-                self._hi = (index.ends[i] if i + 1 == len(starts)
-                            else min(index.ends[i], starts[i + 1]))
-                self._brk, self._pod, self._bounds = brk, pod, bounds
-            else:
-                self._lo = None
+            brk, pod, bounds = self._lookup(pdt)
         if brk is not None and pod is not None:
             # pod.item_at_us, the pod's bounds looked up once per break.
             hit = (None if bounds is None else
-                   item_in(pod.items, bounds, (pdt - brk.start) // _MICROSECOND, self._cadence))
+                   item_in(pod.items, bounds, (pdt - brk.start) // _MICROSECOND, self.cadence))
             if hit is not None:
                 position, item, segment, wrapped = hit
                 disc = (prev is None or prev.kind is SlotKind.CONTENT or prev.break_id != brk.id
@@ -518,6 +514,38 @@ class _Classifier:
                 return SlotEntry(msn, kind, brk.id, position, segment, disc,
                                  int(disc) - int(discontinuity))
         return _content_entry_at(msn, discontinuity, prev)
+
+
+    def _lookup(self, pdt: datetime) -> tuple[Break | None, Pod | None, _Bounds | None]:
+        """The break covering ``pdt``, its pod and the pod's bounds, cached for
+        the span of PDTs that have the same answer when there is one."""
+        index = self._index
+        brk = index.covering(pdt, _NO_DURATION)  # the duration is not read
+        pod = self._pods.get(brk.id) if brk is not None else None
+        bounds = pod_bounds(pod) if pod is not None and pod.personalized else None
+        i = bisect_right(index.starts, pdt) - 1
+        if brk is not None and i >= 0 and index.breaks[i] is brk:
+            # Cacheable: every PDT in this span bisects to i and i covers it.
+            starts = index.starts
+            self._lo = starts[i]
+            self._hi = (index.ends[i] if i + 1 == len(starts)
+                        else min(index.ends[i], starts[i + 1]))
+            self._brk, self._pod, self._bounds = brk, pod, bounds
+        else:
+            self._lo = None
+        return brk, pod, bounds
+
+    def span_at(self, pdt: datetime) -> tuple[Break, Pod, _Bounds, datetime, datetime] | None:
+        """(break, pod, bounds, lo, hi) when every slot with a PDT in [lo, hi) is
+        classified against this break and personalized pod (``pdt`` among them);
+        None when :meth:`at` has to ask slot by slot."""
+        lo = self._lo
+        if lo is None or not lo <= pdt < self._hi:  # type: ignore[operator]
+            self._lookup(pdt)
+            lo = self._lo
+        if lo is None or self._bounds is None:
+            return None
+        return self._brk, self._pod, self._bounds, lo, self._hi  # type: ignore[return-value]
 
 
 def _content_entry(seg: Segment, prev: SlotEntry | None) -> SlotEntry | None:
@@ -696,6 +724,94 @@ class _Renderer:
             out.append(self.line(line))
         return self.newline.join(out)
 
+    def replaced_tag(self, text: str) -> str | None:
+        """What a replaced slot keeps of a tag line (None: dropped), remembered
+        per distinct line except for the tags that describe the content only."""
+        name, colon, value = text.partition(":")
+        if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
+            return None
+        kept = self.replaced_tags[text] = (
+            None if not self.keep_tag(name, value if colon else None)
+            else _absolutize_tag(text, self.base)
+            if self.base and colon and "URI=" in value else text)
+        return kept
+
+    def replaced_extinf(self, extinf: str) -> str:
+        """The ad's EXTINF line for a content EXTINF line: its duration, no title."""
+        line = self.replaced_extinfs.get(extinf)
+        if line is None:
+            line = self.replaced_extinfs[extinf] = (
+                f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
+        return line
+
+    def replaced_rows(self, rows: SegmentTable, i: int, hi: int, prev: SlotEntry | None,
+                      classifier: _Classifier, chunks: list[str],
+                      entries: list[SlotEntry | None], new_entries: list[SlotEntry]) -> int:
+        """Replace the column rows of one break's pod from row ``i`` on (before
+        ``hi``), appending what :meth:`_Classifier.at` and :meth:`replaced_lines`
+        give each; returns how many it did (0: the caller goes slot by slot).
+
+        A cold render of a 2-hour window replaces ~600 slots: here the break,
+        its pod and the render's line caches are looked up once for the run,
+        not per slot, and the rows are read from the columns, built or not.
+        It stops at the first row it cannot do the same way (not a column row,
+        outside the break's span, not in the pod, or under an EXT-X-MAP)."""
+        cols = rows.columns(i, hi)
+        if cols is None:
+            return 0
+        msns, pdts, pdt_lines, tags, extinfs, ctxs = cols
+        span = classifier.span_at(pdts[0])
+        if span is None:
+            return 0
+        brk, pod, bounds, lo_pdt, hi_pdt = span
+        brk_id, brk_start, items = brk.id, brk.start, pod.items
+        cadence = classifier.cadence
+        seen, inits, newline = self.replaced_tags, self.inits, self.newline
+        dateranges = self.options.ad_dateranges
+        ad_segment, slate_segment = self.uris.ad_segment, self.uris.slate_segment
+        ad, slate, content = SlotKind.AD, SlotKind.SLATE, SlotKind.CONTENT
+        done = 0
+        for msn, pdt, pdt_line, tag, extinf, ctx in zip(msns, pdts, pdt_lines, tags, extinfs,
+                                                        ctxs):
+            if not lo_pdt <= pdt < hi_pdt or ctx[2] is not None:
+                break
+            hit = item_in(items, bounds, (pdt - brk_start) // _MICROSECOND, cadence)
+            if hit is None:
+                break
+            position, item, segment, wrapped = hit
+            disc = (prev is None or prev.kind is content or prev.break_id != brk_id
+                    or prev.item != position or wrapped)
+            kind = ad if item.kind is ItemKind.AD else slate
+            entry = SlotEntry(msn, kind, brk_id, position, segment, disc, int(disc))
+            # replaced_lines of the row (PDT, at most one other tag, EXTINF, URI).
+            out: list[str] = []
+            if tag is not None:
+                kept = seen.get(tag, _UNSEEN)
+                if kept is _UNSEEN:
+                    kept = self.replaced_tag(tag)
+                if kept is not None:
+                    out.append(cast(str, kept))
+            if disc:
+                out.append(EXT_X_DISCONTINUITY)
+                init = _init_of(inits, entry, pod)
+                if init is not None:
+                    out.append(f'{EXT_X_MAP}:URI="{init}"')
+            key = ctx[1]
+            if (prev is None or prev.kind is content) and key is not None and _encrypted(key):
+                out.append(f"{EXT_X_KEY}:METHOD=NONE")
+            out.append(pdt_line)
+            if dateranges and kind is ad and segment == 0:
+                out.append(_ad_daterange(entry, item, pdt))
+            out.append(self.replaced_extinfs.get(extinf) or self.replaced_extinf(extinf))
+            out.append(slate_segment(brk_id, position, segment, msn) if kind is slate
+                       else ad_segment(brk_id, position, item, segment))
+            chunks.append(newline.join(out))
+            entries.append(entry)
+            new_entries.append(entry)
+            prev = entry
+            done += 1
+        return done
+
     def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
                  pod: Pod | None) -> str:
         return self.replaced_lines(seg.raw, seg.key, seg.pdt, entry, prev, pod)
@@ -733,17 +849,12 @@ class _Renderer:
                 continue
             kept = seen.get(text, _UNSEEN)
             if kept is _UNSEEN:
-                name, colon, value = text.partition(":")
+                name = text.partition(":")[0]
                 if name == EXT_X_PROGRAM_DATE_TIME:
                     pdt_line = pdt_line or text
                 elif name == EXTINF:
                     extinf = extinf or text
-                if name in _REPLACED_ONLY or name == EXT_X_DISCONTINUITY_SEQUENCE:
-                    continue
-                kept = seen[text] = (
-                    None if not self.keep_tag(name, value if colon else None)
-                    else _absolutize_tag(text, self.base)
-                    if self.base and colon and "URI=" in value else text)
+                kept = self.replaced_tag(text)
             if kept is not None:
                 out.append(cast(str, kept))
         if entry.discontinuity:
@@ -765,11 +876,7 @@ class _Renderer:
             out.append(_ad_daterange(entry, pod.items[entry.item], pdt))
         if extinf is None:
             raise AssertionError("a parsed segment always has EXTINF")
-        line = self.replaced_extinfs.get(extinf)
-        if line is None:
-            line = self.replaced_extinfs[extinf] = (
-                f"{EXTINF}:{extinf[len(_EXTINF_PREFIX):].partition(',')[0]},")
-        out.append(line)
+        out.append(self.replaced_extinfs.get(extinf) or self.replaced_extinf(extinf))
         if entry.kind is SlotKind.SLATE or pod is None:
             out.append(self.uris.slate_segment(entry.break_id, entry.item, entry.segment,
                                                entry.msn))
