@@ -74,6 +74,7 @@ _special = attrgetter("special")
 _raw = attrgetter("raw")
 _last_line = operator.itemgetter(-1)
 _discontinuity = attrgetter("discontinuity")
+_new_tuple = tuple.__new__
 #: A pod's nominal segment duration and item spans in microseconds (pod_bounds).
 _Bounds = tuple[int, tuple[tuple[int, int, int, int], ...]]
 #: Attributes that carry URIs (RFC 8216bis and HLS Interstitials).
@@ -766,10 +767,14 @@ class _Renderer:
         brk, pod, bounds, lo_pdt, hi_pdt = span
         brk_id, brk_start, items = brk.id, brk.start, pod.items
         cadence = classifier.cadence
-        seen, inits, newline = self.replaced_tags, self.inits, self.newline
-        dateranges = self.options.ad_dateranges
+        seen, extinf_lines, newline = self.replaced_tags, self.replaced_extinfs, self.newline
+        inits, dateranges = self.inits, self.options.ad_dateranges
         ad_segment, slate_segment = self.uris.ad_segment, self.uris.slate_segment
-        ad, slate, content = SlotKind.AD, SlotKind.SLATE, SlotKind.CONTENT
+        # The first slot enters the break from content (EXT-X-KEY:METHOD=NONE), and
+        # has a discontinuity unless it continues the same item of the same break;
+        # every later slot follows one of this loop's.
+        entering = prev is None or prev.kind is SlotKind.CONTENT
+        last = None if entering or prev.break_id != brk_id else prev.item  # type: ignore[union-attr]
         done = 0
         for msn, pdt, pdt_line, tag, extinf, ctx in zip(msns, pdts, pdt_lines, tags, extinfs,
                                                         ctxs):
@@ -779,36 +784,40 @@ class _Renderer:
             if hit is None:
                 break
             position, item, segment, wrapped = hit
-            disc = (prev is None or prev.kind is content or prev.break_id != brk_id
-                    or prev.item != position or wrapped)
-            kind = ad if item.kind is ItemKind.AD else slate
-            entry = SlotEntry(msn, kind, brk_id, position, segment, disc, int(disc))
-            # replaced_lines of the row (PDT, at most one other tag, EXTINF, URI).
-            out: list[str] = []
-            if tag is not None:
-                kept = seen.get(tag, _UNSEEN)
-                if kept is _UNSEEN:
-                    kept = self.replaced_tag(tag)
-                if kept is not None:
-                    out.append(cast(str, kept))
-            if disc:
-                out.append(EXT_X_DISCONTINUITY)
-                init = _init_of(inits, entry, pod)
-                if init is not None:
-                    out.append(f'{EXT_X_MAP}:URI="{init}"')
-            key = ctx[1]
-            if (prev is None or prev.kind is content) and key is not None and _encrypted(key):
-                out.append(f"{EXT_X_KEY}:METHOD=NONE")
-            out.append(pdt_line)
-            if dateranges and kind is ad and segment == 0:
-                out.append(_ad_daterange(entry, item, pdt))
-            out.append(self.replaced_extinfs.get(extinf) or self.replaced_extinf(extinf))
-            out.append(slate_segment(brk_id, position, segment, msn) if kind is slate
-                       else ad_segment(brk_id, position, item, segment))
-            chunks.append(newline.join(out))
+            disc = last != position or wrapped
+            slate = item.kind is ItemKind.SLATE
+            # tuple.__new__: the named tuple without its Python-level __new__.
+            entry = _new_tuple(SlotEntry, (msn, SlotKind.SLATE if slate else SlotKind.AD, brk_id,
+                                           position, segment, disc, int(disc)))
+            uri = (slate_segment(brk_id, position, segment, msn) if slate
+                   else ad_segment(brk_id, position, item, segment))
+            extinf_line = extinf_lines.get(extinf) or self.replaced_extinf(extinf)
+            kept = None if tag is None else seen.get(tag, _UNSEEN)
+            if kept is _UNSEEN:
+                kept = self.replaced_tag(tag)  # type: ignore[arg-type]
+            if kept is None and not disc and not entering and not dateranges:
+                chunks.append(f"{pdt_line}{newline}{extinf_line}{newline}{uri}")
+            else:
+                # What replaced_lines makes of the row (PDT, at most one other tag,
+                # EXTINF, URI).
+                out: list[str] = [] if kept is None else [cast(str, kept)]
+                if disc:
+                    out.append(EXT_X_DISCONTINUITY)
+                    init = _init_of(inits, entry, pod)
+                    if init is not None:
+                        out.append(f'{EXT_X_MAP}:URI="{init}"')
+                key = ctx[1]
+                if entering and key is not None and _encrypted(key):
+                    out.append(f"{EXT_X_KEY}:METHOD=NONE")
+                out.append(pdt_line)
+                if dateranges and not slate and segment == 0:
+                    out.append(_ad_daterange(entry, item, pdt))
+                out.append(extinf_line)
+                out.append(uri)
+                chunks.append(newline.join(out))
             entries.append(entry)
             new_entries.append(entry)
-            prev = entry
+            entering, last = False, position
             done += 1
         return done
 
