@@ -125,10 +125,14 @@ def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
                    if it.kind is ItemKind.SLATE else 0)
                   for it in pod.items)
     bounds = micros(nominal), items
+    _remember(pod, bounds)
+    return bounds
+
+
+def _remember(pod: Pod, bounds: tuple[int, tuple[tuple[int, int, int, int], ...]]) -> None:
     if len(_BOUNDS) >= 4096:
         _BOUNDS.clear()
     _BOUNDS[id(pod)] = (pod, bounds)
-    return bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,9 @@ def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
     first = cursor = units(start)
     end = first + units(available)
     items: list[PodItem] = []
+    # The layout's microsecond bounds (pod_bounds) from the same integers: every
+    # pod of a cold render is asked for them, and from the items they cost more.
+    spans: list[tuple[int, int, int, int]] = []
     for c in candidates:
         duration = units(c.duration)
         if duration <= 0:
@@ -176,6 +183,7 @@ def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
             continue
         items.append(PodItem(ItemKind.AD, c.creative, c.duration, seconds(cursor), seconds(span),
                              slots))
+        spans.append((micros_of(cursor, den), micros_of(cursor + span, den), slots, 0))
         cursor += span
     unfilled = end - cursor  # the ads' spans are consecutive from the start
     if not items or (personalization_threshold is not None
@@ -183,9 +191,14 @@ def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
         return Pod(break_id, (), nominal, personalized=False)
     if unfilled >= units(min_slate) - eps:
         remainder = seconds(unfilled)
+        segments = max(1, slate_segments)
         items.append(PodItem(ItemKind.SLATE, "slate", remainder, seconds(cursor), remainder,
-                             max(1, slate_segments)))
-    return Pod(break_id, tuple(items), nominal)
+                             segments))
+        spans.append((micros_of(cursor, den), micros_of(end, den), segments,
+                      micros_of(segments * step, den)))
+    pod = Pod(break_id, tuple(items), nominal)
+    _remember(pod, (micros_of(step, den), tuple(spans)))
+    return pod
 
 
 def slate_pod(break_id: str, *, start: Fraction, available: Fraction, nominal: Fraction,

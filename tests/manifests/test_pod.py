@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from manifests.pod import Candidate, ItemKind, Pod, plan_pod, slate_pod, unplayed
 
 
@@ -35,3 +38,28 @@ def test_slate_pod_fills_the_whole_avail_with_slate() -> None:
     found = pod.item_at(Fraction(14))
     assert found is not None and found[0] == 0
     assert pod.item_at(Fraction(2)) is None, "before the pod's start: the content shows"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fractions(min_value=Fraction(-1), max_value=Fraction(40), max_denominator=1001),
+                max_size=4),
+       st.fractions(min_value=Fraction(0), max_value=Fraction(90), max_denominator=1001),
+       st.sampled_from([Fraction(2), Fraction(6), Fraction("2.002"), Fraction("6.006"),
+                        Fraction(1, 3)]),
+       st.fractions(min_value=Fraction(0), max_value=Fraction(30), max_denominator=1001),
+       st.integers(0, 4))
+def test_the_bounds_plan_pod_leaves_are_the_ones_its_items_give(
+        durations: list[Fraction], available: Fraction, nominal: Fraction, start: Fraction,
+        slate_segments: int) -> None:
+    """plan_pod computes the layout's microsecond bounds from its own integers;
+    they are what pod_bounds computes from the pod's items (Fractions)."""
+    from manifests import pod as module
+
+    candidates = [Candidate(f"ad{i}", d) for i, d in enumerate(durations)]
+    pod = plan_pod("b", candidates, available=available, nominal=nominal, start=start,
+                   slate_segments=slate_segments)
+    if not pod.personalized:
+        return
+    seeded = module.pod_bounds(pod)
+    module._BOUNDS.clear()
+    assert module.pod_bounds(pod) == seeded
