@@ -343,7 +343,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                 i = candidates[-1] if candidates else None
             if i is None:
                 continue  # a stray IN, or one for a break that already ended
-            breaks[i] = replace(breaks[i], end=obs.at, end_declared=obs.declared)
+            breaks[i] = _ended(breaks[i], obs.at, obs.declared)
         elif obs.kind is SignalKind.CANCEL:
             i = by_event(obs.event_id, obs.at)
             if i is None:
@@ -445,6 +445,15 @@ def pts_distance(a: int, b: int) -> int:
     """Distance between two 33-bit PTS values, across a wrap (ISO 13818-1 2.4.3.7)."""
     d = (a - b) % PTS_MODULUS
     return min(d, PTS_MODULUS - d)
+
+
+def _ended(b: Break, end: datetime, declared: bool) -> Break:
+    """``replace(b, end=end, end_declared=declared)`` by the positional constructor:
+    half the cost of ``replace``'s field introspection (a cold merge closes every
+    break of the window this way)."""
+    return Break(b.id, b.start, b.planned_duration, end, b.cancelled, b.joined, b.dialect,
+                 b.event_id, b.segmentation_type_id, b.upid, b.params, b.pts, b.start_known,
+                 b.event_start, declared, b.ahead)
 
 
 def _completed(b: Break, obs: Observation) -> Break:

@@ -201,6 +201,10 @@ class SegmentTable(Sequence["Segment"]):
         """Row ``i``'s media sequence number, without building it."""
         return self._store.msns[self._start + i]
 
+    def pdt(self, i: int) -> datetime | None:
+        """Row ``i``'s PDT (its segment's ``pdt``), without building it."""
+        return self._store.pdts[self._start + i]
+
     def pending(self, i: int) -> tuple[int, datetime, tuple[str, ...], Line | None, Line | None] | None:
         """Row ``i``'s (MSN, PDT, lines, EXT-X-KEY, EXT-X-MAP) while it is not built
         yet (None once built, or for a row stored built): what the splice reads

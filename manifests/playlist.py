@@ -838,10 +838,12 @@ def _playlist_tag(name: str, value: str | None, state: ParseState) -> None:
 
 def render_lines(lines: list[str], *, newline: str = "\n", bom: bool = False,
                  final_newline: bool = True) -> str:
-    body = newline.join(lines)
-    if final_newline:
-        body += newline
-    return ("\ufeff" if bom else "") + body
+    # The final newline joined in (a copy of the list), not appended to the text
+    # (a copy of a 2-hour window's 400 KB).
+    body = newline.join([*lines, ""] if final_newline and lines else lines)
+    if final_newline and not lines:
+        body = newline
+    return "\ufeff" + body if bom else body
 
 
 def render(playlist: MediaPlaylist) -> str:
