@@ -228,6 +228,20 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
                 if done:
                     prev, i = entries[-1], i + done
                     continue
+            if (i < lo and prev is not None and prev.kind is not SlotKind.CONTENT
+                    and todo.msn(i) > hwm):
+                # Content resuming after a break (its CUE-IN, say), a column row:
+                # what classify and content() give it, from its columns.
+                text = renderer.resumed_row(todo, i)
+                if text is not None:
+                    entry = _content_entry_at(todo.msn(i), False, prev)
+                    assert entry is not None  # after a replaced slot: a discontinuity
+                    chunks.append(text)
+                    new_entries.append(entry)
+                    entries.append(entry)
+                    prev = entry
+                    i += 1
+                    continue
             row = todo.pending(i) if i >= lo else None
             if row is not None and row[0] > hwm:
                 # A column row of the parse, new, in a break's span: classified and,
@@ -607,6 +621,8 @@ class _Renderer:
         #: render does each line's work once (live feeds repeat their marker lines).
         self.replaced_tags: dict[str, str | None] = {}
         self.replaced_extinfs: dict[str, str] = {}
+        #: The same for content slots (content_tag).
+        self.content_tags: dict[str, str | None] = {}
 
     def header(self, playlist: MediaPlaylist, media_sequence: int, dsn: int) -> list[str]:
         out: list[str] = []
@@ -827,6 +843,39 @@ class _Renderer:
             entering, last = False, position
             done += 1
         return done
+
+    def resumed_row(self, rows: SegmentTable, i: int) -> str | None:
+        """:meth:`content` of column row ``i`` (PDT, at most one other tag, EXTINF,
+        URI: no discontinuity, byte range, KEY or MAP line of its own) where it
+        follows a replaced slot; None when row ``i`` is not a column row or the
+        builder routes content (see :meth:`content`)."""
+        cols = rows.columns(i, i + 1) if self.routed is None else None
+        if cols is None:
+            return None
+        (msn,), _pdts, (pdt_line,), (tag,), (extinf,), ((_dsn, key, map_line),) = cols
+        out = [EXT_X_DISCONTINUITY]
+        # The state tags the ads overrode; the PDT is the row's own (explicit).
+        if key is not None and _encrypted(key):
+            out.append(_explicit_iv(self.line(key), msn))
+        if map_line is not None:
+            out.append(self.line(map_line))
+        out.append(pdt_line)  # an ISO date fromisoformat read: no URI attribute
+        if tag is not None:
+            kept = self.content_tag(tag)
+            if kept is not None:
+                out.append(kept)
+        out.append(self.content_tag(extinf))  # type: ignore[arg-type]
+        out.append(self.uri(rows.uris(i, i + 1)[0]))
+        return self.newline.join(out)
+
+    def content_tag(self, text: str) -> str | None:
+        """What :meth:`content` writes of a tag line that is neither a byte range,
+        a key nor a discontinuity sequence (None: dropped), once per distinct line."""
+        kept = self.content_tags.get(text, _UNSEEN)
+        if kept is _UNSEEN:
+            line = Line.of(text)
+            kept = self.content_tags[text] = self.line(line) if self.keep(line) else None
+        return cast("str | None", kept)
 
     def replaced(self, seg: Segment, entry: SlotEntry, prev: SlotEntry | None,
                  pod: Pod | None) -> str:

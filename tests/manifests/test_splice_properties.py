@@ -483,8 +483,8 @@ def _pdt_first(lines: list[str]) -> list[str]:
 def test_the_column_fast_paths_render_what_built_segments_do(
         stream: tuple, pdt_first: bool, passthrough: bool, dateranges: bool, base: str | None,
         cap: int | None, inits: bool) -> None:
-    """The splice's column paths (a break's rows replaced in one loop, plain runs
-    from the columns) give, byte for byte and entry for entry, what the slot by
+    """The splice's column paths (a break's rows replaced in one loop, content
+    resuming after it, plain runs from the columns) give, byte for byte and entry for entry, what the slot by
     slot path gives the same window with every segment built (no columns), over
     reloads with the caches and ledgers the service keeps and cold renders of
     each window, with no state tag, an EXT-X-KEY or an EXT-X-MAP, passed-through
@@ -507,7 +507,16 @@ def test_the_column_fast_paths_render_what_built_segments_do(
             FAST[state + "-entered"] += 1  # the loop started a break
         return done
 
+    resumed = _Renderer.resumed_row
+
+    def resumed_counted(self: _Renderer, rows: object, i: int) -> str | None:
+        text = resumed(self, rows, i)  # type: ignore[arg-type]
+        if text is not None:
+            FAST[state + "-resumed"] += 1  # content after a break, from the columns
+        return text
+
     _Renderer.replaced_rows = counted  # type: ignore[method-assign]
+    _Renderer.resumed_row = resumed_counted  # type: ignore[method-assign]
     try:
         for state, extra in (("none", []), ("aes", ['#EXT-X-KEY:METHOD=AES-128,URI="k.bin"']),
                              ("map", ['#EXT-X-MAP:URI="init.mp4"'])):
@@ -518,7 +527,9 @@ def test_the_column_fast_paths_render_what_built_segments_do(
             caches = [SpliceCache(), SpliceCache()]
             for step in [0, *steps]:
                 edge += step * 2
-                lines = media_playlist(grid, "v0", edge, window, planned).split("\n")
+                # Windows of 18-36 slots: more than _FEW, so a cold render bisects
+                # the breaks' spans (content between them is not in one).
+                lines = media_playlist(grid, "v0", edge, 3 * window, planned).split("\n")
                 text = "\n".join(lines[:4] + extra + (_pdt_first if pdt_first else list)(
                     lines[4:]))
                 columns = parse_media(text)
@@ -546,13 +557,15 @@ def test_the_column_fast_paths_render_what_built_segments_do(
                 assert results[0] == results[1], state
     finally:
         _Renderer.replaced_rows = bulk  # type: ignore[method-assign]
+        _Renderer.resumed_row = resumed  # type: ignore[method-assign]
 
 
 def test_fast_path_coverage_minimums() -> None:
-    """The fast-path property replaced ad slots under every state tag it draws, and
-    the break's loop did most of them."""
+    """The fast-path property replaced ad slots under every state tag it draws, the
+    break's loop did most of them, and content resumed from the columns."""
     if not FAST:
         test_the_column_fast_paths_render_what_built_segments_do()
     assert min(FAST["none"], FAST["aes"], FAST["map"]) >= 50, FAST
     assert FAST["bulk"] >= 200, FAST
     assert min(FAST["none-entered"], FAST["aes-entered"]) >= 5, FAST  # under a MAP: slot by slot
+    assert min(FAST["none-resumed"], FAST["aes-resumed"], FAST["map-resumed"]) >= 5, FAST
