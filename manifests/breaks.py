@@ -63,6 +63,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
+from operator import attrgetter
 
 from manifests.markers import END_OF, Observation, SignalKind
 from manifests.timing import PTS_MODULUS, TICKS_PER_SECOND, add_seconds, seconds_between
@@ -367,15 +368,25 @@ def overridden(breaks: tuple[Break, ...], policy: BreakPolicy = BreakPolicy()
     """Breaks that start inside an earlier break, by id, with the id of the break
     that is open there: the open one wins, so they never play. As of what is known
     now: an earlier break that ends (CUE-IN) before such a start releases it."""
-    by_start = sorted((b for b in breaks if not b.cancelled), key=lambda b: b.start)
+    return _overridden(sorted((b for b in breaks if not b.cancelled), key=_START), policy, {})
+
+
+_START = attrgetter("start")
+
+
+def _overridden(by_start: list[Break], policy: BreakPolicy, bounds: dict[int, datetime]
+                ) -> dict[str, str]:
+    """:func:`overridden` of the uncancelled breaks sorted by start, leaving in
+    ``bounds`` (by position) the slot bound of each break that holds."""
     out: dict[str, str] = {}
     holder: Break | None = None
     bound: datetime | None = None
-    for b in by_start:
+    for k, b in enumerate(by_start):
         if holder is not None and bound is not None and b.start - EPSILON < bound:
             out[b.id] = holder.id
             continue
         holder, bound = b, _slot_bound(b, policy)
+        bounds[k] = bound
     return out
 
 
@@ -385,13 +396,16 @@ class BreakIndex:
     thousands of slots and dozens of breaks). Overridden breaks are left out."""
 
     def __init__(self, breaks: tuple[Break, ...], policy: BreakPolicy = BreakPolicy()) -> None:
-        beaten = overridden(breaks, policy)
-        live = sorted((b for b in breaks if not b.cancelled and b.id not in beaten),
-                      key=lambda b: b.start)
+        by_start = sorted((b for b in breaks if not b.cancelled), key=_START)
+        bounds: dict[int, datetime] = {}  # overridden's, reused: each costs Fraction math
+        beaten = _overridden(by_start, policy, bounds)
+        kept = [k for k, b in enumerate(by_start) if b.id not in beaten]
+        live = [by_start[k] for k in kept]
         self.breaks = live
         self.starts = [b.start - EPSILON for b in live]
         #: A slot starting before this bound is inside (the rule of :meth:`Break.covers`).
-        self.ends = [_slot_bound(b, policy) for b in live]
+        self.ends = [bounds[k] if k in bounds else _slot_bound(by_start[k], policy)
+                     for k in kept]
 
     @classmethod
     def of(cls, breaks: tuple[Break, ...], policy: BreakPolicy) -> BreakIndex:
