@@ -55,7 +55,7 @@ from manifests.playlist import (
     Segment,
     render_lines,
 )
-from manifests.pod import EPS, ItemKind, Pod, PodItem, item_in, pod_bounds
+from manifests.pod import EPS, ItemKind, Pod, PodItem, item_in, items_at, pod_bounds
 from manifests.timing import format_duration, format_pdt
 
 #: Tags of a replaced content segment that describe that content only.
@@ -799,12 +799,11 @@ class _Renderer:
         entering = prev is None or prev.kind is SlotKind.CONTENT
         last = None if entering or prev.break_id != brk_id else prev.item  # type: ignore[union-attr]
         done = 0
-        for msn, pdt, pdt_line, tag, extinf, ctx in zip(msns, pdts, pdt_lines, tags, extinfs,
-                                                        ctxs):
-            if not lo_pdt <= pdt < hi_pdt or ctx[2] is not None:
-                break
-            hit = item_in(items, bounds, (pdt - brk_start) // _MICROSECOND, cadence)
-            if hit is None:
+        hits = items_at(items, bounds, [(pdt - brk_start) // _MICROSECOND for pdt in pdts],
+                        cadence)
+        for msn, pdt, pdt_line, tag, extinf, ctx, hit in zip(msns, pdts, pdt_lines, tags,
+                                                             extinfs, ctxs, hits):
+            if not lo_pdt <= pdt < hi_pdt or ctx[2] is not None or hit is None:
                 break
             position, item, segment, wrapped = hit
             disc = last != position or wrapped
