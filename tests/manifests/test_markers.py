@@ -804,3 +804,26 @@ def test_a_break_ended_by_the_fast_constructor_is_replace_with_its_end() -> None
     end = start + timedelta(seconds=28)
     for declared in (False, True):
         assert _ended(b, end, declared) == replace(b, end=end, end_declared=declared)
+
+
+@pytest.mark.parametrize("into", [Fraction(0), Fraction(1), Fraction("29.9"), Fraction(30),
+                                  Fraction("30.4")])
+def test_an_out_inside_a_known_break_up_to_its_end_is_an_overlap(into: Fraction) -> None:
+    """update_breaks skips its scan for the open break when an OUT comes after
+    every known break's end: up to that end (exclusive) the OUT is inside one and
+    is ignored as an overlap; from it on, a new break."""
+    from manifests.breaks import update_breaks
+    from manifests.markers import Observation, SignalKind
+
+    t0 = datetime(2026, 12, 3, 20, 0, tzinfo=UTC)
+    first = Observation(SignalKind.OUT, t0, 10, "cue-out", "e1", planned_duration=Fraction(30))
+    known = update_breaks((), [first]).breaks
+    at = t0 + timedelta(microseconds=int(into * 1_000_000))
+    update = update_breaks(known, [Observation(SignalKind.OUT, at, 11, "cue-out", "e2",
+                                               planned_duration=Fraction(30))])
+    if into < 30 and into > Fraction(1, 2):
+        assert update.breaks == known and update.ignored, into  # inside the open break
+    elif into >= 30:
+        assert len(update.breaks) == 2 and not update.ignored, into  # after its end
+    else:
+        assert update.breaks == known and not update.ignored  # its own OUT again
