@@ -132,7 +132,7 @@ def items_at(items: tuple[PodItem, ...],
         if k == n or offset < spans[k][0] - _EPS_US:
             append(None)  # between spans, before the first or after the last
             continue
-        start, end, segments, slate_period = spans[k]
+        start, end, _segments, slate_period = spans[k]
         into = offset - start
         if slate_period:  # what item_in does with the span it finds
             loops, within = divmod(into + _EPS_US, slate_period)

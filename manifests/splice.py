@@ -816,7 +816,7 @@ class _Renderer:
             extinf_line = extinf_lines.get(extinf) or self.replaced_extinf(extinf)
             kept = None if tag is None else seen.get(tag, _UNSEEN)
             if kept is _UNSEEN:
-                kept = self.replaced_tag(tag)  # type: ignore[arg-type]
+                kept = self.replaced_tag(tag)
             if kept is None and not disc and not entering and not dateranges:
                 chunks.append(f"{pdt_line}{newline}{extinf_line}{newline}{uri}")
             else:
