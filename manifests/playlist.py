@@ -462,7 +462,6 @@ _GROUPS = 4
 
 
 _PDT_VALUE = operator.itemgetter(slice(len(_PDT_PREFIX), None))
-_TZINFO = attrgetter("tzinfo")
 
 
 def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: bool,
@@ -535,7 +534,7 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
             except ValueError:
                 todo.extend(range(begin, stop))  # parse_pdt's forms: one by one
             else:
-                if None in map(_TZINFO, pdts):
+                if _naive_among(pdts):
                     pdts = [p if p.tzinfo is not None else p.replace(tzinfo=UTC) for p in pdts]
                 todo.append((begin, stop, pdts))
         if stop < matches:
@@ -621,6 +620,19 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     rows.add(more)
     warnings.extend(notes)
     return header, trailer, warnings
+
+
+def _naive_among(pdts: list[datetime]) -> bool:
+    """Is any of ``pdts`` (not empty) naive? When the first is aware, min()
+    compares every other one with an aware one, and an aware and a naive
+    datetime do not compare: one C pass, a fifth of reading each tzinfo."""
+    if pdts[0].tzinfo is None:
+        return True
+    try:
+        min(pdts)
+    except TypeError:
+        return True
+    return False
 
 
 def _build_row(store: ColumnStore, j: int) -> Segment:
