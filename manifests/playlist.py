@@ -521,7 +521,8 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
                            else (True, False) if "URI=" in text else (False, False))
     if len(kinds) > 1:
         flags = list(map(kinds.__getitem__, tag_lines))
-        if None in flags:
+        if None in kinds.values():  # a tag the loop interprets is there (asking the
+            # few kinds, not every row: ``None in`` compares each tuple the slow way)
             odd.update(compress(everyone, map(operator.not_, flags)))
     else:
         flags = list(repeat(kinds[None], matches))
