@@ -262,7 +262,13 @@ class SegmentTable(Sequence["Segment"]):
         """Are rows [lo, hi) all plain (three lines: PDT, EXTINF, URI)?"""
         a, b = self._start + lo, self._start + hi
         s = self._store
-        return None not in s.uris[a:b] and s.tags[a:b].count(None) == b - a
+        if s.tags[a:b].count(None) != b - a:
+            return False
+        # No row stored built (its ctx is None): a run's rows share one state
+        # object, which count() matches by identity; ``None in`` compares every
+        # entry with None the slow way.
+        ctx = s.ctx[a:b]
+        return not ctx or ctx.count(ctx[0]) == b - a and ctx[0] is not None or None not in ctx
 
     def uris(self, lo: int, hi: int) -> list[str]:
         """The URI lines of plain rows [lo, hi)."""
