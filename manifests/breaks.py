@@ -63,6 +63,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
+from operator import attrgetter
 
 from manifests.markers import END_OF, Observation, SignalKind
 from manifests.timing import PTS_MODULUS, TICKS_PER_SECOND, add_seconds, seconds_between
@@ -189,10 +190,35 @@ def break_id(event_id: str | None, start: datetime) -> str:
     return f"{event_id}-{ms}" if event_id else f"b{ms}"
 
 
+class _Merging(list):  # type: ignore[type-arg]
+    """The breaks of one merge, remembering the ones put in since :meth:`added`
+    was last asked: lets ``open_at`` keep a bound of their ends and answer
+    "nothing open" without a scan when an observation comes after every known
+    break (a cold merge meets its window's 40 breaks in order: no more O(n^2))."""
+
+    __slots__ = ("_added",)
+
+    def __init__(self, breaks: tuple[Break, ...]) -> None:
+        super().__init__(breaks)
+        self._added: list[Break] = list(breaks)
+
+    def __setitem__(self, i: int, b: Break) -> None:  # type: ignore[override]
+        super().__setitem__(i, b)
+        self._added.append(b)
+
+    def append(self, b: Break) -> None:
+        super().append(b)
+        self._added.append(b)
+
+    def added(self) -> list[Break]:
+        added, self._added = self._added, []
+        return added
+
+
 def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                   policy: BreakPolicy = BreakPolicy()) -> BreakUpdate:
     """Merge one playlist's observations into the known breaks (pure)."""
-    breaks = list(known)
+    breaks = _Merging(known)
     result = BreakUpdate(breaks=())
     ends: dict[int, tuple[Break, datetime]] = {}
 
@@ -205,8 +231,15 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
         return hit[1]
 
     spans: dict[int, tuple[Break, datetime, datetime]] = {}
+    latest: list[datetime] = []  # at least every break's end_of, once one is known
 
     def open_at(at: datetime) -> int | None:
+        added = breaks.added()
+        if added:
+            end = max(map(end_of, added))
+            latest[:] = [max(latest[0], end) if latest else end]
+        if not latest or at >= latest[0]:
+            return None  # after every break's end: none is open (no scan)
         for i, b in enumerate(breaks):
             # (b, its earliest instant less SAME_BOUNDARY, end_of(b)), once per object.
             span = spans.get(id(b))
@@ -343,7 +376,7 @@ def update_breaks(known: tuple[Break, ...], observations: list[Observation],
                 i = candidates[-1] if candidates else None
             if i is None:
                 continue  # a stray IN, or one for a break that already ended
-            breaks[i] = replace(breaks[i], end=obs.at, end_declared=obs.declared)
+            breaks[i] = _ended(breaks[i], obs.at, obs.declared)
         elif obs.kind is SignalKind.CANCEL:
             i = by_event(obs.event_id, obs.at)
             if i is None:
@@ -367,15 +400,25 @@ def overridden(breaks: tuple[Break, ...], policy: BreakPolicy = BreakPolicy()
     """Breaks that start inside an earlier break, by id, with the id of the break
     that is open there: the open one wins, so they never play. As of what is known
     now: an earlier break that ends (CUE-IN) before such a start releases it."""
-    by_start = sorted((b for b in breaks if not b.cancelled), key=lambda b: b.start)
+    return _overridden(sorted((b for b in breaks if not b.cancelled), key=_START), policy, {})
+
+
+_START = attrgetter("start")
+
+
+def _overridden(by_start: list[Break], policy: BreakPolicy, bounds: dict[int, datetime]
+                ) -> dict[str, str]:
+    """:func:`overridden` of the uncancelled breaks sorted by start, leaving in
+    ``bounds`` (by position) the slot bound of each break that holds."""
     out: dict[str, str] = {}
     holder: Break | None = None
     bound: datetime | None = None
-    for b in by_start:
+    for k, b in enumerate(by_start):
         if holder is not None and bound is not None and b.start - EPSILON < bound:
             out[b.id] = holder.id
             continue
         holder, bound = b, _slot_bound(b, policy)
+        bounds[k] = bound
     return out
 
 
@@ -385,13 +428,16 @@ class BreakIndex:
     thousands of slots and dozens of breaks). Overridden breaks are left out."""
 
     def __init__(self, breaks: tuple[Break, ...], policy: BreakPolicy = BreakPolicy()) -> None:
-        beaten = overridden(breaks, policy)
-        live = sorted((b for b in breaks if not b.cancelled and b.id not in beaten),
-                      key=lambda b: b.start)
+        by_start = sorted((b for b in breaks if not b.cancelled), key=_START)
+        bounds: dict[int, datetime] = {}  # overridden's, reused: each costs Fraction math
+        beaten = _overridden(by_start, policy, bounds)
+        kept = [k for k, b in enumerate(by_start) if b.id not in beaten]
+        live = [by_start[k] for k in kept]
         self.breaks = live
         self.starts = [b.start - EPSILON for b in live]
         #: A slot starting before this bound is inside (the rule of :meth:`Break.covers`).
-        self.ends = [_slot_bound(b, policy) for b in live]
+        self.ends = [bounds[k] if k in bounds else _slot_bound(by_start[k], policy)
+                     for k in kept]
 
     @classmethod
     def of(cls, breaks: tuple[Break, ...], policy: BreakPolicy) -> BreakIndex:
@@ -445,6 +491,15 @@ def pts_distance(a: int, b: int) -> int:
     """Distance between two 33-bit PTS values, across a wrap (ISO 13818-1 2.4.3.7)."""
     d = (a - b) % PTS_MODULUS
     return min(d, PTS_MODULUS - d)
+
+
+def _ended(b: Break, end: datetime, declared: bool) -> Break:
+    """``replace(b, end=end, end_declared=declared)`` by the positional constructor:
+    half the cost of ``replace``'s field introspection (a cold merge closes every
+    break of the window this way)."""
+    return Break(b.id, b.start, b.planned_duration, end, b.cancelled, b.joined, b.dialect,
+                 b.event_id, b.segmentation_type_id, b.upid, b.params, b.pts, b.start_known,
+                 b.event_start, declared, b.ahead)
 
 
 def _completed(b: Break, obs: Observation) -> Break:

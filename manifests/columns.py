@@ -201,6 +201,10 @@ class SegmentTable(Sequence["Segment"]):
         """Row ``i``'s media sequence number, without building it."""
         return self._store.msns[self._start + i]
 
+    def pdt(self, i: int) -> datetime | None:
+        """Row ``i``'s PDT (its segment's ``pdt``), without building it."""
+        return self._store.pdts[self._start + i]
+
     def pending(self, i: int) -> tuple[int, datetime, tuple[str, ...], Line | None, Line | None] | None:
         """Row ``i``'s (MSN, PDT, lines, EXT-X-KEY, EXT-X-MAP) while it is not built
         yet (None once built, or for a row stored built): what the splice reads
@@ -213,6 +217,22 @@ class SegmentTable(Sequence["Segment"]):
         pdt = s.pdts[j]
         assert ctx is not None and pdt is not None
         return s.msns[j], pdt, self.raw(i), ctx[1], ctx[2]
+
+    def columns(self, lo: int, hi: int) -> tuple[list[int], list[datetime], list[str], list[str | None],
+                                                list[str], list[RunState]] | None:
+        """The (MSN, PDT, PDT line, other tag, EXTINF, run state) columns of the
+        column rows that open [lo, hi), built or not (a row's columns stay what
+        its segment was built from); None when row ``lo`` is not a column row.
+        Lets the splice replace a break's rows in one loop."""
+        a, b = self._start + lo, self._start + hi
+        s = self._store
+        uris = s.uris[a:b]
+        if None in uris:
+            b = a + uris.index(None)
+        if b <= a:
+            return None
+        return (s.msns[a:b], s.pdts[a:b], s.pdt_lines[a:b], s.tags[a:b],  # type: ignore[return-value]
+                s.extinfs[a:b], s.ctx[a:b])
 
     def pending_tag(self, i: int) -> str | None:
         """Row ``i``'s one other tag line while the row is not built yet (None
@@ -242,7 +262,13 @@ class SegmentTable(Sequence["Segment"]):
         """Are rows [lo, hi) all plain (three lines: PDT, EXTINF, URI)?"""
         a, b = self._start + lo, self._start + hi
         s = self._store
-        return None not in s.uris[a:b] and s.tags[a:b].count(None) == b - a
+        if s.tags[a:b].count(None) != b - a:
+            return False
+        # No row stored built (its ctx is None): a run's rows share one state
+        # object, which count() matches by identity; ``None in`` compares every
+        # entry with None the slow way.
+        ctx = s.ctx[a:b]
+        return not ctx or ctx.count(ctx[0]) == b - a and ctx[0] is not None or None not in ctx
 
     def uris(self, lo: int, hi: int) -> list[str]:
         """The URI lines of plain rows [lo, hi)."""

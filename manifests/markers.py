@@ -17,7 +17,7 @@ import enum
 import logging
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -25,6 +25,7 @@ from typing import cast
 from urllib.parse import unquote
 
 from manifests.attributes import AttributeList
+from manifests.columns import SegmentTable
 from manifests.errors import ManifestError
 from manifests.playlist import MediaPlaylist, Segment
 from manifests.timing import add_seconds, parse_duration, parse_pdt, ticks_to_seconds
@@ -683,7 +684,7 @@ def _inert_in_break(text: str, nested: frozenset[int], policy_key: _MemoKey) -> 
 class _WindowState:
     """What :func:`observe` remembers while walking one window."""
 
-    def __init__(self, segments: Sequence[Segment], errors: MarkerErrors) -> None:
+    def __init__(self, segments: SegmentTable, errors: MarkerErrors) -> None:
         self._segments = segments
         self._timed: list[Segment] | None = None
         self.errors = errors
@@ -699,14 +700,16 @@ class _WindowState:
         return self._timed
 
     def previous(self, msn: int) -> datetime | None:
-        """The start of the timed slot before MSN ``msn``, if it is in the window."""
+        """The start of the timed slot before MSN ``msn``, if it is in the window
+        (read from the PDT column: the slot before a CUE-IN is not built for it)."""
         segments = self._segments
-        i = msn - segments[0].msn if segments else -1
-        if not 0 < i < len(segments) or segments[i].pdt is None:
+        i = msn - segments.msn(0) if segments else -1
+        if not 0 < i < len(segments) or segments.pdt(i) is None:
             return None
         for j in range(i - 1, -1, -1):
-            if segments[j].pdt is not None:
-                return segments[j].pdt
+            pdt = segments.pdt(j)
+            if pdt is not None:
+                return pdt
         return None
 
     def place(self, when: datetime) -> tuple[datetime, int] | None:

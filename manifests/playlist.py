@@ -448,19 +448,20 @@ def parse_media(text: str, *, strict_header: bool = True) -> MediaPlaylist:
         bom, body.endswith("\n"), tuple(warnings), tuple(rows.marked))
 
 
-#: A plain segment, LF-terminated lines: an optional PDT, at most one other tag,
-#: EXTINF, a URI with no surrounding blanks. Splitting the text on it runs in C;
-#: whatever lies between two matches goes through :func:`parse_lines`.
+#: A plain segment, LF-terminated lines: a PDT, at most one other tag, EXTINF, a
+#: URI with no surrounding blanks. Splitting the text on it runs in C; whatever
+#: lies between two matches goes through :func:`parse_lines`. (``.`` is
+#: ``[^\n]`` without DOTALL, and matched by a faster opcode than the class;
+#: a segment without PDT is left between matches, as it is never a column row.)
 _PLAIN_SEGMENT = re.compile(
-    r"^(?:(#EXT-X-PROGRAM-DATE-TIME:[^\n]*)\n)?"
-    r"(?:(#EXT(?!INF[:\n]|-X-PROGRAM-DATE-TIME)[^\n]*)\n)?"
-    r"(#EXTINF:[^\n]*)\n"
-    r"([^#\s](?:[^\n]*\S)?)\n", re.MULTILINE)
+    r"^(#EXT-X-PROGRAM-DATE-TIME:.*)\n"
+    r"(?:(#EXT(?!INF[:\n]|-X-PROGRAM-DATE-TIME).*)\n)?"
+    r"(#EXTINF:.*)\n"
+    r"([^#\s](?:.*\S)?)\n", re.MULTILINE)
 _GROUPS = 4
 
 
 _PDT_VALUE = operator.itemgetter(slice(len(_PDT_PREFIX), None))
-_TZINFO = attrgetter("tzinfo")
 
 
 def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: bool,
@@ -500,12 +501,10 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     step = _GROUPS + 1
     gaps, pdt_lines, tag_lines = parts[0:-1:step], parts[1::step], parts[2::step]
     extinfs, uris = parts[3::step], parts[4::step]
-    # Matches that are not a column row: text before them, another tag, no PDT,
-    # an EXTINF without a valid duration. Found in C; few in a live window.
+    # Matches that are not a column row: text before them, another tag, an
+    # EXTINF without a valid duration. Found in C; few in a live window.
     everyone = range(matches)
     odd = set(compress(everyone, gaps))
-    if None in pdt_lines:
-        odd.update(compress(everyone, map(operator.not_, pdt_lines)))
     invalid = {text for text in set(extinfs) if extinf_duration(text) is None}
     if invalid:
         odd.update(compress(everyone, map(invalid.__contains__, extinfs)))
@@ -522,7 +521,8 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
                            else (True, False) if "URI=" in text else (False, False))
     if len(kinds) > 1:
         flags = list(map(kinds.__getitem__, tag_lines))
-        if None in flags:
+        if None in kinds.values():  # a tag the loop interprets is there (asking the
+            # few kinds, not every row: ``None in`` compares each tuple the slow way)
             odd.update(compress(everyone, map(operator.not_, flags)))
     else:
         flags = list(repeat(kinds[None], matches))
@@ -535,7 +535,7 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
             except ValueError:
                 todo.extend(range(begin, stop))  # parse_pdt's forms: one by one
             else:
-                if None in map(_TZINFO, pdts):
+                if _naive_among(pdts):
                     pdts = [p if p.tzinfo is not None else p.replace(tzinfo=UTC) for p in pdts]
                 todo.append((begin, stop, pdts))
         if stop < matches:
@@ -621,6 +621,19 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     rows.add(more)
     warnings.extend(notes)
     return header, trailer, warnings
+
+
+def _naive_among(pdts: list[datetime]) -> bool:
+    """Is any of ``pdts`` (not empty) naive? When the first is aware, min()
+    compares every other one with an aware one, and an aware and a naive
+    datetime do not compare: one C pass, a fifth of reading each tzinfo."""
+    if pdts[0].tzinfo is None:
+        return True
+    try:
+        min(pdts)
+    except TypeError:
+        return True
+    return False
 
 
 def _build_row(store: ColumnStore, j: int) -> Segment:
@@ -838,10 +851,12 @@ def _playlist_tag(name: str, value: str | None, state: ParseState) -> None:
 
 def render_lines(lines: list[str], *, newline: str = "\n", bom: bool = False,
                  final_newline: bool = True) -> str:
-    body = newline.join(lines)
-    if final_newline:
-        body += newline
-    return ("\ufeff" if bom else "") + body
+    # The final newline joined in (a copy of the list), not appended to the text
+    # (a copy of a 2-hour window's 400 KB).
+    body = newline.join([*lines, ""] if final_newline and lines else lines)
+    if final_newline and not lines:
+        body = newline
+    return "\ufeff" + body if bom else body
 
 
 def render(playlist: MediaPlaylist) -> str:

@@ -106,6 +106,43 @@ def item_in(items: tuple[PodItem, ...], bounds: tuple[int, tuple[tuple[int, int,
     return None
 
 
+def items_at(items: tuple[PodItem, ...],
+             bounds: tuple[int, tuple[tuple[int, int, int, int], ...]], offsets: list[int],
+             cadence: int | None = None) -> list[tuple[int, PodItem, int, bool] | None]:
+    """``[item_in(items, bounds, offset, cadence) for offset in offsets]``, walking
+    the spans once while the offsets increase (a break's slots, in order), where
+    item_in scans from the first span for each. The walk needs the spans in
+    order without overlap (plan_pod's are consecutive); it starts over where an
+    offset goes back, and other layouts are looked up offset by offset."""
+    nominal, spans = bounds
+    n = len(spans)
+    if any(spans[k][0] > spans[k][1] or (k + 1 < n and spans[k][1] > spans[k + 1][0])
+           for k in range(n)):
+        return [item_in(items, bounds, offset, cadence) for offset in offsets]
+    step = cadence or nominal
+    out: list[tuple[int, PodItem, int, bool] | None] = []
+    append = out.append
+    k, last = 0, None
+    for offset in offsets:
+        if last is not None and offset < last:
+            k = 0
+        last = offset
+        while k < n and offset >= spans[k][1] - _EPS_US:
+            k += 1  # past span k: so is every later offset (until one goes back)
+        if k == n or offset < spans[k][0] - _EPS_US:
+            append(None)  # between spans, before the first or after the last
+            continue
+        start, end, _segments, slate_period = spans[k]
+        into = offset - start
+        if slate_period:  # what item_in does with the span it finds
+            loops, within = divmod(into + _EPS_US, slate_period)
+            append((k, items[k], within // step, loops > 0 and within < 2 * _EPS_US))
+            continue
+        j = (into + _EPS_US) // step
+        append((k, items[k], min(j, max(0, -(-(end - start - _EPS_US) // step) - 1)), False))
+    return out
+
+
 def pod_bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
     """The pod's nominal segment duration and item spans in microseconds (see
     :func:`_bounds`), for :func:`item_in`."""
@@ -125,10 +162,14 @@ def _bounds(pod: Pod) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
                    if it.kind is ItemKind.SLATE else 0)
                   for it in pod.items)
     bounds = micros(nominal), items
+    _remember(pod, bounds)
+    return bounds
+
+
+def _remember(pod: Pod, bounds: tuple[int, tuple[tuple[int, int, int, int], ...]]) -> None:
     if len(_BOUNDS) >= 4096:
         _BOUNDS.clear()
     _BOUNDS[id(pod)] = (pod, bounds)
-    return bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +207,9 @@ def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
     first = cursor = units(start)
     end = first + units(available)
     items: list[PodItem] = []
+    # The layout's microsecond bounds (pod_bounds) from the same integers: every
+    # pod of a cold render is asked for them, and from the items they cost more.
+    spans: list[tuple[int, int, int, int]] = []
     for c in candidates:
         duration = units(c.duration)
         if duration <= 0:
@@ -176,6 +220,7 @@ def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
             continue
         items.append(PodItem(ItemKind.AD, c.creative, c.duration, seconds(cursor), seconds(span),
                              slots))
+        spans.append((micros_of(cursor, den), micros_of(cursor + span, den), slots, 0))
         cursor += span
     unfilled = end - cursor  # the ads' spans are consecutive from the start
     if not items or (personalization_threshold is not None
@@ -183,9 +228,14 @@ def plan_pod(break_id: str, candidates: list[Candidate], *, available: Fraction,
         return Pod(break_id, (), nominal, personalized=False)
     if unfilled >= units(min_slate) - eps:
         remainder = seconds(unfilled)
+        segments = max(1, slate_segments)
         items.append(PodItem(ItemKind.SLATE, "slate", remainder, seconds(cursor), remainder,
-                             max(1, slate_segments)))
-    return Pod(break_id, tuple(items), nominal)
+                             segments))
+        spans.append((micros_of(cursor, den), micros_of(end, den), segments,
+                      micros_of(segments * step, den)))
+    pod = Pod(break_id, tuple(items), nominal)
+    _remember(pod, (micros_of(step, den), tuple(spans)))
+    return pod
 
 
 def slate_pod(break_id: str, *, start: Fraction, available: Fraction, nominal: Fraction,

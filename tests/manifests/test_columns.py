@@ -130,3 +130,21 @@ def test_observe_skipping_unbuilt_rows_sees_what_the_built_window_does(
             seen.append((observe(playlist, errors=errors, since_msn=since_msn), errors.items))
         results.append(seen)
     assert results[0] == results[1]
+
+
+def test_a_zone_less_pdt_inside_a_column_run_is_utc_as_the_line_parser_makes_it() -> None:
+    """The parse reads a run's PDTs in one pass and looks for naive ones without
+    reading each tzinfo: a zone-less PDT after aware ones (or first) still gets
+    UTC, as parse_lines gives it (and a run of zone-less ones too)."""
+    forms = ["2026-12-03T10:00:00Z", "2026-12-03T10:00:02.000Z", "2026-12-03T10:00:04",
+             "2026-12-03T12:00:06+02:00", "2026-12-03T10:00:08Z"]
+    naive = [f"2026-12-03T11:00:0{k}" for k in range(5)]
+    for first, rest in (("2026-12-02T10:00:00Z", forms), ("2026-12-02T10:00:00", forms),
+                        ("2026-12-02T10:00:00", naive)):
+        lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2"]
+        for i, pdt in enumerate([first, first, *rest]):
+            lines += [f"#EXT-X-PROGRAM-DATE-TIME:{pdt}", "#EXTINF:2,", f"u{i}.ts"]
+        text = "\n".join(lines) + "\n"
+        rows = parse_media(text).rows
+        assert rows.pdts() == [s.pdt for s in _line_by_line(text).segments]
+        assert all(p is not None and p.tzinfo is not None for p in rows.pdts())

@@ -783,3 +783,47 @@ def test_a_daterange_ahead_with_its_own_duration_knows_its_end() -> None:
                'DURATION=12,SCTE35-OUT=0xFC')
     [brk] = breaks_of(window(([opening], FOUR), ([], FOUR)))
     assert (brk.start, brk.end, brk.end_declared, brk.ahead) == (at(40), at(52), True, True)
+
+
+def test_a_break_ended_by_the_fast_constructor_is_replace_with_its_end() -> None:
+    """update_breaks closes a break with a positional constructor call instead of
+    ``dataclasses.replace``: every other field is carried over (a field added to
+    Break and forgotten there would be dropped, and this would see it)."""
+    from dataclasses import fields, replace
+
+    from manifests.breaks import Break, _ended
+
+    start = datetime(2026, 12, 3, 20, 0, tzinfo=UTC)
+    values = {"id": "b1", "start": start, "planned_duration": Fraction(30), "end": None,
+              "cancelled": True, "joined": True, "dialect": "cue-out", "event_id": "e7",
+              "segmentation_type_id": 52, "upid": "u", "params": (("k", "v"),), "pts": 90_000,
+              "start_known": False, "event_start": start - timedelta(seconds=1),
+              "end_declared": False, "ahead": True}
+    assert set(values) == {f.name for f in fields(Break)}
+    b = Break(**values)
+    end = start + timedelta(seconds=28)
+    for declared in (False, True):
+        assert _ended(b, end, declared) == replace(b, end=end, end_declared=declared)
+
+
+@pytest.mark.parametrize("into", [Fraction(0), Fraction(1), Fraction("29.9"), Fraction(30),
+                                  Fraction("30.4")])
+def test_an_out_inside_a_known_break_up_to_its_end_is_an_overlap(into: Fraction) -> None:
+    """update_breaks skips its scan for the open break when an OUT comes after
+    every known break's end: up to that end (exclusive) the OUT is inside one and
+    is ignored as an overlap; from it on, a new break."""
+    from manifests.breaks import update_breaks
+    from manifests.markers import Observation, SignalKind
+
+    t0 = datetime(2026, 12, 3, 20, 0, tzinfo=UTC)
+    first = Observation(SignalKind.OUT, t0, 10, "cue-out", "e1", planned_duration=Fraction(30))
+    known = update_breaks((), [first]).breaks
+    at = t0 + timedelta(microseconds=int(into * 1_000_000))
+    update = update_breaks(known, [Observation(SignalKind.OUT, at, 11, "cue-out", "e2",
+                                               planned_duration=Fraction(30))])
+    if into < 30 and into > Fraction(1, 2):
+        assert update.breaks == known and update.ignored, into  # inside the open break
+    elif into >= 30:
+        assert len(update.breaks) == 2 and not update.ignored, into  # after its end
+    else:
+        assert update.breaks == known and not update.ignored  # its own OUT again

@@ -301,3 +301,32 @@ def test_plain_runs_from_the_columns_render_as_each_segment_would(uri: str,
     renderer = _Renderer(SpliceOptions(base_url=base), Uris())
     expected = [renderer.content(seg, None, None) for seg in playlist.segments[1:]]
     assert renderer.plain_run(playlist.rows[1:]) == expected
+
+
+@pytest.mark.parametrize("disorder", ["none", "swapped", "undated", "undated-first"])
+def test_bisected_spans_only_when_every_slot_is_dated_in_order(disorder: str) -> None:
+    """_candidates bisects the PDT column for each break's slots only when every
+    slot has a PDT and they are in order; otherwise the one span is the window
+    (every slot asked), so a slot out of order still meets its break."""
+    from manifests.breaks import BreakIndex
+    from manifests.splice import _candidates
+
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:0"]
+    seconds = list(range(0, 60, 2))
+    if disorder == "swapped":
+        seconds[20], seconds[21] = seconds[21], seconds[20]
+    for i, t in enumerate(seconds):
+        if not (disorder == "undated" and i == 25) and not (
+                disorder == "undated-first" and i == 0):
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:{t:02d}.000Z")
+        if (i == 0 and disorder == "undated-first") or (i == 25 and disorder == "undated"):
+            lines.append("#EXT-X-DISCONTINUITY")  # and no PDT: none derived
+        lines += ["#EXTINF:2.000,", f"s{i}.ts"]
+    playlist = parse_media("\n".join(lines) + "\n")
+    start = datetime(2026, 12, 3, 10, 0, 20, tzinfo=UTC)
+    index = BreakIndex((Break(id="b", start=start, planned_duration=Fraction(10)),))
+    spans = _candidates(playlist.rows, index)
+    if disorder == "none":
+        assert spans == [(10, 15)]
+    else:
+        assert spans == [(0, len(seconds))]

@@ -34,7 +34,7 @@ from manifests import scte35
 from manifests.breaks import Break, BreakPolicy, update_breaks
 from manifests.checker import Rule, Snapshot, check
 from manifests.layout import CommonGrid, NoCommonSpan, common_grid, grid_timing, pod_window
-from manifests.ledger import Ledger
+from manifests.ledger import Ledger, SlotEntry
 from manifests.markers import observe
 from manifests.playlist import parse_media
 from manifests.pod import Candidate, Pod, plan_pod
@@ -446,3 +446,126 @@ def test_unaligned_coverage_minimums() -> None:
     assert UNALIGNED["aligned and stitched"] >= 5, UNALIGNED
     assert UNALIGNED["moved to common boundaries and stitched"] >= 5, UNALIGNED
     assert UNALIGNED["left to content"] >= 5, UNALIGNED
+
+
+class InitUris(Uris):
+    """Ads and slate with their own init sections (fMP4): the EXT-X-MAP after each
+    of the stitcher's discontinuities."""
+
+    def ad_map(self, break_id: str, item_index: int, item: object) -> str | None:
+        return f"ad/{self.rendition}/{break_id}/{item_index}/init.mp4"
+
+    def slate_map(self, break_id: str, item_index: int) -> str | None:
+        return f"/assets/slate/{self.rendition}/init.mp4"
+
+
+FAST: Counter[str] = Counter()
+
+
+def _pdt_first(lines: list[str]) -> list[str]:
+    """The same playlist with each segment's PDT before its marker tags (the order
+    of the parse's one-tag column rows; media_playlist writes the markers first)."""
+    out = list(lines)
+    for i, line in enumerate(lines):
+        if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            j = i
+            while j > 4 and out[j - 1].startswith("#EXT") and not out[j - 1].startswith(
+                    ("#EXTINF:", "#EXT-X-KEY", "#EXT-X-MAP")):
+                out[j - 1], out[j] = out[j], out[j - 1]
+                j -= 1
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(streams(), st.booleans(), st.booleans(), st.booleans(),
+       st.sampled_from([None, "https://origin.example.com/v0.m3u8"]),
+       st.sampled_from([None, 4]), st.booleans())
+def test_the_column_fast_paths_render_what_built_segments_do(
+        stream: tuple, pdt_first: bool, passthrough: bool, dateranges: bool, base: str | None,
+        cap: int | None, inits: bool) -> None:
+    """The splice's column paths (a break's rows replaced in one loop, content
+    resuming after it, plain runs from the columns) give, byte for byte and entry for entry, what the slot by
+    slot path gives the same window with every segment built (no columns), over
+    reloads with the caches and ledgers the service keeps and cold renders of
+    each window, with no state tag, an EXT-X-KEY or an EXT-X-MAP, passed-through
+    markers, ad DATERANGEs, init sections, no base URL and a window cap."""
+    from manifests.splice import _Renderer
+
+    planned, _horizon, steps, first_edge, window = stream
+    grid = GRIDS[0]
+    policy = BreakPolicy(max_duration=Fraction(MAX_BREAK))
+    options = SpliceOptions(base_url=base, passthrough_markers=passthrough, break_policy=policy,
+                            window_cap=cap, ad_dateranges=dateranges)
+    uris = InitUris("v0") if inits else Uris("v0")
+    bulk = _Renderer.replaced_rows
+
+    def counted(self: _Renderer, rows: object, i: int, hi: int, prev: SlotEntry | None,
+                *args: object) -> int:
+        done = bulk(self, rows, i, hi, prev, *args)  # type: ignore[arg-type]
+        FAST["bulk"] += done
+        if done and (prev is None or prev.kind.value == "content"):
+            FAST[state + "-entered"] += 1  # the loop started a break
+        return done
+
+    resumed = _Renderer.resumed_row
+
+    def resumed_counted(self: _Renderer, rows: object, i: int) -> str | None:
+        text = resumed(self, rows, i)  # type: ignore[arg-type]
+        if text is not None:
+            FAST[state + "-resumed"] += 1  # content after a break, from the columns
+        return text
+
+    _Renderer.replaced_rows = counted  # type: ignore[method-assign]
+    _Renderer.resumed_row = resumed_counted  # type: ignore[method-assign]
+    try:
+        for state, extra in (("none", []), ("aes", ['#EXT-X-KEY:METHOD=AES-128,URI="k.bin"']),
+                             ("map", ['#EXT-X-MAP:URI="init.mp4"'])):
+            edge = first_edge
+            known: tuple[Break, ...] = ()
+            pods: dict[str, Pod] = {}
+            ledgers = [Ledger(), Ledger()]
+            caches = [SpliceCache(), SpliceCache()]
+            for step in [0, *steps]:
+                edge += step * 2
+                # Windows of 18-36 slots: more than _FEW, so a cold render bisects
+                # the breaks' spans (content between them is not in one).
+                lines = media_playlist(grid, "v0", edge, 3 * window, planned).split("\n")
+                text = "\n".join(lines[:4] + extra + (_pdt_first if pdt_first else list)(
+                    lines[4:]))
+                columns = parse_media(text)
+                built = parse_media(text)
+                built = replace(built, segments=built.segments)  # no table: all built
+                known = update_breaks(known, observe(columns), policy).breaks
+                for break_id, start in breaks_to_decide(columns, known, ledgers[0],
+                                                        policy).items():
+                    brk = next(b for b in known if b.id == break_id)
+                    duration = (brk.duration_hint if brk.duration_hint is not None
+                                else policy.max_duration)
+                    pods.setdefault(break_id, plan_pod(
+                        break_id, COHORTS["c1"], available=duration - start, start=start,
+                        nominal=Fraction(2)))
+                results = []
+                for k, playlist in enumerate((columns, built)):
+                    warm = splice(playlist, breaks=known, pods=pods, ledger=ledgers[k],
+                                  uris=uris, options=options, cache=caches[k])
+                    cold = splice(playlist, breaks=known, pods=pods, ledger=Ledger(),
+                                  uris=uris, options=options)
+                    ledgers[k] = ledgers[k].append(warm.new_entries, warm.hwm, warm.anchor)
+                    results.append([(r.text, r.new_entries, r.entries, r.media_sequence,
+                                     r.discontinuity_sequence, r.anchor) for r in (warm, cold)])
+                    FAST[state] += sum(e.kind.value == "ad" for e in warm.new_entries)
+                assert results[0] == results[1], state
+    finally:
+        _Renderer.replaced_rows = bulk  # type: ignore[method-assign]
+        _Renderer.resumed_row = resumed  # type: ignore[method-assign]
+
+
+def test_fast_path_coverage_minimums() -> None:
+    """The fast-path property replaced ad slots under every state tag it draws, the
+    break's loop did most of them, and content resumed from the columns."""
+    if not FAST:
+        test_the_column_fast_paths_render_what_built_segments_do()
+    assert min(FAST["none"], FAST["aes"], FAST["map"]) >= 50, FAST
+    assert FAST["bulk"] >= 200, FAST
+    assert min(FAST["none-entered"], FAST["aes-entered"]) >= 5, FAST  # under a MAP: slot by slot
+    assert min(FAST["none-resumed"], FAST["aes-resumed"], FAST["map-resumed"]) >= 5, FAST
