@@ -60,7 +60,7 @@ from stitcher.errors import (
     StoreUnavailable,
     to_response,
 )
-from stitcher.logs import CONTEXT, ClientErrorFilter
+from stitcher.logs import CONTEXT, ClientErrorFilter, RouteContext, names_context
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import PublicOnlyConnector, client_session
 from stitcher.redis_store import RedisStore
@@ -109,65 +109,74 @@ FastPath = Callable[[web.Request], web.StreamResponse | None]
 
 
 def served(app: web.Application, name: str | None, handler: Handler,
-           fast: FastPath | None = None) -> Handler:
+           fast: FastPath | None = None, *, context: bool = False) -> Handler:
     """A route as players and ad ops see it: errors as JSON (``to_response``), the
     request counted and timed under the route's name (``other`` for none), the
     common headers (CORS) on every response, OPTIONS answered as the CORS
-    preflight. (This was a middleware: aiohttp runs every middleware as a
-    coroutine of its own per request, and with aiohttp's own layer those were a
-    sixth of a cached reload's time.) ``fast``: answers without an await when it
-    can (None: the handler is awaited), so a cached playlist reload runs in this
-    one coroutine (:func:`media_ready`)."""
+    preflight, and with ``context`` (the path names a channel, a rendition ...)
+    the route's log context set while it is handled (:class:`RouteContext`).
+    (These were middlewares: aiohttp runs every middleware as a coroutine of its
+    own per request, and with any middleware at all adds a layer of its own and
+    looks the chain up per request; an app without middlewares calls the route's
+    handler directly.) ``fast``: answers without an await when it can (None: the
+    handler is awaited), so a cached playlist reload runs in this one coroutine
+    (:func:`media_ready`)."""
     record = app[METRICS].requests.recorder(name or "other")
     common = app[COMMON_HEADERS]
     defaults = tuple(common.items())
 
     async def serve(request: web.Request) -> web.StreamResponse:
-        if request.method == "OPTIONS":
-            preflight = common.copy()
-            preflight.update(PREFLIGHT_HEADERS)
-            return web.Response(status=204, headers=preflight)
-        started = perf_counter()
+        token = CONTEXT.set(RouteContext(request.match_info)) if context else None
         try:
-            response = None if fast is None else fast(request)
-            if response is None:
-                response = await handler(request)
-        except StitcherError as exc:
-            response = to_response(exc)
-        except web.HTTPException as exc:
-            if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
-                # aiohttp's own 404/405/413...: the same JSON shape as ours.
-                response = to_response(StitcherError(exc.reason, status=exc.status))
-            else:
-                response = exc
-        except RedisError as exc:
-            # The shared store went away under a route that needs it (the admin API,
-            # a session start): the player or tool may retry; not a bug, no traceback.
-            log.warning("%s %s: store unavailable (%s)", request.method, request.path,
-                        type(exc).__name__)
-            response = to_response(StoreUnavailable(
-                f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
-        except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback) and counted
-            _log_unhandled(request)
-            response = to_response(StitcherError("internal error (logged)"))
-        record(response.status, perf_counter() - started)
-        headers = response.headers
-        # (type first: a plain Response skips the ABC instance check)
-        if type(response) is not web.Response and isinstance(response, web.HTTPException):
+            if request.method == "OPTIONS":
+                preflight = common.copy()
+                preflight.update(PREFLIGHT_HEADERS)
+                return web.Response(status=204, headers=preflight)
+            started = perf_counter()
+            try:
+                response = None if fast is None else fast(request)
+                if response is None:
+                    response = await handler(request)
+            except StitcherError as exc:
+                response = to_response(exc)
+            except web.HTTPException as exc:
+                if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
+                    # aiohttp's own 404/405/413...: the same JSON shape as ours.
+                    response = to_response(StitcherError(exc.reason, status=exc.status))
+                else:
+                    response = exc
+            except RedisError as exc:
+                # The shared store went away under a route that needs it (the admin
+                # API, a session start): the player or tool may retry; not a bug, no
+                # traceback.
+                log.warning("%s %s: store unavailable (%s)", request.method, request.path,
+                            type(exc).__name__)
+                response = to_response(StoreUnavailable(
+                    f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
+            except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback), counted
+                _log_unhandled(request)
+                response = to_response(StitcherError("internal error (logged)"))
+            record(response.status, perf_counter() - started)
+            headers = response.headers
+            # (type first: a plain Response skips the ABC instance check)
+            if type(response) is not web.Response and isinstance(response, web.HTTPException):
+                if ALLOW_ORIGIN not in headers:
+                    headers.update(common)
+                raise response
             if ALLOW_ORIGIN not in headers:
-                headers.update(common)
-            raise response
-        if ALLOW_ORIGIN not in headers:
-            for k, v in defaults:
-                headers.setdefault(k, v)
-        return response
+                for k, v in defaults:
+                    headers.setdefault(k, v)
+            return response
+        finally:
+            if token is not None:
+                CONTEXT.reset(token)
 
     return serve
 
 
 def _log_unhandled(request: web.Request) -> None:
     """The traceback of a bug, without the route's log context (as when the error
-    handling was the outer middleware, outside :func:`stitcher.logs.context_middleware`)."""
+    handling was the outer middleware, outside the log context's)."""
     token = CONTEXT.set(None)
     try:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -200,7 +209,7 @@ class Routes:
     def add(self, method: str, path: str, handler: Handler, *, name: str | None,
             fast: FastPath | None = None) -> None:
         """``GET`` routes answer ``HEAD`` too (aiohttp's ``add_get``)."""
-        wrapped = served(self._app, name, handler, fast)
+        wrapped = served(self._app, name, handler, fast, context=names_context(path))
         if method == "GET":
             self._app.router.add_get(path, wrapped, name=name)
         else:
