@@ -465,30 +465,71 @@ def client_ip(remote: str, forwarded: list[str],
     return hops[0] if hops else remote
 
 
-async def _ad_target(request: web.Request, runtime: ChannelRuntime, cohort: str
-                     ) -> tuple[Decision, int, int, str]:
-    """(decision, pod position, segment, asset URL) of an ad segment path."""
-    info = request.match_info
-    break_id = info["brk"]
+def _ad_position(info: Mapping[str, str]) -> tuple[int, int]:
+    """(pod position, segment) of an ad segment path."""
     try:
-        item, segment = int(info["item"]), int(info["seg"])
+        return int(info["item"]), int(info["seg"])
     except ValueError as exc:
         raise BadRequest("malformed ad segment path") from exc
-    rid = info["rid"]
-    # Frozen decisions never change: the one this instance holds needs no await.
-    decision = (runtime.cached_decision(break_id, cohort)
-                or await runtime.decision(break_id, cohort, None))
+
+
+def _ad_url(library: CreativeLibrary, runtime: ChannelRuntime, decision: Decision | None,
+            item: int, segment: int, rid: str) -> str:
+    """The asset URL of segment ``segment`` of the ad at pod position ``item``."""
     if decision is None or not 0 <= item < len(decision.pod.items):
         raise NotFound("no such ad in this session's break")
     creative = decision.pod.items[item].creative
-    library = request.app[LIBRARY]
     path = library.segment_path(creative, rid, segment)
     if path is None:
         library.load(creative, runtime.specs)
         path = library.segment_path(creative, rid, segment)
     if path is None:
         raise NotFound("ad segment not available")
-    return decision, item, segment, f"{runtime.assets_base}/{path}"
+    return f"{runtime.assets_base}/{path}"
+
+
+async def _ad_target(request: web.Request, runtime: ChannelRuntime, cohort: str
+                     ) -> tuple[Decision, int, int, str]:
+    """(decision, pod position, segment, asset URL) of an ad segment path."""
+    info = request.match_info
+    item, segment = _ad_position(info)
+    break_id = info["brk"]
+    # Frozen decisions never change: the one this instance holds needs no await.
+    decision = (runtime.cached_decision(break_id, cohort)
+                or await runtime.decision(break_id, cohort, None))
+    url = _ad_url(request.app[LIBRARY], runtime, decision, item, segment, info["rid"])
+    assert decision is not None  # (_ad_url refuses None)
+    return decision, item, segment, url
+
+
+def ad_segment_ready(app: web.Application) -> FastPath:
+    """:func:`ad_segment`'s answer without an await: the decision held here and the
+    beacons queued in process (:meth:`BeaconTracker.record_now`), the same steps in
+    the same order, so the same answers and errors; else None (the handler: a
+    decision to load, progress or queue in Redis). Every ad segment request of
+    a break, from every session: one coroutine (``served``'s), not one per step."""
+    channels, signer, headers = app[CHANNELS], app[SIGNER], app[HEADERS]
+
+    def ready(request: web.Request) -> web.Response | None:
+        info = request.match_info
+        runtime, session = _verified(channels, signer, info)
+        item, segment = _ad_position(info)
+        decision = runtime.cached_decision(info["brk"], session.cohort)
+        if decision is None:
+            return None
+        url = _ad_url(app[LIBRARY], runtime, decision, item, segment, info["rid"])
+        ad = decision.ad(item)
+        if ad is not None and request.method == "GET":
+            fired = app[TRACKER].record_now(
+                session_id=session.session_id, break_id=info["brk"], ad=ad,
+                segment=segment, nominal=runtime.nominal or decision.pod.nominal,
+                client_ip=_client_ip(request),
+                user_agent=request.headers.get("User-Agent", ""))
+            if fired is None:
+                return None
+        return web.Response(status=302, headers=headers.redirect(url))
+
+    return ready
 
 
 async def ad_segment(request: web.Request) -> web.Response:
@@ -738,7 +779,8 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     base = "/v1/session/{token}/{channel}"
     # The hot routes first: the router tries a path prefix's routes in this order.
     r.get(base + "/media/{rid}.m3u8", media, name="media", fast=media_ready(app))
-    r.get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
+    r.get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment",
+          fast=ad_segment_ready(app))
     r.add("POST", "/v1/session/{channel}", start_session, name="session")
     r.get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
     r.get(base + "/master.m3u8", multivariant, name="multivariant")

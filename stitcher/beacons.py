@@ -475,6 +475,10 @@ class BeaconTracker:
         #: session. By identity (an AdInfo holds a dict: not hashable), the plan
         #: keeping its ad alive so the id is never another's; bounded.
         self._plans: dict[tuple[int, int], _Plan] = {}
+        #: The in-process queue's synchronous put, with in-process progress
+        #: (:meth:`record_now`); None: every request through :meth:`on_ad_segment`.
+        self._put_now = (queue.put_nowait if isinstance(queue, BeaconQueue)
+                         and progress is None else None)
 
     @property
     def deferred(self) -> int:
@@ -598,47 +602,10 @@ class BeaconTracker:
                 chosen = set(got.new)
                 due = [d for d in due if d.event in chosen]
         else:
-            key = (session_id, break_id, ad.item)
-            state = self._progress.get(key)
-            if state is None:
-                if segment != 0:
-                    self._progress[key] = LATE
-                    self.late_joins += 1
-                    return []
-                state = 0
-                while len(self._progress) >= self._max:
-                    self._progress.popitem(last=False)
-            if state == LATE:
-                return []
-            if state:
-                due = [d for d in due if not state & d.bit]
-            for d in due:
-                state |= d.bit
-            self._progress[key] = state
+            due = self._advance(session_id, break_id, ad.item, segment, due)
         if not due:
             return []
-        # The request's macro values, each formatted once (the URLs' templates were
-        # parsed once per ad): every retry of a beacon sends the URL built here.
-        # (As vast.format_macros renders them, without its type dispatch: the tests
-        # compare the URLs with expand_macros'.)
-        names = plan.names
-        formatted = {"BREAKPOSITION": "2"}
-        if "SESSIONID" in names:
-            formatted["SESSIONID"] = quote(session_id, safe="")
-        if "CACHEBUSTING" in names:
-            formatted["CACHEBUSTING"] = f"{random.randrange(10**8):08d}"
-        if "TIMESTAMP" in names:
-            formatted["TIMESTAMP"] = quote(datetime.now(UTC).isoformat(timespec="milliseconds"),
-                                           safe="")
-        headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
-        view = (session_id, break_id, str(ad.item))
-        beacons: list[Beacon] = []
-        for d in due:
-            formatted["ADPLAYHEAD"] = d.playhead
-            for url, parts, before in d.targets:
-                beacons.append(Beacon(
-                    (*view, d.event, url), vast.expand_template(parts, formatted),
-                    headers, after=(*view, *before) if before is not None else None))
+        beacons = self._beacons(plan, due, session_id, break_id, ad.item, client_ip, user_agent)
         # Queued before recorded (with Redis): a failure or a kill in between leaves
         # them unrecorded, and the player's retry queues them again (idempotent).
         for i, beacon in enumerate(beacons):
@@ -661,6 +628,74 @@ class BeaconTracker:
             except STORE_ERRORS as exc:  # queued: a later request re-queues (a no-op)
                 log.warning("beacon progress not recorded (store unavailable: %s)", exc)
         return fired
+
+    def record_now(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
+                   nominal: Fraction, client_ip: str, user_agent: str) -> list[str] | None:
+        """:meth:`on_ad_segment` without an await, when it needs none (progress and
+        queue in process: nothing can fail or wait); None: call that instead. Every
+        ad segment request of an embedded stitcher ends here: the same steps,
+        without a coroutine per step and per beacon."""
+        put = self._put_now
+        if put is None:
+            return None
+        plan = self._plan(ad, segment, nominal)
+        due = self._advance(session_id, break_id, ad.item, segment, plan.due)
+        if not due:
+            return []
+        for beacon in self._beacons(plan, due, session_id, break_id, ad.item, client_ip,
+                                    user_agent):
+            put(beacon)
+        return [d.event for d in due]
+
+    def _advance(self, session_id: str, break_id: str, item: int, segment: int,
+                 due: tuple[_Due, ...]) -> tuple[_Due, ...] | list[_Due]:
+        """In-process progress: what of ``due`` this session has not fired yet,
+        recorded as fired (nothing for a late join, recorded as such)."""
+        key = (session_id, break_id, item)
+        state = self._progress.get(key)
+        if state is None:
+            if segment != 0:
+                self._progress[key] = LATE
+                self.late_joins += 1
+                return ()
+            state = 0
+            while len(self._progress) >= self._max:
+                self._progress.popitem(last=False)
+        if state == LATE:
+            return ()
+        if state:
+            due = [d for d in due if not state & d.bit]
+        for d in due:
+            state |= d.bit
+        self._progress[key] = state
+        return due
+
+    def _beacons(self, plan: _Plan, due: tuple[_Due, ...] | list[_Due], session_id: str,
+                 break_id: str, item: int, client_ip: str, user_agent: str) -> list[Beacon]:
+        """The beacons of ``due`` for one request, in firing order, their URLs expanded
+        with the request's macro values, each formatted once (the URLs' templates
+        were parsed once per ad): every retry of a beacon sends the URL built here.
+        (As vast.format_macros renders them, without its type dispatch: the tests
+        compare the URLs with expand_macros'.)"""
+        names = plan.names
+        formatted = {"BREAKPOSITION": "2"}
+        if "SESSIONID" in names:
+            formatted["SESSIONID"] = quote(session_id, safe="")
+        if "CACHEBUSTING" in names:
+            formatted["CACHEBUSTING"] = f"{random.randrange(10**8):08d}"
+        if "TIMESTAMP" in names:
+            formatted["TIMESTAMP"] = quote(datetime.now(UTC).isoformat(timespec="milliseconds"),
+                                           safe="")
+        headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
+        view = (session_id, break_id, str(item))
+        beacons: list[Beacon] = []
+        for d in due:
+            formatted["ADPLAYHEAD"] = d.playhead
+            for url, parts, before in d.targets:
+                beacons.append(Beacon(
+                    (*view, d.event, url), vast.expand_template(parts, formatted),
+                    headers, after=(*view, *before) if before is not None else None))
+        return beacons
 
     def error(self, urls: list[str], code: int) -> None:
         """Fire VAST ``Error`` URLs: per decision, not per session, so ``[SESSIONID]``
