@@ -47,7 +47,7 @@ import aiohttp
 
 from stitcher import vast
 from stitcher.ads import AdInfo
-from stitcher.metrics import Metrics
+from stitcher.metrics import Metrics, _Count
 from stitcher.store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,7 @@ class BeaconQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = BeaconStats()
+        self._queued: _Count | None = None
         # Read at scrape, not set per beacon (the gauge takes a lock on every set).
         metrics.beacon_queue.set_function(lambda: self._pending)
 
@@ -214,18 +215,28 @@ class BeaconQueue:
         self.put_nowait(beacon)
 
     def put_nowait(self, beacon: Beacon) -> bool:
-        if beacon.key in self._done:
+        return self.put_fields(beacon.key, beacon.url, beacon.headers, beacon.after)
+
+    def put_fields(self, key: tuple[str, ...], url: str, headers: tuple[tuple[str, str], ...],
+                   after: tuple[str, ...] | None) -> bool:
+        """:meth:`put_nowait` of ``Beacon(key, url, headers, after)``, without making
+        the Beacon (a frozen dataclass: a microsecond each, for a tuple of its fields)."""
+        done = self._done
+        if key in done:
             self.stats.duplicates_suppressed += 1
             self._metrics.beacons.labels("suppressed").inc()
             return False
         self.stats.queued += 1
-        self._metrics.beacons.labels("queued").inc()
-        self._done[beacon.key] = None
-        while len(self._done) > 500_000:
-            self._done.popitem(last=False)
+        queued = self._queued
+        if queued is None:  # (looked up on the first: a label never used is not exported)
+            queued = self._queued = self._metrics.beacons.labels("queued")
+        queued.value += 1
+        done[key] = None
+        while len(done) > 500_000:
+            done.popitem(last=False)
         self._pending += 1
         self._idle.clear()
-        self._queue.put_nowait((beacon.key, beacon.url, beacon.headers, beacon.after, 1))
+        self._queue.put_nowait((key, url, headers, after, 1))
         return True
 
     async def drain(self) -> None:
@@ -477,7 +488,7 @@ class BeaconTracker:
         self._plans: dict[tuple[int, int], _Plan] = {}
         #: The in-process queue's synchronous put, with in-process progress
         #: (:meth:`record_now`); None: every request through :meth:`on_ad_segment`.
-        self._put_now = (queue.put_nowait if isinstance(queue, BeaconQueue)
+        self._put_now = (queue.put_fields if isinstance(queue, BeaconQueue)
                          and progress is None else None)
 
     @property
@@ -605,7 +616,8 @@ class BeaconTracker:
             due = self._advance(session_id, break_id, ad.item, segment, due)
         if not due:
             return []
-        beacons = self._beacons(plan, due, session_id, break_id, ad.item, client_ip, user_agent)
+        beacons = [Beacon(*fields) for fields in self._beacons(
+            plan, due, session_id, break_id, ad.item, client_ip, user_agent)]
         # Queued before recorded (with Redis): a failure or a kill in between leaves
         # them unrecorded, and the player's retry queues them again (idempotent).
         for i, beacon in enumerate(beacons):
@@ -642,9 +654,9 @@ class BeaconTracker:
         due = self._advance(session_id, break_id, ad.item, segment, plan.due)
         if not due:
             return []
-        for beacon in self._beacons(plan, due, session_id, break_id, ad.item, client_ip,
-                                    user_agent):
-            put(beacon)
+        for key, url, headers, after in self._beacons(plan, due, session_id, break_id,
+                                                      ad.item, client_ip, user_agent):
+            put(key, url, headers, after)
         return [d.event for d in due]
 
     def _advance(self, session_id: str, break_id: str, item: int, segment: int,
@@ -671,16 +683,21 @@ class BeaconTracker:
         return due
 
     def _beacons(self, plan: _Plan, due: tuple[_Due, ...] | list[_Due], session_id: str,
-                 break_id: str, item: int, client_ip: str, user_agent: str) -> list[Beacon]:
-        """The beacons of ``due`` for one request, in firing order, their URLs expanded
-        with the request's macro values, each formatted once (the URLs' templates
-        were parsed once per ad): every retry of a beacon sends the URL built here.
+                 break_id: str, item: int, client_ip: str, user_agent: str
+                 ) -> list[tuple[tuple[str, ...], str, tuple[tuple[str, str], ...],
+                                 tuple[str, ...] | None]]:
+        """The beacons of ``due`` for one request, in firing order, as the fields of a
+        :class:`Beacon` (key, URL, headers, predecessor), their URLs expanded with
+        the request's macro values, each formatted once (the URLs' templates were
+        parsed once per ad): every retry of a beacon sends the URL built here.
         (As vast.format_macros renders them, without its type dispatch: the tests
         compare the URLs with expand_macros'.)"""
         names = plan.names
         formatted = {"BREAKPOSITION": "2"}
         if "SESSIONID" in names:
-            formatted["SESSIONID"] = quote(session_id, safe="")
+            # (letters and digits quote to themselves: our session ids are hex)
+            formatted["SESSIONID"] = (session_id if session_id.isascii() and session_id.isalnum()
+                                      else quote(session_id, safe=""))
         if "CACHEBUSTING" in names:
             formatted["CACHEBUSTING"] = f"{random.randrange(10**8):08d}"
         if "TIMESTAMP" in names:
@@ -688,13 +705,12 @@ class BeaconTracker:
                                            safe="")
         headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
         view = (session_id, break_id, str(item))
-        beacons: list[Beacon] = []
+        beacons = []
         for d in due:
             formatted["ADPLAYHEAD"] = d.playhead
             for url, parts, before in d.targets:
-                beacons.append(Beacon(
-                    (*view, d.event, url), vast.expand_template(parts, formatted),
-                    headers, after=(*view, *before) if before is not None else None))
+                beacons.append(((*view, d.event, url), vast.expand_template(parts, formatted),
+                                headers, (*view, *before) if before is not None else None))
         return beacons
 
     def error(self, urls: list[str], code: int) -> None:
