@@ -375,10 +375,11 @@ def _playlist_response(request: web.Request, rendered: Rendered, *,
     ``headers``: the app's (``HEADERS``), when the caller has them at hand."""
     headers = headers or request.app[HEADERS]
     asked = request.headers
-    match = asked.get("If-None-Match")
+    # (aiohttp's names are ``istr``s: looked up without folding the name per request)
+    match = asked.get(hdrs.IF_NONE_MATCH)
     if match is not None and (rendered.etag in match or match.strip() == "*"):
         return web.Response(status=304, headers=headers.playlist(rendered, public, "304"))
-    if _accepts_gzip(asked.get("Accept-Encoding", "")):
+    if _accepts_gzip(asked.get(hdrs.ACCEPT_ENCODING, "")):
         return web.Response(body=rendered.gzipped,
                             headers=headers.playlist(rendered, public, "gzip"))
     return web.Response(body=rendered.body, headers=headers.playlist(rendered, public, "identity"))
@@ -524,7 +525,7 @@ def ad_segment_ready(app: web.Application) -> FastPath:
                 session_id=session.session_id, break_id=info["brk"], ad=ad,
                 segment=segment, nominal=runtime.nominal or decision.pod.nominal,
                 client_ip=_client_ip(request),
-                user_agent=request.headers.get("User-Agent", ""))
+                user_agent=request.headers.get(hdrs.USER_AGENT, ""))
             if fired is None:
                 return None
         return web.Response(status=302, headers=headers.redirect(url))
