@@ -37,6 +37,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -68,6 +69,11 @@ class Beacon:
     headers: tuple[tuple[str, str], ...] = ()
     #: The key of the beacon that must reach its host first (None: no predecessor).
     after: tuple[str, ...] | None = None
+
+
+#: A :class:`Beacon`'s fields (key, URL, headers, predecessor), as the in-process
+#: queue takes them (:meth:`BeaconQueue.put_fields`).
+_BeaconFields = tuple[tuple[str, ...], str, tuple[tuple[str, str], ...], tuple[str, ...] | None]
 
 
 @dataclass
@@ -596,7 +602,7 @@ class BeaconTracker:
                       nominal: Fraction, client_ip: str, user_agent: str,
                       replayed: bool = False) -> list[str]:
         plan = self._plan(ad, segment, nominal)
-        due: tuple[_Due, ...] | list[_Due] = plan.due
+        due: Sequence[_Due] = plan.due
         if self._shared is not None:
             got = await self._shared.due(session_id, break_id, ad.item, segment,
                                          [d.event for d in due], replayed=replayed)
@@ -660,7 +666,7 @@ class BeaconTracker:
         return [d.event for d in due]
 
     def _advance(self, session_id: str, break_id: str, item: int, segment: int,
-                 due: tuple[_Due, ...]) -> tuple[_Due, ...] | list[_Due]:
+                 due: Sequence[_Due]) -> Sequence[_Due]:
         """In-process progress: what of ``due`` this session has not fired yet,
         recorded as fired (nothing for a late join, recorded as such)."""
         key = (session_id, break_id, item)
@@ -682,10 +688,9 @@ class BeaconTracker:
         self._progress[key] = state
         return due
 
-    def _beacons(self, plan: _Plan, due: tuple[_Due, ...] | list[_Due], session_id: str,
+    def _beacons(self, plan: _Plan, due: Sequence[_Due], session_id: str,
                  break_id: str, item: int, client_ip: str, user_agent: str
-                 ) -> list[tuple[tuple[str, ...], str, tuple[tuple[str, str], ...],
-                                 tuple[str, ...] | None]]:
+                 ) -> list[_BeaconFields]:
         """The beacons of ``due`` for one request, in firing order, as the fields of a
         :class:`Beacon` (key, URL, headers, predecessor), their URLs expanded with
         the request's macro values, each formatted once (the URLs' templates were
@@ -705,7 +710,7 @@ class BeaconTracker:
                                            safe="")
         headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
         view = (session_id, break_id, str(item))
-        beacons = []
+        beacons: list[_BeaconFields] = []
         for d in due:
             formatted["ADPLAYHEAD"] = d.playhead
             for url, parts, before in d.targets:
