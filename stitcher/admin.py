@@ -674,9 +674,6 @@ def setup_admin(app: web.Application, r: Routes) -> None:
     """Routes (added through the app's ``r``: errors, metrics and CORS as on every
     route) and the control plane (its cleanup context runs after the app's
     resources, so the store and the runtime factory exist)."""
-    from stitcher.logs import context_middleware
-
-    app.middlewares.append(context_middleware)
     app[ADMIN_LOCK] = asyncio.Lock()
     app[IGNORED_CONFIGS] = {}
     app.cleanup_ctx.append(_control_ctx)

@@ -60,7 +60,7 @@ from stitcher.errors import (
     StoreUnavailable,
     to_response,
 )
-from stitcher.logs import CONTEXT, ClientErrorFilter
+from stitcher.logs import CONTEXT, ClientErrorFilter, RouteContext, names_context
 from stitcher.metrics import Metrics
 from stitcher.netpolicy import PublicOnlyConnector, client_session
 from stitcher.redis_store import RedisStore
@@ -109,65 +109,74 @@ FastPath = Callable[[web.Request], web.StreamResponse | None]
 
 
 def served(app: web.Application, name: str | None, handler: Handler,
-           fast: FastPath | None = None) -> Handler:
+           fast: FastPath | None = None, *, context: bool = False) -> Handler:
     """A route as players and ad ops see it: errors as JSON (``to_response``), the
     request counted and timed under the route's name (``other`` for none), the
     common headers (CORS) on every response, OPTIONS answered as the CORS
-    preflight. (This was a middleware: aiohttp runs every middleware as a
-    coroutine of its own per request, and with aiohttp's own layer those were a
-    sixth of a cached reload's time.) ``fast``: answers without an await when it
-    can (None: the handler is awaited), so a cached playlist reload runs in this
-    one coroutine (:func:`media_ready`)."""
+    preflight, and with ``context`` (the path names a channel, a rendition ...)
+    the route's log context set while it is handled (:class:`RouteContext`).
+    (These were middlewares: aiohttp runs every middleware as a coroutine of its
+    own per request, and with any middleware at all adds a layer of its own and
+    looks the chain up per request; an app without middlewares calls the route's
+    handler directly.) ``fast``: answers without an await when it can (None: the
+    handler is awaited), so a cached playlist reload runs in this one coroutine
+    (:func:`media_ready`)."""
     record = app[METRICS].requests.recorder(name or "other")
     common = app[COMMON_HEADERS]
     defaults = tuple(common.items())
 
     async def serve(request: web.Request) -> web.StreamResponse:
-        if request.method == "OPTIONS":
-            preflight = common.copy()
-            preflight.update(PREFLIGHT_HEADERS)
-            return web.Response(status=204, headers=preflight)
-        started = perf_counter()
+        token = CONTEXT.set(RouteContext(request.match_info)) if context else None
         try:
-            response = None if fast is None else fast(request)
-            if response is None:
-                response = await handler(request)
-        except StitcherError as exc:
-            response = to_response(exc)
-        except web.HTTPException as exc:
-            if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
-                # aiohttp's own 404/405/413...: the same JSON shape as ours.
-                response = to_response(StitcherError(exc.reason, status=exc.status))
-            else:
-                response = exc
-        except RedisError as exc:
-            # The shared store went away under a route that needs it (the admin API,
-            # a session start): the player or tool may retry; not a bug, no traceback.
-            log.warning("%s %s: store unavailable (%s)", request.method, request.path,
-                        type(exc).__name__)
-            response = to_response(StoreUnavailable(
-                f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
-        except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback) and counted
-            _log_unhandled(request)
-            response = to_response(StitcherError("internal error (logged)"))
-        record(response.status, perf_counter() - started)
-        headers = response.headers
-        # (type first: a plain Response skips the ABC instance check)
-        if type(response) is not web.Response and isinstance(response, web.HTTPException):
+            if request.method == "OPTIONS":
+                preflight = common.copy()
+                preflight.update(PREFLIGHT_HEADERS)
+                return web.Response(status=204, headers=preflight)
+            started = perf_counter()
+            try:
+                response = None if fast is None else fast(request)
+                if response is None:
+                    response = await handler(request)
+            except StitcherError as exc:
+                response = to_response(exc)
+            except web.HTTPException as exc:
+                if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
+                    # aiohttp's own 404/405/413...: the same JSON shape as ours.
+                    response = to_response(StitcherError(exc.reason, status=exc.status))
+                else:
+                    response = exc
+            except RedisError as exc:
+                # The shared store went away under a route that needs it (the admin
+                # API, a session start): the player or tool may retry; not a bug, no
+                # traceback.
+                log.warning("%s %s: store unavailable (%s)", request.method, request.path,
+                            type(exc).__name__)
+                response = to_response(StoreUnavailable(
+                    f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
+            except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback), counted
+                _log_unhandled(request)
+                response = to_response(StitcherError("internal error (logged)"))
+            record(response.status, perf_counter() - started)
+            headers = response.headers
+            # (type first: a plain Response skips the ABC instance check)
+            if type(response) is not web.Response and isinstance(response, web.HTTPException):
+                if ALLOW_ORIGIN not in headers:
+                    headers.update(common)
+                raise response
             if ALLOW_ORIGIN not in headers:
-                headers.update(common)
-            raise response
-        if ALLOW_ORIGIN not in headers:
-            for k, v in defaults:
-                headers.setdefault(k, v)
-        return response
+                for k, v in defaults:
+                    headers.setdefault(k, v)
+            return response
+        finally:
+            if token is not None:
+                CONTEXT.reset(token)
 
     return serve
 
 
 def _log_unhandled(request: web.Request) -> None:
     """The traceback of a bug, without the route's log context (as when the error
-    handling was the outer middleware, outside :func:`stitcher.logs.context_middleware`)."""
+    handling was the outer middleware, outside the log context's)."""
     token = CONTEXT.set(None)
     try:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -200,7 +209,7 @@ class Routes:
     def add(self, method: str, path: str, handler: Handler, *, name: str | None,
             fast: FastPath | None = None) -> None:
         """``GET`` routes answer ``HEAD`` too (aiohttp's ``add_get``)."""
-        wrapped = served(self._app, name, handler, fast)
+        wrapped = served(self._app, name, handler, fast, context=names_context(path))
         if method == "GET":
             self._app.router.add_get(path, wrapped, name=name)
         else:
@@ -366,10 +375,11 @@ def _playlist_response(request: web.Request, rendered: Rendered, *,
     ``headers``: the app's (``HEADERS``), when the caller has them at hand."""
     headers = headers or request.app[HEADERS]
     asked = request.headers
-    match = asked.get("If-None-Match")
+    # (aiohttp's names are ``istr``s: looked up without folding the name per request)
+    match = asked.get(hdrs.IF_NONE_MATCH)
     if match is not None and (rendered.etag in match or match.strip() == "*"):
         return web.Response(status=304, headers=headers.playlist(rendered, public, "304"))
-    if _accepts_gzip(asked.get("Accept-Encoding", "")):
+    if _accepts_gzip(asked.get(hdrs.ACCEPT_ENCODING, "")):
         return web.Response(body=rendered.gzipped,
                             headers=headers.playlist(rendered, public, "gzip"))
     return web.Response(body=rendered.body, headers=headers.playlist(rendered, public, "identity"))
@@ -456,30 +466,71 @@ def client_ip(remote: str, forwarded: list[str],
     return hops[0] if hops else remote
 
 
-async def _ad_target(request: web.Request, runtime: ChannelRuntime, cohort: str
-                     ) -> tuple[Decision, int, int, str]:
-    """(decision, pod position, segment, asset URL) of an ad segment path."""
-    info = request.match_info
-    break_id = info["brk"]
+def _ad_position(info: Mapping[str, str]) -> tuple[int, int]:
+    """(pod position, segment) of an ad segment path."""
     try:
-        item, segment = int(info["item"]), int(info["seg"])
+        return int(info["item"]), int(info["seg"])
     except ValueError as exc:
         raise BadRequest("malformed ad segment path") from exc
-    rid = info["rid"]
-    # Frozen decisions never change: the one this instance holds needs no await.
-    decision = (runtime.cached_decision(break_id, cohort)
-                or await runtime.decision(break_id, cohort, None))
+
+
+def _ad_url(library: CreativeLibrary, runtime: ChannelRuntime, decision: Decision | None,
+            item: int, segment: int, rid: str) -> str:
+    """The asset URL of segment ``segment`` of the ad at pod position ``item``."""
     if decision is None or not 0 <= item < len(decision.pod.items):
         raise NotFound("no such ad in this session's break")
     creative = decision.pod.items[item].creative
-    library = request.app[LIBRARY]
     path = library.segment_path(creative, rid, segment)
     if path is None:
         library.load(creative, runtime.specs)
         path = library.segment_path(creative, rid, segment)
     if path is None:
         raise NotFound("ad segment not available")
-    return decision, item, segment, f"{runtime.assets_base}/{path}"
+    return f"{runtime.assets_base}/{path}"
+
+
+async def _ad_target(request: web.Request, runtime: ChannelRuntime, cohort: str
+                     ) -> tuple[Decision, int, int, str]:
+    """(decision, pod position, segment, asset URL) of an ad segment path."""
+    info = request.match_info
+    item, segment = _ad_position(info)
+    break_id = info["brk"]
+    # Frozen decisions never change: the one this instance holds needs no await.
+    decision = (runtime.cached_decision(break_id, cohort)
+                or await runtime.decision(break_id, cohort, None))
+    url = _ad_url(request.app[LIBRARY], runtime, decision, item, segment, info["rid"])
+    assert decision is not None  # (_ad_url refuses None)
+    return decision, item, segment, url
+
+
+def ad_segment_ready(app: web.Application) -> FastPath:
+    """:func:`ad_segment`'s answer without an await: the decision held here and the
+    beacons queued in process (:meth:`BeaconTracker.record_now`), the same steps in
+    the same order, so the same answers and errors; else None (the handler: a
+    decision to load, progress or queue in Redis). Every ad segment request of
+    a break, from every session: one coroutine (``served``'s), not one per step."""
+    channels, signer, headers = app[CHANNELS], app[SIGNER], app[HEADERS]
+
+    def ready(request: web.Request) -> web.Response | None:
+        info = request.match_info
+        runtime, session = _verified(channels, signer, info)
+        item, segment = _ad_position(info)
+        decision = runtime.cached_decision(info["brk"], session.cohort)
+        if decision is None:
+            return None
+        url = _ad_url(app[LIBRARY], runtime, decision, item, segment, info["rid"])
+        ad = decision.ad(item)
+        if ad is not None and request.method == "GET":
+            fired = app[TRACKER].record_now(
+                session_id=session.session_id, break_id=info["brk"], ad=ad,
+                segment=segment, nominal=runtime.nominal or decision.pod.nominal,
+                client_ip=_client_ip(request),
+                user_agent=request.headers.get(hdrs.USER_AGENT, ""))
+            if fired is None:
+                return None
+        return web.Response(status=302, headers=headers.redirect(url))
+
+    return ready
 
 
 async def ad_segment(request: web.Request) -> web.Response:
@@ -729,7 +780,8 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     base = "/v1/session/{token}/{channel}"
     # The hot routes first: the router tries a path prefix's routes in this order.
     r.get(base + "/media/{rid}.m3u8", media, name="media", fast=media_ready(app))
-    r.get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment")
+    r.get(base + "/media/ad/{rid}/{brk}/{item}/{seg}.ts", ad_segment, name="ad_segment",
+          fast=ad_segment_ready(app))
     r.add("POST", "/v1/session/{channel}", start_session, name="session")
     r.get("/v1/master/{channel}.m3u8", implicit_session, name="implicit_session")
     r.get(base + "/master.m3u8", multivariant, name="multivariant")

@@ -37,6 +37,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -47,7 +48,7 @@ import aiohttp
 
 from stitcher import vast
 from stitcher.ads import AdInfo
-from stitcher.metrics import Metrics
+from stitcher.metrics import Metrics, _Count
 from stitcher.store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class Beacon:
     headers: tuple[tuple[str, str], ...] = ()
     #: The key of the beacon that must reach its host first (None: no predecessor).
     after: tuple[str, ...] | None = None
+
+
+#: A :class:`Beacon`'s fields (key, URL, headers, predecessor), as the in-process
+#: queue takes them (:meth:`BeaconQueue.put_fields`).
+_BeaconFields = tuple[tuple[str, ...], str, tuple[tuple[str, str], ...], tuple[str, ...] | None]
 
 
 @dataclass
@@ -204,6 +210,7 @@ class BeaconQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = BeaconStats()
+        self._queued: _Count | None = None
         # Read at scrape, not set per beacon (the gauge takes a lock on every set).
         metrics.beacon_queue.set_function(lambda: self._pending)
 
@@ -214,18 +221,28 @@ class BeaconQueue:
         self.put_nowait(beacon)
 
     def put_nowait(self, beacon: Beacon) -> bool:
-        if beacon.key in self._done:
+        return self.put_fields(beacon.key, beacon.url, beacon.headers, beacon.after)
+
+    def put_fields(self, key: tuple[str, ...], url: str, headers: tuple[tuple[str, str], ...],
+                   after: tuple[str, ...] | None) -> bool:
+        """:meth:`put_nowait` of ``Beacon(key, url, headers, after)``, without making
+        the Beacon (a frozen dataclass: a microsecond each, for a tuple of its fields)."""
+        done = self._done
+        if key in done:
             self.stats.duplicates_suppressed += 1
             self._metrics.beacons.labels("suppressed").inc()
             return False
         self.stats.queued += 1
-        self._metrics.beacons.labels("queued").inc()
-        self._done[beacon.key] = None
-        while len(self._done) > 500_000:
-            self._done.popitem(last=False)
+        queued = self._queued
+        if queued is None:  # (looked up on the first: a label never used is not exported)
+            queued = self._queued = self._metrics.beacons.labels("queued")
+        queued.value += 1
+        done[key] = None
+        while len(done) > 500_000:
+            done.popitem(last=False)
         self._pending += 1
         self._idle.clear()
-        self._queue.put_nowait((beacon.key, beacon.url, beacon.headers, beacon.after, 1))
+        self._queue.put_nowait((key, url, headers, after, 1))
         return True
 
     async def drain(self) -> None:
@@ -475,6 +492,10 @@ class BeaconTracker:
         #: session. By identity (an AdInfo holds a dict: not hashable), the plan
         #: keeping its ad alive so the id is never another's; bounded.
         self._plans: dict[tuple[int, int], _Plan] = {}
+        #: The in-process queue's synchronous put, with in-process progress
+        #: (:meth:`record_now`); None: every request through :meth:`on_ad_segment`.
+        self._put_now = (queue.put_fields if isinstance(queue, BeaconQueue)
+                         and progress is None else None)
 
     @property
     def deferred(self) -> int:
@@ -581,7 +602,7 @@ class BeaconTracker:
                       nominal: Fraction, client_ip: str, user_agent: str,
                       replayed: bool = False) -> list[str]:
         plan = self._plan(ad, segment, nominal)
-        due: tuple[_Due, ...] | list[_Due] = plan.due
+        due: Sequence[_Due] = plan.due
         if self._shared is not None:
             got = await self._shared.due(session_id, break_id, ad.item, segment,
                                          [d.event for d in due], replayed=replayed)
@@ -598,47 +619,11 @@ class BeaconTracker:
                 chosen = set(got.new)
                 due = [d for d in due if d.event in chosen]
         else:
-            key = (session_id, break_id, ad.item)
-            state = self._progress.get(key)
-            if state is None:
-                if segment != 0:
-                    self._progress[key] = LATE
-                    self.late_joins += 1
-                    return []
-                state = 0
-                while len(self._progress) >= self._max:
-                    self._progress.popitem(last=False)
-            if state == LATE:
-                return []
-            if state:
-                due = [d for d in due if not state & d.bit]
-            for d in due:
-                state |= d.bit
-            self._progress[key] = state
+            due = self._advance(session_id, break_id, ad.item, segment, due)
         if not due:
             return []
-        # The request's macro values, each formatted once (the URLs' templates were
-        # parsed once per ad): every retry of a beacon sends the URL built here.
-        # (As vast.format_macros renders them, without its type dispatch: the tests
-        # compare the URLs with expand_macros'.)
-        names = plan.names
-        formatted = {"BREAKPOSITION": "2"}
-        if "SESSIONID" in names:
-            formatted["SESSIONID"] = quote(session_id, safe="")
-        if "CACHEBUSTING" in names:
-            formatted["CACHEBUSTING"] = f"{random.randrange(10**8):08d}"
-        if "TIMESTAMP" in names:
-            formatted["TIMESTAMP"] = quote(datetime.now(UTC).isoformat(timespec="milliseconds"),
-                                           safe="")
-        headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
-        view = (session_id, break_id, str(ad.item))
-        beacons: list[Beacon] = []
-        for d in due:
-            formatted["ADPLAYHEAD"] = d.playhead
-            for url, parts, before in d.targets:
-                beacons.append(Beacon(
-                    (*view, d.event, url), vast.expand_template(parts, formatted),
-                    headers, after=(*view, *before) if before is not None else None))
+        beacons = [Beacon(*fields) for fields in self._beacons(
+            plan, due, session_id, break_id, ad.item, client_ip, user_agent)]
         # Queued before recorded (with Redis): a failure or a kill in between leaves
         # them unrecorded, and the player's retry queues them again (idempotent).
         for i, beacon in enumerate(beacons):
@@ -661,6 +646,77 @@ class BeaconTracker:
             except STORE_ERRORS as exc:  # queued: a later request re-queues (a no-op)
                 log.warning("beacon progress not recorded (store unavailable: %s)", exc)
         return fired
+
+    def record_now(self, *, session_id: str, break_id: str, ad: AdInfo, segment: int,
+                   nominal: Fraction, client_ip: str, user_agent: str) -> list[str] | None:
+        """:meth:`on_ad_segment` without an await, when it needs none (progress and
+        queue in process: nothing can fail or wait); None: call that instead. Every
+        ad segment request of an embedded stitcher ends here: the same steps,
+        without a coroutine per step and per beacon."""
+        put = self._put_now
+        if put is None:
+            return None
+        plan = self._plan(ad, segment, nominal)
+        due = self._advance(session_id, break_id, ad.item, segment, plan.due)
+        if not due:
+            return []
+        for key, url, headers, after in self._beacons(plan, due, session_id, break_id,
+                                                      ad.item, client_ip, user_agent):
+            put(key, url, headers, after)
+        return [d.event for d in due]
+
+    def _advance(self, session_id: str, break_id: str, item: int, segment: int,
+                 due: Sequence[_Due]) -> Sequence[_Due]:
+        """In-process progress: what of ``due`` this session has not fired yet,
+        recorded as fired (nothing for a late join, recorded as such)."""
+        key = (session_id, break_id, item)
+        state = self._progress.get(key)
+        if state is None:
+            if segment != 0:
+                self._progress[key] = LATE
+                self.late_joins += 1
+                return ()
+            state = 0
+            while len(self._progress) >= self._max:
+                self._progress.popitem(last=False)
+        if state == LATE:
+            return ()
+        if state:
+            due = [d for d in due if not state & d.bit]
+        for d in due:
+            state |= d.bit
+        self._progress[key] = state
+        return due
+
+    def _beacons(self, plan: _Plan, due: Sequence[_Due], session_id: str,
+                 break_id: str, item: int, client_ip: str, user_agent: str
+                 ) -> list[_BeaconFields]:
+        """The beacons of ``due`` for one request, in firing order, as the fields of a
+        :class:`Beacon` (key, URL, headers, predecessor), their URLs expanded with
+        the request's macro values, each formatted once (the URLs' templates were
+        parsed once per ad): every retry of a beacon sends the URL built here.
+        (As vast.format_macros renders them, without its type dispatch: the tests
+        compare the URLs with expand_macros'.)"""
+        names = plan.names
+        formatted = {"BREAKPOSITION": "2"}
+        if "SESSIONID" in names:
+            # (letters and digits quote to themselves: our session ids are hex)
+            formatted["SESSIONID"] = (session_id if session_id.isascii() and session_id.isalnum()
+                                      else quote(session_id, safe=""))
+        if "CACHEBUSTING" in names:
+            formatted["CACHEBUSTING"] = f"{random.randrange(10**8):08d}"
+        if "TIMESTAMP" in names:
+            formatted["TIMESTAMP"] = quote(datetime.now(UTC).isoformat(timespec="milliseconds"),
+                                           safe="")
+        headers = (("X-Device-IP", client_ip), ("X-Device-User-Agent", user_agent))
+        view = (session_id, break_id, str(item))
+        beacons: list[_BeaconFields] = []
+        for d in due:
+            formatted["ADPLAYHEAD"] = d.playhead
+            for url, parts, before in d.targets:
+                beacons.append(((*view, d.event, url), vast.expand_template(parts, formatted),
+                                headers, (*view, *before) if before is not None else None))
+        return beacons
 
     def error(self, urls: list[str], code: int) -> None:
         """Fire VAST ``Error`` URLs: per decision, not per session, so ``[SESSIONID]``

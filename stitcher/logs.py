@@ -3,9 +3,10 @@
 Each line carries ``time``, ``level``, ``logger``, ``message`` and, where
 known, ``channel``, ``cohort``, ``rendition`` and ``break_id``: from the
 record's ``extra`` when the call site gives them, else from the request being
-served (:func:`context_middleware` sets them from the route's path, and
-``asyncio`` tasks started while serving inherit them, so an ad decision made
-for a render logs that render's channel and cohort).
+served (``stitcher.app.served`` sets :data:`CONTEXT` to the route's
+:class:`RouteContext` while it handles a request, and ``asyncio`` tasks started
+while serving inherit it, so an ad decision made for a render logs that render's
+channel and cohort).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-
-from aiohttp import web
 
 #: Context of the request being served (None outside a request): field -> value.
 CONTEXT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
@@ -55,7 +55,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-class _RouteContext(Mapping[str, str]):
+class RouteContext(Mapping[str, str]):
     """A request's log fields, read from its route's match info when a line is
     logged: most requests log nothing, and then nothing is computed for them."""
 
@@ -82,19 +82,10 @@ class _RouteContext(Mapping[str, str]):
         return len(self._get())
 
 
-@web.middleware
-async def context_middleware(request: web.Request,
-                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                             ) -> web.StreamResponse:
-    """Name the request's channel, cohort, rendition and break for its log lines."""
-    info = request.match_info
-    if info.keys().isdisjoint(_MATCH):
-        return await handler(request)
-    token = CONTEXT.set(_RouteContext(info))
-    try:
-        return await handler(request)
-    finally:
-        CONTEXT.reset(token)
+def names_context(path: str) -> bool:
+    """Whether a route path has a part a log line names (``{channel}``, ``{rid}``
+    ...): its requests get a :class:`RouteContext`, the others none."""
+    return not {m.group(1) for m in re.finditer(r"\{(\w+)", path)}.isdisjoint(_MATCH)
 
 
 class ClientErrorFilter(logging.Filter):

@@ -140,11 +140,14 @@ class SessionSigner:
             payload_b64, mac_b64 = token.split(".")
             payload, mac = _unb64(payload_b64), _unb64(mac_b64)
             fields: list[str] = []
-            i = 0
-            while i < len(payload):
-                n = int.from_bytes(payload[i:i + 2], "big")
-                fields.append(payload[i + 2:i + 2 + n].decode())
-                i += 2 + n
+            i, end = 0, len(payload)
+            while i < end:  # each field: its length (2 bytes, big-endian), its bytes
+                # (int.from_bytes of a slice, as before, for a 1-byte tail: the same
+                # fields, so the same refusal; a third of a new token's parse)
+                j = i + 2 + (payload[i] << 8 | payload[i + 1] if i + 1 < end
+                             else payload[i])
+                fields.append(payload[i + 2:j].decode())
+                i = j
             version, kid, sid, ch, cohort, expires_text = fields
             expires = int(expires_text)
         except (ValueError, UnicodeDecodeError) as exc:

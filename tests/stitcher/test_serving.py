@@ -219,3 +219,117 @@ async def test_an_ad_segment_request_answers_its_prebuilt_redirect(
         async with aiohttp.ClientSession() as http, http.get(
                 stack.base + location) as resp:
             assert resp.status == 200
+
+
+async def test_ad_segment_requests_fire_once_and_answer_errors_as_the_awaiting_path(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """An ad segment request in a break, by the fast path (the decision held here)
+    and by the awaiting handler (a decision to load: this instance forgot it), answer
+    the same bytes and queue the same beacons: a session's first request of segment 0
+    fires impression and start (each once, whatever repeats), HEAD fires nothing, a
+    first request of a later segment is a late join; the error cases of a real break
+    (another session's token forged, expired or for another channel, a pod position
+    or segment the decision does not have, malformed positions) as before."""
+    from stitcher.app import BEACONS, SIGNER, TRACKER
+
+    clock = ManualClock(start=1_870_200_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "s",
+                           assets_dir=assets_dir, warm_up=True) as stack:
+        sessions = [await stack.start_session() for _ in range(4)]
+        edge = stack.origin.live_edge_msn()
+        assert edge is not None
+        stack.origin.insert_break(edge + 2, 30)
+        ads: list[str] = []
+        for _ in range(12):
+            status, _h, body = await stack.get(sessions[0].media_url("v0"))
+            assert status == 200
+            ads = [ln for ln in body.decode().splitlines() if ln.startswith("ad/")]
+            if len(ads) >= 2:
+                break
+            clock.advance(2)
+        assert len(ads) >= 2, "no ad segments published"
+        _, rid, brk, item, seg = ads[0].removesuffix(".ts").split("/")
+        assert (rid, item, seg) == ("v0", "0", "0") and ads[1] == f"ad/v0/{brk}/0/1.ts"
+        queue, tracker, runtime = stack.app[BEACONS], stack.app[TRACKER], stack.runtime
+        await queue.drain()
+        hits_before = len(stack.beacon_hits())
+
+        def redirect(location: str) -> tuple[int, list[tuple[str, str]], bytes]:
+            return 302, [*CORS, ("Location", location), ("Cache-Control", "no-store"),
+                         ("Content-Length", "0"), DATE, SERVER], b""
+
+        async def fired(session_id: str) -> list[str]:
+            await queue.drain()
+            return [h.event for h in stack.beacon_hits(session_id=session_id)]
+
+        ua = {"User-Agent": "serving-test-player/1.0"}
+        decision = runtime.cached_decision(brk, "default")
+        assert decision is not None and runtime.nominal is not None
+        ad = decision.ad(0)
+        assert ad is not None
+        # The quartiles inside segment 1 (VAST: each on the segment holding it).
+        quartiles = [e for e, at in (("firstQuartile", ad.duration / 4),
+                                     ("midpoint", ad.duration / 2),
+                                     ("thirdQuartile", 3 * ad.duration / 4))
+                     if runtime.nominal <= at < 2 * runtime.nominal]
+        # Session 0 through the fast path, session 1 through the handler (the decision
+        # dropped from this instance: read back from the store), alike.
+        answers = []
+        for n, session in enumerate(sessions[:2]):
+            if n == 1:
+                runtime._decisions.clear()
+            url = f"{session.base}/media/{ads[0]}"
+            head = await _wire(stack, "HEAD", url, ua)
+            assert await fired(session.session_id) == []  # HEAD: the redirect only
+            first = await _wire(stack, "GET", url, ua)
+            location = dict(first[1])["Location"]
+            assert location.startswith("/assets/") and first == redirect(location)
+            assert head == (302, [h for h in first[1] if h[0] != "Content-Length"], b"")
+            assert await _wire(stack, "GET", url, ua) == first  # a repeat: nothing more
+            assert await fired(session.session_id) == ["impression", "start"]
+            hits = stack.beacon_hits(session_id=session.session_id)
+            assert all(h.headers.get("X-Device-User-Agent") == ua["User-Agent"]
+                       for h in hits), hits
+            second = await _wire(stack, "GET", f"{session.base}/media/{ads[1]}", ua)
+            assert second[0] == 302 and second == redirect(dict(second[1])["Location"])
+            assert await fired(session.session_id) == ["impression", "start", *quartiles]
+            answers.append((first, second))
+        assert answers[0] == answers[1]
+        # A session whose first request of the ad is its second segment joined late.
+        late = tracker.late_joins
+        assert (await _wire(stack, "GET", f"{sessions[2].base}/media/{ads[1]}", ua)
+                == answers[0][1])
+        assert tracker.late_joins == late + 1
+        assert await fired(sessions[2].session_id) == []
+
+        signer, channel, other = stack.app[SIGNER], stack.channel, sessions[3]
+        forged = other.token[:-2] + ("AA" if not other.token.endswith("AA") else "BB")
+        expired = signer.encode(Session("k1", "0badc0de", channel, "default", 1_000))
+        elsewhere = signer.encode(Session("k1", "0badc0de", "other", "default", 2_000_000_000))
+        base = other.base
+        cases = [
+            (f"/v1/session/{forged}/{channel}/media/{ads[0]}",
+             _error(403, "session_invalid", "session token signature does not match")),
+            (f"/v1/session/{expired}/{channel}/media/{ads[0]}",
+             _error(410, "session_invalid", "session expired")),
+            (f"/v1/session/{elsewhere}/{channel}/media/{ads[0]}",
+             _error(403, "session_invalid", "session token belongs to another channel")),
+            (f"{base}/media/ad/v0/{brk}/9/0.ts",
+             _error(404, "not_found", "no such ad in this session's break")),
+            (f"{base}/media/ad/v0/{brk}/-1/0.ts",
+             _error(404, "not_found", "no such ad in this session's break")),
+            (f"{base}/media/ad/v0/{brk}/0/999.ts",
+             _error(404, "not_found", "ad segment not available")),
+            (f"{base}/media/ad/v9/{brk}/0/0.ts",
+             _error(404, "not_found", "ad segment not available")),
+            (f"{base}/media/ad/v0/nosuchbreak/0/0.ts",
+             _error(404, "not_found", "no such ad in this session's break")),
+            (f"{base}/media/ad/v0/{brk}/0/x.ts",
+             _error(400, "bad_request", "malformed ad segment path")),
+        ]
+        for url, expected in cases:
+            got = await _wire(stack, "GET", url, ua)
+            assert got == expected, (url, got)
+        assert await fired(other.session_id) == []
+        # Every beacon of this test, and nothing else, reached the ad server.
+        assert len(stack.beacon_hits()) - hits_before == 2 * (2 + len(quartiles))

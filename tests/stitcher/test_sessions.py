@@ -147,3 +147,61 @@ def test_token_base64_decodes_exactly_the_canonical_spellings(text: str) -> None
     except ValueError:
         got = None
     assert got == expected
+
+
+def _reference_fields(payload: bytes) -> list[str] | None:
+    """The payload's fields as the signer read them before (``int.from_bytes`` of
+    each 2-byte length), None where that raised."""
+    fields: list[str] = []
+    i = 0
+    try:
+        while i < len(payload):
+            n = int.from_bytes(payload[i:i + 2], "big")
+            fields.append(payload[i + 2:i + 2 + n].decode())
+            i += 2 + n
+    except UnicodeDecodeError:
+        return None
+    return fields
+
+
+def _acceptable(fields: list[str] | None) -> bool:
+    """Whether those fields make a session the signer must accept (key k1, channel
+    ``ch``, an expiry ``int`` reads, not past at time 0 with the hour's grace)."""
+    if fields is None or len(fields) != 6:
+        return False
+    version, kid, _sid, channel, _cohort, expires = fields
+    try:
+        at = int(expires)
+    except ValueError:
+        return False
+    return version == "v1" and kid == "k1" and channel == "ch" and at + 3600 >= 0
+
+
+_FIELD = st.one_of(st.sampled_from(["v1", "v2", "k1", "ch", "default", "1900000000", "x"]),
+                   st.text(max_size=5))
+
+
+@settings(max_examples=500, deadline=None)
+@given(fields=st.lists(_FIELD, max_size=8), tail=st.binary(max_size=3),
+       lengths=st.lists(st.integers(0, 300), max_size=2))
+def test_a_signed_payload_of_any_shape_reads_as_before_or_is_refused(
+        fields: list[str], tail: bytes, lengths: list[int]) -> None:
+    """Whatever bytes carry a valid signature (short tails, lengths past the end,
+    extra or missing fields, bad UTF-8), verifying gives the session the fields
+    spell or refuses it (SessionInvalid): never another exception, never other
+    fields than the length-prefixed reading."""
+    payload = b"".join(len(f.encode()).to_bytes(2, "big") + f.encode() for f in fields)
+    payload += b"".join(n.to_bytes(2, "big") + b"ab" for n in lengths) + tail
+    signer = SessionSigner({"k1": "secret"})
+    mac = _Hmac(b"secret").digest(payload)[:16]
+    token = ".".join(base64.urlsafe_b64encode(b).rstrip(b"=").decode() for b in (payload, mac))
+    expected = _reference_fields(payload)
+    try:
+        session = signer.decode(token, "ch", 0.0)
+    except SessionInvalid:
+        assert not _acceptable(expected), expected
+        return
+    assert expected is not None and expected[0] == "v1"
+    assert [expected[1], expected[2], expected[3], expected[4], int(expected[5])] == [
+        session.key_id, session.session_id, session.channel, session.cohort,
+        session.expires]
