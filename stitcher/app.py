@@ -15,7 +15,7 @@ Cohort-URL mode (channels with ``cohort_urls``), CDN-cacheable, no session:
   GET  /v1/cohort/{channel}/{cohort}/media/{rid}.m3u8             cohort media playlist
                                                     (ad segments straight at /assets)
   GET  /v1/cohort/{channel}/{cohort}/tracking       the cohort's tracking JSON (players beacon)
-  GET  /assets/...                                  conditioned ad and slate segments
+  GET  /assets/{key}/{rid}/{segment}                conditioned ad and slate segments (only)
 Operations: /healthz, /readyz, /metrics; ad ops: /admin/... and /console
 (``stitcher.admin``).
 
@@ -50,7 +50,7 @@ from stitcher.adservers import AdServerPolicy, AdServers
 from stitcher.beacon_stream import StreamBeaconQueue
 from stitcher.beacons import BeaconQueue, BeaconSink, BeaconTracker, RedisProgress
 from stitcher.channel import COHORT, ChannelRuntime, Rendered
-from stitcher.conditioning import Conditioner
+from stitcher.conditioning import Conditioner, player_file
 from stitcher.config import ChannelConfig, StitcherConfig
 from stitcher.errors import (
     BadRequest,
@@ -663,14 +663,13 @@ async def cohort_tracking(request: web.Request) -> web.Response:
 
 
 async def assets(request: web.Request) -> web.FileResponse:
-    library = request.app[LIBRARY]
-    rel = Path(request.match_info["path"])
-    if rel.is_absolute() or ".." in rel.parts or "\x00" in str(rel):
+    """A conditioned segment or init segment; any other file of the library (its
+    bookkeeping, the mezzanines) is a 404 like a missing one."""
+    found = player_file(request.app[LIBRARY].root, request.match_info["path"])
+    if found is None:
         raise NotFound("no such asset")
-    path = (library.root / rel).resolve()
-    if not path.is_file() or library.root.resolve() not in path.parents:
-        raise NotFound("no such asset")
-    return web.FileResponse(path, headers={"Content-Type": "video/mp2t",
+    path, media_type = found
+    return web.FileResponse(path, headers={"Content-Type": media_type,
                                            "Cache-Control": "public, max-age=86400"})
 
 
