@@ -25,6 +25,7 @@ Every player-facing response carries CORS headers and answers preflight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -52,6 +53,7 @@ from stitcher.beacons import BeaconQueue, BeaconSink, BeaconTracker, RedisProgre
 from stitcher.channel import COHORT, ChannelRuntime, Rendered
 from stitcher.conditioning import Conditioner, player_file
 from stitcher.config import ChannelConfig, StitcherConfig
+from stitcher.drain import InFlight
 from stitcher.errors import (
     BadRequest,
     NotFound,
@@ -85,6 +87,8 @@ TRUSTED = web.AppKey("trusted", tuple)
 RUNTIME_FACTORY = web.AppKey("runtime_factory", object)
 #: Headers every response carries (CORS, and which worker answered with ``workers``).
 COMMON_HEADERS = web.AppKey("common_headers", dict[str, str])
+#: The requests being answered, for a graceful drain (:mod:`stitcher.drain`).
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 #: CORS on every response. The methods and request headers allowed are what a
 #: preflight asks (Fetch standard, "CORS-preflight fetch"): they go on the 204
@@ -121,6 +125,9 @@ def served(app: web.Application, name: str | None, handler: Handler,
     record = app[METRICS].requests.recorder(name or "other")
     common = app[COMMON_HEADERS]
     defaults = tuple(common.items())
+    # Every request is in flight from here to its answer, so a drain waits for it.
+    in_flight = app[IN_FLIGHT]
+    entered, left = in_flight.started, in_flight.ended
 
     async def serve(request: web.Request) -> web.StreamResponse:
         if request.method == "OPTIONS":
@@ -128,39 +135,50 @@ def served(app: web.Application, name: str | None, handler: Handler,
             preflight.update(PREFLIGHT_HEADERS)
             return web.Response(status=204, headers=preflight)
         started = perf_counter()
+        entered(request)
         try:
-            response = None if fast is None else fast(request)
-            if response is None:
-                response = await handler(request)
-        except StitcherError as exc:
-            response = to_response(exc)
-        except web.HTTPException as exc:
-            if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
-                # aiohttp's own 404/405/413...: the same JSON shape as ours.
-                response = to_response(StitcherError(exc.reason, status=exc.status))
-            else:
-                response = exc
-        except RedisError as exc:
-            # The shared store went away under a route that needs it (the admin API,
-            # a session start): the player or tool may retry; not a bug, no traceback.
-            log.warning("%s %s: store unavailable (%s)", request.method, request.path,
-                        type(exc).__name__)
-            response = to_response(StoreUnavailable(
-                f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
-        except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback) and counted
-            _log_unhandled(request)
-            response = to_response(StitcherError("internal error (logged)"))
-        record(response.status, perf_counter() - started)
-        headers = response.headers
-        # (type first: a plain Response skips the ABC instance check)
-        if type(response) is not web.Response and isinstance(response, web.HTTPException):
+            try:
+                response = None if fast is None else fast(request)
+                if response is None:
+                    response = await handler(request)
+            except StitcherError as exc:
+                response = to_response(exc)
+            except web.HTTPException as exc:
+                if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
+                    # aiohttp's own 404/405/413...: the same JSON shape as ours.
+                    response = to_response(StitcherError(exc.reason, status=exc.status))
+                else:
+                    response = exc
+            except RedisError as exc:
+                # The shared store went away under a route that needs it (the admin API,
+                # a session start): the player or tool may retry; not a bug, no traceback.
+                log.warning("%s %s: store unavailable (%s)", request.method, request.path,
+                            type(exc).__name__)
+                response = to_response(StoreUnavailable(
+                    f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
+            except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback) and counted
+                _log_unhandled(request)
+                response = to_response(StitcherError("internal error (logged)"))
+            record(response.status, perf_counter() - started)
+            headers = response.headers
+            # (type first: a plain Response skips the ABC instance check)
+            if type(response) is not web.Response and isinstance(response, web.HTTPException):
+                if ALLOW_ORIGIN not in headers:
+                    headers.update(common)
+                raise response
             if ALLOW_ORIGIN not in headers:
-                headers.update(common)
-            raise response
-        if ALLOW_ORIGIN not in headers:
-            for k, v in defaults:
-                headers.setdefault(k, v)
-        return response
+                for k, v in defaults:
+                    headers.setdefault(k, v)
+            if type(response) is web.FileResponse:
+                # Sent here, so a drain waits for the file to be written, not only for
+                # the handler (a body in memory is in the transport once we return).
+                # A client gone meanwhile is aiohttp's to say, quietly, as before.
+                with contextlib.suppress(ConnectionError):
+                    await response.prepare(request)
+                    await response.write_eof()
+            return response
+        finally:
+            left(request)
 
     return serve
 
@@ -708,6 +726,7 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     app[CONFIG] = config
     app[TRUSTED] = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
     app[METRICS] = Metrics()
+    app[IN_FLIGHT] = InFlight()
     keys = config.session_keys
     if not keys:
         log.warning("no session_keys configured: signing sessions with a random key made now "
