@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -112,6 +113,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FastPath = Callable[[web.Request], web.StreamResponse | None]
 
 
+class SentFile(web.FileResponse):
+    """A file answer :func:`served` sends itself, inside the request's time in flight
+    (so a drain waits for the transfer, :mod:`stitcher.drain`); aiohttp's own
+    prepare after the handler is then a no-op (``FileResponse`` would send again)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 def served(app: web.Application, name: str | None, handler: Handler,
            fast: FastPath | None = None) -> Handler:
     """A route as players and ad ops see it: errors as JSON (``to_response``), the
@@ -169,7 +181,7 @@ def served(app: web.Application, name: str | None, handler: Handler,
             if ALLOW_ORIGIN not in headers:
                 for k, v in defaults:
                     headers.setdefault(k, v)
-            if type(response) is web.FileResponse:
+            if type(response) is SentFile:
                 # Sent here, so a drain waits for the file to be written, not only for
                 # the handler (a body in memory is in the transport once we return).
                 # A client gone meanwhile is aiohttp's to say, quietly, as before.
@@ -687,8 +699,8 @@ async def assets(request: web.Request) -> web.FileResponse:
     if found is None:
         raise NotFound("no such asset")
     path, media_type = found
-    return web.FileResponse(path, headers={"Content-Type": media_type,
-                                           "Cache-Control": "public, max-age=86400"})
+    return SentFile(path, headers={"Content-Type": media_type,
+                                   "Cache-Control": "public, max-age=86400"})
 
 
 async def healthz(request: web.Request) -> web.Response:

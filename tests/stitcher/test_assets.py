@@ -6,11 +6,13 @@ server paths, ``/assets/mezzanines/...`` gave the original creative)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
 from yarl import URL
 
 from fixtures.clock import ManualClock
@@ -53,7 +55,8 @@ async def _condition(library: CreativeLibrary, mezzanine: Path) -> str:
     return key
 
 
-async def test_only_conditioned_segments_are_served(tmp_path: Path) -> None:
+async def test_only_conditioned_segments_are_served(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     mezzanine = _mezzanine(tmp_path / "mezz.mp4")
     async with start_stack(clock=ManualClock(), data_dir=tmp_path / "data") as stack:
         library = stack.app[LIBRARY]
@@ -90,6 +93,10 @@ async def test_only_conditioned_segments_are_served(tmp_path: Path) -> None:
             assert headers["Access-Control-Allow-Origin"] == "*"
         async with stack.http.head(f"{stack.base}/assets/{players[0]}") as resp:
             assert resp.status == 200
+        # Sent once each, the connection kept alive for the next (the route sends the
+        # file itself, so a drain waits for it: aiohttp must not send it again).
+        assert not [r for r in caplog.records if r.name.startswith("aiohttp")
+                    and r.levelno >= logging.WARNING], caplog.text
 
         everything = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                             if p.is_file())

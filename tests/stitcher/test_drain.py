@@ -3,8 +3,9 @@ over raw sockets (found by a newcomer: a break POSTed with its body arriving
 slowly, SIGTERM one second in: no answer, no break, 31 s to exit, status 0).
 
 * A request whose body is still arriving at the signal is read to its end and
-  answered; an idle keep-alive connection is closed at once; new connections
-  are refused; the process exits as soon as the request is answered, status 0.
+  answered, a segment still on its way to a slow reader arrives whole, an idle
+  keep-alive connection is closed at once, new connections are refused, and the
+  process exits as soon as the last is done, status 0.
 * A request still in flight at ``shutdown_timeout`` is cut off at the timeout:
   a WARNING says how many, and the exit status is 1.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +49,7 @@ async def _origin() -> AsyncIterator[str]:
 
 async def _serve(tmp: Path, origin_url: str, shutdown_timeout: float) -> ChildProcess:
     tmp.mkdir()
+    _publish_segment(tmp / "var")
     config = tmp / "channels.yaml"
     config.write_text(yaml.safe_dump({
         "admin_token": TOKEN, "data_dir": str(tmp / "var"), "shutdown_timeout": shutdown_timeout,
@@ -88,7 +91,44 @@ async def _refused(port: int) -> bool:
     return False
 
 
+#: A conditioned segment laid out by hand (``stitcher.conditioning``'s layout: its
+#: rendition folder has a ``done.json``), big enough to still be on its way at the
+#: signal to a client reading slowly.
+SEGMENT = "cdrain0000000000000000/v0/seg_00000.ts"
+SEGMENT_BYTES = 24 << 20
+
+
+def _publish_segment(data_dir: Path) -> None:
+    folder = data_dir / "assets" / SEGMENT.rsplit("/", 1)[0]
+    folder.mkdir(parents=True)
+    (folder / "done.json").write_text("{}")
+    (folder / "seg_00000.ts").write_bytes(b"\x47" * SEGMENT_BYTES)
+
+
+async def _slow_download(port: int, until: float) -> int:
+    """GET the segment and read it slowly, spread to about ``until`` (monotonic);
+    returns the body's length as received."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=64 << 10)
+    writer.write(f"GET /assets/{SEGMENT} HTTP/1.1\r\nHost: stitcher\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    got = 0
+    chunks = SEGMENT_BYTES // (256 << 10)
+    for _ in range(chunks):
+        got += len(await reader.read(256 << 10))
+        await asyncio.sleep(max(0.0, until - time.monotonic()) / chunks)
+    while chunk := await reader.read(1 << 20):
+        got += len(chunk)
+    writer.close()
+    return got
+
+
 async def _slow_body_answered(child: ChildProcess) -> None:
+    download = asyncio.ensure_future(_slow_download(child.port, time.monotonic() + SLOW + 0.5))
     # An idle keep-alive connection, as a player leaves between reloads.
     idle_r, idle_w = await asyncio.open_connection("127.0.0.1", child.port)
     idle_w.write(b"GET /healthz HTTP/1.1\r\nHost: stitcher\r\n\r\n")
@@ -115,8 +155,10 @@ async def _slow_body_answered(child: ChildProcess) -> None:
             assert i < len(pieces) - 2, "the body ended before the drain was observed"
     assert signalled is not None
     answer = await asyncio.wait_for(reader.read(), 10.0)
-    body_done = time.monotonic()
     assert answer.startswith(b"HTTP/1.1 201 "), (answer, child.log_text())
+    # The file on its way at the signal arrives whole.
+    assert await asyncio.wait_for(download, 10.0) == SEGMENT_BYTES
+    body_done = time.monotonic()
     created = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert created["duration"] == 30, created
     code = await asyncio.wait_for(child.proc.wait(), 10.0)
