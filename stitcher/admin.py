@@ -204,8 +204,17 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _expected_revision(request: web.Request) -> int | None:
+    """The revision ``If-Match`` says a write was made against; None: any.
+
+    ``*`` matches any current representation (RFC 9110 13.1.1), so it is true for
+    every channel these routes reach: a channel that is not served (never was, or
+    deleted) is a 404 before this is read, which is what 13.2.1 asks (preconditions
+    are ignored when the request without them would not be a 2xx or 412). No
+    channel route creates (POST /admin/channels does, on the collection, which
+    always exists), so there is no create for ``*`` to refuse with a 412 (found by
+    a newcomer: ``If-Match: *`` was a 400)."""
     value = request.headers.get("If-Match")
-    if value is None:
+    if value is None or value.strip() == "*":
         return None
     try:
         return int(value.strip().strip('"').removeprefix("W/").strip('"'))

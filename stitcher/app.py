@@ -15,7 +15,7 @@ Cohort-URL mode (channels with ``cohort_urls``), CDN-cacheable, no session:
   GET  /v1/cohort/{channel}/{cohort}/media/{rid}.m3u8             cohort media playlist
                                                     (ad segments straight at /assets)
   GET  /v1/cohort/{channel}/{cohort}/tracking       the cohort's tracking JSON (players beacon)
-  GET  /assets/...                                  conditioned ad and slate segments
+  GET  /assets/{key}/{rid}/{segment}                conditioned ad and slate segments (only)
 Operations: /healthz, /readyz, /metrics; ad ops: /admin/... and /console
 (``stitcher.admin``).
 
@@ -25,6 +25,7 @@ Every player-facing response carries CORS headers and answers preflight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -40,6 +41,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -50,8 +52,9 @@ from stitcher.adservers import AdServerPolicy, AdServers
 from stitcher.beacon_stream import StreamBeaconQueue
 from stitcher.beacons import BeaconQueue, BeaconSink, BeaconTracker, RedisProgress
 from stitcher.channel import COHORT, ChannelRuntime, Rendered
-from stitcher.conditioning import Conditioner
+from stitcher.conditioning import Conditioner, player_file
 from stitcher.config import ChannelConfig, StitcherConfig
+from stitcher.drain import InFlight
 from stitcher.errors import (
     BadRequest,
     NotFound,
@@ -85,6 +88,8 @@ TRUSTED = web.AppKey("trusted", tuple)
 RUNTIME_FACTORY = web.AppKey("runtime_factory", object)
 #: Headers every response carries (CORS, and which worker answered with ``workers``).
 COMMON_HEADERS = web.AppKey("common_headers", dict[str, str])
+#: The requests being answered, for a graceful drain (:mod:`stitcher.drain`).
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 #: CORS on every response. The methods and request headers allowed are what a
 #: preflight asks (Fetch standard, "CORS-preflight fetch"): they go on the 204
@@ -108,6 +113,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FastPath = Callable[[web.Request], web.StreamResponse | None]
 
 
+class SentFile(web.FileResponse):
+    """A file answer :func:`served` sends itself, inside the request's time in flight
+    (so a drain waits for the transfer, :mod:`stitcher.drain`); aiohttp's own
+    prepare after the handler is then a no-op (``FileResponse`` would send again)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 def served(app: web.Application, name: str | None, handler: Handler,
            fast: FastPath | None = None, *, context: bool = False) -> Handler:
     """A route as players and ad ops see it: errors as JSON (``to_response``), the
@@ -124,6 +140,9 @@ def served(app: web.Application, name: str | None, handler: Handler,
     record = app[METRICS].requests.recorder(name or "other")
     common = app[COMMON_HEADERS]
     defaults = tuple(common.items())
+    # Every request is in flight from here to its answer, so a drain waits for it.
+    in_flight = app[IN_FLIGHT]
+    entered, left = in_flight.started, in_flight.ended
 
     async def serve(request: web.Request) -> web.StreamResponse:
         token = CONTEXT.set(RouteContext(request.match_info)) if context else None
@@ -133,40 +152,52 @@ def served(app: web.Application, name: str | None, handler: Handler,
                 preflight.update(PREFLIGHT_HEADERS)
                 return web.Response(status=204, headers=preflight)
             started = perf_counter()
+            entered(request)
             try:
-                response = None if fast is None else fast(request)
-                if response is None:
-                    response = await handler(request)
-            except StitcherError as exc:
-                response = to_response(exc)
-            except web.HTTPException as exc:
-                if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
-                    # aiohttp's own 404/405/413...: the same JSON shape as ours.
-                    response = to_response(StitcherError(exc.reason, status=exc.status))
-                else:
-                    response = exc
-            except RedisError as exc:
-                # The shared store went away under a route that needs it (the admin
-                # API, a session start): the player or tool may retry; not a bug, no
-                # traceback.
-                log.warning("%s %s: store unavailable (%s)", request.method, request.path,
-                            type(exc).__name__)
-                response = to_response(StoreUnavailable(
-                    f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
-            except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback), counted
-                _log_unhandled(request)
-                response = to_response(StitcherError("internal error (logged)"))
-            record(response.status, perf_counter() - started)
-            headers = response.headers
-            # (type first: a plain Response skips the ABC instance check)
-            if type(response) is not web.Response and isinstance(response, web.HTTPException):
+                try:
+                    response = None if fast is None else fast(request)
+                    if response is None:
+                        response = await handler(request)
+                except StitcherError as exc:
+                    response = to_response(exc)
+                except web.HTTPException as exc:
+                    if exc.status >= 400 and not isinstance(exc, web.HTTPFound):
+                        # aiohttp's own 404/405/413...: the same JSON shape as ours.
+                        response = to_response(StitcherError(exc.reason, status=exc.status))
+                    else:
+                        response = exc
+                except RedisError as exc:
+                    # The shared store went away under a route that needs it (the admin
+                    # API, a session start): the player or tool may retry; not a bug, no
+                    # traceback.
+                    log.warning("%s %s: store unavailable (%s)", request.method,
+                                request.path, type(exc).__name__)
+                    response = to_response(StoreUnavailable(
+                        f"store unavailable ({type(exc).__name__}), retry", retry_after=1))
+                except Exception:  # noqa: BLE001 - a bug: answered, logged (traceback), counted
+                    _log_unhandled(request)
+                    response = to_response(StitcherError("internal error (logged)"))
+                record(response.status, perf_counter() - started)
+                headers = response.headers
+                # (type first: a plain Response skips the ABC instance check)
+                if (type(response) is not web.Response
+                        and isinstance(response, web.HTTPException)):
+                    if ALLOW_ORIGIN not in headers:
+                        headers.update(common)
+                    raise response
                 if ALLOW_ORIGIN not in headers:
-                    headers.update(common)
-                raise response
-            if ALLOW_ORIGIN not in headers:
-                for k, v in defaults:
-                    headers.setdefault(k, v)
-            return response
+                    for k, v in defaults:
+                        headers.setdefault(k, v)
+                if type(response) is SentFile:
+                    # Sent here, so a drain waits for the file to be written, not only
+                    # for the handler (a body in memory is in the transport once we
+                    # return). A client gone meanwhile is aiohttp's to say, quietly.
+                    with contextlib.suppress(ConnectionError):
+                        await response.prepare(request)
+                        await response.write_eof()
+                return response
+            finally:
+                left(request)
         finally:
             if token is not None:
                 CONTEXT.reset(token)
@@ -714,15 +745,14 @@ async def cohort_tracking(request: web.Request) -> web.Response:
 
 
 async def assets(request: web.Request) -> web.FileResponse:
-    library = request.app[LIBRARY]
-    rel = Path(request.match_info["path"])
-    if rel.is_absolute() or ".." in rel.parts or "\x00" in str(rel):
+    """A conditioned segment or init segment; any other file of the library (its
+    bookkeeping, the mezzanines) is a 404 like a missing one."""
+    found = player_file(request.app[LIBRARY].root, request.match_info["path"])
+    if found is None:
         raise NotFound("no such asset")
-    path = (library.root / rel).resolve()
-    if not path.is_file() or library.root.resolve() not in path.parents:
-        raise NotFound("no such asset")
-    return web.FileResponse(path, headers={"Content-Type": "video/mp2t",
-                                           "Cache-Control": "public, max-age=86400"})
+    path, media_type = found
+    return SentFile(path, headers={"Content-Type": media_type,
+                                   "Cache-Control": "public, max-age=86400"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -760,6 +790,7 @@ def create_app(config: StitcherConfig, *, store: Store | None = None,
     app[CONFIG] = config
     app[TRUSTED] = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
     app[METRICS] = Metrics()
+    app[IN_FLIGHT] = InFlight()
     keys = config.session_keys
     if not keys:
         log.warning("no session_keys configured: signing sessions with a random key made now "

@@ -98,21 +98,33 @@ def _load_serve_config(args: argparse.Namespace) -> StitcherConfig:
     return config.model_copy(update=update) if update else config
 
 
+async def _drain(runner: web.AppRunner, timeout: float) -> int:
+    """Stop accepting, let in-flight requests finish (:mod:`stitcher.drain`): the
+    number that had to be cut off at ``timeout``."""
+    from stitcher.app import IN_FLIGHT
+    from stitcher.drain import drain
+
+    return await drain(runner, runner.app[IN_FLIGHT], timeout)
+
+
 async def serve_main(config: StitcherConfig) -> int:
     """One process: serve until SIGTERM / SIGINT, then drain (stop accepting, let
-    in-flight requests finish within ``shutdown_timeout``) and return 0."""
+    in-flight requests finish within ``shutdown_timeout``, go on once the last has)
+    and return 0, or 1 when a request had to be cut off."""
     from stitcher.app import CHANNELS
 
     runner = await _serve(config)
     # The channels it serves: the file's and those ad ops created through the API.
     log.info("stitcher listening on http://%s:%s (%d channels)", config.host, config.port,
              len(runner.app[CHANNELS]))
+    cut = 0
     try:
         await _until_interrupted()
     finally:
         log.info("draining (up to %s s for in-flight requests)", config.shutdown_timeout)
-        await runner.cleanup()
-    return 0
+        cut = await _drain(runner, config.shutdown_timeout)
+    log.info("stopped")
+    return 1 if cut else 0
 
 
 async def beacons_main(config: StitcherConfig) -> int:
@@ -219,14 +231,15 @@ async def _worker_main(config: StitcherConfig) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     runner = await _serve(config, reuse_port=True)
     log.info("worker %d serving on http://%s:%s", os.getpid(), config.host, config.port)
+    cut = 0
     try:
         await stop.wait()
     finally:
         log.info("worker %d draining (up to %s s for in-flight requests)", os.getpid(),
                  config.shutdown_timeout)
-        await runner.cleanup()
+        cut = await _drain(runner, config.shutdown_timeout)
     log.info("worker %d stopped", os.getpid())
-    return 0
+    return 1 if cut else 0
 
 
 def serve_workers(config: StitcherConfig, verbose: bool = False) -> int:

@@ -509,6 +509,37 @@ def _load_marker(rdir: Path, spec: RenditionSpec) -> ConditionedRendition | None
     return ConditionedRendition(spec, segs, Fraction(marker["duration"]), init)
 
 
+#: The files of a published rendition folder a player fetches: its media segments and
+#: the fMP4 init segment, by extension. Everything else under the library is
+#: bookkeeping that names server paths and ad-server URLs (``done.json``, the
+#: library's ``keys.json``, the downloaded mezzanines, temporary folders and files).
+_PLAYER_FILE = re.compile(r"^(?:seg_\d{5}\.(ts|m4s)|init\.(mp4))$")
+MEDIA_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment", "mp4": "video/mp4"}
+
+
+def player_file(root: Path, rel: str) -> tuple[Path, str] | None:
+    """The file and media type of ``<key>/<rendition>/<segment or init>`` under ``root``
+    when it belongs to a published rendition (its ``done.json`` written); None for
+    any other path, so the static route serves what players need and nothing else
+    (found by a newcomer: ``/assets/keys.json`` listed every creative's URL)."""
+    parts = rel.split("/")
+    if len(parts) != 3:
+        return None
+    key, rendition, name = parts
+    match = _PLAYER_FILE.match(name)
+    if match is None or not all(_SAFE_NAME.match(p) and ".." not in p
+                                for p in (key, rendition)):
+        return None
+    folder = root / key / rendition
+    if not (folder / MARKER).is_file():
+        return None
+    path = (folder / name).resolve()
+    # A symlink out of the library is refused like any other path outside it.
+    if not path.is_file() or root.resolve() not in path.parents:
+        return None
+    return path, MEDIA_TYPES[match.group(1) or match.group(2)]
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` as JSON, never half-written: through a temporary
     file of its own, so instances sharing the folder never collide on one."""

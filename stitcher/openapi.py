@@ -67,8 +67,9 @@ def _body(model: str) -> dict[str, Any]:
 CHANNEL = {"name": "channel", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}}
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
-            "description": "the revision (ETag of GET) this change is based on",
-            "schema": {"type": "string", "pattern": r'^"?[0-9]{1,9}"?$'}}
+            "description": "the revision (ETag of GET) this change is based on, or * "
+                           "(any current revision: the channel exists)",
+            "schema": {"type": "string", "pattern": r'^("?[0-9]{1,9}"?|\*)$'}}
 AUTH_ERRORS = {"401": _error("no bearer token"), "403": _error("token not accepted")}
 
 

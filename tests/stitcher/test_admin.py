@@ -257,6 +257,41 @@ async def test_channel_crud_applies_at_once_and_is_audited(tmp_path: Path) -> No
         assert [e["channel"] for e in data["entries"]] == ["live1"]
 
 
+async def test_if_match_star_matches_any_current_channel(aiohttp_client: Any,
+                                                         tmp_path: Path) -> None:
+    """RFC 9110 13.1.1: ``If-Match: *`` is true when the channel has a current
+    representation (found by a newcomer: a 400). Where it has none (never created,
+    or deleted) the route's 404 stands (13.2.1), and nothing is created."""
+    client = await _client(aiohttp_client, tmp_path)
+    star = {**AUTH, "If-Match": "*"}
+    resp = await client.post("/admin/channels", json=VALID, headers=AUTH)
+    assert resp.status == 201
+    resp = await client.patch("/admin/channels/news", json={"max_break": 90}, headers=star)
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    assert data["revision"] == 2 and data["config"]["max_break"] == 90
+    resp = await client.put("/admin/channels/news", json=VALID, headers=star)
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    assert data["revision"] == 3 and data["config"]["max_break"] == 120
+    resp = await client.put("/admin/channels/news", json=VALID,
+                            headers={**AUTH, "If-Match": '"2"'})
+    assert resp.status == 412  # a revision still has to be the current one
+    resp = await client.delete("/admin/channels/news", headers=star)
+    assert resp.status == 204
+    for channel in ("news", "never"):
+        for method in ("PUT", "PATCH", "DELETE"):
+            resp = await client.request(method, f"/admin/channels/{channel}",
+                                        json={**VALID, "id": channel}, headers=star)
+            assert resp.status == 404, (method, channel, await resp.text())
+            assert (await resp.json())["error"] == "not_found"
+    resp = await client.get("/admin/channels", headers=AUTH)
+    assert [c["id"] for c in (await resp.json())["channels"]] == []
+    resp = await client.get("/admin/audit", headers=AUTH)
+    assert [e["action"] for e in (await resp.json())["entries"]] == [
+        "channel.delete", "channel.replace", "channel.update", "channel.create"]
+
+
 async def test_changes_survive_a_restart_in_embedded_mode(tmp_path: Path) -> None:
     config = {"admin_token": TOKEN}
     async with start_stack(data_dir=tmp_path / "s", stitcher_config=config) as stack:
