@@ -81,9 +81,13 @@ class PublicOnlyConnector(aiohttp.TCPConnector):
 def client_session(*, allow_private: bool = False, private_hosts: Iterable[str] = (),
                    **kwargs: Any) -> aiohttp.ClientSession:
     """A session for untrusted URLs: public destinations only, plus ``private_hosts``
-    (or, with ``allow_private``, every destination)."""
+    (or, with ``allow_private``, every destination). It keeps no cookies: one
+    session asks and beacons for every viewer and cohort, so a cookie an ad server
+    or tracker set on one request would go out on everybody's later ones (found
+    while measuring beacon delivery)."""
     connector = (aiohttp.TCPConnector(limit_per_host=32) if allow_private else
                  PublicOnlyConnector(private_hosts=private_hosts, limit_per_host=32))
+    kwargs.setdefault("cookie_jar", aiohttp.DummyCookieJar())
     return aiohttp.ClientSession(connector=connector, **kwargs)
 
 

@@ -105,6 +105,30 @@ async def test_named_private_hosts_are_the_only_private_ones_reached(loopback_po
             await fetch_bounded(by_name, f"http://127.0.0.1:{loopback_port}/", timeout=5)
 
 
+async def test_the_untrusted_session_sends_no_cookie_anyone_set() -> None:
+    """One session asks the ad servers and sends the beacons of every viewer and
+    cohort: a cookie a tracker sets on one viewer's beacon must not go out on the
+    next viewer's (it did: aiohttp's default jar kept it)."""
+    seen: list[str | None] = []
+
+    async def tracker(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.Response(status=204)
+        response.set_cookie("uid", f"viewer-{len(seen)}")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/beacon", tracker)
+    async with serve(app) as server:
+        # By name: aiohttp's default jar would not keep a cookie of an IP address.
+        url = server.replace("127.0.0.1", "localhost") + "/beacon"
+        async with client_session(allow_private=True) as http:
+            for _ in range(3):
+                async with http.get(url) as resp:
+                    assert resp.status == 204 and "uid" in resp.cookies
+    assert seen == [None, None, None]
+
+
 @pytest.mark.parametrize("entry, parsed", [
     ("127.0.0.1:8081", ("127.0.0.1", 8081)), ("ads.internal", ("ads.internal", None)),
     ("[::1]:9000", ("::1", 9000)), ("Ads.Example:80", ("ads.example", 80)),
