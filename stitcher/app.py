@@ -273,20 +273,22 @@ class ResponseHeaders:
         self._redirects: dict[str, CIMultiDict[str]] = {}
 
     def playlist(self, rendered: Rendered, public: bool, variant: str) -> CIMultiDict[str]:
-        """``variant``: ``identity``, ``gzip`` or ``304`` (no body, no content type)."""
-        length = (0 if variant == "304" else len(rendered.gzipped) if variant == "gzip"
-                  else len(rendered.body))
+        """``variant``: ``identity``, ``gzip``, or ``304`` / ``304-gzip`` (no body, no
+        content type; the ETag of the representation the client would get)."""
+        length = (0 if variant.startswith("304") else len(rendered.gzipped)
+                  if variant == "gzip" else len(rendered.body))
         key = (rendered.etag, rendered.target_duration, public, rendered.stale,
                rendered.stale_reason, variant, length)
         found = self._playlists.get(key)
         if found is None:
             scope = "public" if public else "private"
+            etag = gzip_etag(rendered.etag) if variant.endswith("gzip") else rendered.etag
             found = CIMultiDict({
-                **self._common, "ETag": rendered.etag, "Vary": "Accept-Encoding",
+                **self._common, "ETag": etag, "Vary": "Accept-Encoding",
                 "Cache-Control": f"{scope}, max-age={max(1, rendered.target_duration // 2)}"})
             if rendered.stale:
                 found["X-Stitcher-Stale"] = f"origin: {rendered.stale_reason or 'unavailable'}"
-            if variant != "304":
+            if not variant.startswith("304"):
                 found["Content-Type"] = MPEGURL
             if variant == "gzip":
                 found["Content-Encoding"] = "gzip"
@@ -408,12 +410,23 @@ def _playlist_response(request: web.Request, rendered: Rendered, *,
     asked = request.headers
     # (aiohttp's names are ``istr``s: looked up without folding the name per request)
     match = asked.get(hdrs.IF_NONE_MATCH)
-    if match is not None and (rendered.etag in match or match.strip() == "*"):
-        return web.Response(status=304, headers=headers.playlist(rendered, public, "304"))
-    if _accepts_gzip(asked.get(hdrs.ACCEPT_ENCODING, "")):
+    gzipped = _accepts_gzip(asked.get(hdrs.ACCEPT_ENCODING, ""))
+    if match is not None and (rendered.etag in match or gzip_etag(rendered.etag) in match
+                              or match.strip() == "*"):
+        return web.Response(status=304, headers=headers.playlist(
+            rendered, public, "304-gzip" if gzipped else "304"))
+    if gzipped:
         return web.Response(body=rendered.gzipped,
                             headers=headers.playlist(rendered, public, "gzip"))
     return web.Response(body=rendered.body, headers=headers.playlist(rendered, public, "identity"))
+
+
+def gzip_etag(etag: str) -> str:
+    """The gzipped body's entity tag: a strong tag names one representation's bytes
+    (RFC 9110 8.8.3), so the two encodings of a render must not share one (a cache
+    holding both would otherwise treat them as interchangeable). Either tag in
+    If-None-Match is a 304: both stand for the same render."""
+    return etag[:-1] + '-gz"' if etag.endswith('"') else etag + "-gz"
 
 
 #: Accept-Encoding values players send, parsed once (a few distinct values per
