@@ -554,11 +554,10 @@ class ChannelRuntime:
         self._renders[key] = rendered
         while len(self._renders) > 256:
             self._renders.popitem(last=False)
-        if not rendered.stale:
-            # Whichever instance made it: the fallback if the store goes away (found
-            # by a newcomer: an instance serving another's renders had none, so a
-            # Redis crash was a 500 there).
-            self._last_good[(rid, cohort, mode)] = rendered
+        # Whichever instance made it (here or taken from the shared cache): the
+        # fallback if the store goes away (found by a newcomer: an instance serving
+        # another's renders had none, so a Redis crash was a 500 there).
+        self._last_good[(rid, cohort, mode)] = rendered
         return rendered
 
     @property
@@ -707,7 +706,6 @@ class ChannelRuntime:
         rendered = Rendered(body, gzip.compress(body, 6, mtime=0), _etag(body),
                             playlist.target_duration or 2, fetched.stale, fetched.error, result)
         self.metrics.render_seconds.observe(time.perf_counter() - started)
-        self._last_good[(rendition.id, cohort, mode)] = rendered
         return rendered
 
     async def _grid_seed(self, cohort: str, main: MediaPlaylist, first: Segment) -> int:
