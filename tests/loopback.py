@@ -1,7 +1,8 @@
-"""A test's own HTTP server on a free loopback port."""
+"""A test's own HTTP server on a free loopback port, and whether a port is closed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,3 +19,14 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def refused(port: int) -> bool:
+    """Whether nothing accepts connections on 127.0.0.1:``port`` (a server stopped
+    listening)."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False

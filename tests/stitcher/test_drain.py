@@ -27,6 +27,7 @@ import yaml
 from fixtures.clock import SystemClock
 from fixtures.origin import OriginConfig, run_origin, synthetic_renditions
 from tests.harness import ChildProcess, default_start_epoch, spawn, stop_children
+from tests.loopback import refused
 
 TOKEN = "drain-test-token-0123456789"
 BODY = json.dumps({"duration": 30, "after": 60}).encode()
@@ -80,15 +81,6 @@ async def _post_head(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWri
                  f"Content-Length: {len(BODY)}\r\n\r\n".encode())
     await writer.drain()
     return reader, writer
-
-
-async def _refused(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return True
-    writer.close()
-    return False
 
 
 #: A conditioned segment laid out by hand (``stitcher.conditioning``'s layout: its
@@ -151,7 +143,7 @@ async def _slow_body_answered(child: ChildProcess) -> None:
             signalled = time.monotonic()
             # The idle connection is closed at once, and nothing new is accepted.
             assert await asyncio.wait_for(idle_r.read(), 2.0) == b""
-            assert await _refused(child.port)
+            assert await refused(child.port)
             assert i < len(pieces) - 2, "the body ended before the drain was observed"
     assert signalled is not None
     answer = await asyncio.wait_for(reader.read(), 10.0)

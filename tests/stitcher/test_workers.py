@@ -32,6 +32,7 @@ from fixtures.adserver import create_app as create_adserver
 from fixtures.clock import SystemClock
 from fixtures.origin import ORIGIN_STATE, FaultRule, OriginConfig, run_origin, synthetic_renditions
 from tests.harness import default_start_epoch, free_port
+from tests.loopback import refused
 
 pytestmark = pytest.mark.redis
 
@@ -69,15 +70,6 @@ async def _wait_for(predicate, timeout: float, what: str) -> None:  # type: igno
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-async def _refused(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return True
-    writer.close()
-    return False
 
 
 async def test_workers_share_the_port_and_drain_on_sigterm(redis_url: str,
@@ -169,7 +161,7 @@ async def _run(proc: asyncio.subprocess.Process, port: int, origin, log_path: Pa
 
         # Draining stops accepting at once, while the slow request is still running.
         deadline = time.monotonic() + 2.0
-        while not await _refused(port):
+        while not await refused(port):
             assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
             await asyncio.sleep(0.05)
         assert not in_flight.done(), "the slow request ended before the drain was observed"
