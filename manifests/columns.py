@@ -274,12 +274,16 @@ class SegmentTable(Sequence["Segment"]):
         """The URI lines of plain rows [lo, hi)."""
         return self._store.uris[self._start + lo:self._start + hi]  # type: ignore[return-value]
 
-    def plain_text(self, lo: int, hi: int, newline: str) -> list[str]:
-        """Plain rows [lo, hi) each as its lines joined, in C."""
+    def plain_text(self, lo: int, hi: int, newline: str, prefix: str = "") -> list[str]:
+        """Plain rows [lo, hi) each as its lines joined, in C, with ``prefix``
+        before each URI (a relative URI's base directory)."""
         a, b = self._start + lo, self._start + hi
         s = self._store
+        uris = s.uris[a:b]
+        if prefix:
+            uris = list(map(prefix.__add__, uris))  # type: ignore[arg-type]
         return list(map(newline.join, zip(s.pdt_lines[a:b], s.extinfs[a:b],  # type: ignore[arg-type]
-                                          s.uris[a:b])))
+                                          uris)))
 
     def extended(self, segments: Sequence[Segment]) -> SegmentTable:
         """This window followed by ``segments`` (built). Appends in place when no

@@ -690,9 +690,17 @@ class _Renderer:
         discontinuity in it: the caller need not look)."""
         n = len(run)
         if isinstance(run, SegmentTable) and run.plain(0, n):
-            # The table's plain rows: three lines each, no segment built for them.
-            if not self.base or _all_absolute(run.uris(0, n), stripped=True):
-                return run.plain_text(0, n, self.newline), True
+            # The table's plain rows: three lines each, no segment built for them,
+            # unless the URI builder routes content (each asked: :meth:`plain`).
+            if self.routed is None:
+                if not self.base:
+                    return run.plain_text(0, n, self.newline), True
+                uris = run.uris(0, n)
+                if _all_absolute(uris, stripped=True):
+                    return run.plain_text(0, n, self.newline), True
+                prefix = _relative_prefix(self.base, uris)
+                if prefix is not None:
+                    return run.plain_text(0, n, self.newline, prefix), True
             return [self.plain(seg) for seg in run], True
         raws = list(map(_raw, run))
         if self.routed is not None or any(map(_special, run)) or any(map(_discontinuity, run)) or (
@@ -1017,6 +1025,23 @@ def _all_absolute(uris: list[str], stripped: bool = False) -> bool:
 #: A '/.' anywhere (dot segments urljoin would normalise). The regex engine's
 #: literal search scans a run's URIs twice as fast as ``in`` for this needle.
 _DOT_SEGMENT = re.compile(r"/\.")
+
+
+def _relative_prefix(base: str, uris: list[str]) -> str | None:
+    """The prefix :func:`_join` puts before each of ``uris`` when every one takes its
+    plain-concatenation path (a relative name: no scheme, no leading '.', '/', '?'
+    or '#'), so a run of an origin's relative URIs is made absolute
+    in C; None means "ask each one". The URIs are the parse's column rows: stripped."""
+    prefix = _base_dir(base)
+    if prefix is None or not uris or _NOT_PLAIN_RELATIVE.search("\n".join(uris)) is not None:
+        return None
+    return prefix
+
+
+#: A line that :func:`_join` would not join by concatenation: one starting with
+#: '.', '/', '?' or '#', or with a ':' before its first '/' (a scheme, or what
+#: urljoin could take for one).
+_NOT_PLAIN_RELATIVE = re.compile(r"^(?:[./?#]|[^/\n]*:)", re.MULTILINE)
 
 
 def _join(base: str, uri: str) -> str:

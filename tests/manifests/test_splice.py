@@ -275,12 +275,21 @@ def test_plain_runs_render_as_each_segment_would(uri: str, base: str | None) -> 
     "https://cdn.example.com/a/./seg.ts", "seg.ts?token=1", "//cdn/seg.ts",
     "HTTPS://cdn.example.com/seg.ts", "https://cdn.example.com/se g.ts",
     "https://cdn.example.com/se\tg.ts", "https://cdn.example.com/se\x00g.ts",
+    "sub/dir/seg.ts", "dir/./seg.ts", "seg:1.ts", "dir/seg:1.ts", ".seg.ts", "?seg.ts",
+    "seg.ts#t=1", "mailto:seg", "se g.ts",
 ])
-@pytest.mark.parametrize("base", [None, "https://origin.example.com/live/720p.m3u8"])
-def test_plain_runs_from_the_columns_render_as_each_segment_would(uri: str,
-                                                                  base: str | None) -> None:
+@pytest.mark.parametrize("base", [None, "https://origin.example.com/live/720p.m3u8",
+                                  "https://origin.example.com/live/720p.m3u8?token=a/b",
+                                  "https://origin.example.com/"])
+@pytest.mark.parametrize("routed", [False, True])
+def test_plain_runs_from_the_columns_render_as_each_segment_would(
+        uri: str, base: str | None, routed: bool) -> None:
     """A run of the parse's plain rows (``playlist.rows``) is rendered from the
-    columns, no segment built: the same text as rendering each segment."""
+    columns, no segment built (relative URIs joined to the base in one go): the
+    same text as rendering each segment. A URI builder that routes content
+    (``subtitle_maps: repair``) is asked for every one: the columns' text would
+    send subtitle segments to the origin, skipping the map repair (found when the
+    relative runs joined the fast path: absolute origin URIs had lost it)."""
     from manifests.splice import _Renderer
 
     lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2"]
@@ -298,9 +307,15 @@ def test_plain_runs_from_the_columns_render_as_each_segment_would(uri: str,
         def slate_segment(self, *args: object) -> str:
             return "slate.ts"
 
-    renderer = _Renderer(SpliceOptions(base_url=base), Uris())
+    class RoutingUris(Uris):
+        def content_segment(self, segment: Segment) -> str | None:
+            return None if segment.msn % 2 else f"cv/{segment.msn}.vtt"
+
+    renderer = _Renderer(SpliceOptions(base_url=base), RoutingUris() if routed else Uris())
     expected = [renderer.content(seg, None, None) for seg in playlist.segments[1:]]
     assert renderer.plain_run(playlist.rows[1:]) == expected
+    if routed:
+        assert sum("\ncv/" in text for text in expected) == 2  # msn 2 and 4
 
 
 @pytest.mark.parametrize("disorder", ["none", "swapped", "undated", "undated-first"])
