@@ -165,6 +165,8 @@ class Result:
     #: CPU seconds the server process used meanwhile (None: not measured).
     cpu_s: float | None = None
     slices: int = 1
+    #: Of ``cpu_s``, the seconds spent in the kernel (sockets, mostly).
+    sys_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -172,6 +174,7 @@ class Result:
 
     def line(self) -> str:
         cpu = (f"   CPU {1e6 * self.cpu_s / self.requests:5.0f} us/req"
+               f" ({1e6 * self.sys_s / self.requests:.0f} in the kernel)"
                if self.cpu_s is not None and self.requests else "")
         return (f"{self.name:<44} {self.rps:>10,.0f} req/s   p50 {self.p50_ms:6.2f} ms   "
                 f"p99 {self.p99_ms:6.2f} ms{cpu}{'   ' + self.errors if self.errors else ''}")
@@ -185,7 +188,8 @@ class Result:
                else self.cpu_s + other.cpu_s)
         errors = " ".join(e for e in (self.errors, other.errors) if e)
         return Result(self.name, n, self.seconds + other.seconds, p50,
-                      max(self.p99_ms, other.p99_ms), errors, cpu, self.slices + other.slices)
+                      max(self.p99_ms, other.p99_ms), errors, cpu, self.slices + other.slices,
+                      self.sys_s + other.sys_s)
 
 
 def _free_port() -> int:
@@ -227,10 +231,11 @@ def _loop_name() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` and its threads so far."""
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` and its threads so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _rss_mb(pid: int) -> float:
@@ -313,9 +318,10 @@ class Bench:
                 "--nonblocking", "-d", str(max(1, round(seconds) - 1)), "-r", "250",
                 "-f", "raw", "-o", str(out), stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
-        cpu = _cpu_s(pid)
+        user, kernel = _cpu_s(pid)
         result = await self._wrk(name, cmd)
-        result.cpu_s = _cpu_s(pid) - cpu
+        user2, kernel2 = _cpu_s(pid)
+        result.cpu_s, result.sys_s = user2 - user + kernel2 - kernel, kernel2 - kernel
         if spy is not None:
             await spy.wait()
             print(f"profile of {name}: {out}", flush=True)
