@@ -36,7 +36,7 @@ from manifests.checker import Rule, Snapshot, check
 from manifests.layout import CommonGrid, NoCommonSpan, common_grid, grid_timing, pod_window
 from manifests.ledger import Ledger, SlotEntry
 from manifests.markers import observe
-from manifests.playlist import parse_media
+from manifests.playlist import Segment, parse_media
 from manifests.pod import Candidate, Pod, plan_pod
 from manifests.splice import SpliceCache, SpliceOptions, breaks_to_decide, splice
 from manifests.timing import format_duration
@@ -459,6 +459,18 @@ class InitUris(Uris):
         return f"/assets/slate/{self.rendition}/init.mp4"
 
 
+class RoutingUris(Uris):
+    """Content segments the stitcher serves itself, as ``subtitle_maps: repair``
+    does (every third here; None: the origin's URI, made absolute)."""
+
+    def content_segment(self, segment: Segment) -> str | None:
+        return None if segment.msn % 3 else f"cv/{self.rendition}/{segment.msn}.vtt"
+
+
+class RoutingInitUris(InitUris):
+    content_segment = RoutingUris.content_segment
+
+
 FAST: Counter[str] = Counter()
 
 
@@ -479,16 +491,17 @@ def _pdt_first(lines: list[str]) -> list[str]:
 @settings(max_examples=40, deadline=None)
 @given(streams(), st.booleans(), st.booleans(), st.booleans(),
        st.sampled_from([None, "https://origin.example.com/v0.m3u8"]),
-       st.sampled_from([None, 4]), st.booleans())
+       st.sampled_from([None, 4]), st.booleans(), st.booleans())
 def test_the_column_fast_paths_render_what_built_segments_do(
         stream: tuple, pdt_first: bool, passthrough: bool, dateranges: bool, base: str | None,
-        cap: int | None, inits: bool) -> None:
+        cap: int | None, inits: bool, routed: bool) -> None:
     """The splice's column paths (a break's rows replaced in one loop, content
     resuming after it, plain runs from the columns) give, byte for byte and entry for entry, what the slot by
     slot path gives the same window with every segment built (no columns), over
     reloads with the caches and ledgers the service keeps and cold renders of
     each window, with no state tag, an EXT-X-KEY or an EXT-X-MAP, passed-through
-    markers, ad DATERANGEs, init sections, no base URL and a window cap."""
+    markers, ad DATERANGEs, init sections, no base URL, a window cap and content
+    routed through the stitcher (the plain column runs had skipped the routing)."""
     from manifests.splice import _Renderer
 
     planned, _horizon, steps, first_edge, window = stream
@@ -496,7 +509,8 @@ def test_the_column_fast_paths_render_what_built_segments_do(
     policy = BreakPolicy(max_duration=Fraction(MAX_BREAK))
     options = SpliceOptions(base_url=base, passthrough_markers=passthrough, break_policy=policy,
                             window_cap=cap, ad_dateranges=dateranges)
-    uris = InitUris("v0") if inits else Uris("v0")
+    uris = ((RoutingInitUris if routed else InitUris) if inits
+            else RoutingUris if routed else Uris)("v0")
     bulk = _Renderer.replaced_rows
 
     def counted(self: _Renderer, rows: object, i: int, hi: int, prev: SlotEntry | None,
@@ -554,6 +568,7 @@ def test_the_column_fast_paths_render_what_built_segments_do(
                     results.append([(r.text, r.new_entries, r.entries, r.media_sequence,
                                      r.discontinuity_sequence, r.anchor) for r in (warm, cold)])
                     FAST[state] += sum(e.kind.value == "ad" for e in warm.new_entries)
+                    FAST["routed"] += warm.text.count("\ncv/v0/")
                 assert results[0] == results[1], state
     finally:
         _Renderer.replaced_rows = bulk  # type: ignore[method-assign]
@@ -567,5 +582,6 @@ def test_fast_path_coverage_minimums() -> None:
         test_the_column_fast_paths_render_what_built_segments_do()
     assert min(FAST["none"], FAST["aes"], FAST["map"]) >= 50, FAST
     assert FAST["bulk"] >= 200, FAST
+    assert FAST["routed"] >= 100, FAST
     assert min(FAST["none-entered"], FAST["aes-entered"]) >= 5, FAST  # under a MAP: slot by slot
     assert min(FAST["none-resumed"], FAST["aes-resumed"], FAST["map-resumed"]) >= 5, FAST
