@@ -36,6 +36,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -203,7 +204,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _expected_revision(request: web.Request) -> int | None:
+async def _expected_revision(request: web.Request, control: Control,
+                             channel: str) -> int | None:
     """The revision ``If-Match`` says a write was made against; None: any.
 
     ``*`` matches any current representation (RFC 9110 13.1.1), so it is true for
@@ -212,14 +214,46 @@ def _expected_revision(request: web.Request) -> int | None:
     are ignored when the request without them would not be a 2xx or 412). No
     channel route creates (POST /admin/channels does, on the collection, which
     always exists), so there is no create for ``*`` to refuse with a 412 (found by
-    a newcomer: ``If-Match: *`` was a 400)."""
+    a newcomer: ``If-Match: *`` was a 400). Otherwise the header is a list of
+    entity tags compared strongly: a weak tag (``W/"2"``) never matches, and of
+    several tags the current revision's is the one expected (a list that names
+    none of it, or only weak tags, is a 412)."""
     value = request.headers.get("If-Match")
     if value is None or value.strip() == "*":
         return None
-    try:
-        return int(value.strip().strip('"').removeprefix("W/").strip('"'))
-    except ValueError as exc:
-        raise BadRequest("If-Match must be a revision number (the ETag of GET)") from exc
+    tags = _entity_tags(value)
+    if tags is None:
+        raise BadRequest("If-Match must be a revision number (the ETag of GET), "
+                         "a list of them, or *")
+    revisions = {int(tag) for weak, tag in tags if not weak}
+    if len(revisions) == 1:
+        return revisions.pop()
+    current = (await control.channels()).get(channel)
+    now = current.revision if current is not None else 0
+    if now in revisions:
+        return now  # still compared and set atomically: a write meanwhile is a 412
+    why = "only weak entity tags, which never match" if not revisions else "no current one"
+    raise PreconditionFailed(f"If-Match {value.strip()} names {why}: channel {channel!r} is "
+                             f"at revision {now}; GET it again (RFC 9110 13.1.1)")
+
+
+#: One entity tag of an If-Match list (RFC 9110 8.8.3): ``W/`` for weak, then the
+#: opaque tag; ours are revision numbers, quoted (a bare number is taken too).
+_ENTITY_TAG = re.compile(r'\s*(W/)?(?:"(\d{1,18})"|(\d{1,18}))\s*(?:,|$)')
+
+
+def _entity_tags(value: str) -> list[tuple[bool, str]] | None:
+    """``If-Match``'s entity tags as (weak, revision), or None when the header is
+    not a list of revision tags."""
+    tags: list[tuple[bool, str]] = []
+    at, end = 0, len(value.rstrip())
+    while at < end:
+        found = _ENTITY_TAG.match(value, at)
+        if found is None:
+            return None
+        tags.append((found[1] is not None, found[2] or found[3]))
+        at = found.end()
+    return tags or None
 
 
 def _control(app: web.Application) -> Control:
@@ -351,7 +385,8 @@ async def _write_channel(request: web.Request, actor: Actor, channel: str,
     after = cfg.model_dump(mode="json") if cfg is not None else None
     try:
         record = await control.put_channel(channel, after, at=_now(), by=actor.token,
-                                           expected=_expected_revision(request))
+                                           expected=await _expected_revision(
+                                               request, control, channel))
     except RevisionMismatch as exc:
         raise PreconditionFailed(f"channel {channel!r} changed since revision "
                                  f"{request.headers.get('If-Match')}: it is at revision "

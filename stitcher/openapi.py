@@ -66,10 +66,13 @@ def _body(model: str) -> dict[str, Any]:
 
 CHANNEL = {"name": "channel", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}}
+_ENTITY_TAG = r'\s*(W/)?("[0-9]{1,9}"|[0-9]{1,9})\s*'
+_IF_MATCH = rf"^(\*|{_ENTITY_TAG}(,{_ENTITY_TAG})*)$"
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
-            "description": "the revision (ETag of GET) this change is based on, or * "
-                           "(any current revision: the channel exists)",
-            "schema": {"type": "string", "pattern": r'^("?[0-9]{1,9}"?|\*)$'}}
+            "description": "the revision (ETag of GET) this change is based on, a list "
+                           "of them (one must be current; weak tags never match, RFC "
+                           "9110 13.1.1), or * (any current revision: the channel exists)",
+            "schema": {"type": "string", "pattern": _IF_MATCH}}
 AUTH_ERRORS = {"401": _error("no bearer token"), "403": _error("token not accepted")}
 
 
@@ -87,19 +90,22 @@ def _document() -> dict[str, Any]:
             "404": _error("no such channel")}, parameters=[CHANNEL]),
         "put": _op("Replace a channel's config", {
             "200": _ok("replaced", {"$ref": ref(model="Channel")}),
-            "400": _error("not a JSON object"), "404": _error("no such channel"),
-            "412": _error("If-Match names an older revision"),
+            "400": _error("not a JSON object, or a malformed If-Match"),
+            "404": _error("no such channel"),
+            "412": _error("If-Match names no current revision"),
             "422": _error("invalid config: each bad field named")},
             parameters=[CHANNEL, IF_MATCH], requestBody=_body("ChannelConfig")),
         "patch": _op("Change some fields of a channel's config", {
             "200": _ok("changed", {"$ref": ref(model="Channel")}),
-            "400": _error("not a JSON object"), "404": _error("no such channel"),
-            "412": _error("If-Match names an older revision"),
+            "400": _error("not a JSON object, or a malformed If-Match"),
+            "404": _error("no such channel"),
+            "412": _error("If-Match names no current revision"),
             "422": _error("invalid config: each bad field named")},
             parameters=[CHANNEL, IF_MATCH], requestBody=_body("ChannelPatch")),
         "delete": _op("Remove a channel", {
-            "204": _ok("removed"), "404": _error("no such channel"),
-            "412": _error("If-Match names an older revision")},
+            "204": _ok("removed"), "400": _error("a malformed If-Match"),
+            "404": _error("no such channel"),
+            "412": _error("If-Match names no current revision")},
             parameters=[CHANNEL, IF_MATCH]),
     }
     return {

@@ -257,6 +257,39 @@ async def test_channel_crud_applies_at_once_and_is_audited(tmp_path: Path) -> No
         assert [e["channel"] for e in data["entries"]] == ["live1"]
 
 
+async def test_if_match_compares_entity_tags_strongly(aiohttp_client: Any,
+                                                      tmp_path: Path) -> None:
+    """RFC 9110 13.1.1: If-Match is a list of entity tags compared strongly, so a
+    weak tag never matches (it was taken as the revision it names) and a list
+    holds when one of its strong tags is current (it was a 400)."""
+    client = await _client(aiohttp_client, tmp_path)
+    resp = await client.post("/admin/channels", json=VALID, headers=AUTH)
+    assert resp.status == 201 and resp.headers["ETag"] == '"1"'
+
+    async def patch(if_match: str, max_break: int) -> tuple[int, dict[str, Any]]:
+        resp = await client.patch("/admin/channels/news", json={"max_break": max_break},
+                                  headers={**AUTH, "If-Match": if_match})
+        return resp.status, await resp.json()
+
+    status, data = await patch('W/"1"', 90)
+    assert status == 412 and data["error"] == "revision_mismatch", data
+    assert "weak" in data["reason"] and "revision 1" in data["reason"], data
+    status, data = await patch('"7", W/"1"', 90)  # weak 1 still does not match
+    assert status == 412 and "revision 1" in data["reason"], data
+    status, data = await patch('"7", "1"', 90)
+    assert status == 200 and data["revision"] == 2, data
+    status, data = await patch(' "2" ', 91)  # one tag, spaces around it
+    assert status == 200 and data["revision"] == 3, data
+    status, data = await patch('"1", "2"', 92)  # neither is current
+    assert status == 412 and "revision 3" in data["reason"], data
+    for bad in ('"abc"', '"3" "4"', '"3",,', 'W/', '"3'):
+        status, data = await patch(bad, 93)
+        assert status == 400 and "If-Match" in data["reason"], (bad, data)
+    resp = await client.get("/admin/channels/news", headers=AUTH)
+    data = await resp.json()
+    assert data["revision"] == 3 and data["config"]["max_break"] == 91
+
+
 async def test_if_match_star_matches_any_current_channel(aiohttp_client: Any,
                                                          tmp_path: Path) -> None:
     """RFC 9110 13.1.1: ``If-Match: *`` is true when the channel has a current
