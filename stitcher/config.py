@@ -27,6 +27,19 @@ def _a_number(value: object) -> object:
     return value
 
 
+def _home(value: object) -> object:
+    """A path as a shell would take it: ``~`` and ``~user`` expanded (a config
+    that names ``~/media/slate.mp4`` meant the home folder, not a folder named
+    ``~`` under the working directory); URLs and other values unchanged."""
+    if isinstance(value, str | Path) and str(value).startswith("~"):
+        return type(value)(Path(value).expanduser())
+    return value
+
+
+#: A filesystem path in the config (``~`` expanded).
+HomePath = Annotated[Path, BeforeValidator(_home)]
+
+
 #: Finite (a YAML ``.inf`` or a JSON ``1e999`` is refused, naming the field: it
 #: would otherwise fail later, in exact time arithmetic), and a number, not a bool
 #: or a string.
@@ -93,7 +106,7 @@ class ChannelConfig(BaseModel):
     #: Every private host allowed (development only; prefer ``private_ad_hosts``).
     allow_private_ad_hosts: bool = False
     #: Mezzanine of the slate that fills what ads do not (path or http URL).
-    slate: str | None = None
+    slate: Annotated[str | None, BeforeValidator(_home)] = None
     #: Segment cadence ads are conditioned to; default: the origin's target duration.
     segment_duration: Seconds | None = None
     min_slate: Seconds = 2.0
@@ -167,11 +180,11 @@ class StitcherConfig(BaseModel):
     #: Where conditioned ad segments are served from; default: this service's /assets.
     assets_base_url: str | None = None
     #: Working folder: conditioned ads, ledgers (embedded mode).
-    data_dir: Path = Path("var")
+    data_dir: HomePath = Path("var")
     #: Where the embedded store keeps ledgers and decisions (default: ``data_dir``).
     #: Keep it apart from the conditioned assets when they are shared or cached:
     #: live state belongs to one origin timeline, assets do not.
-    state_dir: Path | None = None
+    state_dir: HomePath | None = None
     #: HMAC keys by key id; the first signs new sessions, all verify. When none are
     #: configured a random key is made at start-up (logged): fine for one process,
     #: but sessions then do not survive a restart nor work across instances.

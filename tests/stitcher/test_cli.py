@@ -60,3 +60,22 @@ def test_bad_config_is_one_clear_error_and_exit_2(case: str, tmp_path: Path) -> 
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert expected in output and "Traceback" not in output, output
+
+
+def test_config_paths_expand_the_home_folder(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``~`` in a config's paths (data and state folders, a channel's slate file) is
+    the home folder, as in a shell; a slate URL is left alone (noted in an
+    earlier session: ``~/slate.mp4`` was looked up under a folder named ``~``)."""
+    from stitcher.config import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "channels.yaml"
+    path.write_text("data_dir: ~/var\nstate_dir: ~/state\nchannels:\n"
+                    '  - {id: a, origin_url: "http://o/m.m3u8", slate: ~/media/slate.mp4}\n'
+                    '  - {id: b, origin_url: "http://o/n.m3u8", slate: "http://o/~s.mp4"}\n'
+                    '  - {id: c, origin_url: "http://o/p.m3u8", slate: media/slate.mp4}\n')
+    config = load_config(path)
+    assert config.data_dir == tmp_path / "var" and config.state_dir == tmp_path / "state"
+    assert [c.slate for c in config.channels] == [
+        str(tmp_path / "media" / "slate.mp4"), "http://o/~s.mp4", "media/slate.mp4"]
