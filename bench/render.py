@@ -19,25 +19,25 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import m3u8  # noqa: E402
+import m3u8
 
-from manifests.breaks import update_breaks  # noqa: E402
-from manifests.ledger import Ledger  # noqa: E402
-from manifests.markers import observe  # noqa: E402
-from manifests.pod import Candidate, plan_pod  # noqa: E402
-from manifests.refresh import IncrementalParser  # noqa: E402
-from manifests.splice import SpliceCache, SpliceOptions, splice  # noqa: E402
+from manifests.breaks import update_breaks
+from manifests.ledger import Ledger
+from manifests.markers import observe
+from manifests.pod import Candidate, plan_pod
+from manifests.refresh import IncrementalParser
+from manifests.splice import SpliceCache, SpliceOptions, splice
 
 SEGMENTS = 3600
 BREAKS = 40
 BREAK_SEGMENTS = 15  # 30 s
-EPOCH = datetime(2026, 12, 3, 18, 0, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 12, 3, 18, 0, tzinfo=UTC)
 
 
 ABSOLUTE = "https://origin.example.com/live/720p/"

@@ -545,9 +545,9 @@ class Bench:
         # each request is that session's first for its segment (progress and beacons):
         # round i walks the i-th part of that sequence.
         ad_paths = [f"{s}/media/{u}" for u in ad_uris for s in ad_sessions]
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}{ad_paths[0]}", allow_redirects=False) as resp:
-                assert resp.status == 302, (resp.status, await resp.text())
+        async with (aiohttp.ClientSession() as http,
+                    http.get(f"{base}{ad_paths[0]}", allow_redirects=False) as resp):
+            assert resp.status == 302, (resp.status, await resp.text())
         ad_paths = ad_paths[1:]
         part = -(-len(ad_paths) // self.args.rounds)
         b2, d = await self.interleaved([
@@ -615,9 +615,9 @@ class Bench:
         return []
 
     async def _beacon_hits(self, ad_port: int, aiohttp: Any) -> list[Any]:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{ad_port}/hits") as resp:
-                data = await resp.json()
+        async with (aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{ad_port}/hits") as resp):
+            data = await resp.json()
         return list(data.get("hits", data) if isinstance(data, dict) else data)
 
 

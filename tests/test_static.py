@@ -1,6 +1,6 @@
 """The product's code stays typed and linted: mypy and ruff over the packages
-that ship (``manifests``, ``stitcher``, ``fixtures``), with the settings in
-pyproject.toml. A new error fails the suite where it was introduced, instead of
+that ship (``manifests``, ``stitcher``, ``fixtures``), ruff over the tests and
+benchmarks too, with the settings in pyproject.toml. A new error fails the suite where it was introduced, instead of
 piling up for a later clean-up (ten had, by the time this test was added)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ PACKAGES = ["manifests", "stitcher", "fixtures"]
 
 @pytest.mark.parametrize("tool", [
     ["mypy", "--no-error-summary", *PACKAGES],
-    ["ruff", "check", "--output-format", "concise", *PACKAGES],
+    ["ruff", "check", "--output-format", "concise", *PACKAGES, "tests", "bench"],
 ], ids=["mypy", "ruff"])
 def test_the_shipped_packages_are_clean(tool: list[str], tmp_path: Path) -> None:
     argv = [sys.executable, "-m", *tool]

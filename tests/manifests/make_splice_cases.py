@@ -4,11 +4,11 @@ then generated with UPDATE_GOLDEN=1 and reviewed by hand)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 CASES = Path(__file__).parent / "splice_cases"
-EPOCH = datetime(2026, 12, 3, 20, 0, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 12, 3, 20, 0, tzinfo=UTC)
 
 
 def window(first: int, count: int, marks: dict[int, list[str]], *, extra_header: list[str] = (),

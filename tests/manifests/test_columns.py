@@ -90,9 +90,10 @@ MARKER_LINES = st.sampled_from([
     "#EXT-X-CUE-OUT:DURATION=8", "#EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=8",
     "#EXT-X-CUE-OUT-CONT:ElapsedTime=4,Duration=8", "#EXT-X-CUE-OUT-CONT:garbage",
     "#EXT-X-CUE-OUT-CONT", "#EXT-X-CUE-IN", '#EXT-X-ASSET:CAID=0x1', "#EXT-X-CUE:TYPE=SpliceOut",
-    '#EXT-X-DATERANGE:ID="d",START-DATE="2026-12-03T20:00:04.000Z",PLANNED-DURATION=4,'
-    "SCTE35-OUT=0xFC", '#EXT-X-DATERANGE:ID="d",START-DATE="2026-12-03T20:00:04.000Z",'
-    'END-DATE="2026-12-03T20:00:08.000Z",SCTE35-IN=0xFC', "#EXT-X-CUE-SPAN",
+    ('#EXT-X-DATERANGE:ID="d",START-DATE="2026-12-03T20:00:04.000Z",PLANNED-DURATION=4,'
+     "SCTE35-OUT=0xFC"), ('#EXT-X-DATERANGE:ID="d",START-DATE="2026-12-03T20:00:04.000Z",'
+                          'END-DATE="2026-12-03T20:00:08.000Z",SCTE35-IN=0xFC'),
+    "#EXT-X-CUE-SPAN",
     # Lines counted as errors at every sighting, inside a break or not.
     "#EXT-OATCLS-SCTE35:notbase64", '#EXT-X-SCTE35:CUE="zz"', "#EXT-X-CUE:TYPE=Bogus"])
 

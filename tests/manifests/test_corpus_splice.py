@@ -28,7 +28,14 @@ from manifests.pod import Candidate, plan_pod
 from manifests.splice import SpliceOptions, SpliceResult, breaks_to_decide, splice
 from tests.manifests.reloads import Stitcher, header_value, segment_dsns, slide
 from tests.manifests.test_corpus_hls import (
-    BASE_URL, DEFAULT_POLICY, EXPECTED, MEDIA_KEYS, PLAYLISTS, needs_corpus, parse, timed,
+    BASE_URL,
+    DEFAULT_POLICY,
+    EXPECTED,
+    MEDIA_KEYS,
+    PLAYLISTS,
+    needs_corpus,
+    parse,
+    timed,
 )
 
 ADS = [Candidate("adA", Fraction(10)), Candidate("adB", Fraction(15)),

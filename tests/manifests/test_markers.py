@@ -679,11 +679,11 @@ def test_a_range_end_seen_again_closes_only_its_own_break() -> None:
     property: the renditions then disagreed on where content resumed)."""
     playlist = window((["#EXT-X-CUE-OUT-CONT:ElapsedTime=4,Duration=6"], FOUR),
                       ([], FOUR), ([], FOUR),
-                      ([f'#EXT-X-DATERANGE:ID="201",START-DATE="{format_pdt(at(12))}",'
-                        'PLANNED-DURATION=6,SCTE35-OUT=0xFC'], FOUR),
+                      ([(f'#EXT-X-DATERANGE:ID="201",START-DATE="{format_pdt(at(12))}",'
+                         'PLANNED-DURATION=6,SCTE35-OUT=0xFC')], FOUR),
                       ([], FOUR),
-                      ([f'#EXT-X-DATERANGE:ID="201",START-DATE="{format_pdt(at(12))}",'
-                        f'END-DATE="{format_pdt(at(20))}",SCTE35-IN=0xFC'], FOUR),
+                      ([(f'#EXT-X-DATERANGE:ID="201",START-DATE="{format_pdt(at(12))}",'
+                         f'END-DATE="{format_pdt(at(20))}",SCTE35-IN=0xFC')], FOUR),
                       start=0)
     once = breaks_of(playlist)
     joined, ranged = once

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -47,9 +47,9 @@ def test_interpreted_fields() -> None:
     assert (pl.media_sequence, pl.discontinuity_sequence, pl.target_duration) == (41, 3, 6)
     s41, s42, s43 = pl.segments
     assert (s41.msn, s41.duration, s41.uri) == (41, Fraction("6.006"), "seg41.ts")
-    assert s41.pdt == datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc) and s41.pdt_explicit
+    assert s41.pdt == datetime(2026, 12, 3, 10, 0, tzinfo=UTC) and s41.pdt_explicit
     assert s42.discontinuity and s42.discontinuity_sequence == 4
-    assert s42.pdt == datetime(2026, 12, 3, 9, 0, 10, 500000, tzinfo=timezone.utc)
+    assert s42.pdt == datetime(2026, 12, 3, 9, 0, 10, 500000, tzinfo=UTC)
     assert "#EXT-X-FOO:BAR=1" in s42.raw  # an unknown tag belongs to the next segment
     assert s43.gap and not s43.pdt_explicit
     assert s43.pdt == s42.pdt + timedelta(seconds=5.005)
@@ -57,14 +57,14 @@ def test_interpreted_fields() -> None:
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("2026-12-03T10:00:00Z", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
-    ("2026-12-03T10:00:00.123z", datetime(2026, 12, 3, 10, 0, 0, 123000, tzinfo=timezone.utc)),
-    ("2026-12-03T10:00:00", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),  # zone-less: UTC
-    ("2026-12-03T12:00:00+02:00", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
-    ("2026-12-03T12:00:00+0200", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
-    ("2026-12-03T05:00:00-05", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
-    ("20261203T100000Z", datetime(2026, 12, 3, 10, tzinfo=timezone.utc)),
-    ("2026-12-03T10:00:00,5Z", datetime(2026, 12, 3, 10, 0, 0, 500000, tzinfo=timezone.utc)),
+    ("2026-12-03T10:00:00Z", datetime(2026, 12, 3, 10, tzinfo=UTC)),
+    ("2026-12-03T10:00:00.123z", datetime(2026, 12, 3, 10, 0, 0, 123000, tzinfo=UTC)),
+    ("2026-12-03T10:00:00", datetime(2026, 12, 3, 10, tzinfo=UTC)),  # zone-less: UTC
+    ("2026-12-03T12:00:00+02:00", datetime(2026, 12, 3, 10, tzinfo=UTC)),
+    ("2026-12-03T12:00:00+0200", datetime(2026, 12, 3, 10, tzinfo=UTC)),
+    ("2026-12-03T05:00:00-05", datetime(2026, 12, 3, 10, tzinfo=UTC)),
+    ("20261203T100000Z", datetime(2026, 12, 3, 10, tzinfo=UTC)),
+    ("2026-12-03T10:00:00,5Z", datetime(2026, 12, 3, 10, 0, 0, 500000, tzinfo=UTC)),
 ])
 def test_program_date_time_forms(text: str, expected: datetime) -> None:
     assert parse_pdt(text) == expected

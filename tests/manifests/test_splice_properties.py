@@ -24,7 +24,7 @@ import base64
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 from hypothesis import event, given, settings
@@ -41,7 +41,7 @@ from manifests.pod import Candidate, Pod, plan_pod
 from manifests.splice import SpliceCache, SpliceOptions, breaks_to_decide, splice
 from manifests.timing import format_duration
 
-EPOCH = datetime(2026, 12, 3, 21, 0, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 12, 3, 21, 0, tzinfo=UTC)
 UNIT = 6  # the coarsest grid's cadence: breaks and pods align to it
 DIALECTS = ("cue-out", "cue-out-slash", "daterange", "oatcls", "x-scte35", "adobe")
 
@@ -124,22 +124,22 @@ def _marks(b: PlannedBreak, t: Fraction | int, cadence: Fraction | int) -> list[
         return {
             "cue-out": [f"#EXT-X-CUE-OUT:DURATION={b.planned}"],
             "cue-out-slash": [f"#EXT-X-CUE-OUT:{b.planned}.000"],
-            "daterange": [f'#EXT-X-DATERANGE:ID="{b.event_id}",START-DATE="{_pdt(b.start)}",'
-                          f"PLANNED-DURATION={b.planned},SCTE35-OUT=0xFC"],
+            "daterange": [(f'#EXT-X-DATERANGE:ID="{b.event_id}",START-DATE="{_pdt(b.start)}",'
+                           f"PLANNED-DURATION={b.planned},SCTE35-OUT=0xFC")],
             "oatcls": [f"#EXT-OATCLS-SCTE35:{_cue(b.event_id, True, b.planned)}",
                        f"#EXT-X-CUE-OUT:{b.planned}"],
-            "x-scte35": [f'#EXT-X-SCTE35:CUE="{_cue(b.event_id, True, b.planned)}",'
-                         f"CUE-OUT=YES,ID=\"{b.event_id}\",DURATION={b.planned}"],
+            "x-scte35": [(f'#EXT-X-SCTE35:CUE="{_cue(b.event_id, True, b.planned)}",'
+                          f"CUE-OUT=YES,ID=\"{b.event_id}\",DURATION={b.planned}")],
             "adobe": [f"#EXT-X-CUE:TYPE=SpliceOut,ID={b.event_id},DURATION={b.planned}.0"],
         }[b.dialect]
     if end is not None and t == end:
         return {
             "cue-out": ["#EXT-X-CUE-IN"], "cue-out-slash": ["#EXT-X-CUE-IN"],
-            "daterange": [f'#EXT-X-DATERANGE:ID="{b.event_id}",START-DATE="{_pdt(b.start)}",'
-                          f'END-DATE="{_pdt(end)}",SCTE35-IN=0xFC'],
+            "daterange": [(f'#EXT-X-DATERANGE:ID="{b.event_id}",START-DATE="{_pdt(b.start)}",'
+                           f'END-DATE="{_pdt(end)}",SCTE35-IN=0xFC')],
             "oatcls": ["#EXT-X-CUE-IN"],
-            "x-scte35": [f'#EXT-X-SCTE35:CUE="{_cue(b.event_id, False, None)}",CUE-IN=YES,'
-                         f'ID="{b.event_id}"'],
+            "x-scte35": [(f'#EXT-X-SCTE35:CUE="{_cue(b.event_id, False, None)}",CUE-IN=YES,'
+                          f'ID="{b.event_id}"')],
             "adobe": [f"#EXT-X-CUE:TYPE=SpliceIn,ID={b.event_id}"],
         }[b.dialect]
     inside = b.start < t < (end if end is not None else limit)
@@ -294,7 +294,7 @@ def _plan(brk: Break, start: Fraction, candidates: list[Candidate], layout: Comm
 @settings(max_examples=150, deadline=None)
 @given(streams())
 def test_random_streams_pass_the_checker(stream: tuple) -> None:
-    planned, horizon, steps, edge, window = stream
+    planned, _horizon, steps, edge, window = stream
     for b in planned:
         event(f"dialect={b.dialect}")
         event("cue-in=" + ("missing" if b.actual_end is None else

@@ -4,7 +4,7 @@ exactly the injected faults (and nothing on the correct one)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 from manifests.checker import Rule
 from stitcher.check import run_check
 
-EPOCH = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 MASTER = ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360\nv0.m3u8\n"
           "#EXT-X-STREAM-INF:BANDWIDTH=2500000,RESOLUTION=1280x720\nv1.m3u8\n")
 

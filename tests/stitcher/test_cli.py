@@ -56,7 +56,7 @@ def test_bad_config_is_one_clear_error_and_exit_2(case: str, tmp_path: Path) -> 
         path.write_text(text)
     proc = subprocess.run([sys.executable, "-m", "stitcher.cli", "serve", "--config",
                            str(path), "--port", "0"], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert expected in output and "Traceback" not in output, output

@@ -110,7 +110,7 @@ async def test_hostile_requests_get_clear_4xx(tmp_path: Path) -> None:
     async with start_stack(clock=ManualClock(), data_dir=tmp_path) as stack:
         from yarl import URL
 
-        status, headers, body = await stack.get(str(URL(stack.base + "/assets/%00",
+        status, _headers, body = await stack.get(str(URL(stack.base + "/assets/%00",
                                                         encoded=True)))
         assert status == 404 and json.loads(body)["error"] == "not_found"
 
@@ -128,7 +128,7 @@ async def test_hostile_requests_get_clear_4xx(tmp_path: Path) -> None:
         bad_cohort = signer.encode(Session("k1", "deadbeef", stack.channel, "../../etc",
                                            2_000_000_000))
         for token, reason in ((bad_expiry, "malformed"), (bad_cohort, "cohort")):
-            status, headers, body = await stack.get(
+            status, _headers, body = await stack.get(
                 f"/v1/session/{token}/{stack.channel}/master.m3u8")
             assert status == 403, body
             assert reason in json.loads(body)["reason"]
