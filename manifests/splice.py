@@ -1013,9 +1013,9 @@ def _all_absolute(uris: list[str], stripped: bool = False) -> bool:
     Counted over the joined text, in C; False only means "ask each one".
     ``stripped``: the URIs are known to neither start nor end with a blank (the
     parse's column rows), so the printable scan, the costliest, is not needed."""
+    if not uris or not uris[0].startswith(("https://", "http://")):
+        return False  # (before the join: a run of relative URIs is then joined once)
     joined = "\n".join(uris)
-    if not uris or not joined.startswith(("https://", "http://")):
-        return False
     https = joined.count("\nhttps://")  # the usual scheme: the second count seldom runs
     return ((https == len(uris) - 1 or https + joined.count("\nhttp://") == len(uris) - 1)
             and _DOT_SEGMENT.search(joined) is None
