@@ -315,7 +315,9 @@ def splice(playlist: MediaPlaylist, *, breaks: tuple[Break, ...], pods: Mapping[
     if playlist.trailer:
         out.extend(line.text for line in playlist.trailer if line.tag not in LL_HLS_TAGS)
     hwm = segments[-1].msn if segments else ledger.hwm
-    text = render_lines(out, newline=playlist.newline, bom=playlist.bom,
+    # Never a BOM, even when the origin sent one: RFC 8216 4.1 forbids it and clients
+    # refuse it (ffmpeg: "Invalid data found"); the multivariant drops it too.
+    text = render_lines(out, newline=playlist.newline, bom=False,
                         final_newline=playlist.final_newline)
     return SpliceResult(text, new_entries, max(hwm, ledger.hwm), media_sequence, dsn, kept,
                         tuple(islice(entries, first, None) if first else entries), anchor)

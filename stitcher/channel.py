@@ -352,6 +352,11 @@ class ChannelRuntime:
         if not task.cancelled() and task.exception() is not None:
             self.prepare_failures += 1
             self._prepare_failed_at = self._clock()
+            # Say why: /readyz only lists the channel as failed (found by a newcomer
+            # whose fMP4 and AES-128 channels failed without a word in the log).
+            log.warning("channel %s preparation failed (ads and slate wait; tried again "
+                        "in %d s): %s", self.cfg.id, PREPARE_RETRY,
+                        str(task.exception())[:500] or type(task.exception()).__name__)
 
     @property
     def preparing(self) -> bool:
@@ -428,7 +433,9 @@ class ChannelRuntime:
         init_uri = attrs.string("URI")
         if not init_uri:
             raise ValueError(f"channel {self.cfg.id}: {r.id}: EXT-X-MAP without a URI")
-        init_url = urljoin(url, init_uri)
+        # Relative to the playlist, like every URI in it (RFC 8216bis 4.1), not to
+        # the segment: they differ when segments sit in a folder of their own.
+        init_url = urljoin(r.uri, init_uri)
         parts = [await fetch_bounded(self._http, u, timeout=self._origin_timeout * 10,
                                      max_bytes=PROBE_MAX_BYTES) for u in (init_url, url)]
         with tempfile.TemporaryDirectory(prefix="probe-") as tmp:

@@ -125,7 +125,24 @@ class Stream:
         for r in spec["reloads"]:
             if not (folder / r["dir"]).is_dir():
                 raise StreamUnreadable(f"{folder}: reload folder {r['dir']} missing")
-        return cls(folder, spec)
+        stream = cls(folder, spec)
+        stream.validate_channel()
+        return stream
+
+    def validate_channel(self) -> None:
+        """A bad ``channel`` is an unreadable stream (exit 2, one line naming the
+        field), not a traceback from the middle of the replay."""
+        from pydantic import ValidationError
+
+        from stitcher.config import ChannelConfig
+
+        try:
+            ChannelConfig.model_validate(_channel_config(
+                self, "http://127.0.0.1:1", "http://127.0.0.1:2", Path("slate.mp4")))
+        except ValidationError as exc:
+            fields = "; ".join(f"channel.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                               for e in exc.errors())
+            raise StreamUnreadable(f"{self.folder / 'stream.json'}: {fields}") from exc
 
 
 def find_streams(path: Path) -> list[Path]:

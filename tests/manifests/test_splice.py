@@ -345,3 +345,21 @@ def test_bisected_spans_only_when_every_slot_is_dated_in_order(disorder: str) ->
         assert spans == [(10, 15)]
     else:
         assert spans == [(0, len(seconds))]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_an_origin_bom_never_reaches_the_stitched_playlist(newline: str) -> None:
+    """RFC 8216 4.1: a playlist MUST NOT carry a BOM (ffmpeg refuses one: "Invalid
+    data found"). An origin that sends one still parses; the stitcher's output,
+    a playlist it writes, starts with #EXTM3U (found by a newcomer: the media
+    playlists kept the origin's BOM while the multivariant dropped it)."""
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:10"]
+    for i in range(3):
+        lines += [f"#EXT-X-PROGRAM-DATE-TIME:2026-12-03T10:00:0{2 * i}.000Z",
+                  "#EXTINF:2.000,", f"seg{i}.ts"]
+    playlist = parse_media("\ufeff" + newline.join(lines) + newline)
+    assert playlist.bom
+    result = splice(playlist, breaks=(), pods={}, ledger=Ledger(), uris=Uris())
+    assert result.text.startswith("#EXTM3U" + newline)
+    assert "\ufeff" not in result.text
+    assert newline.join(lines) + newline == result.text

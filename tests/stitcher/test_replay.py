@@ -152,3 +152,23 @@ def test_cli_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert bad == 1 and "FAILED" in out and "golden differs: 020/v1.m3u8" in out
     assert cli.main(["replay", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("segment_duration", "abc", "channel.segment_duration"),
+    ("window_cap", 1, "channel.window_cap"),
+    ("surprise", True, "channel.surprise"),
+])
+def test_a_bad_channel_in_stream_json_is_unreadable_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: object,
+        says: str) -> None:
+    """Exit status 2 and one line naming the field (found by a newcomer: a pydantic
+    traceback and exit status 1, as if the stream had failed its checks)."""
+    broken = tmp_path / "broken"
+    shutil.copytree(STREAMS_DIR / "cue_out", broken)
+    spec = _spec(broken)
+    spec["channel"][field] = value
+    (broken / "stream.json").write_text(json.dumps(spec))
+    assert cli.main(["replay", str(broken), "--out", str(tmp_path / "o")]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("replay: ") and says in out and "Traceback" not in out
