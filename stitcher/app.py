@@ -911,7 +911,7 @@ def _resources(store: Store | None, conditioner: Conditioner | None,
             return ChannelRuntime(
                 cfg, http=origin_http, store=the_store, decider=decider, library=library,
                 metrics=m, assets_base=assets_base, origin_timeout=config.origin_timeout,
-                clock=clock, sleep=sleep, flights=flights, on_unused=tracker.not_used)
+                origin_max_bytes=config.origin_max_bytes, clock=clock, sleep=sleep, flights=flights, on_unused=tracker.not_used)
 
         # Channels created or changed later (the admin API) are built the same way.
         app[RUNTIME_FACTORY] = make_runtime

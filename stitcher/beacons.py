@@ -49,6 +49,7 @@ import aiohttp
 from stitcher import vast
 from stitcher.ads import AdInfo
 from stitcher.metrics import Metrics, _Count
+from stitcher.netpolicy import read_bounded
 from stitcher.store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,15 @@ class BeaconSink(Protocol):
     async def close(self) -> None: ...
 
 
+#: The most of a tracker's answer read (a pixel or a short text); past it the
+#: connection is closed unread.
+MAX_TRACKER_ANSWER = 64 << 10
+
+
+class TrackerAnswerTooLarge(Exception):
+    """A tracker answered with more than :data:`MAX_TRACKER_ANSWER` bytes."""
+
+
 class Outcome(NamedTuple):
     """One send attempt. ``reached``: a failed attempt the endpoint may have counted
     all the same (a timeout, or a connection cut after the request went out; an
@@ -149,7 +159,11 @@ class HostLimiter:
         try:
             async with self._session.get(beacon.url, headers=dict(beacon.headers),
                                          timeout=self._timeout) as resp:
-                await resp.read()
+                # Read to reuse the connection, unless the tracker sends more than any
+                # pixel: then the connection is closed, unread (a tracker answering
+                # with gigabytes would otherwise cost that much memory).
+                with contextlib.suppress(TrackerAnswerTooLarge):
+                    await read_bounded(resp, MAX_TRACKER_ANSWER, TrackerAnswerTooLarge)
                 ok = resp.status < 500 and resp.status != 429
                 return Outcome(ok, f"HTTP {resp.status}")
         except TimeoutError:

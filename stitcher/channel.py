@@ -79,8 +79,14 @@ from stitcher.config import ChannelConfig
 from stitcher.errors import NotFound, OriginUnavailable, StoreUnavailable
 from stitcher.flight import Flights
 from stitcher.metrics import Metrics
-from stitcher.netpolicy import fetch_bounded
-from stitcher.origin import Fetched, OriginFetcher, public_reason
+from stitcher.netpolicy import fetch_bounded, read_bounded
+from stitcher.origin import (
+    MAX_PLAYLIST_BYTES,
+    Fetched,
+    OriginFetcher,
+    PlaylistTooLarge,
+    public_reason,
+)
 from stitcher.origin import kind_of as origin_fault_kind
 from stitcher.sessions import cohort_attributes, is_cohort
 from stitcher.shared_origin import SharedOrigin
@@ -211,6 +217,7 @@ class ChannelRuntime:
     def __init__(self, cfg: ChannelConfig, *, http: aiohttp.ClientSession, store: Store,
                  decider: AdDecider, library: CreativeLibrary, metrics: Metrics,
                  assets_base: str, origin_timeout: float = 3.0,
+                 origin_max_bytes: int = MAX_PLAYLIST_BYTES,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  flights: Flights | None = None,
@@ -224,7 +231,8 @@ class ChannelRuntime:
         shared = (SharedOrigin(flights, cfg.id, fetch_budget=origin_timeout)
                   if flights is not None else None)
         self.fetcher = OriginFetcher(http, metrics, cfg.id, timeout=origin_timeout, clock=clock,
-                                     shared=shared)
+                                     shared=shared, max_bytes=origin_max_bytes)
+        self._origin_max_bytes = origin_max_bytes
         self._clock = clock
         self._sleep = sleep
         self._on_unused = on_unused
@@ -308,8 +316,9 @@ class ChannelRuntime:
                     if resp.status != 200:
                         raise OriginUnavailable(f"origin multivariant HTTP {resp.status}",
                                                 retry_after=2)
-                    text = await resp.text()
-                self._mv = parse_multivariant(text, self.cfg.origin_url)
+                    body = await read_bounded(resp, self._origin_max_bytes, PlaylistTooLarge)
+                self._mv = parse_multivariant(body.decode("utf-8"),  # RFC 8216 4.1
+                                              self.cfg.origin_url)
                 self._mv_at = self._clock()
             except Exception as exc:
                 self.metrics.origin_errors.labels(self.cfg.id, "multivariant").inc()

@@ -237,6 +237,10 @@ class StitcherConfig(BaseModel):
     #: Beacon requests in flight per tracking host, per instance (both queues).
     beacon_per_host: int = Field(default=8, ge=1, le=1024)
     origin_timeout: Seconds = 3.0
+    #: The largest origin playlist (multivariant or media) taken, in bytes: a larger
+    #: answer is refused unread, counted (``stitcher_origin_errors_total``, kind
+    #: ``too_large``) and the last good playlist served instead.
+    origin_max_bytes: int = Field(default=16 << 20, ge=1 << 10)
     #: Total budget of one ad decision: every request of it (wrappers, retries,
     #: waiting for a rate slot) must end within it.
     ad_timeout: Seconds = 5.0

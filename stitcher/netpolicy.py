@@ -14,7 +14,7 @@ or a name that resolves to one, is refused.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -104,14 +104,21 @@ async def fetch_bounded(session: aiohttp.ClientSession, url: str, *, timeout: fl
                                               headers=resp.headers)  # Retry-After
         if str(resp.url.scheme) not in ("http", "https"):
             raise ForbiddenDestination("redirected to a forbidden scheme")
-        if resp.content_length is not None and resp.content_length > max_bytes:
-            raise ForbiddenDestination(f"response of {resp.content_length} bytes, "
-                                       f"more than {max_bytes}")
-        # Read to the end (``read(n)`` returns what has arrived, up to n: a body of
-        # several TCP segments would be cut short), stopping at the limit.
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > max_bytes:
-                raise ForbiddenDestination(f"response larger than {max_bytes} bytes")
-        return bytes(body)
+        return await read_bounded(resp, max_bytes, ForbiddenDestination)
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, max_bytes: int,
+                       error: Callable[[str], Exception]) -> bytes:
+    """A response's whole body, or ``error`` as soon as it is known to exceed
+    ``max_bytes`` (declared, or read so far): an upstream that answers with
+    gigabytes costs that much memory, and the event loop's time, otherwise."""
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise error(f"response of {resp.content_length} bytes, more than {max_bytes}")
+    # Read to the end (``read(n)`` returns what has arrived, up to n: a body of
+    # several TCP segments would be cut short), stopping at the limit.
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > max_bytes:
+            raise error(f"response larger than {max_bytes} bytes")
+    return bytes(body)

@@ -33,6 +33,7 @@ from manifests.refresh import IncrementalParser
 from manifests.timing import parse_pdt
 from stitcher.errors import OriginUnavailable, UpstreamError
 from stitcher.metrics import Metrics
+from stitcher.netpolicy import read_bounded
 from stitcher.shared_origin import Published, SharedOrigin, published
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,23 @@ class _Entry:
         self.interval = (fetched.playlist.target_duration or 2) / 2
 
 
+#: The largest origin playlist taken by default: a day of 2 s segments with long
+#: signed URIs is ~12 MB; past the limit the body is refused unread (counted,
+#: the last good playlist served), not parsed and stitched at gigabytes.
+MAX_PLAYLIST_BYTES = 16 << 20
+
+
+class PlaylistTooLarge(UpstreamError):
+    """An origin answer larger than ``origin_max_bytes``."""
+
+
 class OriginFetcher:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, channel: str, *,
                  timeout: float = 3.0, clock: Callable[[], float] = time.monotonic,
-                 shared: SharedOrigin | None = None) -> None:
+                 shared: SharedOrigin | None = None,
+                 max_bytes: int = MAX_PLAYLIST_BYTES) -> None:
         self._session = session
+        self._max_bytes = max_bytes
         self._shared = shared
         self._metrics = metrics
         self._channel = channel
@@ -270,7 +283,7 @@ class OriginFetcher:
                 ra = resp.headers.get("Retry-After")
                 raise UpstreamError(f"HTTP {resp.status}",
                                     retry_after=float(ra) if ra and ra.isdigit() else None)
-            body = await resp.read()
+            body = await read_bounded(resp, self._max_bytes, PlaylistTooLarge)
             e.etag = resp.headers.get("ETag")
             e.last_modified = resp.headers.get("Last-Modified")
         return self._accept(url, e, body, self._clock())
@@ -324,6 +337,8 @@ def kind_of(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, ManifestError | UnicodeDecodeError):
         return "malformed"
+    if isinstance(exc, PlaylistTooLarge):
+        return "too_large"
     if isinstance(exc, UpstreamError):
         return "http" if exc.reason.startswith("HTTP") else "invalid"
     if isinstance(exc, aiohttp.ClientError | OSError):

@@ -666,3 +666,38 @@ async def test_in_process_progress_fires_each_event_once_and_forgets_the_oldest_
     impressions = [b for b in sink.got if b.key[3] == "impression"]
     assert [b.key[:2] for b in impressions] == [("A", "brk1"), ("A", "brk1"),
                                                 ("A", "brk2"), ("A", "brk2")]
+
+
+@pytest.mark.parametrize("size", [0, 43, 2 << 20])
+async def test_a_tracker_answer_is_read_only_up_to_a_pixel_s_worth(size: int) -> None:
+    """A beacon's answer is read to reuse the connection, but only up to
+    MAX_TRACKER_ANSWER: past it the tracker is hung up on, unread, and the beacon
+    counts as delivered by its status (it was read whole before: a tracker's
+    endless or huge answer held that much memory, or the send, until the
+    timeout). The tracker here sends ``size`` bytes and, past the limit, never
+    ends its answer: only a reader that stops at the limit gets an outcome."""
+    from stitcher.beacons import MAX_TRACKER_ANSWER, HostLimiter
+    from tests.loopback import serve
+
+    body = b"x" * size
+    hits: list[str] = []
+
+    async def pixel(request: web.Request) -> web.StreamResponse:
+        hits.append(request.path_qs)
+        response = web.StreamResponse()  # chunked, as a streaming tracker would
+        await response.prepare(request)
+        await response.write(body)
+        while size > MAX_TRACKER_ANSWER and request.transport is not None and not (
+                request.transport.is_closing()):
+            await asyncio.sleep(0.02)  # never ends: until the client hangs up
+        return response
+
+    app = web.Application()
+    app.router.add_get("/t", pixel)
+    async with serve(app) as base, aiohttp.ClientSession() as http:
+        limiter = HostLimiter(http, timeout=3.0)
+        for n in range(2):
+            outcome = await limiter.send(Beacon(("s", "b", "0", "start", str(n)),
+                                                f"{base}/t?n={n}"))
+            assert outcome.ok and outcome.what == "HTTP 200", outcome
+    assert hits == ["/t?n=0", "/t?n=1"]

@@ -510,6 +510,63 @@ async def test_a_playlist_cut_between_segments_is_not_taken_as_good() -> None:
             "stitcher_origin_errors_total", {"channel": "ch", "kind": "invalid"}) == 1
 
 
+@pytest.mark.parametrize("declared", [True, False])
+async def test_a_playlist_past_the_size_limit_is_refused_unread(declared: bool) -> None:
+    """Found by a newcomer: an origin answering 100 MB was read whole, parsed,
+    stitched and served (RSS 5 GB, every channel's reloads held up by seconds).
+    Past ``origin_max_bytes`` the body is refused as soon as that is known, from
+    its Content-Length or as it arrives (chunked), counted as ``too_large``, and
+    the last good playlist is served stale; a good one under the limit is taken
+    again after."""
+    import aiohttp
+    from aiohttp import web
+
+    from stitcher.metrics import Metrics
+    from stitcher.origin import OriginFetcher
+
+    def window(first: int, count: int) -> str:
+        lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2", f"#EXT-X-MEDIA-SEQUENCE:{first}"]
+        for msn in range(first, first + count):
+            lines += ["#EXTINF:2.000,", f"seg{msn}.ts"]
+        return "\n".join(lines) + "\n"
+
+    serving = {"body": window(10, 5)}
+
+    async def playlist(request: web.Request) -> web.StreamResponse:
+        body = serving["body"].encode()
+        if declared:
+            return web.Response(body=body)
+        response = web.StreamResponse()  # chunked: no Content-Length to go by
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the stitcher hung up
+            for at in range(0, len(body), 1 << 14):
+                await response.write(body[at:at + (1 << 14)])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/p.m3u8", playlist)
+    now = [0.0]
+    metrics = Metrics()
+    limit = 64 << 10
+    async with serve(app) as base, aiohttp.ClientSession() as http:
+        fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0], max_bytes=limit)
+        good = await fetcher.get(f"{base}/p.m3u8")
+        assert not good.stale and good.playlist.media_sequence == 10
+        serving["body"] = window(11, 20_000)  # ~330 KB
+        assert len(serving["body"]) > 4 * limit
+        now[0] += 2
+        again = await fetcher.get(f"{base}/p.m3u8")
+        assert again.stale and again.text == good.text
+        assert again.error is not None and (
+            "more than" in again.error or "larger than" in again.error), again.error
+        assert metrics.registry.get_sample_value(
+            "stitcher_origin_errors_total", {"channel": "ch", "kind": "too_large"}) == 1
+        serving["body"] = window(12, 5)
+        now[0] += 2
+        fresh = await fetcher.get(f"{base}/p.m3u8")
+        assert not fresh.stale and fresh.playlist.media_sequence == 12
+
+
 # ------------------------------------- B02: an origin whose media sequence regresses
 
 async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
