@@ -14,6 +14,7 @@ Ad requests carry cohort attributes only, never a device identity.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -117,12 +118,25 @@ def creative_key(registry: str, value: str, content_sha256: str) -> str:
     return "c" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def ladder_key(creative: str, specs: list[RenditionSpec]) -> str:
+    """The key of ``creative`` conditioned to one ladder: rendition names are the
+    channel's own (``v0`` of one channel is 1080p fMP4, of another 360p TS), so
+    the conditioned files are known by what they were made to, not by name (found
+    by a newcomer: the first channel to condition an ad decided its format for
+    every channel). Channels with the same ladder share the files."""
+    if not specs:
+        return creative
+    made_to = repr(sorted(dataclasses.astuple(spec) for spec in specs))
+    return f"{creative}-{hashlib.sha256(made_to.encode()).hexdigest()[:10]}"
+
+
 class CreativeLibrary:
     """Conditioned creatives on disk, conditioned on demand, off the event loop.
 
     A creative is known by its key (:func:`creative_key`); the key needs the
     mezzanine's hash, so the first sight of a media URL downloads it (bounded)
-    in the background and conditioning follows. Until then the ad is not ready.
+    in the background and conditioning follows, once per ladder it is asked for
+    (:func:`ladder_key`). Until then the ad is not ready.
     """
 
     def __init__(self, root: Path, conditioner: Conditioner, metrics: Metrics,
@@ -143,33 +157,47 @@ class CreativeLibrary:
             except (ValueError, TypeError) as exc:
                 log.error("ignoring unreadable %s: %s", self._keys_file, exc)
         self._fetches: dict[tuple[str, str, str], asyncio.Task[str | None]] = {}
+        #: creative key -> its downloaded mezzanine (conditioned once per ladder).
+        self._sources: dict[str, Path] = {}
         #: (key, rendition, index) -> (the creative it was computed for, asset path).
         self._paths: dict[tuple[str, str, int], tuple[ConditionedCreative, str]] = {}
 
-    def key_for(self, ad: vast.ResolvedAd) -> str | None:
+    def key_for(self, ad: vast.ResolvedAd, specs: list[RenditionSpec]) -> str | None:
+        """The key of ``ad`` conditioned to ``specs``, once its mezzanine was hashed."""
         uid = ad.universal_ad_id
-        return self._keys.get((uid.registry, uid.value, ad.media.uri))
+        found = self._keys.get((uid.registry, uid.value, ad.media.uri))
+        return None if found is None else ladder_key(found, specs)
 
     def prepare(self, ad: vast.ResolvedAd, specs: list[RenditionSpec], channel: str = ""
                 ) -> asyncio.Task[str | None]:
-        """Download + hash the mezzanine, then condition it (each at most once).
+        """Download + hash the mezzanine (once), then condition it to ``specs``
+        (once per ladder): the conditioned key, or None when either failed.
 
         The MediaFile's declared size and codec go along so conditioning can log
         (and count, per ``channel``) a creative that is not what VAST says (B21).
         """
         uid = ad.universal_ad_id
         ident = (uid.registry, uid.value, ad.media.uri)
-        task = self._fetches.get(ident)
-        if task is None or (task.done() and task.result() is None):
-            task = asyncio.ensure_future(self._fetch_and_condition(
-                ident, specs, DeclaredMedia.of(ad.media), channel))
-            self._fetches[ident] = task
-        return task
+        fetch = self._fetches.get(ident)
+        if fetch is None or (fetch.done() and fetch.result() is None):
+            fetch = asyncio.ensure_future(self._fetch(ident))
+            self._fetches[ident] = fetch
+        return asyncio.ensure_future(self._condition_fetched(
+            fetch, specs, DeclaredMedia.of(ad.media), channel))
 
-    async def _fetch_and_condition(self, ident: tuple[str, str, str],
-                                   specs: list[RenditionSpec],
-                                   declared: DeclaredMedia | None = None,
-                                   channel: str = "") -> str | None:
+    async def _condition_fetched(self, fetch: asyncio.Task[str | None],
+                                 specs: list[RenditionSpec], declared: DeclaredMedia | None,
+                                 channel: str) -> str | None:
+        creative = await asyncio.shield(fetch)
+        if creative is None:
+            return None
+        key = ladder_key(creative, specs)
+        result = await self.ensure(key, str(self._sources[creative]), specs,
+                                   declared=declared, channel=channel)
+        return key if result is not None else None
+
+    async def _fetch(self, ident: tuple[str, str, str]) -> str | None:
+        """Download and hash a mezzanine: its :func:`creative_key` (None: failed)."""
         registry, value, url = ident
         incoming = self.root / "mezzanines"
         incoming.mkdir(parents=True, exist_ok=True)
@@ -199,11 +227,10 @@ class CreativeLibrary:
         key = creative_key(registry, value, digest.hexdigest())
         source = incoming / f"{key}{Path(url.split('?')[0]).suffix or '.mp4'}"
         tmp.replace(source)
+        self._sources[key] = source
         self._keys[ident] = key
         write_json_atomic(self._keys_file, [[list(k), v] for k, v in self._keys.items()])
-        result = await self.ensure(key, str(source), specs, declared=declared,
-                                   channel=channel)
-        return key if result is not None else None
+        return key
 
     def get(self, key: str, renditions: list[str]) -> ConditionedCreative | None:
         cc = self._ready.get(key)
@@ -368,7 +395,7 @@ class AdDecider:
         candidates: list[Candidate] = []
         infos: dict[str, vast.ResolvedAd] = {}
         for ad in resolution.ads:
-            key = self._library.key_for(ad)
+            key = self._library.key_for(ad, specs)
             cc = None if key is None else (self._library.get(key, names)
                                            or self._library.load(key, specs))
             if key is None or cc is None:

@@ -5,6 +5,7 @@ server paths, ``/assets/mezzanines/...`` gave the original creative)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -48,8 +49,9 @@ async def _condition(library: CreativeLibrary, mezzanine: Path) -> str:
         yield mezzanine.read_bytes()
 
     library._download = download
-    key = await library._fetch_and_condition(
-        ("ad-id.org", "AD-1", "http://127.0.0.1:1/creatives/ad-a.mp4"), SPECS)
+    fetch = asyncio.ensure_future(library._fetch(
+        ("ad-id.org", "AD-1", "http://127.0.0.1:1/creatives/ad-a.mp4")))
+    key = await library._condition_fetched(fetch, SPECS, None, "live1")
     assert key is not None
     assert await library.ensure("slate-live1", str(mezzanine), SPECS) is not None
     return key
@@ -128,3 +130,59 @@ async def test_only_conditioned_segments_are_served(tmp_path: Path,
             status, _, body = await stack.get(str(URL(stack.base + path, encoded=True)))
             assert status == 404, (path, body)
             assert json.loads(body)["error"] == "not_found", path
+
+
+async def test_one_creative_is_conditioned_to_each_ladder_that_asks(tmp_path: Path) -> None:
+    """Found by a newcomer: conditioned files were known by creative and rendition
+    name only, so the first channel to condition an ad decided its format for
+    every channel: an fMP4 channel's ``v0`` got a TS channel's segments (and an
+    init that did not exist), a 1080p one a 360p one's. Each ladder now gets the
+    creative conditioned to it, downloaded once, and the same ladder shares."""
+    from stitcher.ads import ladder_key
+    from stitcher.conditioning import Conditioner
+    from stitcher.ffmpeg import ffprobe_exe
+    from stitcher.metrics import Metrics
+
+    mezzanine = _mezzanine(tmp_path / "mezz.mp4")
+    downloads: list[str] = []
+
+    async def download(url: str) -> AsyncIterator[bytes]:
+        downloads.append(url)
+        yield mezzanine.read_bytes()
+
+    metrics = Metrics()
+    library = CreativeLibrary(tmp_path / "lib", Conditioner(metrics=metrics), metrics,
+                              download=download)
+    ts = [RenditionSpec("v0", 64, 36, 100_000, Fraction(30), segment_duration=Fraction(1))]
+    fmp4 = [RenditionSpec("v0", 96, 54, 150_000, Fraction(30), segment_duration=Fraction(1),
+                          container="fmp4")]
+    ident = ("ad-id.org", "AD-1", "http://127.0.0.1:1/creatives/ad-a.mp4")
+    fetch = asyncio.ensure_future(library._fetch(ident))
+    keys = [await library._condition_fetched(fetch, specs, None, channel)
+            for specs, channel in ((ts, "tsch"), (fmp4, "fmp4ch"), (list(ts), "other"))]
+    assert downloads == [ident[2]], "downloaded once"
+    assert keys[0] is not None and keys[1] is not None
+    assert keys[0] != keys[1] and keys[2] == keys[0], keys
+    assert keys == [ladder_key(await fetch or "", s) for s in (ts, fmp4, ts)]
+    exe = ffprobe_exe()
+    assert exe is not None
+
+    def video_size(path: Path) -> tuple[str, int, int]:
+        probe = subprocess.run([exe, "-v", "error", "-show_streams", "-show_format", "-of",
+                                "json", str(path)],
+                               capture_output=True, text=True, check=True, timeout=30)
+        info = json.loads(probe.stdout)
+        video = next(s for s in info["streams"] if s["codec_type"] == "video")
+        return info["format"]["format_name"], video["width"], video["height"]
+
+    for key, spec in zip(keys[:2], (ts[0], fmp4[0]), strict=True):
+        cc = library.get(key, ["v0"])
+        assert cc is not None and cc.renditions["v0"].spec == spec
+        path = library.segment_path(key, "v0", 0)
+        assert path is not None and path.startswith(f"{key}/v0/")
+        assert (library.init_path(key, "v0") is not None) == (spec.container == "fmp4")
+    ts_segment = library.segment_path(keys[0], "v0", 0)
+    fmp4_init = library.init_path(keys[1], "v0")
+    assert ts_segment is not None and fmp4_init is not None
+    assert video_size(library.root / ts_segment) == ("mpegts", 64, 36)
+    assert video_size(library.root / fmp4_init)[1:] == (96, 54)
