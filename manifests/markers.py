@@ -113,12 +113,14 @@ class MarkerPolicy:
 
 @dataclass
 class MarkerErrors:
-    """Markers that could not be understood: logged and counted, never fatal."""
+    """Markers, or parts of one, that could not be understood: logged and counted,
+    never fatal (what was read of them still counts: a CUE-OUT with an unreadable
+    duration still opens a break, planned to the policy's maximum)."""
 
     items: list[str] = field(default_factory=list)
 
     def add(self, message: str) -> None:
-        log.warning("ad marker ignored: %s", message)
+        log.warning("ad marker not understood: %s", message)
         self.items.append(message)
 
 
@@ -142,7 +144,7 @@ def _cue_out(value: str | None, seg: Segment, policy: MarkerPolicy,
             duration = attrs.decimal("DURATION") or (parse_duration(bare) if bare else None)
             event_id = attrs.string("BREAKID") or attrs.string("ID")
             cue = attrs.string("CUE")
-            if duration is None and bare is not None:
+            if duration is None and (bare is not None or _unreadable(attrs, "DURATION")):
                 errors.add(f"EXT-X-CUE-OUT with an unreadable duration {value!r}")
     # Envivio / MediaKind put the cue itself in CUE="<b64>": it names the event.
     pts: int | None = None
@@ -168,12 +170,20 @@ def _cue_out_cont(value: str | None, seg: Segment, policy: MarkerPolicy,
         if "=" not in text and "/" in text:
             e, _, d = text.partition("/")
             elapsed, duration = parse_duration(e), parse_duration(d)
+            if elapsed is None or duration is None:
+                errors.add(f"EXT-X-CUE-OUT-CONT with an unreadable elapsed/duration {value!r}")
         else:
             attrs = _attrs(text, errors)
             if attrs is not None:
                 elapsed = attrs.decimal("ElapsedTime")
                 duration = attrs.decimal("Duration")
                 cue = attrs.string("SCTE35")
+                if (_unreadable(attrs, "ElapsedTime") or _unreadable(attrs, "Duration")
+                        or (elapsed is None and duration is None and cue is None)):
+                    # (still a CONT: inside a break it continues it, as a bare one does)
+                    errors.add(f"EXT-X-CUE-OUT-CONT with nothing readable in {value!r}"
+                               if elapsed is None and duration is None and cue is None
+                               else f"EXT-X-CUE-OUT-CONT with an unreadable time {value!r}")
     return [Signal(SignalKind.CONT, EXT_X_CUE_OUT_CONT, elapsed=elapsed,
                    planned_duration=duration, cue=cue)]
 
@@ -470,6 +480,11 @@ def _segmentation_signals(section: object, dialect: str, policy: MarkerPolicy,
 def _with_id(signal: Signal, event_id: str | None, start: datetime | None = None) -> Signal:
     return replace(signal, event_id=signal.event_id or event_id or None,
                    start=signal.start if signal.start is not None else start)
+
+
+def _unreadable(attrs: AttributeList, name: str) -> bool:
+    """Is attribute ``name`` there with a value that is not a decimal number?"""
+    return name in attrs and attrs.decimal(name) is None
 
 
 def _attrs(text: str, errors: MarkerErrors) -> AttributeList | None:

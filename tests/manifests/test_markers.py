@@ -161,6 +161,29 @@ def test_continuation_forms(tag: str, elapsed: Fraction | None,
     assert errors.items == []  # an elided SCTE35= value is kept, never decoded
 
 
+@pytest.mark.parametrize(("tag", "kind", "planned", "error"), [
+    ("#EXT-X-CUE-OUT:DURATION=abc", SignalKind.OUT, None, "unreadable duration"),
+    ("#EXT-X-CUE-OUT:abc", SignalKind.OUT, None, "unreadable duration"),
+    ("#EXT-X-CUE-OUT:DURATION=,BREAKID=7", SignalKind.OUT, None, "unreadable duration"),
+    ("#EXT-X-CUE-OUT-CONT:xxgarbage", SignalKind.CONT, None, "nothing readable"),
+    ("#EXT-X-CUE-OUT-CONT:8.308/abc", SignalKind.CONT, None, "unreadable elapsed/duration"),
+    ("#EXT-X-CUE-OUT-CONT:ElapsedTime=x,Duration=30", SignalKind.CONT, Fraction(30),
+     "unreadable time"),
+])
+def test_malformed_cue_values_are_read_as_far_as_they_go_and_counted(
+        tag: str, kind: SignalKind, planned: Fraction | None, error: str) -> None:
+    """Found by a newcomer: ``CUE-OUT:DURATION=abc`` and ``CUE-OUT-CONT:xx...`` were
+    taken without a word (no log, no count), where ``CUE-OUT:abc`` was an error.
+    What can be read still counts (an OUT without a duration opens a break planned
+    to the policy maximum; a CONT continues one), and each is one marker error,
+    which the service counts in ``stitcher_marker_errors_total``."""
+    errors = MarkerErrors()
+    playlist = parse_media("#EXTM3U\n" + tag + "\n#EXTINF:6.000,\ns.ts\n")
+    [sig] = segment_signals(playlist.segments[0], errors=errors)
+    assert (sig.kind, sig.planned_duration) == (kind, planned)
+    assert len(errors.items) == 1 and error in errors.items[0], errors.items
+
+
 def test_adobe_spliceout_repeated_with_elapsed_is_a_continuation() -> None:
     [sig] = signals_of('#EXT-X-CUE:TYPE="SpliceOut",ID=325630,DURATION=105.000,ELAPSED=6.007')
     assert (sig.kind, sig.elapsed, sig.event_id) == (SignalKind.CONT, Fraction("6.007"), "325630")
