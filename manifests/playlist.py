@@ -597,6 +597,8 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
                 pdt = fromisoformat(value)
             except ValueError:
                 pdt = parse_pdt(value)
+                if pdt is None:
+                    warnings.append(_bad_pdt(value))
             else:
                 if pdt.tzinfo is None:
                     pdt = pdt.replace(tzinfo=UTC)
@@ -621,6 +623,13 @@ def _parse_text(body: str, state: ParseState, rows: TableBuilder, *, strict: boo
     rows.add(more)
     warnings.extend(notes)
     return header, trailer, warnings
+
+
+def _bad_pdt(value: str) -> str:
+    """The warning for an EXT-X-PROGRAM-DATE-TIME no ISO 8601 form reads: the line
+    passes through as it came (invariant 6), the segment's date is derived from the
+    one before it (none after a discontinuity)."""
+    return f"malformed EXT-X-PROGRAM-DATE-TIME {value[:80]!r}: its date derived, if it can be"
 
 
 def _naive_among(pdts: list[datetime]) -> bool:
@@ -774,6 +783,8 @@ def parse_lines(raw_lines: list[str], state: ParseState, *, in_header: bool, str
                 pdt = fromisoformat(pdt_text)
             except ValueError:
                 pdt = parse_pdt(pdt_text)
+                if pdt is None:
+                    warnings.append(_bad_pdt(pdt_text))
             else:
                 if pdt.tzinfo is None:
                     pdt = pdt.replace(tzinfo=UTC)

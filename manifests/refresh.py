@@ -8,7 +8,8 @@ tail, reusing the previous :class:`~manifests.playlist.Segment` objects, so
 everything memoised on them (rendered forms) stays valid. Anything else (a
 header that carries segment tags, an inconsistent discontinuity sequence, a
 changed line ending) falls back to a full parse: the result is always what
-:func:`~manifests.playlist.parse_media` would return.
+:func:`~manifests.playlist.parse_media` would return, but for its warnings, which
+are the new lines' only (the rest were reported when first read).
 """
 
 from __future__ import annotations
@@ -150,13 +151,14 @@ class IncrementalParser:
             key=last.key, map=last.map, prev_pdt=last.prev_pdt, prev_step=last.prev_step,
             range_end=last.range_end, target=state.target, endlist=state.endlist,
             playlist_type=state.playlist_type, version=state.version)
+        # (Its warnings are the new tail's: what was read before was reported then.)
         _h, new_segs, new_trailer, _w2 = parse_lines(tail_lines, cont, in_header=False)
         # kept[0] and kept[-1] were built above, before the table may be copied:
         # the splice cache knows the window by those two objects.
         playlist = MediaPlaylist.of_rows(
             kept.extended(new_segs), header, new_trailer, cont.target, state.media_sequence,
             state.discontinuity_sequence, cont.endlist, cont.playlist_type, cont.version,
-            newline, False, final_newline if tail_text else old.final_newline, (),
+            newline, False, final_newline if tail_text else old.final_newline, tuple(_w2),
             old.marked[bisect_left(old.marked, kept[0].msn):]
             + tuple(seg.msn for seg in new_segs if seg.markers))
         self._remember(text, playlist, hdr_end)

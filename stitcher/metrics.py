@@ -139,6 +139,11 @@ class Metrics:
                                       ["channel", "result"], registry=r)
         self.origin_errors = Counter("stitcher_origin_errors_total", "Origin faults by kind",
                                      ["channel", "kind"], registry=r)
+        self.origin_warnings = Counter(
+            "stitcher_origin_playlist_warnings_total",
+            "Lines of origin playlists taken with a defined fallback (a malformed date, "
+            "an EXTINF without a URI ...), each counted when first read", ["channel"],
+            registry=r)
         self.store_errors = Counter("stitcher_store_errors_total",
                                     "Shared store failures a player did not see (where)",
                                     ["channel", "where"], registry=r)

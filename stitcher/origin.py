@@ -295,6 +295,12 @@ class OriginFetcher:
         if not playlist.rows:  # not .segments: a cold parse builds only what is read
             raise UpstreamError("playlist has no segments")
         _check_complete(playlist)
+        if playlist.warnings:  # (a refresh's are its new lines': each counted once)
+            self._metrics.origin_warnings.labels(self._channel).inc(len(playlist.warnings))
+            more = len(playlist.warnings) - 1
+            log.warning("origin playlist %s: %s%s", url, playlist.warnings[0],
+                        f" (and {more} more)" if more else "",
+                        extra={"channel": self._channel})
         if e.good is not None and playlist.media_sequence < e.good.playlist.media_sequence:
             raise UpstreamError(
                 f"media sequence went backwards ({e.good.playlist.media_sequence} -> "

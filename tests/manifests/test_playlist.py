@@ -242,3 +242,34 @@ def test_extinf_without_uri_is_warned_not_attached_silently() -> None:
     truncated = parse_media("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\na.ts\n#EXTINF:2,\n")
     assert [s.uri for s in truncated.segments] == ["a.ts"]
     assert truncated.warnings == ("EXTINF without a URI at the end of the playlist",)
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_a_malformed_program_date_time_is_warned_and_its_date_derived(crlf: bool) -> None:
+    """Found by a newcomer: ``#EXT-X-PROGRAM-DATE-TIME:20X6-...`` went through without
+    a word. It still passes through as it came (invariant 6), the segment's date
+    is derived from the one before, and the parse warns, once, whichever path
+    read it (the column runs, the line loop, a refresh's new tail: each warns of
+    its own lines only)."""
+    from manifests.refresh import IncrementalParser
+
+    def text(last: int, bad: set[int]) -> str:
+        lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:0"]
+        for msn in range(last + 1):
+            day = "20X6" if msn in bad else "2026"
+            lines += [f"#EXT-X-PROGRAM-DATE-TIME:{day}-12-03T10:00:{2 * msn:02d}.000Z",
+                      "#EXTINF:2.000,", f"s{msn}.ts"]
+        return ("\r\n" if crlf else "\n").join(lines) + ("\r\n" if crlf else "\n")
+
+    first = text(9, {5})
+    playlist = parse_media(first)
+    assert render(playlist) == first
+    assert len(playlist.warnings) == 1 and "20X6-12-03T10:00:10" in playlist.warnings[0]
+    seg = playlist.segments[5]
+    assert not seg.pdt_explicit and seg.pdt == datetime(2026, 12, 3, 10, 0, 10, tzinfo=UTC)
+    parser = IncrementalParser()
+    assert parser.parse(first).warnings == playlist.warnings
+    slid = parser.parse(text(10, {5, 10}))
+    assert len(slid.warnings) == 1 and "20X6-12-03T10:00:20" in slid.warnings[0]
+    assert parser.incremental_parses == 1  # a refresh reads its new tail only
+    assert parser.parse(text(11, {5, 10})).warnings == ()

@@ -567,6 +567,44 @@ async def test_a_playlist_past_the_size_limit_is_refused_unread(declared: bool) 
         assert not fresh.stale and fresh.playlist.media_sequence == 12
 
 
+async def test_origin_playlist_warnings_are_counted_once_each() -> None:
+    """A malformed date-time (found by a newcomer: passed on without a word) is
+    taken with its defined fallback and counted in
+    ``stitcher_origin_playlist_warnings_total`` when its line is first read: the
+    refreshes after do not count it again."""
+    import aiohttp
+
+    from stitcher.metrics import Metrics
+    from stitcher.origin import OriginFetcher
+
+    def window(first: int, count: int) -> str:
+        lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:2", f"#EXT-X-MEDIA-SEQUENCE:{first}"]
+        for msn in range(first, first + count):
+            year = "20X6" if msn == 12 else "2026"
+            lines += [f"#EXT-X-PROGRAM-DATE-TIME:{year}-12-03T10:{msn:02d}:00.000Z",
+                      "#EXTINF:2.000,", f"seg{msn}.ts"]
+        return "\n".join(lines) + "\n"
+
+    serving = {"body": window(8, 3)}
+    now = [0.0]
+    metrics = Metrics()
+
+    def counted() -> float | None:
+        return metrics.registry.get_sample_value(
+            "stitcher_origin_playlist_warnings_total", {"channel": "ch"})
+
+    async with _serving(serving) as url, aiohttp.ClientSession() as http:
+        fetcher = OriginFetcher(http, metrics, "ch", clock=lambda: now[0])
+        await fetcher.get(url)
+        assert counted() is None
+        for step in range(1, 4):  # seg12 arrives with its bad date, then stays
+            serving["body"] = window(8 + step, 5)
+            now[0] += 2
+            fetched = await fetcher.get(url)
+            assert not fetched.stale and "20X6" in fetched.text
+            assert counted() == 1, step
+
+
 # ------------------------------------- B02: an origin whose media sequence regresses
 
 async def test_b02_regressing_origin_keeps_the_last_good_playlist() -> None:
