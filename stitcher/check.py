@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -53,12 +54,25 @@ class CheckReport:
     def to_text(self) -> str:
         head = (f"checked {self.url}: {len(self.renditions)} rendition(s), {self.reloads} "
                 f"reloads, {self.stale_serves} stale serves announced\n")
-        errors = "".join(f"FETCH {e['rendition']} reload {e['reload']}: {e['error']}\n"
-                         for e in self.fetch_errors)
+        errors = "".join(_fetch_error_lines(self.fetch_errors))
         verdict = ("OK\n" if self.ok else
                    f"FAILED: {len(self.violations)} violation(s), "
                    f"{len(self.fetch_errors)} failed fetch(es)\n")
         return head + errors + format_text(self.violations) + verdict
+
+
+def _fetch_error_lines(errors: list[dict[str, Any]]) -> list[str]:
+    """One line per rendition and error, with the reloads it failed on (a stream
+    down for a minute was one identical line per reload: found by a newcomer)."""
+    seen: dict[tuple[str, str], list[int]] = {}
+    for e in errors:
+        seen.setdefault((e["rendition"], e["error"]), []).append(e["reload"])
+    lines = []
+    for (rendition, error), reloads in seen.items():
+        where = (f"reload {reloads[0]}" if len(reloads) == 1 else
+                 f"reloads {reloads[0]}-{reloads[-1]} ({len(reloads)} times)")
+        lines.append(f"FETCH {rendition} {where}: {error}\n")
+    return lines
 
 
 class StreamUnreadable(Exception):
@@ -80,10 +94,12 @@ async def _get(session: aiohttp.ClientSession, url: str, timeout: float
 async def renditions_of(session: aiohttp.ClientSession, url: str, timeout: float
                         ) -> dict[str, str]:
     """rendition id -> media playlist URL (a media playlist URL is its own rendition)."""
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise StreamUnreadable(f"{url}: not an http:// or https:// URL")
     try:
         text, _, final_url = await _get(session, url, timeout)
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise StreamUnreadable(f"{url}: {exc}") from exc
+        raise StreamUnreadable(f"{url}: {str(exc) or type(exc).__name__}") from exc
     if not is_playlist_text(text):
         raise StreamUnreadable(f"{url} did not answer with an HLS playlist")
     if "#EXT-X-STREAM-INF" in text or "#EXT-X-MEDIA:" in text:

@@ -147,6 +147,8 @@ class Stream:
 
 def find_streams(path: Path) -> list[Path]:
     """``path`` itself when it holds a stream.json, else its subfolders that do."""
+    if not path.exists():
+        raise StreamUnreadable(f"{path}: no such file or folder")
     if (path / "stream.json").exists():
         return [path]
     found = sorted(p for p in path.iterdir() if (p / "stream.json").exists()) if (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -155,3 +156,21 @@ async def test_cli_exit_status_and_json() -> None:
             *bad, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         _out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 2 and bad[0].encode() in err, (bad, err)
+
+
+async def test_what_is_not_a_url_and_repeated_fetch_errors_are_said_once() -> None:
+    """Found by a newcomer: ``check not-a-url`` said 'not-a-url: not-a-url', and a
+    rendition failing for a minute printed one identical line per reload."""
+    from stitcher.check import CheckReport, StreamUnreadable, run_check
+
+    for bad in ("not-a-url", "ftp://host/x.m3u8", "http:///x.m3u8"):
+        with pytest.raises(StreamUnreadable, match="not an http:// or https:// URL"):
+            await run_check(bad, 1)
+    report = CheckReport("http://h/m.m3u8", {"v0": "a", "v1": "b"})
+    report.fetch_errors = [{"rendition": "v1", "reload": r, "error": "503, message='down'"}
+                           for r in range(3, 124)]
+    report.fetch_errors.insert(1, {"rendition": "v0", "reload": 4, "error": "timeout"})
+    lines = report.to_text().splitlines()
+    assert [line for line in lines if line.startswith("FETCH")] == [
+        "FETCH v1 reloads 3-123 (121 times): 503, message='down'",
+        "FETCH v0 reload 4: timeout"]

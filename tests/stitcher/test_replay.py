@@ -172,3 +172,11 @@ def test_a_bad_channel_in_stream_json_is_unreadable_not_a_traceback(
     assert cli.main(["replay", str(broken), "--out", str(tmp_path / "o")]) == 2
     out = capsys.readouterr().out
     assert out.startswith("replay: ") and says in out and "Traceback" not in out
+
+
+def test_a_missing_stream_folder_says_so(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a newcomer: a path that does not exist was 'no stream.json here nor
+    in its subfolders'."""
+    assert cli.main(["replay", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "nowhere: no such file or folder" in capsys.readouterr().out
