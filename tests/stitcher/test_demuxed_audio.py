@@ -116,3 +116,29 @@ async def test_every_ad_and_slate_slot_of_a_demuxed_audio_rendition_is_audio(
             played = Fraction(int(stream["nb_read_packets"]) * 1024, rate)
             assert abs(played - seg.duration) <= Fraction(1024, rate), (
                 seg.uri, played, seg.duration)
+
+
+async def test_an_audio_rendition_that_cannot_be_probed_fails_the_preparation(
+        media: Any, tmp_path: Path, caplog: Any) -> None:
+    """No audio segment to read: the channel is not prepared (so no ad is placed
+    whose audio slots would 404), with the reason in the log and on /readyz."""
+    from fixtures.origin import FaultRule
+    from stitcher.conditioning import ConditioningError
+
+    clock = ManualClock(start=1_850_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=tmp_path / "assets", demuxed_audio=True) as stack:
+        stack.origin.add_fault(FaultRule(kinds=frozenset({"segment"}),
+                                         renditions=frozenset({"audio"}), status=404))
+        caplog.set_level("ERROR", logger="stitcher.channel")
+        try:
+            await stack.runtime.prepare()
+        except ConditioningError as exc:
+            assert "cannot probe audio rendition a0" in str(exc), exc
+        else:
+            raise AssertionError("preparation succeeded without probing the audio")
+        assert stack.runtime.specs == []
+        assert any("preparation failed" in r.getMessage() and "audio rendition a0"
+                   in r.getMessage() for r in caplog.records), caplog.text
+        status, _, body = await stack.get("/readyz")
+        assert status == 200 and json.loads(body)["failed"] == [stack.channel], body
