@@ -448,10 +448,14 @@ async def test_audio_only_rendition_on_its_own_grid(media_set, tmp_path, contain
     assert abs(total - 8 * Fraction(2002, 1000)) <= frame
     joined.write_bytes((r.init.read_bytes() if r.init else b"")
                        + b"".join(s.path.read_bytes() for s in r.segments[:7]))
+    assert -25.5 <= _integrated_loudness(joined) <= -22.5
+
+
+def _integrated_loudness(path: Path) -> float:
+    """EBU R128 integrated loudness (LUFS) of a file's audio."""
     proc = subprocess.run(
-        [media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(joined),
+        [media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path),
          "-af", "ebur128", "-f", "null", "-"],
         capture_output=True, text=True, timeout=120, check=True)
     summary = proc.stderr[proc.stderr.rfind("Summary:"):]
-    loudness = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
-    assert -25.5 <= loudness <= -22.5
+    return float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
