@@ -96,6 +96,10 @@ async def test_every_ad_and_slate_slot_of_a_demuxed_audio_rendition_is_audio(
         slate = [s for s in slots if "/slate-" in s.uri]
         assert len(ads) == 13 and len(slate) == 2 and len(ads) + len(slate) == len(slots), [
             s.uri for s in slots]
+        #: Per ad (pod position): audio played and slot time so far, so the cut
+        #: points are the grid's (each within a frame of k x cadence), not only each
+        #: segment's length.
+        sums: dict[str, tuple[Fraction, Fraction]] = {}
         for i, seg in enumerate(slots):
             url = urljoin(media_base, seg.uri)
             status, headers, body = await stack.get(url)
@@ -116,6 +120,11 @@ async def test_every_ad_and_slate_slot_of_a_demuxed_audio_rendition_is_audio(
             played = Fraction(int(stream["nb_read_packets"]) * 1024, rate)
             assert abs(played - seg.duration) <= Fraction(1024, rate), (
                 seg.uri, played, seg.duration)
+            ad = seg.uri.split("/")[3] if seg.uri.startswith("ad/") else "slate"
+            so_far = sums.get(ad, (Fraction(0), Fraction(0)))
+            sums[ad] = (so_far[0] + played, so_far[1] + seg.duration)
+            assert abs(sums[ad][0] - sums[ad][1]) <= Fraction(1024, rate), (seg.uri, sums)
+        assert sorted(sums) == ["0", "1", "slate"], sums
 
 
 async def test_an_audio_rendition_that_cannot_be_probed_fails_the_preparation(
