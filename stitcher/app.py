@@ -567,7 +567,8 @@ def ad_segment_ready(app: web.Application) -> FastPath:
         if ad is not None and request.method == "GET":
             fired = app[TRACKER].record_now(
                 session_id=session.session_id, break_id=info["brk"], ad=ad,
-                segment=segment, nominal=runtime.nominal or decision.pod.nominal,
+                segment=segment,
+                nominal=runtime.segment_cadence(info["rid"]) or decision.pod.nominal,
                 client_ip=_client_ip(request),
                 user_agent=request.headers.get(hdrs.USER_AGENT, ""))
             if fired is None:
@@ -585,8 +586,11 @@ async def ad_segment(request: web.Request) -> web.Response:
         try:
             await request.app[TRACKER].on_ad_segment(
                 session_id=session.session_id, break_id=request.match_info["brk"], ad=ad,
-                # Segment indexes count in this (video) grid's cadence, not the pod's unit.
-                segment=segment, nominal=runtime.nominal or decision.pod.nominal,
+                # Segment indexes count in the rendition's grid's cadence (the video's,
+                # or a demuxed audio grid's own), not the pod's unit.
+                segment=segment,
+                nominal=runtime.segment_cadence(request.match_info["rid"])
+                or decision.pod.nominal,
                 client_ip=_client_ip(request),
                 user_agent=request.headers.get("User-Agent", ""))
         except (RedisError, OSError) as exc:

@@ -69,9 +69,11 @@ from manifests.timing import seconds_between
 from stitcher.ads import AdDecider, AdInfo, CreativeLibrary, Decision, slate_key
 from stitcher.captions import ContentCaptions
 from stitcher.conditioning import (
+    ConditioningError,
     RenditionSpec,
     asset_init_path,
     asset_segment_path,
+    probe_audio_rendition,
     probe_rendition,
     whole_frames,
 )
@@ -359,6 +361,8 @@ class ChannelRuntime:
 
     def _prepare_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
+            log.error("channel %s: preparation failed (no ads until it succeeds; retried "
+                      "in %s s): %s", self.cfg.id, PREPARE_RETRY, task.exception())
             self.prepare_failures += 1
             self._prepare_failed_at = self._clock()
             # Say why: /readyz only lists the channel as failed (found by a newcomer
@@ -396,8 +400,23 @@ class ChannelRuntime:
             # frames): pods are laid out in it, so an ad's slots are its segments.
             self.nominal = spec.segment_duration
             specs.append(spec)
+        audio: list[tuple[Rendition, Fetched]] = []
         for r in mv.renditions:
-            if r.grid not in self.cadences and r.kind != "video":
+            if r.kind == "audio":
+                # Demuxed audio: its ad and slate segments are conditioned like the
+                # video's, so its playlist must be read (and below, probed) or the
+                # channel is not ready: a break would 404 every audio slot.
+                try:
+                    fetched = await self.fetcher.get(r.uri)
+                except Exception as exc:
+                    raise ConditioningError(
+                        f"channel {self.cfg.id}: cannot read audio rendition {r.id} "
+                        f"({r.uri}) to condition ads for it: {exc}") from exc
+                audio.append((r, fetched))
+                if r.grid not in self.cadences:
+                    self.cadences[r.grid] = Fraction(fetched.playlist.target_duration or 2)
+                    timings[r.grid] = grid_timing(fetched.playlist)
+            elif r.grid not in self.cadences and r.kind != "video":
                 try:
                     other = await self.fetcher.get(r.uri)
                 except Exception as exc:  # noqa: BLE001 - an alternate rendition down: later
@@ -417,24 +436,57 @@ class ChannelRuntime:
         if self.unit != self.cadences["main"]:
             from dataclasses import replace as with_
             specs = [with_(spec, pad_to=self.unit) for spec in specs]
+        for r, fetched in audio:
+            specs.append(await self._audio_spec(r, fetched))
         self.specs = specs
         if self.cfg.slate:
             await self.library.ensure(slate_key(self.cfg.id), self.cfg.slate, specs)
         log.info("channel %s ready: %d renditions, segment %s s, pod layout unit %s s",
                  self.cfg.id, len(specs), self.nominal, self.unit)
 
+    async def _audio_spec(self, r: Rendition, fetched: Fetched) -> RenditionSpec:
+        """The audio-only spec of demuxed audio rendition ``r``: probed from its newest
+        segment (or, with an explicit ladder, the usual AAC 48 kHz stereo), cut on its
+        grid's cadence (the video's whole-frame cadence when the two share a target
+        duration, as packagers cut them together) and padded to the pod layout unit."""
+        if not fetched.playlist.rows:
+            raise ConditioningError(f"channel {self.cfg.id}: audio rendition {r.id} has no "
+                                    "segment to probe")
+        seg = fetched.playlist.rows[-1]
+        main = self.cadences["main"]
+        cadence = self.cadences.get(r.grid) or main
+        if round(cadence) == round(main):
+            cadence = main
+        if self.cfg.ladder is not None:  # given, not probed (replay: no ffprobe)
+            spec = RenditionSpec(name=r.id, width=0, height=0, video_bitrate=0,
+                                 fps=Fraction(48000), segment_duration=cadence,
+                                 container="fmp4" if seg.map is not None else "ts",
+                                 kind="audio")
+        else:
+            try:
+                spec = await self._probe_content(r, seg, cadence, audio=True)
+            except Exception as exc:
+                raise ConditioningError(
+                    f"channel {self.cfg.id}: cannot probe audio rendition {r.id} to "
+                    f"condition ads for it: {exc}") from exc
+        if self.unit is not None and self.unit != spec.exact_segment_duration:
+            spec = replace(spec, pad_to=self.unit)
+        return spec
+
     async def _probe_content(self, r: Rendition, seg: Segment,
-                             nominal: Fraction) -> RenditionSpec:
-        """The spec of video rendition ``r`` from its newest segment ``seg``.
+                             nominal: Fraction, *, audio: bool = False) -> RenditionSpec:
+        """The spec of video rendition ``r`` (``audio``: of demuxed audio rendition
+        ``r``, :func:`probe_audio_rendition`) from its newest segment ``seg``.
 
         An fMP4 media segment is nothing without its Media Initialization Section
         (RFC 8216bis 4.4.4.5), so the two are fetched and probed as one file.
         """
         from urllib.parse import urljoin
 
+        probe = probe_audio_rendition if audio else probe_rendition
         url = urljoin(r.uri, seg.uri)
         if seg.map is None:
-            return await probe_rendition(url, r.id, segment_duration=nominal)
+            return await probe(url, r.id, segment_duration=nominal)
         attrs = AttributeList.parse(seg.map.value or "")
         if "BYTERANGE" in attrs or seg.byterange is not None:
             raise ValueError(f"channel {self.cfg.id}: {r.id} is byte-range fMP4; probing "
@@ -450,7 +502,13 @@ class ChannelRuntime:
         with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
             joined = Path(tmp) / "segment.mp4"
             joined.write_bytes(b"".join(parts))
-            return await probe_rendition(joined, r.id, segment_duration=nominal)
+            return await probe(joined, r.id, segment_duration=nominal)
+
+    def segment_cadence(self, rid: str) -> Fraction | None:
+        """The duration of rendition ``rid``'s ad segments: the video's cadence
+        (``nominal``), or a demuxed audio rendition's own, which may differ."""
+        spec = next((s for s in self.specs if s.name == rid and s.audio_only), None)
+        return spec.exact_segment_duration if spec is not None else self.nominal
 
     async def warm_up(self) -> int:
         """Probe the ladder, condition the slate and the ad server's current
@@ -936,9 +994,12 @@ class ChannelRuntime:
     def _slate_loop(self, unit: Fraction) -> int:
         """The slate's loop in whole layout units (the same instants in every grid)."""
         slate = self.library.get(slate_key(self.cfg.id), [s.name for s in self.specs])
-        if slate is None or not self.specs:
+        video = next((s for s in self.specs if not s.audio_only), None)
+        if slate is None or video is None:
             return 0
-        return max(1, int(slate.segment_count * (self.nominal or unit) // unit))
+        # Counted in the main grid's segments (an audio grid may cut in its own cadence).
+        count = len(slate.renditions[video.name].segments)
+        return max(1, int(count * (self.nominal or unit) // unit))
 
     async def _fallback(self, brk: Break | None, start: Fraction, reason: str) -> Decision:
         """What a break shows when no decision could be made: the content

@@ -78,9 +78,22 @@ class ConditioningError(Exception):
         self.stderr_tail = stderr_tail
 
 
+#: AAC encoders (ffmpeg's included) put one frame of priming samples (encoder delay)
+#: before the audio: an audio-only rendition is fed that much less, so its packets
+#: end within a frame of the slot instead of spilling one into an extra segment.
+AAC_FRAME = 1024
+
+
 @dataclass(frozen=True)
 class RenditionSpec:
-    """What a conditioned rendition must look like (probed from the content)."""
+    """What a conditioned rendition must look like (probed from the content).
+
+    ``kind`` "video": H.264 + AAC, cut every ``frames_per_segment`` video frames.
+    ``kind`` "audio": a demuxed audio rendition (EXT-X-MEDIA TYPE=AUDIO), AAC only,
+    no picture (``width``, ``height``, ``video_bitrate`` 0); its ``fps`` is the
+    sample rate, so its "frames" are samples and the plan, padding and cut points
+    are computed the same way, on the audio grid's cadence.
+    """
 
     name: str
     width: int
@@ -101,12 +114,18 @@ class RenditionSpec:
     #: pod layout unit: its coarsest rendition cadence, e.g. 6 s subtitles over
     #: 2 s video), so every grid sees an ad end at the same instant.
     pad_to: Fraction | None = None
+    kind: str = "video"  # or "audio" (audio-only, see above)
+
+    @property
+    def audio_only(self) -> bool:
+        return self.kind == "audio"
 
     @property
     def frames_per_segment(self) -> int:
         frames = self.segment_duration * self.fps
         n = round(frames)
-        if n < 1 or abs(frames - n) > Fraction(1, 100):
+        # Audio: samples, the cadence to the nearest one (44.1 kHz x 2.002 s is 88288.2).
+        if n < 1 or (not self.audio_only and abs(frames - n) > Fraction(1, 100)):
             raise ValueError(
                 f"{self.name}: segment duration {self.segment_duration} s is not a whole "
                 f"number of frames at {self.fps} fps"
@@ -123,6 +142,8 @@ class RenditionSpec:
         d["fps"] = str(self.fps)
         d["segment_duration"] = str(self.segment_duration)
         d["pad_to"] = None if self.pad_to is None else str(self.pad_to)
+        if not self.audio_only:
+            del d["kind"]  # video specs as before: their conditioned assets stay valid
         return d
 
     @classmethod
@@ -487,6 +508,53 @@ async def probe_rendition(
     )
 
 
+async def probe_audio_rendition(
+    path_or_url: str | os.PathLike[str], name: str, *, segment_duration: Fraction,
+    timeout: float = 60.0,
+) -> RenditionSpec:
+    """The audio-only spec (``kind="audio"``) ads must match in a demuxed audio
+    rendition, probed from one of its segments (fMP4: init and segment as one
+    file): container, AAC sample rate and channels, bit rate and, for MPEG-TS,
+    the audio PID. ``segment_duration`` is the audio grid's cadence.
+
+    Raises :class:`ConditioningError` when the segment holds no audio, or audio
+    that is not AAC (ads are conditioned to AAC only: an ad in another codec than
+    the rendition's ``CODECS`` would not play).
+    """
+    src = str(path_or_url)
+    info = await _probe(src, timeout=timeout)
+    a = _stream(info, "audio")
+    if a is None:
+        raise ConditioningError(f"{src}: no audio stream in audio rendition {name}")
+    if str(a.get("codec_name") or "") != "aac":
+        raise ConditioningError(f"{src}: audio rendition {name} is {a.get('codec_name')!r}; "
+                                "ads are conditioned to AAC only")
+    try:
+        rate = int(a["sample_rate"])
+        channels = int(a.get("channels") or 0)
+    except (KeyError, TypeError, ValueError):
+        rate = channels = 0
+    if rate <= 0 or channels <= 0:
+        raise ConditioningError(f"{src}: audio rendition {name}: unknown sample rate or "
+                                "channel count")
+    fmt = info.get("format", {})
+    fmt_name = str(fmt.get("format_name", "mpegts"))
+    container = "fmp4" if ("mp4" in fmt_name or "mov" in fmt_name) else "ts"
+    measured = int(a.get("bit_rate") or 128000)
+    pid = None
+    if container == "ts" and a.get("id"):
+        with contextlib.suppress(ValueError):
+            pid = int(str(a["id"]), 16)
+    return RenditionSpec(
+        name=name, width=0, height=0, video_bitrate=0, fps=Fraction(rate),
+        audio_rate=rate, audio_channels=channels,
+        segment_duration=Fraction(round(segment_duration * rate), rate),
+        container=container,
+        audio_bitrate=next((b for b in _AUDIO_BITRATES if b >= measured * 0.95),
+                           _AUDIO_BITRATES[-1]),
+        audio_pid=pid, kind="audio")
+
+
 # -------------------------------------------------------------- conditioning
 
 
@@ -622,6 +690,9 @@ def _build(
     outputs = []
     for i, plan in enumerate(plans):
         spec = plan.spec
+        if spec.audio_only:
+            outputs.append(_audio_output(audio[i], None if pad_a is None else pad_a[i], plan))
+            continue
         k = spec.frames_per_segment
         pad_frames = plan.total - plan.frames
         total_seconds = Fraction(plan.total) / spec.fps
@@ -690,6 +761,44 @@ def _build(
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"] + args
 
 
+def _audio_output(audio: Any, pad: Any, plan: _Plan) -> Any:
+    """The segmented output of an audio-only rendition (demuxed audio).
+
+    The same loudness-normalised audio as the video renditions' (split after
+    ``loudnorm``), the creative's ``plan.frames`` samples, then the pad source's
+    audio (``pad``, e.g. the slate's) or silence up to the padded total, cut by the
+    HLS muxer every ``segment_duration`` (every AAC frame is a random access
+    point, so a segment starts at the first frame at or after each boundary: the
+    audio grid's cut points, within a frame). The encoder's priming frame counts
+    against the total, so the last packet ends within a frame of the slot.
+    """
+    spec = plan.spec
+    fmt = _audio_fmt(spec)
+    a = (audio.filter("atrim", end=float(Fraction(plan.frames) / spec.fps))
+         .filter("aresample", spec.audio_rate).filter("aformat", **fmt))
+    pad_samples = plan.total - plan.frames
+    if pad_samples and pad is not None:
+        a = a.filter("apad", whole_len=plan.frames).filter("atrim", end_sample=plan.frames)
+        pa = (pad.filter("aresample", spec.audio_rate).filter("aformat", **fmt)
+              .filter("apad", whole_len=pad_samples).filter("atrim", end_sample=pad_samples))
+        a = ffmpeg.concat(a, pa, v=0, a=1)
+    fed = max(AAC_FRAME, plan.total - AAC_FRAME)
+    a = (a.filter("apad", whole_len=fed).filter("atrim", end_sample=fed)
+         .filter("asetpts", "N/SR/TB"))
+    opts: dict[str, Any] = {
+        "acodec": "aac", "b:a": spec.audio_bitrate, "ar": spec.audio_rate,
+        "ac": spec.audio_channels,
+        "f": "hls", "hls_time": float(spec.exact_segment_duration), "hls_list_size": 0,
+        "hls_playlist_type": "vod",
+        "hls_segment_filename": str(plan.tmp_dir / f"seg_%05d.{_extension(spec)}"),
+    }
+    if spec.container == "fmp4":
+        opts.update(hls_segment_type="fmp4", hls_fmp4_init_filename=FMP4_INIT)
+    else:
+        opts["hls_segment_type"] = "mpegts"
+    return ffmpeg.output(a, str(plan.tmp_dir / "segments.m3u8"), **opts)
+
+
 #: x264 signals the lowest profile its coding tools allow, and the fast presets turn
 #: tools off (ultrafast: no CABAC, no 8x8 transform, so "main" or "high" come out as
 #: Constrained Baseline). Pin the tools the content's profile is named for, so every
@@ -719,8 +828,9 @@ def asset_init_path(key: str, spec: RenditionSpec) -> str | None:
 
 
 def _pids(spec: RenditionSpec) -> tuple[int, int] | None:
-    """(video PID, audio PID) of a rendition, None for ffmpeg's defaults."""
-    if spec.video_pid is None and spec.audio_pid is None:
+    """(video PID, audio PID) of a rendition, None for ffmpeg's defaults (and for an
+    audio-only one: :func:`_pid_args`)."""
+    if spec.audio_only or (spec.video_pid is None and spec.audio_pid is None):
         return None
     video = spec.video_pid if spec.video_pid is not None else 0x100
     audio = spec.audio_pid if spec.audio_pid is not None else video + 1
@@ -733,6 +843,8 @@ def _pid_args(spec: RenditionSpec) -> list[str]:
     (``mpegts_start_pid`` on the HLS muxer never reaches the MPEG-TS context it
     writes segments with, and a content audio PID need not follow its video PID.)
     """
+    if spec.audio_only:  # its one stream, on the content's audio PID
+        return [] if spec.audio_pid is None else ["-streamid", f"0:{spec.audio_pid}"]
     pids = _pids(spec)
     if pids is None:
         return []
@@ -741,6 +853,8 @@ def _pid_args(spec: RenditionSpec) -> list[str]:
 
 def _check_pids(spec: RenditionSpec) -> None:
     pids = _pids(spec)
+    if spec.audio_only and spec.audio_pid is not None:
+        pids = (spec.audio_pid, spec.audio_pid)
     if pids is None or spec.container != "ts":
         return
     # ISO/IEC 13818-1 2.4.4.3 (table 2-3): 0x0000-0x000F are reserved, 0x1FFF is
@@ -748,7 +862,7 @@ def _check_pids(spec: RenditionSpec) -> None:
     for pid in pids:
         if not 0x10 <= pid < 0x1FFF or pid == 0x1000:
             raise ValueError(f"{spec.name}: PID {pid:#x} cannot carry an elementary stream")
-    if pids[0] == pids[1]:
+    if pids[0] == pids[1] and not spec.audio_only:
         raise ValueError(f"{spec.name}: video and audio share PID {pids[0]:#x}")
 
 
@@ -785,6 +899,8 @@ class Conditioner:
             raise ValueError("no rendition specs")
         for s in specs:
             _check_name("rendition name", s.name)
+            if s.kind not in ("video", "audio"):
+                raise ValueError(f"{s.name}: kind {s.kind!r} not supported (video or audio)")
             if s.container not in ("ts", "fmp4"):
                 raise ValueError(f"{s.name}: container {s.container!r} not supported "
                                  "(ts or fmp4)")

@@ -57,6 +57,7 @@ from fixtures.origin import (
     subtitles_for,
     synthetic_renditions,
 )
+from fixtures.origin import demuxed_audio as demuxed_audio_of
 from stitcher.app import CHANNELS, SIGNER, create_app
 from stitcher.channel import ChannelRuntime
 from stitcher.config import ChannelConfig, StitcherConfig
@@ -259,6 +260,7 @@ async def start_stack(
     instances: int = 1,
     subtitles: bool = False,
     subtitle_fault: str | None = None,
+    demuxed_audio: bool = False,
     ad_host: str | None = None,
 ) -> AsyncIterator[Stack]:
     """Start origin, ad server and stitcher; stop all three on exit.
@@ -275,6 +277,9 @@ async def start_stack(
     their PDT; see :mod:`fixtures.origin`). ``subtitle_fault``: its packager's
     X-TIMESTAMP-MAP fault (``SubtitleSpec.map_fault``: ``missing``, ``stale``).
 
+    ``demuxed_audio``: the variants are video only and the origin serves their audio
+    as a demuxed rendition (``audio``, EXT-X-MEDIA TYPE=AUDIO; needs ``media``).
+
     ``ad_host``: the host the channel's VAST URL names for the ad server (default
     ``127.0.0.1``; e.g. ``localhost`` or a private address, to test the address policy).
 
@@ -289,6 +294,8 @@ async def start_stack(
     renditions = (renditions_from_media(media) if media is not None
                   else synthetic_renditions())
     o: dict[str, Any] = {"break_interval": None, "window_segments": 6}
+    if demuxed_audio:
+        renditions, o["audio"] = demuxed_audio_of(media)
     if subtitles:
         o["subtitles"] = subtitles_for(renditions, map_fault=subtitle_fault)
     o.update(origin or {})

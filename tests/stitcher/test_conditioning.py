@@ -21,6 +21,7 @@ from stitcher.conditioning import (
     ConditioningError,
     RenditionSpec,
     condition,
+    probe_audio_rendition,
     probe_rendition,
 )
 from stitcher.ffmpeg import ffprobe_exe
@@ -380,3 +381,75 @@ def test_two_instances_downloading_one_creative_at_once_both_get_it_whole(
     (source,) = (tmp_path / "mezzanines").glob(f"{keys[0]}*")
     assert source.read_bytes() == b"".join(body)
     assert not list((tmp_path / "mezzanines").glob("*.part"))
+
+
+# ------------------------------------------------ demuxed audio (kind="audio")
+
+
+async def test_probe_audio_rendition_of_demuxed_audio(media_set):
+    """A demuxed audio segment gives an audio-only spec (rate, channels, container,
+    PID); a segment with no audio, or no segment, is a clear ConditioningError."""
+    demuxed = media.ensure_demuxed(media_set)
+    spec = await probe_audio_rendition(demuxed.audio[3], "a0", segment_duration=Fraction(2))
+    assert spec.audio_only and spec.kind == "audio" and spec.name == "a0"
+    assert (spec.audio_rate, spec.audio_channels, spec.container) == (48000, 2, "ts")
+    assert spec.audio_pid == 0x101 and spec.video_pid is None
+    assert spec.exact_segment_duration == 2 and spec.frames_per_segment == 96000
+    assert RenditionSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    with pytest.raises(ConditioningError, match="no audio stream"):
+        await probe_audio_rendition(demuxed.renditions[0].segments[3], "a0",
+                                    segment_duration=Fraction(2))
+    # A video spec's JSON is what it was (no "kind"): assets conditioned before stay valid.
+    assert "kind" not in RenditionSpec("v", 640, 360, 800_000, Fraction(30)).to_json()
+
+
+@pytest.mark.parametrize("container", ["fmp4", "ts"])
+async def test_audio_only_rendition_on_its_own_grid(media_set, tmp_path, container):
+    """Ad B (15 s) for a demuxed 44.1 kHz mono rendition on a 2.002 s grid (not a
+    whole number of samples, nor of AAC frames) next to a video rendition: audio
+    only, AAC at that rate and layout, every segment a slot (within one AAC frame,
+    the cut points of the audio grid), as many segments as the video (padded to
+    the same 16.016 s), loudness normalised like the video's audio."""
+    video = RenditionSpec("v", 640, 360, 800_000, Fraction(30000, 1001),
+                          segment_duration=Fraction(2002, 1000))
+    audio = RenditionSpec("a", 0, 0, 0, Fraction(44100), audio_rate=44100, audio_channels=1,
+                          segment_duration=Fraction(2002, 1000), container=container,
+                          audio_pid=0x1E1 if container == "ts" else None, kind="audio",
+                          audio_bitrate=64000)
+    result = await condition(media_set.ad("ad-b").path, [video, audio], tmp_path, key="ad-b")
+    r = result.renditions["a"]
+    assert len(r.segments) == len(result.renditions["v"].segments) == 8
+    assert r.padded_duration == pytest.approx(8 * 2.002, abs=1024 / 44100)
+    ext = "m4s" if container == "fmp4" else "ts"
+    assert [s.path.name for s in r.segments] == [f"seg_{k:05d}.{ext}" for k in range(8)]
+    assert (r.init is not None) == (container == "fmp4")
+    frame = Fraction(1024, 44100)
+    total = Fraction(0)
+    joined = tmp_path / f"joined.{'mp4' if container == 'fmp4' else 'ts'}"
+    for seg in r.segments:
+        body = seg.path.read_bytes()
+        one = tmp_path / f"one.{'mp4' if container == 'fmp4' else 'ts'}"
+        one.write_bytes((r.init.read_bytes() if r.init else b"") + body)
+        (stream,) = _ffprobe(one, "-count_packets", "-show_streams")["streams"]
+        assert (stream["codec_type"], stream["codec_name"]) == ("audio", "aac")
+        assert (int(stream["sample_rate"]), stream["channels"]) == (44100, 1)
+        if container == "ts":
+            assert int(stream["id"], 16) == 0x1E1
+        played = Fraction(int(stream["nb_read_packets"]) * 1024, 44100)
+        assert abs(played - Fraction(2002, 1000)) <= frame, (seg.path, float(played))
+        total += played
+    # The cut points are the grid's: each boundary within one frame of k x 2.002 s.
+    assert abs(total - 8 * Fraction(2002, 1000)) <= frame
+    joined.write_bytes((r.init.read_bytes() if r.init else b"")
+                       + b"".join(s.path.read_bytes() for s in r.segments[:7]))
+    assert -25.5 <= _integrated_loudness(joined) <= -22.5
+
+
+def _integrated_loudness(path: Path) -> float:
+    """EBU R128 integrated loudness (LUFS) of a file's audio."""
+    proc = subprocess.run(
+        [media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path),
+         "-af", "ebur128", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=120, check=True)
+    summary = proc.stderr[proc.stderr.rfind("Summary:"):]
+    return float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
