@@ -14,7 +14,6 @@ Ad requests carry cohort attributes only, never a device identity.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import logging
@@ -123,10 +122,13 @@ def ladder_key(creative: str, specs: list[RenditionSpec]) -> str:
     channel's own (``v0`` of one channel is 1080p fMP4, of another 360p TS), so
     the conditioned files are known by what they were made to, not by name (found
     by a newcomer: the first channel to condition an ad decided its format for
-    every channel). Channels with the same ladder share the files."""
+    every channel). Channels with the same ladder share the files. The specs are
+    described as their conditioned folders record them (``to_json``), which a
+    new field leaves as it was where the field does not apply."""
     if not specs:
         return creative
-    made_to = repr(sorted(dataclasses.astuple(spec) for spec in specs))
+    made_to = json.dumps(sorted((spec.to_json() for spec in specs), key=lambda d: d["name"]),
+                         sort_keys=True)
     return f"{creative}-{hashlib.sha256(made_to.encode()).hexdigest()[:10]}"
 
 
