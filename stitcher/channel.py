@@ -361,15 +361,13 @@ class ChannelRuntime:
 
     def _prepare_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("channel %s: preparation failed (no ads until it succeeds; retried "
-                      "in %s s): %s", self.cfg.id, PREPARE_RETRY, task.exception())
             self.prepare_failures += 1
             self._prepare_failed_at = self._clock()
             # Say why: /readyz only lists the channel as failed (found by a newcomer
             # whose fMP4 and AES-128 channels failed without a word in the log).
-            log.warning("channel %s preparation failed (ads and slate wait; tried again "
-                        "in %d s): %s", self.cfg.id, PREPARE_RETRY,
-                        str(task.exception())[:500] or type(task.exception()).__name__)
+            log.error("channel %s preparation failed (no ads nor slate until it succeeds; "
+                      "tried again in %d s): %s", self.cfg.id, PREPARE_RETRY,
+                      str(task.exception())[:500] or type(task.exception()).__name__)
 
     @property
     def preparing(self) -> bool:
