@@ -153,7 +153,12 @@ class _Uris:
         if self.subtitles:
             # The slate loops: the slot's MSN keeps each looped segment's URI unique.
             return f"ad/{self.rid}/{break_id}/{item_index}/{segment}.vtt?msn={msn}"
-        path = self.library.segment_path(self.slate, self.rid, segment)
+        # By the asset layout where the ladder is known, as _init (an instance without
+        # the slate on its disk yet named a route that does not exist, and the shared
+        # render cache could serve either name for one slot).
+        spec = self._spec()
+        path = (asset_segment_path(self.slate, spec, segment) if spec is not None
+                else self.library.segment_path(self.slate, self.rid, segment))
         return f"{self.assets_base}/{path}" if path else f"slate/{self.rid}/{segment}.ts"
 
     def ad_map(self, break_id: str, item_index: int, item: PodItem) -> str | None:

@@ -262,3 +262,8 @@ def test_ad_uris_do_not_depend_on_this_instances_disk(tmp_path: Path) -> None:
     assert session.ad_map("b1", 0, item) == "/assets/c0ffee/v1/init.mp4"
     subtitles = _CohortUris("s0", "subtitles", empty, "/assets", "slate-x", lambda: specs)
     assert subtitles.ad_segment("b1", 0, item, 3) == "ad/s0/b1/0/3.vtt"
+    # The slate too, in both modes (it named a route that does not exist).
+    for uris in (cohort["v1"], session):
+        assert uris.slate_segment("b1", 1, 2, 77) == "/assets/slate-x/v1/seg_00002.m4s"
+        assert uris.slate_map("b1", 1) == "/assets/slate-x/v1/init.mp4"
+    assert cohort["v0"].slate_segment("b1", 1, 2, 77) == "/assets/slate-x/v0/seg_00002.ts"
