@@ -89,6 +89,10 @@ class RenditionSpec:
     """What a conditioned rendition must look like (probed from the content).
 
     ``kind`` "video": H.264 + AAC, cut every ``frames_per_segment`` video frames.
+    ``kind`` "video-only": H.264 without audio, the video variant of a demuxed
+    channel (its audio is an EXT-X-MEDIA TYPE=AUDIO rendition of its own): an ad
+    segment with an AAC track there would add a stream the content does not have
+    (and a second copy of the ad's sound next to the audio rendition's).
     ``kind`` "audio": a demuxed audio rendition (EXT-X-MEDIA TYPE=AUDIO), AAC only,
     no picture (``width``, ``height``, ``video_bitrate`` 0); its ``fps`` is the
     sample rate, so its "frames" are samples and the plan, padding and cut points
@@ -114,11 +118,15 @@ class RenditionSpec:
     #: pod layout unit: its coarsest rendition cadence, e.g. 6 s subtitles over
     #: 2 s video), so every grid sees an ad end at the same instant.
     pad_to: Fraction | None = None
-    kind: str = "video"  # or "audio" (audio-only, see above)
+    kind: str = "video"  # or "video-only", "audio" (audio-only, see above)
 
     @property
     def audio_only(self) -> bool:
         return self.kind == "audio"
+
+    @property
+    def video_only(self) -> bool:
+        return self.kind == "video-only"
 
     @property
     def frames_per_segment(self) -> int:
@@ -142,7 +150,7 @@ class RenditionSpec:
         d["fps"] = str(self.fps)
         d["segment_duration"] = str(self.segment_duration)
         d["pad_to"] = None if self.pad_to is None else str(self.pad_to)
-        if not self.audio_only:
+        if self.kind == "video":
             del d["kind"]  # video specs as before: their conditioned assets stay valid
         return d
 
@@ -505,6 +513,9 @@ async def probe_rendition(
         pix_fmt=v.get("pix_fmt") or "yuv420p",
         audio_bitrate=audio_bitrate if a else 128000,
         video_pid=pids[0], audio_pid=pids[1],
+        # Content without audio (a demuxed channel's video variant): ads without
+        # audio too, or every ad segment carries a stream the content has not.
+        kind="video" if a else "video-only",
     )
 
 
@@ -699,6 +710,10 @@ def _build(
         total_samples = round(total_seconds * spec.audio_rate)
         v = _conform_video(
             video[i].filter("fps", str(spec.fps)).filter("trim", end_frame=plan.frames), spec)
+        if spec.video_only:
+            outputs.append(_video_only_output(v, None if pad_v is None else pad_v[i], plan,
+                                              preset))
+            continue
         a = (audio[i].filter("atrim", end=float(Fraction(plan.frames) / spec.fps))
              .filter("aresample", spec.audio_rate).filter("aformat", **_audio_fmt(spec)))
         if pad_frames and pad_v is not None:
@@ -759,6 +774,45 @@ def _build(
         if plan.spec.container == "ts":
             args[at:at] = _pid_args(plan.spec)
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"] + args
+
+
+def _video_only_output(video: Any, pad: Any, plan: _Plan, preset: str) -> Any:
+    """The segmented output of a video rendition without audio (a demuxed channel's
+    video variant): the creative's ``plan.frames`` frames, then the pad source's
+    (``pad``) or black up to the padded total, cut every ``frames_per_segment``
+    frames with an IDR at each cut, as for a muxed rendition but with no AAC track."""
+    spec = plan.spec
+    k = spec.frames_per_segment
+    v = video
+    pad_frames = plan.total - plan.frames
+    if pad_frames and pad is not None:
+        pv = _conform_video(
+            pad.filter("fps", str(spec.fps)).filter("trim", end_frame=pad_frames), spec)
+        v = ffmpeg.concat(v, pv, v=1, a=0)
+    v = (v.filter("tpad", stop=plan.total, stop_mode="add", color="black")
+         .filter("trim", end_frame=plan.total)
+         .filter("setpts", f"N/({spec.fps.numerator}/{spec.fps.denominator})/TB"))
+    opts: dict[str, Any] = {
+        "vcodec": "libx264", "preset": preset, "profile:v": spec.video_profile,
+        "pix_fmt": spec.pix_fmt, "r": str(spec.fps),
+        "b:v": spec.video_bitrate, "maxrate": int(spec.video_bitrate * 1.1),
+        "bufsize": spec.video_bitrate * 2,
+        "g": k, "keyint_min": k, "sc_threshold": 0, "flags": "+cgop",
+        "force_key_frames": f"expr:eq(mod(n,{k}),0)",
+        "f": "hls", "hls_time": float(spec.exact_segment_duration), "hls_list_size": 0,
+        "hls_playlist_type": "vod",
+        "hls_segment_filename": str(plan.tmp_dir / f"seg_%05d.{_extension(spec)}"),
+        "frames:v": plan.total,
+    }
+    if spec.container == "fmp4":
+        opts.update(hls_segment_type="fmp4", hls_fmp4_init_filename=FMP4_INIT)
+    else:
+        opts["hls_segment_type"] = "mpegts"
+    if spec.video_level:
+        opts["level:v"] = spec.video_level
+    if spec.video_profile in _X264_FEATURES:
+        opts["x264-params"] = _X264_FEATURES[spec.video_profile]
+    return ffmpeg.output(v, str(plan.tmp_dir / "segments.m3u8"), **opts)
 
 
 def _audio_output(audio: Any, pad: Any, plan: _Plan) -> Any:
@@ -848,6 +902,8 @@ def _pid_args(spec: RenditionSpec) -> list[str]:
     pids = _pids(spec)
     if pids is None:
         return []
+    if spec.video_only:  # its one stream, on the content's video PID
+        return ["-streamid", f"0:{pids[0]}"]
     return ["-streamid", f"0:{pids[0]}", "-streamid", f"1:{pids[1]}"]
 
 
@@ -899,8 +955,9 @@ class Conditioner:
             raise ValueError("no rendition specs")
         for s in specs:
             _check_name("rendition name", s.name)
-            if s.kind not in ("video", "audio"):
-                raise ValueError(f"{s.name}: kind {s.kind!r} not supported (video or audio)")
+            if s.kind not in ("video", "video-only", "audio"):
+                raise ValueError(f"{s.name}: kind {s.kind!r} not supported "
+                                 "(video, video-only or audio)")
             if s.container not in ("ts", "fmp4"):
                 raise ValueError(f"{s.name}: container {s.container!r} not supported "
                                  "(ts or fmp4)")

@@ -453,3 +453,38 @@ def _integrated_loudness(path: Path) -> float:
         capture_output=True, text=True, timeout=120, check=True)
     summary = proc.stderr[proc.stderr.rfind("Summary:"):]
     return float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
+
+
+# ------------------------------------- demuxed video variants (kind="video-only")
+
+
+@pytest.mark.parametrize("container", ["ts", "fmp4"])
+async def test_video_variant_of_a_demuxed_channel_gets_video_only_ads(media_set, tmp_path,
+                                                                      container):
+    """The video variant of a demuxed channel carries no audio (its sound is the
+    EXT-X-MEDIA TYPE=AUDIO rendition's): probed, its spec is "video-only", and the
+    ad's segments for it are H.264 alone, on the content's video PID, as many as
+    the audio rendition's. Before, every video ad segment carried an AAC track the
+    content has not (found by a newcomer: ffprobe of every ad slot during a break)."""
+    demuxed = media.ensure_demuxed(media_set)
+    probed = await probe_rendition(demuxed.renditions[0].segments[3], "v0")
+    assert probed.kind == "video-only" and probed.video_only and not probed.audio_only
+    assert probed.video_pid == 0x100
+    assert RenditionSpec.from_json(json.loads(json.dumps(probed.to_json()))) == probed
+    assert probed.to_json()["kind"] == "video-only"  # a ladder key of its own
+    video = RenditionSpec("v0", 640, 360, 800_000, Fraction(30), container=container,
+                          video_pid=0x100 if container == "ts" else None, kind="video-only")
+    audio = RenditionSpec("a0", 0, 0, 0, Fraction(48000), container=container,
+                          audio_pid=0x101 if container == "ts" else None, kind="audio")
+    result = await condition(media_set.ad("ad-b").path, [video, audio], tmp_path, key="ad-b")
+    v = result.renditions["v0"]
+    assert len(v.segments) == len(result.renditions["a0"].segments) == 8
+    for seg in v.segments:
+        one = tmp_path / f"one.{'mp4' if container == 'fmp4' else 'ts'}"
+        one.write_bytes((v.init.read_bytes() if v.init else b"") + seg.path.read_bytes())
+        streams = _ffprobe(one, "-count_packets", "-show_streams")["streams"]
+        assert [s["codec_type"] for s in streams] == ["video"], (seg.path, streams)
+        assert (streams[0]["width"], streams[0]["height"]) == (640, 360)
+        assert int(streams[0]["nb_read_packets"]) == 60
+        if container == "ts":
+            assert int(streams[0]["id"], 16) == 0x100
