@@ -734,6 +734,20 @@ class ChannelRuntime:
                         and playlist.segments):
                     ledger = replace(ledger, base=await self._grid_seed(
                         cohort, primary[1], playlist.segments[0]))
+                elif (primary is not None and playlist.segments
+                        and playlist.segments[0].msn > ledger.hwm + 1):
+                    # A gap: nobody polled this grid while a break played and left
+                    # the window (subtitles off for a while, an audio rendition no
+                    # one listened to across a break). The window is anchored anew
+                    # on the origin's tag plus what this ledger counted, which misses
+                    # that break's discontinuities: count what the main grid counted
+                    # before it instead (never less: invariant 2). Found by a
+                    # newcomer: demuxed audio lagged the video's DSN by 3 for good.
+                    first = playlist.segments[0]
+                    seed = await self._grid_seed(cohort, primary[1], first)
+                    missing = seed - ledger.delta_before(first.msn)
+                    if missing > 0:
+                        ledger = replace(ledger, base=ledger.base + missing)
                 pods = await self._pods_for(playlist, breaks, ledger, cohort)
                 uris = self._uris.get((rendition.id, mode))
                 if uris is None:
