@@ -704,7 +704,6 @@ def _build(
         if spec.audio_only:
             outputs.append(_audio_output(audio[i], None if pad_a is None else pad_a[i], plan))
             continue
-        k = spec.frames_per_segment
         pad_frames = plan.total - plan.frames
         total_seconds = Fraction(plan.total) / spec.fps
         total_samples = round(total_seconds * spec.audio_rate)
@@ -740,33 +739,9 @@ def _build(
         a = (a.filter("apad", whole_len=total_samples)
              .filter("atrim", end_sample=total_samples)
              .filter("asetpts", "N/SR/TB"))
-        opts: dict[str, Any] = {
-            "vcodec": "libx264", "preset": preset, "profile:v": spec.video_profile,
-            "pix_fmt": spec.pix_fmt, "r": str(spec.fps),
-            "b:v": spec.video_bitrate, "maxrate": int(spec.video_bitrate * 1.1),
-            "bufsize": spec.video_bitrate * 2,
-            "g": k, "keyint_min": k, "sc_threshold": 0, "flags": "+cgop",
-            "force_key_frames": f"expr:eq(mod(n,{k}),0)",
-            "acodec": "aac", "b:a": spec.audio_bitrate, "ar": spec.audio_rate,
-            "ac": spec.audio_channels,
-            # The HLS muxer keeps one MPEG-TS context across segments, so continuity
-            # counters run on from one segment of an ad to the next as they do in
-            # content (the plain segment muxer restarts them in every file).
-            "f": "hls", "hls_time": float(spec.exact_segment_duration), "hls_list_size": 0,
-            "hls_playlist_type": "vod",
-            "hls_segment_filename": str(plan.tmp_dir / f"seg_%05d.{_extension(spec)}"),
-            "frames:v": plan.total,
-        }
-        if spec.container == "fmp4":
-            # One init segment (EXT-X-MAP) for all of the ad's media segments, written
-            # next to the muxer's playlist (RFC 8216bis 3.1.2).
-            opts.update(hls_segment_type="fmp4", hls_fmp4_init_filename=FMP4_INIT)
-        else:
-            opts["hls_segment_type"] = "mpegts"
-        if spec.video_level:
-            opts["level:v"] = spec.video_level
-        if spec.video_profile in _X264_FEATURES:
-            opts["x264-params"] = _X264_FEATURES[spec.video_profile]
+        opts = _video_opts(plan, preset)
+        opts.update({"acodec": "aac", "b:a": spec.audio_bitrate, "ar": spec.audio_rate,
+                     "ac": spec.audio_channels})
         outputs.append(ffmpeg.output(v, a, str(plan.tmp_dir / "segments.m3u8"), **opts))
     args = ffmpeg.merge_outputs(*outputs).get_args()
     for plan in plans:  # ffmpeg-python cannot repeat an option: insert before the file name
@@ -782,7 +757,6 @@ def _video_only_output(video: Any, pad: Any, plan: _Plan, preset: str) -> Any:
     (``pad``) or black up to the padded total, cut every ``frames_per_segment``
     frames with an IDR at each cut, as for a muxed rendition but with no AAC track."""
     spec = plan.spec
-    k = spec.frames_per_segment
     v = video
     pad_frames = plan.total - plan.frames
     if pad_frames and pad is not None:
@@ -792,6 +766,15 @@ def _video_only_output(video: Any, pad: Any, plan: _Plan, preset: str) -> Any:
     v = (v.filter("tpad", stop=plan.total, stop_mode="add", color="black")
          .filter("trim", end_frame=plan.total)
          .filter("setpts", f"N/({spec.fps.numerator}/{spec.fps.denominator})/TB"))
+    return ffmpeg.output(v, str(plan.tmp_dir / "segments.m3u8"), **_video_opts(plan, preset))
+
+
+def _video_opts(plan: _Plan, preset: str) -> dict[str, Any]:
+    """The H.264 encoder and HLS muxer options of a video rendition's output: an
+    IDR at every cut (every ``frames_per_segment`` frames), the content's profile,
+    level and pixel format, segments in its container."""
+    spec = plan.spec
+    k = spec.frames_per_segment
     opts: dict[str, Any] = {
         "vcodec": "libx264", "preset": preset, "profile:v": spec.video_profile,
         "pix_fmt": spec.pix_fmt, "r": str(spec.fps),
@@ -799,12 +782,17 @@ def _video_only_output(video: Any, pad: Any, plan: _Plan, preset: str) -> Any:
         "bufsize": spec.video_bitrate * 2,
         "g": k, "keyint_min": k, "sc_threshold": 0, "flags": "+cgop",
         "force_key_frames": f"expr:eq(mod(n,{k}),0)",
+        # The HLS muxer keeps one MPEG-TS context across segments, so continuity
+        # counters run on from one segment of an ad to the next as they do in
+        # content (the plain segment muxer restarts them in every file).
         "f": "hls", "hls_time": float(spec.exact_segment_duration), "hls_list_size": 0,
         "hls_playlist_type": "vod",
         "hls_segment_filename": str(plan.tmp_dir / f"seg_%05d.{_extension(spec)}"),
         "frames:v": plan.total,
     }
     if spec.container == "fmp4":
+        # One init segment (EXT-X-MAP) for all of the ad's media segments, written
+        # next to the muxer's playlist (RFC 8216bis 3.1.2).
         opts.update(hls_segment_type="fmp4", hls_fmp4_init_filename=FMP4_INIT)
     else:
         opts["hls_segment_type"] = "mpegts"
@@ -812,7 +800,7 @@ def _video_only_output(video: Any, pad: Any, plan: _Plan, preset: str) -> Any:
         opts["level:v"] = spec.video_level
     if spec.video_profile in _X264_FEATURES:
         opts["x264-params"] = _X264_FEATURES[spec.video_profile]
-    return ffmpeg.output(v, str(plan.tmp_dir / "segments.m3u8"), **opts)
+    return opts
 
 
 def _audio_output(audio: Any, pad: Any, plan: _Plan) -> Any:
