@@ -439,10 +439,15 @@ class AdDecider:
                     tracking[name] = tracking.get(name, ()) + (t.uri,)
             ads.append(AdInfo(i, resolved.ad_id or item.creative, item.creative, item.duration,
                               tuple(resolved.impressions), tuple(resolved.errors), tracking))
-        self._metrics.ad_requests.labels(channel.id, "filled" if ads else "nofill").inc()
+        # Ads answered but none placed is not the ad server's no-fill: none fits the
+        # avail (or the unfilled rest passes the personalization threshold). Found by
+        # a newcomer: reported "no fill", which points ad ops at the ad server.
+        result, reason = (("filled", "ok") if ads else ("unfit", "no ad fits the avail")
+                          if candidates else ("nofill", "no fill"))
+        self._metrics.ad_requests.labels(channel.id, result).inc()
         self._metrics.avail_seconds.labels(channel.id).inc(float(available))
         self._metrics.filled_seconds.labels(channel.id).inc(float(pod.filled))
-        return Decision(pod, tuple(ads), "ok" if ads else "no fill")
+        return Decision(pod, tuple(ads), reason)
 
 
     async def prefetch_creatives(self, channel: ChannelConfig, specs: list[RenditionSpec],

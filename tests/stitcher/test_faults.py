@@ -791,6 +791,28 @@ async def test_a_filled_break_whose_ads_are_all_new_gets_the_fallback_not_a_no_f
                                  for h in stack.beacon_hits()))
 
 
+async def test_ads_that_do_not_fit_the_avail_are_not_a_no_fill(
+        media: Any, assets_dir: Path, tmp_path: Path) -> None:
+    """Found by a newcomer: a 4 s break whose ad server answered ad A (10 s) and ad B
+    (15 s) was reported "no fill" and counted as one, pointing ad ops at the ad
+    server. The ad server filled; no ad fits: said and counted so."""
+    clock = ManualClock(1_700_000_000.0)
+    async with start_stack(clock=clock, media=media, data_dir=tmp_path / "state",
+                           assets_dir=assets_dir, warm_up=True) as stack:
+        session = await stack.start_session()
+        url = session.media_url((await stack.stitcher_renditions())[0])
+        await _good_playlist(stack, url)
+        _brk, slots = await _play_break(stack, url, 4)
+        assert _kinds(slots) == {"content"}, slots
+        (played,) = stack.runtime.breaks
+        decision = stack.runtime.cached_decision(played.id, session.cohort)
+        assert decision is not None and decision.reason == "no ad fits the avail", decision
+        assert await stack.metric("stitcher_ad_requests_total", channel=stack.channel,
+                                  result="unfit") == 1
+        assert await stack.metric("stitcher_ad_requests_total", channel=stack.channel,
+                                  result="nofill") == 0
+
+
 async def test_circuit_breaker_opens_fails_fast_and_closes_after_a_successful_probe(
         media: Any, assets_dir: Path, tmp_path: Path) -> None:
     clock = ManualClock(1_700_000_000.0)
