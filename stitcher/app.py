@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -757,8 +759,22 @@ async def cohort_tracking(request: web.Request) -> web.Response:
         rendered = await runtime.render(video.id, cohort, COHORT, with_result=True)
         avails = await _avails(runtime, cohort, rendered)
         max_age = max(1, rendered.target_duration // 2)
-    return web.json_response({"avails": avails, "nextToken": "", "nonLinearAvails": []},
-                             headers={"Cache-Control": f"public, max-age={max_age}"})
+    body = json.dumps({"avails": avails, "nextToken": "", "nonLinearAvails": []}).encode()
+    # Cacheable like the cohort's playlist (found by a newcomer: no ETag, no 304, no
+    # gzip): the same bytes for every viewer, revalidated by its entity tag.
+    # (The gzipped body its own tag, either answering If-None-Match, as for playlists.)
+    etag = f'"{hashlib.sha1(body).hexdigest()[:16]}"'
+    gzipped = _accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
+    headers = {"Cache-Control": f"public, max-age={max_age}",
+               "ETag": gzip_etag(etag) if gzipped else etag, "Vary": "Accept-Encoding"}
+    match = request.headers.get(hdrs.IF_NONE_MATCH)
+    if match is not None and (etag in match or gzip_etag(etag) in match
+                              or match.strip() == "*"):
+        return web.Response(status=304, headers=headers)
+    response = web.Response(body=body, content_type="application/json", headers=headers)
+    if gzipped:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
 
 
 async def assets(request: web.Request) -> web.FileResponse:

@@ -119,9 +119,22 @@ async def test_cohort_playlists_are_cacheable_and_point_ads_at_assets(
         assert len(served.segments) == WINDOW_CAP
 
         # The cohort's tracking JSON: the avail with its ads and their beacons.
-        status, headers, body = await stack.get(_cohort_url(stack, "fr", "tracking"))
+        status, headers, body = await stack.get(_cohort_url(stack, "fr", "tracking"),
+                                                headers=PLAIN)
         assert status == 200, body
         assert headers["Cache-Control"] == "public, max-age=1"
+        # Cacheable like the playlist (found by a newcomer: no ETag, 304 or gzip).
+        assert headers["Vary"] == "Accept-Encoding" and headers["ETag"].startswith('"')
+        tag = headers["ETag"]
+        status, headers304, _ = await stack.get(_cohort_url(stack, "fr", "tracking"),
+                                                headers={**PLAIN, "If-None-Match": tag})
+        assert status == 304 and headers304["ETag"] == tag
+        async with (aiohttp.ClientSession(auto_decompress=False) as raw,
+                    raw.get(_cohort_url(stack, "fr", "tracking"),
+                            headers={"Accept-Encoding": "gzip"}) as resp):
+            assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
+            assert resp.headers["ETag"] == tag[:-1] + '-gz"'
+            assert gzip.decompress(await resp.read()) == body
         avails = json.loads(body)["avails"]
         assert len(avails) == 1, avails
         assert avails[0]["ads"], avails
