@@ -30,6 +30,7 @@ between stacks (the slate's key is stable across runs).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -58,6 +59,8 @@ from fixtures.origin import (
     synthetic_renditions,
 )
 from fixtures.origin import demuxed_audio as demuxed_audio_of
+from manifests.checker import Snapshot
+from manifests.playlist import Segment, parse_media
 from stitcher.app import CHANNELS, SIGNER, create_app
 from stitcher.channel import ChannelRuntime
 from stitcher.config import ChannelConfig, StitcherConfig
@@ -368,6 +371,41 @@ async def start_stack(
 
 # ------------------------------------------------------------- OS processes
 # Shared by the multi-process tests (test_processes, test_tracking_e2e).
+
+@dataclass
+class Polled:
+    """Every rendition of a session reloaded in turn, one clock step apart."""
+
+    snapshots: list[Snapshot]
+    #: Each rendition's stitched segments, by MSN, as first served.
+    seen: dict[str, dict[int, Segment]]
+    #: The origin's segments of each rendition, by the origin's MSN, as first listed.
+    origin: dict[str, dict[int, Segment]]
+
+
+async def poll_renditions(stack: Stack, session: SessionHandle, renditions: list[str],
+                          reloads: int, clock: Any, step: float = 2) -> Polled:
+    """Reload every rendition ``reloads`` times (one ``step`` of the clock apart),
+    keeping the stitched and the origin playlists for the checker."""
+    polled = Polled([], {rid: {} for rid in renditions}, {rid: {} for rid in renditions})
+    for n in range(reloads):
+        playlists, origins = {}, {}
+        for rid in renditions:
+            status, _, body = await stack.get(session.media_url(rid))
+            assert status == 200, body
+            playlists[rid] = body.decode()
+            origin = stack.origin.media_playlist(await stack.origin_rendition(rid))
+            assert origin is not None
+            origins[rid] = origin
+            for seg in parse_media(origin).segments:
+                polled.origin[rid].setdefault(seg.msn, seg)
+            for seg in parse_media(playlists[rid]).segments:
+                polled.seen[rid].setdefault(seg.msn, seg)
+        polled.snapshots.append(Snapshot(n, playlists, clock.now(), origins))
+        clock.advance(step)
+        await asyncio.sleep(0)
+    return polled
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,6 @@ checker finds no stitcher violation over snapshots of every rendition.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from fractions import Fraction
@@ -26,10 +25,10 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from fixtures.clock import ManualClock
-from manifests.checker import Snapshot, check, format_text
-from manifests.playlist import Segment, parse_media
+from manifests.checker import check, format_text
+from manifests.playlist import parse_media
 from stitcher.ffmpeg import ffprobe_exe
-from tests.harness import start_stack
+from tests.harness import poll_renditions, start_stack
 
 BREAK = 30  # ad A (10 s: 5 slots), ad B (15 s: 8 slots, the last padded), slate (2)
 
@@ -70,24 +69,10 @@ async def test_every_ad_and_slate_slot_of_a_demuxed_audio_rendition_is_audio(
         edge = stack.origin.live_edge_msn()
         assert edge is not None
         brk = stack.origin.insert_break(edge + 2, BREAK)
-        snapshots: list[Snapshot] = []
-        seen: dict[str, dict[int, Segment]] = {rid: {} for rid in renditions}
-        for step in range(brk.segments + 6):  # the break and content after it
-            playlists, origins = {}, {}
-            for rid in renditions:
-                status, _, body = await stack.get(session.media_url(rid))
-                assert status == 200, body
-                playlists[rid] = body.decode()
-                origin = stack.origin.media_playlist(await stack.origin_rendition(rid))
-                assert origin is not None
-                origins[rid] = origin
-                for seg in parse_media(playlists[rid]).segments:
-                    seen[rid].setdefault(seg.msn, seg)
-            snapshots.append(Snapshot(step, playlists, clock.now(), origins))
-            clock.advance(2)
-            await asyncio.sleep(0)
-
-        faults = [v for v in check(snapshots) if v.source == "stitcher"]
+        # The break and content after it.
+        polled = await poll_renditions(stack, session, renditions, brk.segments + 6, clock)
+        seen = polled.seen
+        faults = [v for v in check(polled.snapshots) if v.source == "stitcher"]
         assert faults == [], format_text(faults)
 
         media_base = f"{session.base}/media/"

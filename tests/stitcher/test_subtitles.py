@@ -42,9 +42,9 @@ from fixtures.clock import ManualClock
 from fixtures.origin import FaultRule
 from manifests.checker import Snapshot, check, format_text
 from manifests.mpegts import video_start_pts
-from manifests.playlist import Segment, parse_media
+from manifests.playlist import parse_media
 from manifests.webvtt import TICKS, MapStatus, check_timestamp_map, cues, timestamp_map
-from tests.harness import start_stack
+from tests.harness import poll_renditions, start_stack
 
 BREAK = 14  # ad A (5 slots) and slate (2)
 _ROUTED = re.compile(r"cv/(?P<rid>[^/]+)/(?P<msn>\d+)-(?P<digest>[0-9a-f]{10})\.vtt")
@@ -67,28 +67,10 @@ async def test_content_subtitles_after_a_break_carry_the_map_of_their_span(
         edge = stack.origin.live_edge_msn()
         assert edge is not None
         brk = stack.origin.insert_break(edge + 2, BREAK)
-        snapshots: list[Snapshot] = []
-        seen: dict[str, dict[int, Segment]] = {rid: {} for rid in renditions}
-        origin_subs: dict[int, Segment] = {}  # by the origin's MSN
-        for step in range(brk.segments + 8):  # the break and a window of content after
-            playlists, origins = {}, {}
-            for rid in renditions:
-                status, _, body = await stack.get(session.media_url(rid))
-                assert status == 200, body
-                playlists[rid] = body.decode()
-                origin = stack.origin.media_playlist(await stack.origin_rendition(rid))
-                assert origin is not None
-                origins[rid] = origin
-                if rid == subs:
-                    for seg in parse_media(origin).segments:
-                        origin_subs.setdefault(seg.msn, seg)
-                for seg in parse_media(playlists[rid]).segments:
-                    seen[rid].setdefault(seg.msn, seg)
-            snapshots.append(Snapshot(step, playlists, clock.now(), origins))
-            clock.advance(2)
-            await asyncio.sleep(0)
-
-        faults = [v for v in check(snapshots) if v.source == "stitcher"]
+        # The break and a window of content after it.
+        polled = await poll_renditions(stack, session, renditions, brk.segments + 8, clock)
+        seen, origin_subs = polled.seen, polled.origin[subs]  # (by the origin's MSN)
+        faults = [v for v in check(polled.snapshots) if v.source == "stitcher"]
         assert faults == [], format_text(faults)
         media_base = f"{session.base}/media/"
         msns = sorted(seen[subs])
